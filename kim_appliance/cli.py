@@ -1,21 +1,176 @@
-"""The ``kim-appliance`` command line (the contract in DESIGN.md)."""
+"""The ``kim-appliance`` command line (the contract in DESIGN.md).
+
+``init`` creates a data dir with the demo setup; ``message seal`` and ``message open`` make and
+read KIM messages offline, for users debugging their messages and for outside tests. Exit codes
+of ``message open``: 0 decrypted and verified, 2 cannot decrypt, 3 signature or header check
+failed; any usage or input error exits 1 with a message on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kim_appliance.errors import KimError
+
+if TYPE_CHECKING:
+    from kim_appliance.mail.seal import Certified
+
+DEFAULT_DATA_DIR = Path("kim-data")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kim-appliance", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="kim-appliance",
+        description="A complete KIM system (Fachdienst, Clientmodul, Konnektor, VZD) on one box.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="initialise a data dir with the demo setup")
+    init.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    message = commands.add_parser("message", help="seal or open a KIM message offline")
+    verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
+    seal = verbs.add_parser(
+        "seal",
+        help="sign and encrypt an inner mail (stdin) into a KIM message (stdout)",
+        description="Sign with the SMC-B OSIG key, encrypt for every --to certificate and the "
+        "sender's own, and write the outer KIM mail (digest §2).",
+    )
+    seal.add_argument("--signer-key", type=Path, required=True, help="PEM PKCS#8 OSIG key")
+    seal.add_argument("--signer-cert", type=Path, required=True, help="PEM C.HCI.OSIG cert")
+    seal.add_argument(
+        "--from",
+        dest="sender",
+        action="append",
+        required=True,
+        metavar="ADDR=ENC.pem",
+        help="the sender's address and encryption certificate (repeat for RSA and ECC)",
+    )
+    seal.add_argument(
+        "--to",
+        dest="recipients",
+        action="append",
+        required=True,
+        metavar="ADDR=ENC.pem",
+        help="a recipient and one of its encryption certificates (repeatable)",
+    )
+    opener = verbs.add_parser(
+        "open",
+        help="decrypt and verify a KIM message (stdin) into the inner mail (stdout)",
+        description="Exit 0: decrypted and verified; 2: cannot decrypt; 3: signature, "
+        "certificate or header check failed. A report goes to stderr.",
+    )
+    opener.add_argument("--key", type=Path, action="append", required=True, help="PEM ENC key")
+    opener.add_argument("--cert", type=Path, action="append", required=True, help="PEM ENC cert")
+    opener.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        help="PEM of a trust anchor, intermediate CA or CRL (repeatable)",
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args.data_dir)
+        if args.verb == "seal":
+            return _seal(args)
+        return _open(args)
+    except (KimError, OSError) as exc:
+        print(f"kim-appliance: {exc}", file=sys.stderr)
+        return 1
+
+
+def _init(data_dir: Path) -> int:
+    from kim_appliance import demo
+
+    if demo.is_initialised(data_dir):
+        print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
+        return 0
+    result = demo.initialise(data_dir)
+    for p in result["participants"]:
+        print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
+    print(f"demo setup written to {data_dir / 'demo.json'}")
     return 0
+
+
+def _certified(specs: Sequence[str], option: str) -> list[Certified]:
+    from cryptography import x509
+
+    from kim_appliance.mail.seal import Certified
+
+    result: list[Certified] = []
+    for spec in specs:
+        address, sep, path = spec.partition("=")
+        if not sep or not address or not path:
+            raise KimError(f"{option} {spec!r}: expected ADDR=ENC.pem")
+        try:
+            cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        except ValueError as exc:
+            raise KimError(f"{option} {spec!r}: {path} holds no PEM certificate ({exc})") from exc
+        result.append(Certified(address, cert))
+    return result
+
+
+def _seal(args: argparse.Namespace) -> int:
+    from kim_appliance.cms.keys import SoftwareKey
+    from kim_appliance.mail.seal import seal
+
+    signer = SoftwareKey.from_files(args.signer_key, args.signer_cert)
+    sender = _certified(args.sender, "--from")
+    recipients = _certified(args.recipients, "--to")
+    report = seal(
+        sys.stdin.buffer,
+        sys.stdout.buffer,
+        signer=signer,
+        sender=sender,
+        recipients=recipients,
+        extra_headers=(("X-KIM-CMVersion", _cm_version()),),
+    )
+    sys.stdout.buffer.flush()
+    for r in report.recipients:
+        print(f"encrypted for: {r.address} ({r.algorithm})", file=sys.stderr)
+    for name in report.added_headers:
+        print(f"added to the inner mail: {name}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"sealed {report.message_id}: {report.outer_size} bytes", file=sys.stderr)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> int:
+    from kim_appliance.cms.keys import SoftwareKey
+    from kim_appliance.mail.unseal import open_message
+    from kim_appliance.pki import TrustStore
+
+    if len(args.key) != len(args.cert):
+        raise KimError("give one --cert for every --key, in the same order")
+    keys = [SoftwareKey.from_files(k, c) for k, c in zip(args.key, args.cert, strict=True)]
+    trust = TrustStore.from_pem_files(args.trust) if args.trust else None
+    report = open_message(sys.stdin.buffer, sys.stdout.buffer, keys=keys, trust=trust)
+    sys.stdout.buffer.flush()
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    return report.exit_code
+
+
+def _cm_version() -> str:
+    """X-KIM-CMVersion: ``<VendorID>_<maj>.<min>.<patch>`` (digest §2.2); vendor ID KIMAP."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("kim-appliance")
+    except PackageNotFoundError:
+        v = "0.0.0"
+    return "KIMAP_" + ".".join(v.split(".")[:3])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,335 @@
+"""Opening: a KIM message becomes the inner mail again (decrypt, verify, compare headers).
+
+The receive path of digest §2.1 in reverse: check the outer header (§2.2), stream the base64
+body into the AuthEnvelopedData reader (§2.6), unwrap the content key with the reader's own key
+operations (KOM-LE-A_2042, A_2045), verify the GCM tag before any plaintext is released, read
+the signed entity (forgiving a SignedData damaged by CRLF canonicalisation, digest §2.10),
+verify the signature (§2.5, KOM-LE-A_2048) and the signer's certificate path, compare the signed
+and the unprotected recipient-emails (KOM-LE-A_2127) and the outer and inner headers.
+
+The outcome is reported in the Clientmodul's terms (digest §1.6): an ``X-KIM-DecryptionResult``
+(00 decrypted, 01 key not available, 02 wrong format) and one or more
+``X-KIM-IntegrityCheckResult`` values (01 valid ... 09). The inner mail goes to ``out`` only once
+it has been decrypted and authenticated; the caller decides what to do with a mail whose
+signature or header check failed (the CLI exits 3, the Clientmodul builds an error mail).
+This module never touches a private key: it uses :class:`KeyOperations`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from kim_appliance import _native
+from kim_appliance.cms.enveloped import AuthEnvelopedReader, find_recipient
+from kim_appliance.cms.errors import CmsError, NoMatchingRecipientError, SignatureError
+from kim_appliance.cms.keys import KeyOperations
+from kim_appliance.cms.oids import RFC822_CONTENT_PREFIX
+from kim_appliance.cms.recipient_emails import decode_recipient_emails
+from kim_appliance.cms.repair import repair_signed_data
+from kim_appliance.cms.signed import SignatureReport, SignedDataReader, read_signed_data
+from kim_appliance.mail.errors import MailFormatError
+from kim_appliance.mail.headers import HeaderBlock, read_header_block
+from kim_appliance.mail.outer import check_outer_header, check_signed_entity_header
+from kim_appliance.pki import CertProfile, PathValidationError, Purpose, TrustStore
+
+READ_SIZE = 1024 * 1024
+
+# X-KIM-DecryptionResult (digest §1.6, Tab_Fehlertext_Entschl)
+DECRYPTED = "00"
+KEY_NOT_AVAILABLE = "01"
+WRONG_FORMAT = "02"
+# X-KIM-IntegrityCheckResult (digest §1.6, Tab_Verm_Sig_Prüf)
+VALID = "01"
+MANIPULATED = "02"
+NO_SIGNATURE = "03"
+WRONG_SIGNATURE_FORMAT = "04"
+PATH_NOT_VALIDATABLE = "05"
+UNEXPECTED = "06"
+HEADERS_DIFFER = "08"
+RECIPIENT_EMAILS_DIFFER = "09"
+
+#: Headers whose addresses must agree between outer and inner mail (IntegrityCheckResult 08).
+COMPARED_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc")
+
+
+@dataclass
+class OpenReport:
+    """What :func:`open_message` found; ``lines()`` is the CLI's report."""
+
+    decryption_result: str = WRONG_FORMAT
+    integrity_results: list[str] = field(default_factory=list)
+    recipient_infos: list[str] = field(default_factory=list)
+    used_recipient: str | None = None
+    content_algorithm: str | None = None
+    signer: str | None = None
+    signature_algorithm: str | None = None
+    signing_time: dt.datetime | None = None
+    repaired_crlf: bool = False
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def decrypted(self) -> bool:
+        return self.decryption_result == DECRYPTED
+
+    @property
+    def verified(self) -> bool:
+        return self.decrypted and self.integrity_results == [VALID]
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI contract: 0 decrypted and verified, 2 not decrypted, 3 verification failed."""
+        if not self.decrypted:
+            return 2
+        return 0 if self.verified else 3
+
+    def lines(self) -> list[str]:
+        out = [f"recipient info: {info}" for info in self.recipient_infos]
+        if self.used_recipient:
+            out.append(f"decrypted with: {self.used_recipient}")
+        if self.content_algorithm:
+            out.append(f"content encryption: {self.content_algorithm}")
+        if self.signer:
+            out.append(f"signer: {self.signer}")
+        if self.signature_algorithm:
+            out.append(f"signature: {self.signature_algorithm}")
+        if self.signing_time:
+            out.append(f"signing time: {self.signing_time.isoformat()}")
+        if self.repaired_crlf:
+            out.append("note: the signed entity was CRLF-canonicalised; repaired before verifying")
+        out.extend(f"note: {n}" for n in self.notes)
+        out.extend(f"problem: {p}" for p in self.problems)
+        out.append(f"X-KIM-DecryptionResult: {self.decryption_result}")
+        out.extend(f"X-KIM-IntegrityCheckResult: {r}" for r in self.integrity_results)
+        verdict = {0: "decrypted and verified", 2: "NOT decrypted", 3: "verification FAILED"}
+        out.append(f"result: {verdict[self.exit_code]}")
+        return out
+
+
+def open_message(
+    outer: BinaryIO,
+    out: BinaryIO,
+    *,
+    keys: Sequence[KeyOperations],
+    trust: TrustStore | None = None,
+    at: dt.datetime | None = None,
+    spool_dir: str | None = None,
+) -> OpenReport:
+    """Decrypt and verify the KIM message read from ``outer``; write the inner mail to ``out``.
+
+    The inner mail is written when it was decrypted and authenticated (the GCM tag verified),
+    also when the signature or header check then fails: the report says so, and callers must
+    look at ``report.verified``. Nothing is written when decryption fails.
+    """
+    report = OpenReport()
+    try:
+        outer_header, body_start = read_header_block(outer)
+        check_outer_header(outer_header)
+    except MailFormatError as exc:
+        report.problems.append(str(exc))
+        return report
+    try:
+        entity = _decrypt(outer, body_start, keys, report, spool_dir)
+    except NoMatchingRecipientError as exc:
+        report.decryption_result = KEY_NOT_AVAILABLE
+        report.problems.append(str(exc))
+        return report
+    except (CmsError, ValueError) as exc:  # native BER/base64/GCM errors are ValueErrors
+        report.decryption_result = WRONG_FORMAT
+        report.problems.append(f"cannot decrypt: {exc}")
+        return report
+    report.decryption_result = DECRYPTED
+    with entity.plaintext, tempfile.TemporaryFile(dir=spool_dir) as econtent:
+        signature = _verify_entity(entity.plaintext, econtent, report)
+        if signature is None:
+            return report
+        _check_signer(signature, trust, at, report)
+        _compare_recipient_emails(signature.recipient_emails, entity.recipient_emails, report)
+        econtent.seek(0)
+        prefix = econtent.read(len(RFC822_CONTENT_PREFIX))
+        if prefix != RFC822_CONTENT_PREFIX:
+            report.notes.append("eContent does not start with Content-Type: message/rfc822")
+            econtent.seek(0)
+        inner_start = econtent.tell()
+        try:
+            inner_header, _ = read_header_block(econtent)
+            _compare_headers(outer_header, inner_header, report)
+        except MailFormatError as exc:
+            report.problems.append(f"inner mail: {exc}")
+            report.integrity_results.append(UNEXPECTED)
+        econtent.seek(inner_start)
+        shutil.copyfileobj(econtent, out, READ_SIZE)
+    if not report.integrity_results:
+        report.integrity_results.append(VALID)
+    return report
+
+
+@dataclass
+class _Decrypted:
+    plaintext: _native.Plaintext
+    recipient_emails: bytes | None
+
+
+def _decrypt(
+    outer: BinaryIO,
+    body_start: bytes,
+    keys: Sequence[KeyOperations],
+    report: OpenReport,
+    spool_dir: str | None,
+) -> _Decrypted:
+    decoder = _native.Base64Decoder()
+    reader = AuthEnvelopedReader(spool_dir=spool_dir)
+    keyed = False
+
+    def unwrap() -> None:
+        # the recipientInfos precede the content: unwrap as soon as they are parsed, so that the
+        # content is decrypted while it streams in (spooled, released only after the tag)
+        nonlocal keyed
+        infos = reader.recipient_infos
+        if keyed or infos is None:
+            return
+        report.recipient_infos = [
+            f"{i.kind} {i.key_encryption_algorithm} issuer={i.issuer.human_friendly} "
+            f"serial={i.serial:X}"
+            for i in infos
+        ]
+        info, key = find_recipient(infos, keys)
+        report.used_recipient = (
+            f"{key.certificate.subject.rfc4514_string()} (serial {info.serial:X})"
+        )
+        reader.set_content_key(info.unwrap(key))
+        keyed = True
+
+    data = body_start
+    while data:
+        reader.feed(decoder.update(data))
+        unwrap()
+        data = outer.read(READ_SIZE)
+    reader.feed(decoder.finalize())
+    reader.feed_eof()
+    unwrap()
+    if not keyed:
+        raise CmsError("AuthEnvelopedData.recipientInfos", "missing or incomplete")
+    plaintext = reader.finish()
+    report.content_algorithm = "AES-256-GCM (tag verified)"
+    return _Decrypted(plaintext, reader.recipient_emails)
+
+
+def _verify_entity(
+    plaintext: _native.Plaintext, econtent: BinaryIO, report: OpenReport
+) -> SignatureReport | None:
+    """Read the signed entity from ``plaintext``; eContent goes to ``econtent``."""
+    try:
+        entity_header, rest = read_header_block(plaintext)  # type: ignore[arg-type]
+        check_signed_entity_header(entity_header)
+    except MailFormatError as exc:
+        report.problems.append(str(exc))
+        report.integrity_results.append(NO_SIGNATURE)
+        return None
+    der_start = plaintext.tell() - len(rest)
+
+    def sink(data: bytes) -> None:
+        econtent.write(data)
+
+    reader = SignedDataReader(sink)
+    try:
+        data = rest
+        while data:
+            reader.feed(data)
+            data = plaintext.read(READ_SIZE)
+        reader.feed_eof()
+        return reader.verify()
+    except SignatureError as exc:
+        report.problems.append(f"signature: {exc}")
+        report.integrity_results.append(MANIPULATED)
+        return None
+    except (CmsError, ValueError) as exc:
+        first_error = exc
+    # digest §2.10: a signed entity damaged by CRLF canonicalisation (gematik's own sample)
+    plaintext.seek(der_start)
+    damaged = plaintext.read()
+    repaired = repair_signed_data(damaged, verify=_verifies)
+    if repaired is None:
+        report.problems.append(f"signed data: {first_error}")
+        report.integrity_results.append(WRONG_SIGNATURE_FORMAT)
+        return None
+    report.repaired_crlf = True
+    econtent.seek(0)
+    econtent.truncate()
+    content, signature = read_signed_data(repaired)
+    econtent.write(content)
+    return signature
+
+
+def _verifies(candidate: bytes) -> bool:
+    try:
+        read_signed_data(candidate)
+    except (CmsError, ValueError):
+        return False
+    return True
+
+
+def _check_signer(
+    signature: SignatureReport,
+    trust: TrustStore | None,
+    at: dt.datetime | None,
+    report: OpenReport,
+) -> None:
+    cert = signature.signer_certificate
+    report.signer = f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:X})"
+    report.signature_algorithm = (
+        f"{signature.signature_algorithm} with {signature.digest_algorithm}"
+    )
+    report.signing_time = signature.signing_time
+    if trust is None:
+        report.notes.append("certificate path not checked: no trust anchors given (--trust)")
+        return
+    try:
+        # the signer must be the SM-B's C.HCI.OSIG (KOM-LE-A_2129)
+        trust.validate(
+            cert,
+            purpose=Purpose.SIGNATURE,
+            profile=CertProfile.C_HCI_OSIG,
+            at=at or signature.signing_time,
+        )
+    except PathValidationError as exc:
+        report.problems.append(f"signer certificate: {exc}")
+        report.integrity_results.append(PATH_NOT_VALIDATABLE)
+
+
+def _compare_recipient_emails(signed: bytes, unprotected: bytes | None, report: OpenReport) -> None:
+    """KOM-LE-A_2127: the signed and the unprotected recipient-emails must be identical."""
+    if unprotected is None:
+        report.problems.append("AuthEnvelopedData has no unprotected recipient-emails (A_2107)")
+        report.integrity_results.append(RECIPIENT_EMAILS_DIFFER)
+        return
+    if signed == unprotected:
+        return
+    try:
+        same = decode_recipient_emails(signed) == decode_recipient_emails(unprotected)
+    except CmsError:
+        same = False
+    if not same:
+        report.problems.append("signed and unprotected recipient-emails differ (A_2127)")
+        report.integrity_results.append(RECIPIENT_EMAILS_DIFFER)
+
+
+def _compare_headers(outer: HeaderBlock, inner: HeaderBlock, report: OpenReport) -> None:
+    """Outer and inner From/Sender/Reply-To/To/Cc must name the same addresses (result 08)."""
+    for name in COMPARED_HEADERS:
+        outer_set = {a.lower() for a in outer.addresses(name)}
+        inner_set = {a.lower() for a in inner.addresses(name)}
+        if outer_set != inner_set:
+            report.problems.append(
+                f"{name} differs: outer {sorted(outer_set)} vs inner {sorted(inner_set)}"
+            )
+            if HEADERS_DIFFER not in report.integrity_results:
+                report.integrity_results.append(HEADERS_DIFFER)
+    outer_id, inner_id = outer.get("Message-ID"), inner.get("Message-ID")
+    if outer_id and inner_id and outer_id != inner_id:
+        report.notes.append(f"Message-ID differs: outer {outer_id} vs inner {inner_id}")

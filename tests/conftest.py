@@ -1,0 +1,65 @@
+"""Fixtures shared by the tests: CMS parties (RSA-2048 and brainpoolP256r1) and gematik's sample.
+
+The parties are plain cryptography-built certificates (one CA per algorithm, see parties.py) so
+that the CMS tests do not depend on the test PKI's profiles; tests of the full profile use
+kim_appliance.pki.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from parties import SAMPLE_ZIP, Party, SimpleCa
+
+
+@pytest.fixture(scope="session")
+def cas() -> dict[str, SimpleCa]:
+    return {"RSA": SimpleCa("RSA"), "ECC": SimpleCa("ECC")}
+
+
+def _party(cas: dict[str, SimpleCa], kind: str, local: str, usage: str) -> Party:
+    ca = cas[kind]
+    address = f"{local}@test1.kim.telematik-test"
+    return Party(address, ca.issue(kind, f"{local} TEST-ONLY", usage=usage), ca.cert)
+
+
+@pytest.fixture(scope="session")
+def rsa_recipient(cas: dict[str, SimpleCa]) -> Party:
+    return _party(cas, "RSA", "praxis.rsa", "enc")
+
+
+@pytest.fixture(scope="session")
+def ecc_recipient(cas: dict[str, SimpleCa]) -> Party:
+    return _party(cas, "ECC", "praxis.ecc", "enc")
+
+
+@pytest.fixture(scope="session")
+def other_rsa_recipient(cas: dict[str, SimpleCa]) -> Party:
+    return _party(cas, "RSA", "apotheke.rsa", "enc")
+
+
+@pytest.fixture(scope="session")
+def rsa_signer(cas: dict[str, SimpleCa]) -> Party:
+    return _party(cas, "RSA", "praxis.rsa", "sign")
+
+
+@pytest.fixture(scope="session")
+def ecc_signer(cas: dict[str, SimpleCa]) -> Party:
+    return _party(cas, "ECC", "praxis.ecc", "sign")
+
+
+@pytest.fixture(scope="session")
+def gematik_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gematik's SMIME-Profil.zip unpacked, with recipientA/B key zips unpacked into A/ and B/."""
+    import zipfile
+
+    if not SAMPLE_ZIP.exists():
+        pytest.fail(f"gematik sample missing: {SAMPLE_ZIP}")
+    root = tmp_path_factory.mktemp("smime-sample")
+    with zipfile.ZipFile(SAMPLE_ZIP) as z:
+        z.extractall(root)
+    for who in ("A", "B"):
+        with zipfile.ZipFile(root / f"recipient{who}keys.zip") as z:
+            z.extractall(root / who)
+    return root

@@ -1,0 +1,138 @@
+"""Base64 with CRLF line wrapping and SMTP/POP3 dot-stuffing of ``kim_appliance._native``.
+
+Python's ``base64`` and ``smtplib``'s own quoting are the oracles. The unstuffer tests include the
+SMTP smuggling sequences, which must never end a message body.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kim_appliance import _native as n
+
+
+def chunks(data: bytes, step: int) -> list[bytes]:
+    return [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+
+
+@given(st.binary(max_size=3000), st.integers(1, 400))
+def test_base64_encoder_matches_mime_encoding(data: bytes, step: int) -> None:
+    """RFC 2045 §6.8: 76-character lines ending CRLF, as email.base64mime writes them."""
+    enc = n.Base64Encoder()
+    out = b"".join(enc.update(c) for c in chunks(data, step)) + enc.finalize()
+    expected = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    assert out == expected
+    dec = n.Base64Decoder()
+    assert b"".join(dec.update(c) for c in chunks(out, step)) + dec.finalize() == data
+
+
+@given(st.binary(max_size=500), st.integers(1, 100), st.integers(1, 50))
+def test_base64_other_line_lengths(data: bytes, line_length: int, step: int) -> None:
+    enc = n.Base64Encoder(line_length)
+    out = b"".join(enc.update(c) for c in chunks(data, step)) + enc.finalize()
+    lines = out.split(b"\r\n")
+    assert lines[-1] == b""
+    assert all(len(line) == line_length for line in lines[:-2])
+    assert b"".join(lines) == base64.b64encode(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "reason"),
+    [
+        (b"Zm9v\r\nZm9v!", 10, "character '!' outside the base64 alphabet"),
+        (b"Zg==Zg==", 4, "after padding"),
+        (b"Zm9", 3, "inside a quantum"),
+        (b"Z===", 1, "'=' at position 2"),
+        (b"Zm9v\x00", 4, "byte 0x00"),
+    ],
+)
+def test_base64_decoder_errors_name_offset(text: bytes, offset: int, reason: str) -> None:
+    dec = n.Base64Decoder()
+
+    def decode_all() -> None:
+        for c in chunks(text, 1):
+            dec.update(c)
+        dec.finalize()
+
+    with pytest.raises(n.Base64Error, match=rf"offset {offset}: .*{reason}"):
+        decode_all()
+
+
+def test_base64_decoder_skips_whitespace() -> None:
+    dec = n.Base64Decoder()
+    assert dec.update(b" Zm9v\r\n\tYmFy \r\n") + dec.finalize() == b"foobar"
+
+
+lines = st.lists(
+    st.sampled_from(
+        [b".", b"..", b"x", b".x", b"\r\n", b"\n", b"\r", b"\r\n.", b"\r\n.\r\n", b" "]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@given(lines, st.integers(1, 10))
+def test_dot_stuffing_round_trip_and_smtplib(body: bytes, step: int) -> None:
+    """The stuffed body never contains the terminator early, unstuffs back to the body (with a
+    final CRLF added), and matches smtplib's quoting where the body has CRLF line ends only."""
+    stuffer = n.DotStuffer()
+    wire = b"".join(stuffer.update(c) for c in chunks(body, step)) + stuffer.finalize()
+    assert wire.endswith(b".\r\n")
+    u = n.DotUnstuffer()
+    out = b"".join(u.feed(c) for c in chunks(wire + b"NEXT", step))
+    assert u.done
+    assert u.take_rest() == b"NEXT"
+    expect = body if body == b"" or body.endswith(b"\r\n") else body + b"\r\n"
+    assert out == expect
+    if b"\r" not in body.replace(b"\r\n", b"") and b"\n" not in body.replace(b"\r\n", b""):
+        quoted = smtplib.quotedata(body.decode()).encode()
+        assert wire[: len(quoted)] == quoted
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        b"a\n.\r\nRSET\r\n",
+        b"a\n.\nRSET\r\n",
+        b"a\r.\r\nRSET\r\n",
+        b"a\r\n.\nRSET\r\n",
+        b"a\r\n.\rRSET",
+    ],
+)
+def test_smuggling_sequences_never_end_the_body(evil: bytes) -> None:
+    """SMTP smuggling: only CRLF '.' CRLF ends DATA; bare LF / bare CR variants are content and
+    are counted so that a server can refuse them."""
+    for step in range(1, len(evil) + 1):
+        u = n.DotUnstuffer()
+        out = b"".join(u.feed(c) for c in chunks(evil, step))
+        assert not u.done
+        assert b"RSET" in out
+        assert u.bare_lf + u.bare_cr >= 1
+
+
+def test_terminator_split_at_every_position() -> None:
+    wire = b"From: a\r\n\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n"
+    for cut in range(len(wire) + 1):
+        u = n.DotUnstuffer()
+        out = u.feed(wire[:cut]) + u.feed(wire[cut:])
+        assert u.done
+        assert out == b"From: a\r\n\r\n.leading dot\r\nend\r\n"
+        assert u.take_rest() == b"QUIT\r\n"
+        assert u.take_rest() == b""
+        assert u.feed(b"more") == b""
+        assert u.take_rest() == b"more"
+
+
+def test_counters_and_longest_line() -> None:
+    u = n.DotUnstuffer()
+    u.feed(b"short\r\n" + b"y" * 1200 + b"\r\nbare\nlf and bare\rcr\r\n")
+    assert (u.bare_lf, u.bare_cr) == (1, 1)
+    assert u.longest_line == 1200
+    assert not u.done
+    u.feed(b".\r\n")
+    assert u.done
