@@ -413,60 +413,70 @@ class _Search:
             return [(pos, 0, 0.0, None)]
         key = (pos, length)
         memo = self.children_memo.get(key)
-        if memo is not None:
-            return memo
-        results: list[_Result] = []
-        # Forward over states (damaged offset, original bytes so far); every element is at
-        # least two bytes long, so processing by bytes-so-far visits each state once.
-        states: dict[tuple[int, int], list[tuple[float, _Node]]] = {(pos, 0): [(0.0, None)]}
-        queue: list[tuple[int, int]] = [(0, pos)]
-        while queue and len(results) < MAX_ALTERNATIVES:
-            done, at = heapq.heappop(queue)
-            prefixes = states.pop((at, done))
-            self.step()
-            if length - done > self.size - at:
-                continue
-            for end, out_len, cost, node in self.element(at, depth):
-                total = done + out_len
-                if total > length:
-                    continue
-                joined = [(c + cost, _cat(n, node)) for c, n in prefixes]
-                if total == length:
-                    results.extend((end, length, c, n) for c, n in joined)
-                    continue
-                bucket = states.get((end, total))
-                if bucket is None:
-                    states[(end, total)] = joined[:MAX_ALTERNATIVES]
-                    heapq.heappush(queue, (total, end))
-                elif len(bucket) < MAX_ALTERNATIVES:
-                    bucket.extend(joined[: MAX_ALTERNATIVES - len(bucket)])
-        results = results[:MAX_ALTERNATIVES]
-        self.children_memo[key] = results
-        return results
+        if memo is None:
+            memo = self._run(pos, length, depth)
+            self.children_memo[key] = memo
+        return memo
 
     def children_indefinite(self, pos: int, depth: int) -> list[_Result]:
         """Every way to read elements from ``pos`` up to and including an end-of-contents."""
-        results: list[_Result] = []
-        states: dict[int, list[tuple[float, int, _Node]]] = {pos: [(0.0, 0, None)]}
-        queue: list[int] = [pos]
-        while queue and len(results) < MAX_ALTERNATIVES:
-            at = heapq.heappop(queue)
-            prefixes = states.pop(at)
+        return self._run(pos, None, depth)
+
+    def _run(self, pos: int, length: int | None, depth: int) -> list[_Result]:
+        """Read sibling elements: exactly ``length`` original bytes, or up to an EOC if None.
+
+        A forward pass over states (damaged offset, original bytes so far) records back
+        pointers only; every element is at least two bytes, so taking states in order of bytes
+        so far visits each once. Paths are spelled out afterwards, at most MAX_ALTERNATIVES.
+        """
+        data = self.data
+        start = (pos, 0)
+        edges: dict[tuple[int, int], list[tuple[tuple[int, int], _Result]]] = {start: []}
+        finals: list[tuple[tuple[int, int], _Result | None]] = []
+        queue: list[tuple[int, int]] = [(0, pos)]
+        while queue and len(finals) < MAX_ALTERNATIVES:
+            done, at = heapq.heappop(queue)
+            here = (at, done)
             self.step()
-            if self.data[at : at + 2] == b"\x00\x00":
-                results.extend(
-                    (at + 2, n + 2, c, _cat(node, b"\x00\x00")) for c, n, node in prefixes
-                )
+            if length is None:
+                if data[at : at + 2] == b"\x00\x00":
+                    finals.append((here, None))
+                    continue
+            elif length - done > self.size - at:
                 continue
-            for end, out_len, cost, node in self.element(at, depth):
-                joined = [(c + cost, n + out_len, _cat(p, node)) for c, n, p in prefixes]
-                bucket = states.get(end)
-                if bucket is None:
-                    states[end] = joined[:MAX_ALTERNATIVES]
-                    heapq.heappush(queue, end)
-                elif len(bucket) < MAX_ALTERNATIVES:
-                    bucket.extend(joined[: MAX_ALTERNATIVES - len(bucket)])
-        return results[:MAX_ALTERNATIVES]
+            for result in self.element(at, depth):
+                self.step()
+                total = done + result[1]
+                if length is not None:
+                    if total > length:
+                        continue
+                    if total == length:
+                        finals.append((here, result))
+                        continue
+                target = (result[0], total)
+                incoming = edges.get(target)
+                if incoming is None:
+                    edges[target] = [(here, result)]
+                    heapq.heappush(queue, (total, result[0]))
+                elif len(incoming) < MAX_ALTERNATIVES:
+                    incoming.append((here, result))
+        results: list[_Result] = []
+        for here, last in finals:
+            suffix: _Node
+            if last is None:
+                end, total, cost, suffix = here[0] + 2, here[1] + 2, 0.0, b"\x00\x00"
+            else:
+                end, total, cost, suffix = last[0], here[1] + last[1], last[2], last[3]
+            stack: list[tuple[tuple[int, int], _Node, float]] = [(here, suffix, cost)]
+            while stack and len(results) < MAX_ALTERNATIVES:
+                self.step()
+                state, node, path_cost = stack.pop()
+                if state == start:
+                    results.append((end, total, path_cost, node))
+                    continue
+                for previous, result in edges[state]:
+                    stack.append((previous, _cat(result[3], node), path_cost + result[2]))
+        return results
 
     def primitive(self, tag: int, pos: int, length: int, depth: int) -> list[_Result]:
         """Every way to read ``length`` original content bytes from ``pos``."""

@@ -23,8 +23,8 @@ INNER = parse_header_block(
 
 
 def test_outer_header_follows_the_profile() -> None:
-    """KOM-LE-A_2098-03, A_2099, A_2100-02, A_2101-01, A_2102: copied fields, fixed subject,
-    X-KOM-LE-Version, every X-KIM-* header, pkcs7-mime base64 body."""
+    """KOM-LE-A_2098-03, KOM-LE-A_2099, KOM-LE-A_2100-02, KOM-LE-A_2101-01, KOM-LE-A_2102:
+    copied fields, fixed subject, X-KOM-LE-Version, every X-KIM-* header, base64 pkcs7-mime."""
     outer = parse_header_block(build_outer_header(INNER).removesuffix(b"\r\n"))
     assert outer.get("Subject") == "KOM-LE-Nachricht"
     assert outer.get("X-KOM-LE-Version") == "1.0"

@@ -50,7 +50,9 @@ def sealed(
 def test_every_recipient_and_the_sender_can_open_it(
     sealed: bytes, rsa_recipient: Party, ecc_recipient: Party, other_rsa_recipient: Party
 ) -> None:
-    """KOM-LE-A_2095/2096/2111-01: signed then encrypted for each recipient and the sender."""
+    """KOM-LE-A_2095, KOM-LE-A_2096, KOM-LE-A_2111-01, KOM-LE-A_2108, KOM-LE-A_2112, KOM-LE-A_2019:
+    signed then encrypted (RSA-OAEP and ECDH recipients, AES-256-GCM content) for each recipient
+    and the sender, and the inner mail comes back byte for byte."""
     for party in (rsa_recipient, ecc_recipient, other_rsa_recipient):
         out = io.BytesIO()
         report = open_message(io.BytesIO(sealed), out, keys=[party.key])
@@ -62,7 +64,7 @@ def test_every_recipient_and_the_sender_can_open_it(
 
 
 def test_outer_mail_is_shaped_like_gematiks_sample(sealed: bytes) -> None:
-    """KOM-LE-A_2098-03, A_2101-01, A_2102, A_2104: outer header, base64 76-column body, and an
+    """KOM-LE-A_2098-03, KOM-LE-A_2101-01, KOM-LE-A_2102, KOM-LE-A_2104, KOM-LE-A_2193: outer header, base64 76-column body, and an
     AuthEnvelopedData ContentInfo in BER with indefinite lengths."""
     header, body = read_header_block(io.BytesIO(sealed))
     inner = parse_header_block(INNER.split(b"\r\n\r\n")[0])

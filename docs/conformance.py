@@ -1,0 +1,159 @@
+"""Regenerate docs/conformance.md from the gematik checklist, the digest and the tests.
+
+Every requirement ID of ``../shared/spec/afo-checklist.md`` and every ID the digest
+(``../shared/spec/kim-digest.md``) cites gets one row. A row lists the tests whose docstring
+cites the ID (found with ``ast``), and otherwise the status written in ``STATUS`` below: which
+issue builds it, or why it does not apply to an emulation. Run from the repository root:
+
+    python docs/conformance.py [--shared ../shared]
+
+The tests are the source of truth: cite a requirement ID in a test's docstring and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ID = re.compile(r"\b(?:KOM-LE-|GS-)?(A_\d{4,5})(?:-\d{2})?\b")
+
+# Issues that build a requirement not shown yet, by spec; per-ID entries override.
+DEFAULT = {
+    "gemSpec_CM_KOMLE": "open: Clientmodul (issue 6)",
+    "gemSpec_FD_KOMLE": "open: Fachdienst (issues 3, 5)",
+    "gemSMIME_KOMLE": "open",
+    "digest": "open",
+}
+NOT_APPLICABLE_LOGGING = (
+    "n/a: logging rules of a certified product; the emulation logs to stderr without "
+    "retention or rotation"
+)
+STATUS: dict[str, str] = {
+    # Clientmodul rows that are about a certified product, not the behaviour users test against
+    **{f"A_{n}": NOT_APPLICABLE_LOGGING for n in range(2079, 2091)},
+    "A_2094": "n/a: scalability of a certified product; measured by bench/ (issue 7)",
+    "A_2171": "n/a: scalability of a certified product; measured by bench/ (issue 7)",
+    "A_2225": "n/a: update mechanisms of a certified product (pip install is the update)",
+    "A_2065": "n/a: key store protection; the emulated keys are exported test keys on purpose",
+    "A_2069": "n/a: superseded (TLS 1.0); TLS 1.2+ only",
+    "A_2133": "n/a: accounting for billing",
+    "A_2135": NOT_APPLICABLE_LOGGING,
+    "A_2136": NOT_APPLICABLE_LOGGING,
+    "A_2137": NOT_APPLICABLE_LOGGING,
+    "A_2145": "n/a: TSL validation; the test PKI's trust anchors replace the TSL (kim_appliance.pki)",
+    # Konnektor and VZD
+    "A_2076": "open: Konnektor SOAP services (issue 4)",
+    "A_2077": "open: Konnektor SOAP services (issue 4)",
+    "A_2177": "open: Konnektor SignDocument/EncryptDocument (issue 4)",
+    "A_2230": "open: Konnektor (issue 4)",
+    "A_2023": "open: VZD lookup in the Clientmodul (issues 4, 6)",
+    "A_2026": "open: certificate cache in the Clientmodul (issue 6)",
+    "A_2159": "open: VZD maintenance interface (issues 4, 5)",
+    "A_2189": "open: VZD maintenance interface (issues 4, 5)",
+    # Account Manager and KAS
+    **{f"A_{n}": "open: Account Manager (issue 5)" for n in range(2156, 2159)},
+    **{f"A_{n}": "open: Account Manager (issue 5)" for n in range(2163, 2169)},
+    "A_2223": "open: absence notes (issue 5)",
+    "A_2224": "open: absence notes (issue 5)",
+    "A_2277": "open: absence notes (issue 5)",
+    "A_2278": "open: absence notes (issue 5)",
+}
+
+
+def checklist(path: Path) -> list[tuple[str, str, str]]:
+    """(spec, ID, title) rows of the checklist's tables."""
+    rows: list[tuple[str, str, str]] = []
+    spec = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"^## (\S+)", line)
+        if heading:
+            spec = heading.group(1)
+        match = re.match(r"^\| (KOM-LE-A_\d+) \| (.+?) \|$", line)
+        if match:
+            rows.append((spec, match.group(1), match.group(2)))
+    return rows
+
+
+def digest_ids(path: Path) -> dict[str, tuple[str, str]]:
+    """ID -> (as written, section) for every requirement the digest cites."""
+    found: dict[str, tuple[str, str]] = {}
+    section = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("###"):
+            section = line.lstrip("#").strip().split(" (")[0]
+        for match in ID.finditer(line):
+            found.setdefault(match.group(1), (match.group(0), section))
+    return found
+
+
+def citing_tests(tests: Path) -> dict[str, list[str]]:
+    """ID -> ["tests/x.py::test_name", ...] for every test whose docstring cites the ID."""
+    result: dict[str, list[str]] = defaultdict(list)
+    for file in sorted(tests.rglob("test_*.py")):
+        text = file.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith(
+                "test"
+            ):
+                # the docstring, or the parameters and body (parametrised rule cases)
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                source = "\n".join(lines[first - 1 : node.end_lineno])
+                for key in sorted({m.group(1) for m in ID.finditer(source)}):
+                    result[key].append(f"`{file.relative_to(ROOT)}::{node.name}`")
+    return result
+
+
+def render(shared: Path) -> str:
+    rows = checklist(shared / "spec/afo-checklist.md")
+    cited = digest_ids(shared / "spec/kim-digest.md")
+    tests = citing_tests(ROOT / "tests")
+    out = [
+        "# Conformance: gematik requirements and the tests that show them",
+        "",
+        "Generated by `python docs/conformance.py` from `../shared/spec/afo-checklist.md`, the",
+        "requirement IDs cited in `../shared/spec/kim-digest.md`, and the docstrings of the tests",
+        "(a test shows a requirement by citing its ID). Rows without a test say which issue builds",
+        "the requirement or why it does not apply to an emulation.",
+        "",
+    ]
+    listed = set()
+    for spec in dict.fromkeys(spec for spec, _, _ in rows):
+        out += [f"## {spec}", "", "| AFO | title | shown by / status |", "|---|---|---|"]
+        for row_spec, afo, title in rows:
+            if row_spec != spec:
+                continue
+            key = ID.match(afo).group(1)  # type: ignore[union-attr]
+            listed.add(key)
+            status = "<br>".join(tests[key]) if key in tests else STATUS.get(key, DEFAULT[spec])
+            out.append(f"| {afo} | {title} | {status} |")
+        out.append("")
+    out += [
+        "## Cited in the digest, not in the checklist",
+        "",
+        "| requirement | digest section | shown by / status |",
+        "|---|---|---|",
+    ]
+    for key in sorted(cited, key=lambda k: int(k[2:])):
+        if key in listed:
+            continue
+        written, section = cited[key]
+        status = "<br>".join(tests[key]) if key in tests else STATUS.get(key, DEFAULT["digest"])
+        out.append(f"| {written} | {section} | {status} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    args = parser.parse_args()
+    (ROOT / "docs/conformance.md").write_text(render(args.shared), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
