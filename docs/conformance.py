@@ -44,7 +44,7 @@ STATUS: dict[str, str] = {
     "A_2135": NOT_APPLICABLE_LOGGING,
     "A_2136": NOT_APPLICABLE_LOGGING,
     "A_2137": NOT_APPLICABLE_LOGGING,
-    "A_2145": "n/a: TSL validation; the test PKI's trust anchors replace the TSL (kim_appliance.pki)",
+    "A_2145": "n/a: TSL validation; the test PKI's trust anchors replace the TSL (pki/)",
     # Konnektor and VZD
     "A_2076": "open: Konnektor SOAP services (issue 4)",
     "A_2077": "open: Konnektor SOAP services (issue 4)",

@@ -78,7 +78,7 @@ class Plaintext:
     def __exit__(self, *exc: object) -> None: ...
 
 def gcm_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
-    """One-shot AES-256-GCM: ciphertext followed by the 16-byte tag (for small data: KAS blobs, tests)."""
+    """One-shot AES-256-GCM: ciphertext then the 16-byte tag (small data: KAS blobs, tests)."""
 
 def gcm_open(key: bytes, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes = b"") -> bytes:
     """One-shot inverse of :func:`gcm_seal`; raises :class:`TagMismatchError`."""
@@ -110,7 +110,8 @@ class BerEvent:
         """Content length from the header; None for the indefinite form."""
     @property
     def offset(self) -> int:
-        """Offset in the input stream of the element's first header byte (START/RAW) or of the data."""
+        """Stream offset of the element's first header byte (START/RAW), of the data
+        (VALUE/DATA), or just past the element and its end-of-contents octets (END)."""
     @property
     def depth(self) -> int:
         """Nesting depth of the element; the outermost element is depth 0."""

@@ -23,7 +23,7 @@ import inspect
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
-from itertools import combinations, pairwise, product
+from itertools import combinations, pairwise
 from typing import Final
 
 from kim_appliance.cms import oids as _kim_oids
@@ -34,16 +34,24 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 
 # Work limits (digest §2.10 asks for forgiveness, not for unbounded search).
-MAX_STEPS: Final = 300_000
+MAX_STEPS: Final = 100_000
 """Structural parse steps (element starts, length guesses, content end guesses) per input."""
 MAX_ALTERNATIVES: Final = 64
-"""Structural alternatives kept per element start and per (start, length) child list."""
+"""Back pointers kept per parse state (damaged offset, original bytes so far)."""
+MAX_PER_END: Final = 16
+"""Structural readings kept per element or sibling run that end at the same offset."""
+MAX_ELEMENT_READINGS: Final = 4096
+"""Readings kept per element start (a long primitive has one per possible end)."""
 MAX_SKELETONS: Final = 64
 """Complete structural parses considered; contents are then enumerated within each."""
 MAX_SLOT_COMBINATIONS: Final = 20_000
 """Collapse combinations examined inside one primitive content."""
+MAX_SLOT_WORK: Final = 200_000
+"""Combinations times collapses examined inside one primitive content."""
 MAX_DEPTH: Final = 64
 """Nesting depth of constructed (and encapsulated) elements."""
+MAX_CANDIDATE_BYTES: Final = 64 * 1024 * 1024
+"""Bytes of candidates built per input (a damaged 3 MB entity gets about twenty tries)."""
 _VALIDATE_LIMIT: Final = 4096
 """Primitive contents up to this length are rebuilt and checked per type for each guess."""
 
@@ -220,46 +228,86 @@ class _Slot:
     def alternatives(
         self, data: bytes, limit: int
     ) -> list[tuple[float, tuple[tuple[int, int], ...]]]:
-        """Valid collapse choices, cheapest first (at most ``limit``)."""
+        """Valid collapse choices, cheapest first (at most ``limit``).
+
+        Choices come in order of how many collapses read as CR (fewest first), which is the
+        order of their text/binary cost; only OIDs, whose cost depends on the value, are all
+        examined and sorted. Examination is capped (MAX_SLOT_COMBINATIONS, MAX_SLOT_WORK).
+        """
         if self._alternatives is not None:
             return self._alternatives
         text = self.tag in _TEXT_TYPES or (self.tag == 0x04 and _looks_like_text(data, self))
-        keep_cost, cr_cost, lf_cost = _TEXT_COSTS if text else _BINARY_COSTS
+        _, cr_cost, lf_cost = _TEXT_COSTS if text else _BINARY_COSTS
+        is_oid = self.tag == 0x06
         found: list[tuple[float, tuple[tuple[int, int], ...]]] = []
-        examined = 0
         every, first, n = self._pairs
         pairs = every[first : first + n]
-        for chosen in combinations(range(n), self.collapses):
-            for readings in product((_CR, _LF), repeat=self.collapses):
-                examined += 1
-                if examined > MAX_SLOT_COMBINATIONS:
-                    break
-                choice = tuple(zip((pairs[i] for i in chosen), readings, strict=True))
-                if _cr_then_lf(choice):
-                    continue
-                cost = keep_cost * (n - self.collapses) + sum(
-                    cr_cost if r == _CR else lf_cost for r in readings
-                )
-                if self.length <= _VALIDATE_LIMIT:
-                    content = self.build(data, choice)
-                    if self.tag == 0x06:
-                        oid_cost = _oid_cost(content)
+        c = self.collapses
+        budget = min(MAX_SLOT_COMBINATIONS, max(1, MAX_SLOT_WORK // (c + 1)))
+        examined = 0
+        for crs in range(c + 1):
+            base = cr_cost * crs + lf_cost * (c - crs)
+            for chosen in combinations(range(n), c):
+                for cr_at in combinations(range(c), crs):
+                    examined += 1
+                    if examined > budget or (not is_oid and len(found) >= limit):
+                        break
+                    readings = [_LF] * c
+                    for k in cr_at:
+                        readings[k] = _CR
+                    choice = tuple(zip((pairs[i] for i in chosen), readings, strict=True))
+                    if _cr_then_lf(choice):
+                        continue
+                    cost = base
+                    if is_oid:
+                        oid_cost = (
+                            _oid_cost(self.build(data, choice))
+                            if self.length <= _VALIDATE_LIMIT
+                            else None
+                        )
                         if oid_cost is None:
                             continue
                         cost += oid_cost
-                    elif not _content_valid(self.tag, content):
+                    elif self.tag in (0x02, 0x03, 0x0A) and not _content_valid(
+                        self.tag, self._head(data, choice)
+                    ):
                         continue
-                found.append((cost, choice))
-            if examined > MAX_SLOT_COMBINATIONS:
+                    found.append((cost, choice))
+                else:
+                    continue
                 break
-        found.sort(key=lambda item: item[0])
+            else:
+                continue
+            break
+        found.sort(key=lambda item: item[0])  # stable: keeps the generation order on ties
         self._alternatives = found[:limit]
         return self._alternatives
+
+    def _head(self, data: bytes, choice: tuple[tuple[int, int], ...]) -> bytes:
+        """The first two original content bytes under ``choice`` (enough for _content_valid)."""
+        if self.length < 2:
+            return self.build(data, choice)
+        cut = min(self.end, self.start + 6)
+        head = _Slot(self.tag, self.start, cut, 0, ([], 0, 0), 0)
+        return head.build(data, tuple(x for x in choice if x[0] + 2 <= cut))[:2]
 
 
 _Node = bytes | _Span | _Slot | _Cat | None
 # (end offset in the damaged input, original length, cost, node)
 _Result = tuple[int, int, float, _Node]
+
+
+def _tag_allowed(first: int) -> bool:
+    """X.690 rules for a low-number identifier octet: no EOC here, no reserved universal tags,
+    SEQUENCE/SET constructed, the scalar universal types primitive."""
+    if first >> 6 != 0 or first & 0x1F == 0x1F:
+        return True
+    number = first & 0x1F
+    if number in (0, 14, 15):
+        return False
+    if first & 0x20:
+        return number not in _PRIMITIVE_ONLY
+    return number not in _CONSTRUCTED_ONLY
 
 
 def _cr_then_lf(choice: tuple[tuple[int, int], ...]) -> bool:
@@ -320,16 +368,10 @@ class _Search:
                 for tail, end in self._read_high_tag(nxt, 0):
                     out.append((bytes((first,)) + tail, first, constructed, end, 0.0))
                 continue
-            cost = 0.0
-            if cls == 0:
-                if number == 0 or number in (14, 15):
-                    continue
-                if constructed and number in _PRIMITIVE_ONLY:
-                    continue
-                if not constructed and number in _CONSTRUCTED_ONLY:
-                    continue
-                if number in (10, 13):  # ENUMERATED, RELATIVE-OID: rare in CMS
-                    cost = _RARE_TAG_COST
+            if not _tag_allowed(first):
+                continue
+            # ENUMERATED, RELATIVE-OID: rare in CMS, and exactly what a damaged LF/CR looks like
+            cost = _RARE_TAG_COST if cls == 0 and number in (10, 13) else 0.0
             out.append((bytes((first,)), first, constructed, nxt, cost))
         return out
 
@@ -377,6 +419,7 @@ class _Search:
             return memo
         self.step()
         results: list[_Result] = []
+        per_end: dict[tuple[int, int], int] = {}
         if depth <= MAX_DEPTH:
             for tag_octets, tag, constructed, after_tag, tag_cost in self.read_tag(pos):
                 for len_octets, length, content_at, len_cost in self.read_length(after_tag):
@@ -395,14 +438,19 @@ class _Search:
                     else:
                         inner = self.primitive(tag, content_at, length, depth + 1)
                     for end, out_len, inner_cost, node in inner:
+                        self.step()
+                        key = (end, len(header) + out_len)
+                        if per_end.get(key, 0) >= MAX_PER_END:
+                            continue
+                        per_end[key] = per_end.get(key, 0) + 1
                         results.append(
                             (end, len(header) + out_len, cost + inner_cost, _cat(header, node))
                         )
-                        if len(results) >= MAX_ALTERNATIVES:
+                        if len(results) >= MAX_ELEMENT_READINGS:
                             break
-                    if len(results) >= MAX_ALTERNATIVES:
+                    if len(results) >= MAX_ELEMENT_READINGS:
                         break
-                if len(results) >= MAX_ALTERNATIVES:
+                if len(results) >= MAX_ELEMENT_READINGS:
                     break
         self.elem_memo[pos] = results
         return results
@@ -434,7 +482,7 @@ class _Search:
         edges: dict[tuple[int, int], list[tuple[tuple[int, int], _Result]]] = {start: []}
         finals: list[tuple[tuple[int, int], _Result | None]] = []
         queue: list[tuple[int, int]] = [(0, pos)]
-        while queue and len(finals) < MAX_ALTERNATIVES:
+        while queue and len(finals) < MAX_ELEMENT_READINGS:
             done, at = heapq.heappop(queue)
             here = (at, done)
             self.step()
@@ -461,18 +509,22 @@ class _Search:
                 elif len(incoming) < MAX_ALTERNATIVES:
                     incoming.append((here, result))
         results: list[_Result] = []
+        per_end: dict[tuple[int, int], int] = {}
         for here, last in finals:
             suffix: _Node
             if last is None:
                 end, total, cost, suffix = here[0] + 2, here[1] + 2, 0.0, b"\x00\x00"
             else:
                 end, total, cost, suffix = last[0], here[1] + last[1], last[2], last[3]
+            # Readings that end alike look the same to the parent: keep a few of each, so that
+            # one ambiguous run cannot crowd out the other ends.
             stack: list[tuple[tuple[int, int], _Node, float]] = [(here, suffix, cost)]
-            while stack and len(results) < MAX_ALTERNATIVES:
+            while stack and per_end.get((end, total), 0) < MAX_PER_END:
                 self.step()
                 state, node, path_cost = stack.pop()
                 if state == start:
                     results.append((end, total, path_cost, node))
+                    per_end[(end, total)] = per_end.get((end, total), 0) + 1
                     continue
                 for previous, result in edges[state]:
                     stack.append((previous, _cat(result[3], node), path_cost + result[2]))
@@ -560,7 +612,7 @@ def _parses_as_is(data: bytes) -> bool:
             return False
         first = data[pos]
         pos += 1
-        if first == 0:
+        if not _tag_allowed(first):
             return False
         if first & 0x1F == 0x1F:
             while pos < size and data[pos] & 0x80:
@@ -635,7 +687,13 @@ def _candidates(damaged: bytes, limit: int) -> Iterator[bytes]:
     seen: set[bytes] = set()
     produced = 0
     popped = 0
-    while heap and produced < limit and popped < 16 * limit + 1024:
+    built = 0
+    while (
+        heap
+        and produced < limit
+        and popped < 16 * limit + 1024
+        and built + len(damaged) <= MAX_CANDIDATE_BYTES
+    ):
         total, _, index, vector = heapq.heappop(heap)
         popped += 1
         alts = alts_of[index]
@@ -660,6 +718,7 @@ def _candidates(damaged: bytes, limit: int) -> Iterator[bytes]:
             else:
                 parts.append(piece.build(damaged, slot_choice[id(piece)]))
         candidate = b"".join(parts)
+        built += len(candidate)
         if candidate in seen or (check_preimage and _canonicalise(candidate) != damaged):
             continue
         seen.add(candidate)

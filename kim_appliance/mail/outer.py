@@ -81,13 +81,7 @@ def check_outer_header(header: HeaderBlock) -> OuterMail:
     version = header.get("X-KOM-LE-Version")
     if version is None:
         raise MailFormatError("X-KOM-LE-Version is missing: this is not a KIM message (A_21390)")
-    content_type = header.get("Content-Type")
-    if content_type is None:
-        raise MailFormatError("Content-Type is missing; expected application/pkcs7-mime")
-    mime_type, params = parse_content_type(content_type)
-    if mime_type not in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
-        raise MailFormatError(f"Content-Type is {mime_type}; expected application/pkcs7-mime")
-    smime_type = params.get("smime-type", "")
+    smime_type = _pkcs7_smime_type(header, "")
     if smime_type.lower() not in SMIME_TYPES_AUTH_ENVELOPED:
         raise MailFormatError(
             f"Content-Type smime-type is {smime_type!r}; expected authenticated-enveloped-data"
@@ -100,18 +94,24 @@ def check_outer_header(header: HeaderBlock) -> OuterMail:
 
 def check_signed_entity_header(header: HeaderBlock) -> None:
     """Check the MIME header of the signed entity inside the encryption (digest §2.1)."""
-    content_type = header.get("Content-Type")
-    if content_type is None:
-        raise MailFormatError("signed entity: Content-Type is missing")
-    mime_type, params = parse_content_type(content_type)
-    if mime_type not in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
-        raise MailFormatError(f"signed entity: Content-Type is {mime_type}, not pkcs7-mime")
-    if params.get("smime-type", "").lower() != "signed-data":
-        raise MailFormatError(
-            f"signed entity: smime-type is {params.get('smime-type')!r}, expected signed-data"
-        )
+    smime_type = _pkcs7_smime_type(header, "signed entity: ")
+    if smime_type.lower() != "signed-data":
+        raise MailFormatError(f"signed entity: smime-type is {smime_type!r}, expected signed-data")
     encoding = (header.get("Content-Transfer-Encoding") or "binary").lower()
     if encoding not in ("binary", "8bit", "7bit"):
         raise MailFormatError(
             f"signed entity: Content-Transfer-Encoding {encoding} is not supported (binary)"
         )
+
+
+def _pkcs7_smime_type(header: HeaderBlock, where: str) -> str:
+    """The smime-type of an ``application/pkcs7-mime`` Content-Type; MailFormatError otherwise."""
+    content_type = header.get("Content-Type")
+    if content_type is None:
+        raise MailFormatError(f"{where}Content-Type is missing; expected application/pkcs7-mime")
+    mime_type, params = parse_content_type(content_type)
+    if mime_type not in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        raise MailFormatError(
+            f"{where}Content-Type is {mime_type}; expected application/pkcs7-mime"
+        )
+    return params.get("smime-type", "")

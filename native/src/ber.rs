@@ -74,6 +74,8 @@ fn write_length(out: &mut Vec<u8>, length: Option<u64>) {
 pub struct OctetStringChunker {
     chunk_size: usize,
     pending: Vec<u8>,
+    /// The identifier and length octets of a full segment.
+    header: Vec<u8>,
 }
 
 impl OctetStringChunker {
@@ -81,9 +83,12 @@ impl OctetStringChunker {
         if chunk_size == 0 {
             return Err(Error::usage("chunk_size: must be at least 1"));
         }
+        let mut header = vec![TAG_OCTET_STRING];
+        write_length(&mut header, Some(chunk_size as u64));
         Ok(OctetStringChunker {
             chunk_size,
             pending: Vec::new(),
+            header,
         })
     }
 
@@ -93,25 +98,43 @@ impl OctetStringChunker {
         out.extend_from_slice(content);
     }
 
-    pub fn update(&mut self, mut data: &[u8]) -> Vec<u8> {
+    /// Exactly how many bytes `update_into` writes for `n` more input bytes.
+    pub fn output_len(&self, n: usize) -> usize {
+        (self.pending.len() + n) / self.chunk_size * (self.chunk_size + self.header.len())
+    }
+
+    /// Write the full segments that `data` completes into `out` (which must hold
+    /// [`OctetStringChunker::output_len`] bytes); returns the number of bytes written.
+    pub fn update_into(&mut self, mut data: &[u8], out: &mut [u8]) -> usize {
         let cs = self.chunk_size;
-        let total = self.pending.len() + data.len();
-        let mut out = Vec::with_capacity(total / cs * (cs + 10));
+        let h = self.header.len();
+        let mut w = 0;
         if !self.pending.is_empty() {
             let take = (cs - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.pending.len() < cs {
-                return out;
+                return 0;
             }
-            Self::segment(&mut out, &self.pending);
+            out[..h].copy_from_slice(&self.header);
+            out[h..h + cs].copy_from_slice(&self.pending);
+            w = h + cs;
             self.pending.clear();
         }
         let mut pieces = data.chunks_exact(cs);
         for p in &mut pieces {
-            Self::segment(&mut out, p);
+            out[w..w + h].copy_from_slice(&self.header);
+            out[w + h..w + h + cs].copy_from_slice(p);
+            w += h + cs;
         }
         self.pending.extend_from_slice(pieces.remainder());
+        w
+    }
+
+    pub fn update(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; self.output_len(data.len())];
+        let n = self.update_into(data, &mut out);
+        debug_assert_eq!(n, out.len());
         out
     }
 

@@ -3,10 +3,14 @@
 //! exceptions in one place. The work itself is in the pure-Rust modules, which must never import
 //! pyo3 (so `cargo test` runs without Python).
 pub mod base64;
+#[cfg(target_arch = "x86_64")]
+pub mod base64_x86;
 pub mod ber;
 pub mod dot;
 pub mod error;
 pub mod gcm;
+#[cfg(target_arch = "x86_64")]
+pub mod gcm_x86;
 pub mod sha;
 pub mod spool;
 
@@ -18,6 +22,7 @@ mod glue {
     use pyo3::buffer::PyBuffer;
     use pyo3::create_exception;
     use pyo3::exceptions::{PyOSError, PyValueError};
+    use pyo3::ffi;
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedBytes;
     use pyo3::types::PyBytes;
@@ -82,6 +87,41 @@ mod glue {
 
     fn bytes_out<'py>(py: Python<'py>, v: Vec<u8>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &v)
+    }
+
+    /// A new bytes object of at most `len` bytes, written by `fill` straight into the object's
+    /// buffer (no zero-fill pass, no copy), with the GIL released for large buffers. `fill`
+    /// returns how many bytes it wrote (the object is shrunk to that) and must write every byte
+    /// it reports before reading any of them: the buffer starts uninitialised.
+    fn bytes_filled<'py, F>(py: Python<'py>, len: usize, fill: F) -> PyResult<Bound<'py, PyBytes>>
+    where
+        F: Send + FnOnce(&mut [u8]) -> Result<usize, Error>,
+    {
+        // SAFETY: a fresh bytes object (len > 1 or NULL contents: never a shared singleton
+        // unless len == 0, when nothing is written) is owned by us alone until returned; its
+        // buffer holds `len` bytes plus the trailing NUL that CPython keeps.
+        unsafe {
+            let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let buf = ffi::PyBytes_AsString(obj) as usize;
+            let res = maybe_detach(py, len, move || {
+                let out = std::slice::from_raw_parts_mut(buf as *mut u8, len);
+                fill(out)
+            });
+            let n = match res {
+                Ok(n) => n.min(len),
+                Err(e) => {
+                    ffi::Py_DECREF(obj);
+                    return Err(e.into());
+                }
+            };
+            if n != len && ffi::_PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+            Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
+        }
     }
 
     // --- SHA-256 ------------------------------------------------------------------------------
@@ -155,9 +195,9 @@ mod glue {
                 .inner
                 .as_mut()
                 .ok_or_else(|| finished("AesGcmEncryptor"))?;
-            PyBytes::new_with(py, data.len(), |out| {
-                out.copy_from_slice(&data);
-                maybe_detach(py, out.len(), || g.encrypt_in_place(out)).map_err(PyErr::from)
+            bytes_filled(py, data.len(), |out| {
+                g.encrypt(&data, out)?;
+                Ok(out.len())
             })
         }
 
@@ -509,10 +549,14 @@ mod glue {
             })
         }
 
-        fn update<'py>(&mut self, py: Python<'py>, data: PyBackedBytes) -> Bound<'py, PyBytes> {
+        fn update<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: PyBackedBytes,
+        ) -> PyResult<Bound<'py, PyBytes>> {
             let c = &mut self.inner;
-            let out = maybe_detach(py, data.len(), || c.update(&data));
-            bytes_out(py, out)
+            let n = c.output_len(data.len());
+            bytes_filled(py, n, |out| Ok(c.update_into(&data, out)))
         }
 
         fn finalize<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -537,10 +581,14 @@ mod glue {
             })
         }
 
-        fn update<'py>(&mut self, py: Python<'py>, data: PyBackedBytes) -> Bound<'py, PyBytes> {
+        fn update<'py>(
+            &mut self,
+            py: Python<'py>,
+            data: PyBackedBytes,
+        ) -> PyResult<Bound<'py, PyBytes>> {
             let e = &mut self.inner;
-            let out = maybe_detach(py, data.len(), || e.update(&data));
-            bytes_out(py, out)
+            let n = e.output_len(data.len());
+            bytes_filled(py, n, |out| Ok(e.update_into(&data, out)))
         }
 
         fn finalize<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -568,8 +616,8 @@ mod glue {
             data: PyBackedBytes,
         ) -> PyResult<Bound<'py, PyBytes>> {
             let d = &mut self.inner;
-            let out = maybe_detach(py, data.len(), || d.update(&data))?;
-            Ok(bytes_out(py, out))
+            let n = base64::Decoder::max_output_len(data.len());
+            bytes_filled(py, n, |out| d.update_into(&data, out))
         }
 
         fn finalize<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

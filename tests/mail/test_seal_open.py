@@ -64,8 +64,9 @@ def test_every_recipient_and_the_sender_can_open_it(
 
 
 def test_outer_mail_is_shaped_like_gematiks_sample(sealed: bytes) -> None:
-    """KOM-LE-A_2098-03, KOM-LE-A_2101-01, KOM-LE-A_2102, KOM-LE-A_2104, KOM-LE-A_2193: outer header, base64 76-column body, and an
-    AuthEnvelopedData ContentInfo in BER with indefinite lengths."""
+    """KOM-LE-A_2098-03, KOM-LE-A_2101-01, KOM-LE-A_2102, KOM-LE-A_2104, KOM-LE-A_2193: outer
+    header, base64 76-column body, and an AuthEnvelopedData ContentInfo in BER with indefinite
+    lengths."""
     header, body = read_header_block(io.BytesIO(sealed))
     inner = parse_header_block(INNER.split(b"\r\n\r\n")[0])
     assert header.get("Subject") == "KOM-LE-Nachricht"
