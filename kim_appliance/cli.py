@@ -32,6 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="initialise a data dir with the demo setup")
     init.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
+    run = commands.add_parser(
+        "run",
+        help="run the appliance (initialises an empty or missing data dir first)",
+        description="Start every component; DATA_DIR/endpoints.json lists the bound addresses "
+        "once all listeners are up. Stop with Ctrl-C or SIGTERM.",
+    )
+    run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    run.add_argument(
+        "--ephemeral-ports", action="store_true", help="bind every listener to a free port"
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+
     message = commands.add_parser("message", help="seal or open a KIM message offline")
     verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
     seal = verbs.add_parser(
@@ -81,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "init":
             return _init(args.data_dir)
+        if args.command == "run":
+            return _run(args)
         if args.verb == "seal":
             return _seal(args)
         return _open(args)
@@ -90,15 +104,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _init(data_dir: Path) -> int:
+    import json
+
     from kim_appliance import demo
+    from kim_appliance.appliance import prepare_data_dir
 
     if demo.is_initialised(data_dir):
         print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
         return 0
-    result = demo.initialise(data_dir)
+    prepare_data_dir(data_dir)
+    result = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
     print(f"demo setup written to {data_dir / 'demo.json'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from kim_appliance.appliance import run_appliance
+
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(
+                lambda task_status: run_appliance(
+                    args.data_dir, ephemeral_ports=args.ephemeral_ports, task_status=task_status
+                )
+            )
+
+    async def _stop_on_signal(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logging.getLogger("kim_appliance").info(
+                    "%s received, shutting down", signal.Signals(signum).name
+                )
+                scope.cancel()
+                return
+
+    trio.run(main)
     return 0
 
 

@@ -43,6 +43,7 @@ class CertProfile(enum.Enum):
     C_HP_AUT = "C.HP.AUT"
     C_HP_QES = "C.HP.QES"
     C_FD_TLS_S = "C.FD.TLS-S"
+    C_FD_TLS_C = "C.FD.TLS-C"  # a Fachdienst as TLS client: relay to another Fachdienst, VZD
     C_CM_TLS_CS = "C.CM.TLS-CS"
     C_ZD_TLS_S = "C.ZD.TLS-S"
     C_AK_AUT = "C.AK.AUT"
@@ -89,6 +90,7 @@ class ProfileSpec:
 
 _SERVER = (ExtendedKeyUsageOID.SERVER_AUTH,)
 _SERVER_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+_CLIENT = (ExtendedKeyUsageOID.CLIENT_AUTH,)
 _ENC_RSA = frozenset({KEY_ENCIPHERMENT, DATA_ENCIPHERMENT})  # as gematik's C.HCI.ENC samples
 _ENC_ECC = frozenset({KEY_AGREEMENT})
 _SIG = frozenset({NON_REPUDIATION})
@@ -130,6 +132,10 @@ PROFILE_SPECS: dict[CertProfile, ProfileSpec] = {
         ProfileSpec(
             CertProfile.C_FD_TLS_S, oids.OID_FD_TLS_S, oids.OID_POLICY_GEM_OR_CP, CaKind.KOMP,
             _TLS, _TLS, _SERVER, oids.OID_ROLE_KOMLE_FD,
+        ),
+        ProfileSpec(
+            CertProfile.C_FD_TLS_C, oids.OID_FD_TLS_C, oids.OID_POLICY_GEM_OR_CP, CaKind.KOMP,
+            _TLS, _TLS, _CLIENT, oids.OID_ROLE_KOMLE_FD,
         ),
         ProfileSpec(
             CertProfile.C_CM_TLS_CS, oids.OID_CM_TLS_CS, oids.OID_POLICY_GEM_OR_CP, CaKind.KOMP,

@@ -48,6 +48,7 @@ for _alg in Algorithm:
         (CertProfile.C_HP_AUT, _alg): _aut,
         (CertProfile.C_AK_AUT, _alg): _aut,
         (CertProfile.C_FD_TLS_S, _alg): {"digital_signature"},
+        (CertProfile.C_FD_TLS_C, _alg): {"digital_signature"},
         (CertProfile.C_ZD_TLS_S, _alg): {"digital_signature"},
         (CertProfile.C_CM_TLS_CS, _alg): {"digital_signature"},
     }
@@ -60,6 +61,7 @@ EXPECTED_TYPE_OID = {
     CertProfile.C_HP_AUT: "1.2.276.0.76.4.75",
     CertProfile.C_HP_QES: "1.2.276.0.76.4.72",
     CertProfile.C_FD_TLS_S: "1.2.276.0.76.4.169",
+    CertProfile.C_FD_TLS_C: "1.2.276.0.76.4.168",
     CertProfile.C_CM_TLS_CS: "1.2.276.0.76.4.175",
     CertProfile.C_ZD_TLS_S: "1.2.276.0.76.4.157",
     CertProfile.C_AK_AUT: "1.2.276.0.76.4.79",
@@ -68,6 +70,7 @@ EXPECTED_TYPE_OID = {
 SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 EXPECTED_EKU = {
     CertProfile.C_FD_TLS_S: [SERVER],
+    CertProfile.C_FD_TLS_C: [CLIENT],
     CertProfile.C_ZD_TLS_S: [SERVER],
     CertProfile.C_CM_TLS_CS: [SERVER, CLIENT],
     CertProfile.C_AK_AUT: [SERVER, CLIENT],
@@ -75,6 +78,7 @@ EXPECTED_EKU = {
 
 EXPECTED_ROLE = {
     CertProfile.C_FD_TLS_S: "1.2.276.0.76.4.172",  # oid_komle
+    CertProfile.C_FD_TLS_C: "1.2.276.0.76.4.172",
     CertProfile.C_CM_TLS_CS: "1.2.276.0.76.4.174",  # oid_cmfd
     CertProfile.C_ZD_TLS_S: "1.2.276.0.76.4.171",  # oid_vzd_ti
     CertProfile.C_AK_AUT: "1.2.276.0.76.4.103",  # oid_ak

@@ -30,6 +30,7 @@ PURPOSE_OF = {
     CertProfile.C_HP_AUT: Purpose.AUTHENTICATION,
     CertProfile.C_AK_AUT: Purpose.TLS_SERVER,
     CertProfile.C_FD_TLS_S: Purpose.TLS_SERVER,
+    CertProfile.C_FD_TLS_C: Purpose.TLS_CLIENT,
     CertProfile.C_ZD_TLS_S: Purpose.TLS_SERVER,
     CertProfile.C_CM_TLS_CS: Purpose.TLS_CLIENT,
 }

@@ -1,0 +1,188 @@
+"""The appliance process: every component as a task of one trio nursery.
+
+:func:`run_appliance` prepares the data dir (the demo setup on first start), opens each
+Fachdienst's store, starts the components in the ``trio.serve_listeners`` shape, and once every
+listener is bound writes ``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling
+it (Ctrl-C, SIGTERM) stops every listener; ``endpoints.json`` is removed and the stores are
+closed on the way out. Messages are durable before they are acknowledged, so a kill at any
+moment loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from kim_appliance import config as config_module
+from kim_appliance import demo
+from kim_appliance.config import Config, DomainConfig
+from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.service import serve_fachdienst
+from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
+from kim_appliance.pki.tls import client_context, server_context
+from kim_appliance.store import Account, MailStore, open_store
+from kim_appliance.store.passwords import hash_password
+
+ENDPOINTS_FILE = "endpoints.json"
+log = logging.getLogger("kim_appliance")
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Initialise an empty or missing data dir with the demo setup (DESIGN.md contract)."""
+    if not demo.is_initialised(data_dir):
+        demo.initialise(data_dir)
+    if not (data_dir / config_module.CONFIG_FILE).exists():
+        config_module.write_default(data_dir)
+
+
+async def run_appliance(
+    data_dir: Path,
+    *,
+    ephemeral_ports: bool = False,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every component until cancelled; report the endpoints through ``task_status``."""
+    data_dir = data_dir.resolve()
+    await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+    config = config_module.load(data_dir)
+    if ephemeral_ports:
+        config = config.with_ephemeral_ports()
+    pki = await trio.to_thread.run_sync(TestPki.load, data_dir / "pki")
+    participants = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
+    endpoints_file = data_dir / ENDPOINTS_FILE
+    relay = RelayEndpoints()
+    for domain, target in config.fachdienst.relay_map.items():
+        host, _, port = target.rpartition(":")
+        relay.add(domain, host, int(port))
+    with ExitStack() as stack:
+        stores = {
+            d.domain: stack.enter_context(_opened_store(data_dir, d, config))
+            for d in config.fachdienst.domains
+        }
+        for domain, store in stores.items():
+            await trio.to_thread.run_sync(_seed_accounts, store, participants, domain)
+        try:
+            async with trio.open_nursery() as nursery:
+                fachdienste: dict[str, dict[str, str]] = {}
+                for d in config.fachdienst.domains:
+                    fd = await trio.to_thread.run_sync(
+                        _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
+                    )
+                    addresses = await nursery.start(
+                        partial(
+                            serve_fachdienst,
+                            fd,
+                            bind=config.bind,
+                            smtp_port=d.smtp_port,
+                            pop3_port=d.pop3_port,
+                        )
+                    )
+                    fachdienste[d.domain] = {
+                        "smtp": _join(*addresses.smtp),
+                        "pop3": _join(*addresses.pop3),
+                    }
+                endpoints = {
+                    "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
+                    "fachdienste": fachdienste,
+                }
+                _write_atomically(endpoints_file, endpoints)
+                log.info("kim-appliance running: %s", endpoints_file)
+                task_status.started(endpoints)
+        finally:
+            endpoints_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def _opened_store(data_dir: Path, domain: DomainConfig, config: Config) -> Iterator[MailStore]:
+    store = open_store(
+        data_dir / "fachdienst" / domain.domain, compress=config.fachdienst.compress_blobs
+    )
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _seed_accounts(store: MailStore, participants: dict[str, Any], domain: str) -> None:
+    """Create the demo participants' mailboxes (passwords stored hashed, KOM-LE-A_2164)."""
+    for p in participants["participants"]:
+        if p["fachdienst"] != domain or store.get_account(p["address"]) is not None:
+            continue
+        store.create_account(
+            Account(
+                address=p["address"],
+                password_hash=hash_password(p["password"]),
+                telematik_id=p["telematik_id"],
+                display_name=p["display_name"],
+            )
+        )
+
+
+def _build_fachdienst(
+    data_dir: Path,
+    pki: TestPki,
+    domain: DomainConfig,
+    config: Config,
+    store: MailStore,
+    relay: RelayEndpoints,
+) -> Fachdienst:
+    tls_dir = data_dir / "tls"
+    server_chain, server_key = _tls_files(pki, tls_dir, domain.domain, CertProfile.C_FD_TLS_S)
+    client_chain, client_key = _tls_files(pki, tls_dir, domain.domain, CertProfile.C_FD_TLS_C)
+    tls_ca = data_dir / "pki" / "tls-ca.pem"
+    fd_config = config.fachdienst
+    return Fachdienst(
+        domain=domain.domain,
+        config=fd_config,
+        store=store,
+        auth=Authenticator(
+            store,
+            max_failed_logins=fd_config.max_failed_logins,
+            lockout_seconds=fd_config.lockout_seconds,
+        ),
+        endpoints=relay,
+        server_ssl=server_context(server_chain, server_key, client_ca=tls_ca),
+        client_ssl=client_context(tls_ca, chain=client_chain, key=client_key),
+        log=logging.getLogger(f"kim_appliance.fachdienst.{domain.domain.split('.')[0]}"),
+    )
+
+
+def _tls_files(pki: TestPki, tls_dir: Path, domain: str, profile: CertProfile) -> tuple[Path, Path]:
+    """The chain and key files of a Fachdienst's TLS certificate, issued on first use."""
+    kind = "server" if profile is CertProfile.C_FD_TLS_S else "client"
+    chain = tls_dir / f"{domain}.{kind}.chain.pem"
+    key = tls_dir / f"{domain}.{kind}.key.pem"
+    if chain.exists() and key.exists():
+        return chain, key
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    issued: Issued = pki.issue(
+        profile,
+        Algorithm.RSA,
+        common_name=domain,
+        dns_names=[domain, "localhost"],
+        ip_addresses=["127.0.0.1", "::1"],
+    )
+    ca = pki.ca_for(profile, Algorithm.RSA)
+    chain.write_bytes(issued.cert_pem() + ca.issued.cert_pem())
+    key.write_bytes(issued.key_pem())
+    os.chmod(key, 0o600)
+    return chain, key
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_atomically(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""The appliance's configuration: ``config.toml`` in the data dir, with embedded defaults.
+
+``init`` writes the defaults as a commented TOML file; ``run`` reads it back. Every value has a
+default here, so a config file may hold only what it changes. Unknown keys are refused with the
+key named, so a typo never goes unnoticed. This module reads and writes the file only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kim_appliance.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+
+#: maxMailSize of the Account Manager / AccountLimit schemas: 700 MiB (digest §3.2)
+MAX_MAIL_SIZE = 734003200
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One Fachdienst: a KIM domain with its mail server ports (0 = any free port)."""
+
+    domain: str
+    smtp_port: int
+    pop3_port: int
+
+
+@dataclass(frozen=True)
+class FachdienstConfig:
+    domains: tuple[DomainConfig, ...]
+    max_message_size: int = MAX_MAIL_SIZE
+    #: dataTimeToLive default in days (digest §3.2: 10-365, default 90)
+    data_ttl_days: int = 90
+    #: failed logins before an account is locked (KOM-LE-A_2167; the threshold is not published,
+    #: digest §7.1), and for how long
+    max_failed_logins: int = 5
+    lockout_seconds: int = 900
+    #: relay retries: delays between attempts, then a bounce after ``relay_give_up_seconds``
+    relay_retry_seconds: tuple[int, ...] = (30, 120, 600, 1800, 3600)
+    relay_give_up_seconds: int = 2 * 24 * 3600
+    #: how often the retention task looks for expired messages
+    retention_interval_seconds: int = 3600
+    #: store blobs zstandard-compressed
+    compress_blobs: bool = False
+    #: idle timeout of SMTP/POP3 sessions (CM default SMTP_TIMEOUT_SERVER 5 min, digest §1.9)
+    session_timeout_seconds: int = 300
+    #: domain -> "host:port" of Fachdienste outside this process (stands in for MX + port 465)
+    relay_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    bind: str = "127.0.0.1"
+    fachdienst: FachdienstConfig = field(
+        default_factory=lambda: FachdienstConfig(
+            domains=(
+                DomainConfig("fd1.kim.telematik-test", 2465, 2995),
+                DomainConfig("fd2.kim.telematik-test", 3465, 3995),
+            )
+        )
+    )
+
+    def with_ephemeral_ports(self) -> Config:
+        domains = tuple(replace(d, smtp_port=0, pop3_port=0) for d in self.fachdienst.domains)
+        return replace(self, fachdienst=replace(self.fachdienst, domains=domains))
+
+
+DEFAULT_TOML = """\
+# kim-appliance configuration. Every key is optional; the values below are the defaults.
+
+# Address every listener binds to. 127.0.0.1 keeps the appliance on this machine.
+bind = "127.0.0.1"
+
+[fachdienst]
+max_message_size = 734003200      # bytes; maxMailSize (700 MiB)
+data_ttl_days = 90                # retention of delivered mail (dataTimeToLive)
+max_failed_logins = 5             # then the account is locked ...
+lockout_seconds = 900             # ... for this long
+relay_retry_seconds = [30, 120, 600, 1800, 3600]  # waits between relay attempts
+relay_give_up_seconds = 172800    # then the sender gets a bounce (RFC 3464)
+retention_interval_seconds = 3600
+compress_blobs = false            # zstandard-compress stored messages
+session_timeout_seconds = 300
+
+# One block per Fachdienst domain served by this appliance; port 0 = any free port.
+[[fachdienst.domains]]
+domain = "fd1.kim.telematik-test"
+smtp_port = 2465
+pop3_port = 2995
+
+[[fachdienst.domains]]
+domain = "fd2.kim.telematik-test"
+smtp_port = 3465
+pop3_port = 3995
+
+# Fachdienste outside this appliance: domain = "host:port" (instead of an MX lookup).
+[fachdienst.relay_map]
+"""
+
+
+def write_default(data_dir: Path) -> Path:
+    path = data_dir / CONFIG_FILE
+    path.write_text(DEFAULT_TOML, encoding="utf-8")
+    return path
+
+
+def load(data_dir: Path) -> Config:
+    """The configuration of ``data_dir`` (defaults if it has no config.toml)."""
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse(raw, str(path))
+
+
+def parse(raw: dict[str, Any], where: str = "config") -> Config:
+    defaults = Config()
+    top = dict(raw)
+    bind = _take(top, "bind", str, defaults.bind, where)
+    fd_raw = dict(top.pop("fachdienst", {}))
+    _no_more(top, where)
+    fd_where = f"{where} [fachdienst]"
+    d = defaults.fachdienst
+    domains_raw = fd_raw.pop("domains", None)
+    if domains_raw is None:
+        domains = d.domains
+    else:
+        domains = tuple(
+            _domain(item, f"{fd_where} domains[{i}]") for i, item in enumerate(domains_raw)
+        )
+        if not domains:
+            raise ConfigError(f"{fd_where}: at least one domain is needed")
+        names = [x.domain for x in domains]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{fd_where}: a domain is listed twice")
+    relay_map = fd_raw.pop("relay_map", {})
+    if not isinstance(relay_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and ":" in v for k, v in relay_map.items()
+    ):
+        raise ConfigError(f'{fd_where} relay_map: expected domain = "host:port" entries')
+    retry = fd_raw.pop("relay_retry_seconds", list(d.relay_retry_seconds))
+    if (
+        not isinstance(retry, list)
+        or not retry
+        or not all(isinstance(x, int) and x > 0 for x in retry)
+    ):
+        raise ConfigError(f"{fd_where} relay_retry_seconds: expected a list of positive seconds")
+    fachdienst = FachdienstConfig(
+        domains=domains,
+        max_message_size=_take(fd_raw, "max_message_size", int, d.max_message_size, fd_where),
+        data_ttl_days=_take(fd_raw, "data_ttl_days", int, d.data_ttl_days, fd_where),
+        max_failed_logins=_take(fd_raw, "max_failed_logins", int, d.max_failed_logins, fd_where),
+        lockout_seconds=_take(fd_raw, "lockout_seconds", int, d.lockout_seconds, fd_where),
+        relay_retry_seconds=tuple(retry),
+        relay_give_up_seconds=_take(
+            fd_raw, "relay_give_up_seconds", int, d.relay_give_up_seconds, fd_where
+        ),
+        retention_interval_seconds=_take(
+            fd_raw, "retention_interval_seconds", int, d.retention_interval_seconds, fd_where
+        ),
+        compress_blobs=_take(fd_raw, "compress_blobs", bool, d.compress_blobs, fd_where),
+        session_timeout_seconds=_take(
+            fd_raw, "session_timeout_seconds", int, d.session_timeout_seconds, fd_where
+        ),
+        relay_map={k.lower(): v for k, v in relay_map.items()},
+    )
+    _no_more(fd_raw, fd_where)
+    if not 10 <= fachdienst.data_ttl_days <= 365:
+        raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
+    return Config(bind=bind, fachdienst=fachdienst)
+
+
+def _domain(item: object, where: str) -> DomainConfig:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: expected a table with domain, smtp_port, pop3_port")
+    raw = dict(item)
+    domain = _take(raw, "domain", str, None, where)
+    if domain is None or not domain.endswith((".kim.telematik", ".kim.telematik-test")):
+        raise ConfigError(f"{where} domain: a KIM domain ends .kim.telematik(-test)")
+    result = DomainConfig(
+        domain=domain.lower(),
+        smtp_port=_port(_take(raw, "smtp_port", int, 0, where), where),
+        pop3_port=_port(_take(raw, "pop3_port", int, 0, where), where),
+    )
+    _no_more(raw, where)
+    return result
+
+
+def _port(value: int, where: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{where}: port {value} is not 0..65535")
+    return value
+
+
+def _take(raw: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    if key not in raw:
+        return default
+    value = raw.pop(key)
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise ConfigError(f"{where} {key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _no_more(raw: dict[str, Any], where: str) -> None:
+    if raw:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(raw))}")

@@ -1,0 +1,1 @@
+"""The KIM Fachdienst: mail server, relay, delivery reports, Account Manager and KAS (digest §3)."""

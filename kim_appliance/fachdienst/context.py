@@ -1,0 +1,64 @@
+"""What every part of one Fachdienst shares: its domain, configuration, store and TLS contexts.
+
+One :class:`Fachdienst` exists per KIM domain the appliance serves. The SMTP and POP3 sessions,
+the delivery code and the relay worker receive it instead of reaching into each other. This
+module holds state only; it never opens a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+import trio
+
+from kim_appliance.config import FachdienstConfig
+from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.store import MailStore
+
+
+@dataclass
+class RelayEndpoints:
+    """Where the Fachdienst of a domain listens for SMTP: stands in for MX + port 465.
+
+    Filled with the bound ports of the Fachdienste of this process as they start, and with the
+    ``relay_map`` of the configuration for the others.
+    """
+
+    by_domain: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def add(self, domain: str, host: str, port: int) -> None:
+        self.by_domain[domain.lower()] = (host, port)
+
+    def lookup(self, domain: str) -> tuple[str, int] | None:
+        return self.by_domain.get(domain.lower())
+
+    def __contains__(self, domain: object) -> bool:
+        return isinstance(domain, str) and domain.lower() in self.by_domain
+
+
+@dataclass
+class Fachdienst:
+    domain: str
+    config: FachdienstConfig
+    store: MailStore
+    auth: Authenticator
+    endpoints: RelayEndpoints
+    #: C.FD.TLS-S; asks for (but does not require) a client certificate, so that another
+    #: Fachdienst can present its C.FD.TLS-C when it relays (KOM-LE-A_2186)
+    server_ssl: ssl.SSLContext
+    #: C.FD.TLS-C for relaying; verifies the other Fachdienst against the TLS CA
+    client_ssl: ssl.SSLContext
+    log: logging.Logger
+    #: mailboxes with an open POP3 session (RFC 1939: one maildrop lock per mailbox)
+    pop3_locks: set[str] = field(default_factory=set)
+    relay_wakeup: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def hostname(self) -> str:
+        return self.domain
+
+    def wake_relay(self) -> None:
+        """Tell the relay worker that new entries are queued (call from the trio thread)."""
+        self.relay_wakeup.set()

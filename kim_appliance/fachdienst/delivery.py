@@ -1,0 +1,213 @@
+"""Storing and routing an accepted message: local mailboxes, the relay queue, delivery reports.
+
+:func:`accept` runs in a worker thread once the body is in a blob file. It commits the blob
+(fsync + rename), delivers to this Fachdienst's mailboxes with a trace prefix each
+(Return-Path + Received, RFC 5321 §4.4), queues the other domains' recipients for the relay
+worker, and writes the delivery confirmations asked for with NOTIFY=SUCCESS (RFC 3461; the
+receiving Fachdienst reports, with In-Reply-To = the outer Message-ID, digest §3.2). Only when
+it returns does the SMTP session answer 250: an acknowledged message is durable.
+
+It must never be called from the trio thread (it blocks on disk) and never reads the body.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.mail.dsn import DsnRecipient, build_dsn
+from kim_appliance.mail.trace import trace_prefix
+from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient
+
+
+class QuotaExceeded(Exception):
+    """A local mailbox has no room for the message (552 5.2.2)."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    notify: frozenset[str] | None
+    orcpt: str | None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str  # "" for the null sender of delivery reports
+    recipients: tuple[Recipient, ...]
+    ret: str | None
+    envid: str | None
+    helo: str
+    peer: str
+    authenticated: bool
+    message_id: str | None
+    original_header: bytes
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    queue_id: str
+    relayed: bool
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult:
+    """Commit, deliver, queue and report one message; raise QuotaExceeded before committing."""
+    now = dt.datetime.now(dt.UTC)
+    queue_id = new_queue_id()
+    local = [r for r in envelope.recipients if domain_of(r.address) == fd.domain]
+    remote = [r for r in envelope.recipients if domain_of(r.address) != fd.domain]
+    # leaving the block releases the blob: removed unless a delivery or queue entry holds it
+    with blob:
+        for r in local:
+            _check_quota(fd, r.address, blob.size)
+        ref = blob.commit()
+        if local:
+            protocol = "ESMTPSA" if envelope.authenticated else "ESMTPS"
+            deliveries = [
+                (
+                    r.address,
+                    trace_prefix(
+                        mail_from=envelope.mail_from,
+                        from_host=envelope.helo or "unknown",
+                        from_ip=envelope.peer.rpartition(":")[0],
+                        by_host=fd.hostname,
+                        protocol=protocol,
+                        recipient=r.address,
+                        queue_id=queue_id,
+                        when=now,
+                        tls="TLS",
+                    ),
+                )
+                for r in local
+            ]
+            fd.store.deliver(ref, deliveries)
+        by_domain: dict[str, list[Recipient]] = {}
+        for r in remote:
+            by_domain.setdefault(domain_of(r.address), []).append(r)
+        for domain, recipients in by_domain.items():
+            fd.store.enqueue_relay(
+                ref,
+                sender=envelope.mail_from,
+                recipients=[RelayRecipient(r.address, r.notify, r.orcpt) for r in recipients],
+                envid=envelope.envid,
+                ret=envelope.ret,
+                domain=domain,
+                not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
+            )
+    relayed = bool(by_domain)
+    confirmed = [r for r in local if r.notify and "SUCCESS" in r.notify]
+    if confirmed and envelope.mail_from:
+        relayed |= send_report(
+            fd,
+            to=envelope.mail_from,
+            envelope=envelope,
+            arrival=now,
+            recipients=[
+                DsnRecipient(
+                    final_recipient=r.address,
+                    original_recipient=r.orcpt,
+                    action="delivered",
+                    status="2.0.0",
+                )
+                for r in confirmed
+            ],
+        )
+    return AcceptResult(queue_id, relayed)
+
+
+def send_report(
+    fd: Fachdienst,
+    *,
+    to: str,
+    envelope: Envelope | None = None,
+    original_header: bytes = b"",
+    message_id: str | None = None,
+    envid: str | None = None,
+    arrival: dt.datetime,
+    recipients: Sequence[DsnRecipient],
+) -> bool:
+    """Write a delivery report (RFC 3464) to ``to`` with the null sender; True if relayed.
+
+    A report is never itself reported on (NOTIFY=NEVER, RFC 3461 §5.2).
+    """
+    if envelope is not None:
+        original_header, message_id, envid = (
+            envelope.original_header, envelope.message_id, envelope.envid,
+        )  # fmt: skip
+    report = build_dsn(
+        reporting_mta=fd.hostname,
+        dsn_from=f"mds@{fd.domain}",
+        to=to,
+        original_header=original_header,
+        original_message_id=message_id,
+        envid=envid,
+        arrival=arrival,
+        recipients=recipients,
+    )
+    return deliver_system_message(fd, report, to)
+
+
+def deliver_system_message(fd: Fachdienst, message: bytes, to: str) -> bool:
+    """Deliver a message from the null sender locally or queue it; True if queued for relay."""
+    now = dt.datetime.now(dt.UTC)
+    domain = domain_of(to)
+    local = domain == fd.domain
+    if local and fd.store.get_account(to) is None:
+        fd.log.warning("report for unknown local mailbox %s dropped", to)
+        return False
+    with fd.store.new_blob() as writer:
+        writer.write(message)
+        return _deliver_committed(fd, writer.commit(), to, local, now)
+
+
+def _deliver_committed(
+    fd: Fachdienst, ref: BlobRef, to: str, local: bool, now: dt.datetime
+) -> bool:
+    domain = domain_of(to)
+    if local:
+        prefix = trace_prefix(
+            mail_from="",
+            from_host=fd.hostname,
+            from_ip="127.0.0.1",
+            by_host=fd.hostname,
+            protocol="LOCAL",
+            recipient=to,
+            queue_id=new_queue_id(),
+            when=now,
+            tls=None,
+        )
+        fd.store.deliver(ref, [(to, prefix)])
+        return False
+    fd.store.enqueue_relay(
+        ref,
+        sender="",
+        recipients=[RelayRecipient(to, frozenset({"NEVER"}), None)],
+        envid=None,
+        ret=None,
+        domain=domain,
+        not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
+    )
+    return True
+
+
+def _check_quota(fd: Fachdienst, address: str, size: int) -> None:
+    account = fd.store.get_account(address)
+    if account is None or account.quota_bytes < 0:
+        return
+    used = fd.store.mailbox_usage(address)
+    if used + size > account.quota_bytes:
+        raise QuotaExceeded(
+            f"mailbox {address} is full: {used} of {account.quota_bytes} bytes used, "
+            f"the message has {size}"
+        )

@@ -1,0 +1,232 @@
+"""One POP3 session of the Fachdienst mail server: bytes between a TLS stream and the sans-IO
+:class:`~kim_appliance.protocols.pop3.Pop3Server`, and the mailbox behind it.
+
+The username is the plain KIM address (KOM-LE-A_2161); USER/PASS and AUTH PLAIN are offered.
+APOP (listed in KOM-LE-A_2151) needs the password in clear on the server, which KOM-LE-A_2164
+forbids: the Fachdienst offers no APOP timestamp and answers APOP with ``-ERR`` (our choice,
+written down in docs/conformance.md). The maildrop is locked for the session (RFC 1939 §8,
+``[IN-USE]``); UIDs come from the store and are never reused (KOM-LE-A_2152); deletions take
+effect at QUIT only. Messages stream from the store in 1 MiB reads, dot-stuffed natively.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import BinaryIO
+
+import trio
+
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.protocols.pop3 import (
+    NEED_DATA,
+    AuthAttempt,
+    ConnectionClosed,
+    Dele,
+    Event,
+    List,
+    Noop,
+    Pop3Server,
+    Quit,
+    RespCode,
+    Response,
+    Retr,
+    Rset,
+    Stat,
+    Top,
+    Uidl,
+)
+from kim_appliance.store import StoredMessage
+
+READ_SIZE = 1024 * 1024
+
+
+class Pop3Session:
+    def __init__(self, fd: Fachdienst, core: Pop3Server, peer: str) -> None:
+        self.fd = fd
+        self.core = core
+        self.peer = peer
+        self.mailbox: str | None = None
+        self.messages: list[StoredMessage] = []
+        self.deleted: set[int] = set()
+
+    def release(self) -> None:
+        if self.mailbox is not None:
+            self.fd.pop3_locks.discard(self.mailbox)
+            self.mailbox = None
+
+    def _message(self, number: int) -> StoredMessage | None:
+        if 1 <= number <= len(self.messages) and number not in self.deleted:
+            return self.messages[number - 1]
+        return None
+
+    async def answer(self, event: Event, stream: trio.abc.SendStream) -> None:
+        """Write the answer to one decision event."""
+        core = self.core
+        if isinstance(event, AuthAttempt):
+            await stream.send_all(core.send(await self._auth(event)))
+        elif isinstance(event, Stat):
+            live = [m for i, m in enumerate(self.messages, 1) if i not in self.deleted]
+            size = sum(m.size for m in live)
+            await stream.send_all(core.send(Response(True, f"{len(live)} {size}")))
+        elif isinstance(event, List | Uidl):
+            await self._listing(event, stream)
+        elif isinstance(event, Retr | Top):
+            await self._retrieve(event, stream)
+        elif isinstance(event, Dele):
+            if self._message(event.msg) is None:
+                await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
+            else:
+                self.deleted.add(event.msg)
+                await stream.send_all(core.send(Response(True, f"message {event.msg} deleted")))
+        elif isinstance(event, Rset):
+            self.deleted.clear()
+            await stream.send_all(core.send(Response(True, f"{len(self.messages)} messages")))
+        elif isinstance(event, Noop):
+            await stream.send_all(core.send(Response(True, "")))
+        elif isinstance(event, Quit):
+            await stream.send_all(core.send(await self._quit()))
+
+    async def _auth(self, event: AuthAttempt) -> Response:
+        if event.mechanism == "APOP" or event.password is None:
+            return Response(
+                False, "APOP is not offered: passwords are stored hashed only", RespCode.AUTH
+            )
+        result = await trio.to_thread.run_sync(
+            self.fd.auth.authenticate, event.username, event.password
+        )
+        self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.outcome.value)
+        if not result.ok:
+            return Response(False, result.text, RespCode.AUTH)
+        if result.address in self.fd.pop3_locks:
+            return Response(False, f"mailbox {result.address} is in use", RespCode.IN_USE)
+        self.fd.pop3_locks.add(result.address)
+        self.mailbox = result.address
+        self.messages = await trio.to_thread.run_sync(self.fd.store.list_messages, result.address)
+        size = sum(m.size for m in self.messages)
+        return Response(True, f"{result.address} has {len(self.messages)} messages ({size} octets)")
+
+    async def _listing(self, event: List | Uidl, stream: trio.abc.SendStream) -> None:
+        def line(number: int, message: StoredMessage) -> str:
+            value = message.size if isinstance(event, List) else message.uid
+            return f"{number} {value}"
+
+        core = self.core
+        if event.msg is not None:
+            message = self._message(event.msg)
+            if message is None:
+                await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
+            else:
+                await stream.send_all(core.send(Response(True, line(event.msg, message))))
+            return
+        rows = [line(i, m) for i, m in enumerate(self.messages, 1) if i not in self.deleted]
+        out = core.send_multiline(f"{len(rows)} messages")
+        body = "".join(f"{row}\r\n" for row in rows).encode("ascii")
+        await stream.send_all(out + core.send_body(body) + core.end_multiline())
+
+    async def _retrieve(self, event: Retr | Top, stream: trio.abc.SendStream) -> None:
+        core = self.core
+        message = self._message(event.msg)
+        if message is None:
+            await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
+            return
+        try:
+            source = await trio.to_thread.run_sync(self.fd.store.open_message, message.id)
+        except LookupError:
+            await stream.send_all(
+                core.send(Response(False, f"message {event.msg} has expired", RespCode.SYS_PERM))
+            )
+            return
+        try:
+            await stream.send_all(core.send_multiline(f"{message.size} octets"))
+            if isinstance(event, Retr):
+                while chunk := await trio.to_thread.run_sync(source.read, READ_SIZE):
+                    await stream.send_all(core.send_body(chunk))
+            else:
+                await stream.send_all(core.send_body(await _top(source, event.lines)))
+        finally:
+            source.close()
+        await stream.send_all(core.end_multiline())
+
+    async def _quit(self) -> Response:
+        if self.mailbox is None:
+            return Response(True, "bye")
+        ids = [self.messages[n - 1].id for n in sorted(self.deleted)]
+        if ids:
+            await trio.to_thread.run_sync(self.fd.store.delete_messages, self.mailbox, ids)
+        mailbox = self.mailbox
+        self.release()
+        self.fd.log.info("pop3 %s QUIT %s: %d deleted", self.peer, mailbox, len(ids))
+        return Response(True, f"{len(ids)} messages deleted, bye")
+
+
+async def _top(source: BinaryIO, lines: int) -> bytes:
+    """The header, the empty line and the first ``lines`` lines of the body (RFC 1939 TOP)."""
+    read = source.read
+    data = b""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        chunk = await trio.to_thread.run_sync(read, 64 * 1024)
+        if not chunk:
+            return data
+        data += chunk
+    header_end = end + 4
+    body = data[header_end:]
+    while body.count(b"\r\n") < lines:
+        chunk = await trio.to_thread.run_sync(read, 64 * 1024)
+        if not chunk:
+            break
+        body += chunk
+    if lines == 0:
+        return data[:header_end]
+    cut = 0
+    for _ in range(lines):
+        nxt = body.find(b"\r\n", cut)
+        if nxt < 0:
+            cut = len(body)
+            break
+        cut = nxt + 2
+    return data[:header_end] + body[:cut]
+
+
+async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    """Handle one POP3S connection until QUIT, EOF, timeout or error (implicit TLS)."""
+    from kim_appliance.fachdienst.smtp_session import _peer_name
+
+    peer = _peer_name(stream)
+    timeout = fd.config.session_timeout_seconds
+    core = Pop3Server(hostname=fd.hostname)
+    session = Pop3Session(fd, core, peer)
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+        await stream.send_all(core.greeting())
+        while True:
+            event = core.next_event()
+            if event is NEED_DATA:
+                out = core.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                with trio.move_on_after(timeout) as idle:
+                    data = await stream.receive_some(65536)
+                if idle.cancelled_caught:
+                    # RFC 1939 §3: an idle session is closed without entering UPDATE
+                    await stream.send_all(b"-ERR [SYS/TEMP] idle timeout, closing\r\n")
+                    break
+                core.receive_data(bytes(data))
+                continue
+            assert not isinstance(event, type)
+            if isinstance(event, ConnectionClosed):
+                out = core.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                break
+            await session.answer(event, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+        fd.log.info("pop3 %s connection lost: %s", peer, exc.__class__.__name__)
+    except trio.TooSlowError:
+        fd.log.info("pop3 %s TLS handshake timed out", peer)
+    finally:
+        session.release()
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,315 @@
+"""One SMTP session of the Fachdienst mail server (digest §3.2): bytes between a TLS stream and
+the sans-IO :class:`~kim_appliance.protocols.smtp.SmtpServer`, and the server's decisions.
+
+Participants submit with AUTH (KOM-LE-A_2148/2161); another Fachdienst relays without AUTH but
+with its C.FD.TLS-C client certificate, and then only to this Fachdienst's mailboxes. The rules
+(TI only, sender integrity, size, quota) are in :mod:`kim_appliance.fachdienst.rules`; storing
+and routing an accepted message is :mod:`kim_appliance.fachdienst.delivery`.
+
+Resource handling: the message body streams to a blob file in 1 MiB writes from a worker
+thread; nothing is acknowledged before the blob is fsync'd and the delivery committed, and a
+session that ends before that leaves no trace (the blob writer is aborted). Error handling:
+every refusal is an SMTP reply that says why; a broken connection ends the session quietly.
+"""
+
+from __future__ import annotations
+
+import io
+import ssl
+from dataclasses import dataclass, field
+
+import trio
+
+from kim_appliance.fachdienst import delivery, rules
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.mail.errors import MailFormatError
+from kim_appliance.mail.headers import read_header_block
+from kim_appliance.pki import CertProfile, profile_of
+from kim_appliance.protocols.smtp import (
+    NEED_DATA,
+    AuthAttempt,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Ehlo,
+    Helo,
+    MailFrom,
+    RcptTo,
+    Reply,
+    ServerEvent,
+    SmtpServer,
+)
+from kim_appliance.store import BlobWriter
+
+RECEIVE_SIZE = 256 * 1024
+WRITE_BATCH = 1024 * 1024
+#: the header is parsed from the first bytes of the body; a longer header is refused
+HEADER_LIMIT = 256 * 1024
+
+
+@dataclass
+class _Transaction:
+    mail_from: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    recipients: list[delivery.Recipient] = field(default_factory=list)
+    blob: BlobWriter | None = None
+    head: bytearray = field(default_factory=bytearray)
+    pending: bytearray = field(default_factory=bytearray)
+
+
+class SmtpSession:
+    def __init__(self, fd: Fachdienst, peer: str, *, relay_peer: str | None) -> None:
+        self.fd = fd
+        self.peer = peer
+        #: the C.FD.TLS-C subject of a relaying Fachdienst, or None for a participant
+        self.relay_peer = relay_peer
+        self.login: str | None = None
+        self.helo = ""
+        self.tx = _Transaction()
+
+    async def decide(self, event: ServerEvent) -> Reply | None:
+        """The reply to a decision event (None for events that need none)."""
+        if isinstance(event, Ehlo | Helo):
+            self.helo = event.domain
+            return None
+        if isinstance(event, AuthAttempt):
+            return await self._auth(event)
+        if isinstance(event, MailFrom):
+            return await self._mail_from(event)
+        if isinstance(event, RcptTo):
+            return await self._rcpt(event)
+        if isinstance(event, DataStart):
+            self.tx.blob = await trio.to_thread.run_sync(self.fd.store.new_blob)
+            return Reply(354, None, "send the message, end with <CR><LF>.<CR><LF>")
+        if isinstance(event, DataChunk):
+            await self._data(event.data)
+            return None
+        if isinstance(event, DataEnd):
+            return await self._data_end(event)
+        return None
+
+    async def _auth(self, event: AuthAttempt) -> Reply:
+        if self.relay_peer is not None:
+            return Reply(503, "5.5.1", "already identified by the Fachdienst client certificate")
+        result = await trio.to_thread.run_sync(
+            self.fd.auth.authenticate, event.username, event.password
+        )
+        self.fd.log.info("smtp %s AUTH %s %s", self.peer, event.username, result.outcome.value)
+        if result.ok:
+            self.login = result.address
+            return Reply(235, "2.7.0", result.text)
+        return Reply(535, "5.7.8", result.text)
+
+    async def _mail_from(self, event: MailFrom) -> Reply:
+        self.abort_transaction()
+        if self.relay_peer is not None:
+            refusal = rules.check_relay_mail_from(event.address)
+        else:
+            assert self.login is not None  # the core requires AUTH first
+            refusal = rules.check_mail_from(event.address, self.login)
+            if refusal is None:
+                account = await trio.to_thread.run_sync(self.fd.store.get_account, self.login)
+                if account is not None and account.status != "active":
+                    # KOM-LE-A_2150: a deregistered account sends nothing
+                    refusal = rules.Refusal(
+                        550, "5.7.1", f"account {self.login} is deregistered and cannot send"
+                    )
+        if refusal is None and event.size is not None:
+            refusal = rules.check_size(
+                event.size, max_message_size=self.fd.config.max_message_size, quota_remaining=None
+            )
+        if refusal is not None:
+            self.fd.log.info("smtp %s MAIL FROM refused: %s", self.peer, refusal.text)
+            return Reply(refusal.code, refusal.enhanced, refusal.text)
+        self.tx = _Transaction(mail_from=event.address, ret=event.ret, envid=event.envid)
+        return Reply(250, "2.1.0", f"sender <{event.address}> ok")
+
+    async def _rcpt(self, event: RcptTo) -> Reply:
+        store = self.fd.store
+
+        def exists(address: str) -> bool:
+            return store.get_account(address) is not None
+
+        def active(address: str) -> bool:
+            account = store.get_account(address)
+            return account is not None and account.status == "active"
+
+        def check() -> rules.Refusal | None:
+            return rules.check_rcpt(
+                event.address,
+                local_domains={self.fd.domain},
+                # a relaying Fachdienst may only deliver here: no open relay
+                relay_domains=() if self.relay_peer else set(self.fd.endpoints.by_domain),
+                mailbox_exists=exists,
+                mailbox_active=active,
+            )
+
+        refusal = await trio.to_thread.run_sync(check)
+        if refusal is not None:
+            self.fd.log.info("smtp %s RCPT refused: %s", self.peer, refusal.text)
+            return Reply(refusal.code, refusal.enhanced, refusal.text)
+        orcpt = None
+        if event.orcpt is not None:
+            orcpt = f"{event.orcpt.addr_type};{event.orcpt.address}"
+        self.tx.recipients.append(delivery.Recipient(event.address, event.notify, orcpt))
+        return Reply(250, "2.1.5", f"recipient <{event.address}> ok")
+
+    async def _data(self, data: bytes) -> None:
+        tx = self.tx
+        if len(tx.head) < HEADER_LIMIT:
+            tx.head += data[: HEADER_LIMIT - len(tx.head)]
+        tx.pending += data
+        if len(tx.pending) >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        tx = self.tx
+        if tx.pending and tx.blob is not None:
+            chunk, tx.pending = bytes(tx.pending), bytearray()
+            await trio.to_thread.run_sync(tx.blob.write, chunk)
+
+    async def _data_end(self, event: DataEnd) -> Reply:
+        tx = self.tx
+        if event.too_big:
+            self.abort_transaction()
+            limit = self.fd.config.max_message_size
+            return Reply(552, "5.3.4", f"message exceeds the size limit of {limit} bytes")
+        await self._flush()
+        if event.bare_lf or event.bare_cr:
+            # RFC 5321 §2.3.8: CR and LF only as CRLF; stored mail must come back byte for byte
+            # through POP3, whose clients split lines on LF (a bare LF before a dot would end it)
+            self.abort_transaction()
+            return Reply(
+                550, "5.6.0", "the message has bare CR or LF line ends; send CRLF (RFC 5321)"
+            )
+        try:
+            header, _ = read_header_block(io.BytesIO(bytes(tx.head)))
+        except MailFormatError as exc:
+            self.abort_transaction()
+            return Reply(550, "5.6.0", f"the message header is malformed: {exc}")
+        assert tx.mail_from is not None
+        if tx.mail_from:  # DSNs (null sender) carry no participant headers to check
+            refusal = rules.check_header_senders(
+                header, mail_from=tx.mail_from, rcpt_to=[r.address for r in tx.recipients]
+            )
+            if refusal is not None:
+                self.abort_transaction()
+                self.fd.log.info("smtp %s DATA refused: %s", self.peer, refusal.text)
+                return Reply(refusal.code, refusal.enhanced, refusal.text)
+        envelope = delivery.Envelope(
+            mail_from=tx.mail_from,
+            recipients=tuple(tx.recipients),
+            ret=tx.ret,
+            envid=tx.envid,
+            helo=self.helo,
+            peer=self.peer,
+            authenticated=self.login is not None,
+            message_id=header.get("Message-ID"),
+            original_header=_header_bytes(bytes(tx.head)),
+        )
+        blob, tx.blob = tx.blob, None
+        assert blob is not None
+        try:
+            result = await trio.to_thread.run_sync(delivery.accept, self.fd, envelope, blob)
+        except delivery.QuotaExceeded as exc:
+            self.abort_transaction()
+            return Reply(552, "5.2.2", str(exc))
+        finally:
+            self.tx = _Transaction()
+        if result.relayed:
+            self.fd.wake_relay()
+        self.fd.log.info(
+            "smtp %s accepted %s from <%s> for %d recipient(s), %d bytes",
+            self.peer, result.queue_id, envelope.mail_from, len(envelope.recipients), event.size,
+        )  # fmt: skip
+        return Reply(250, "2.0.0", f"{result.queue_id} message accepted")
+
+    def abort_transaction(self) -> None:
+        blob = self.tx.blob
+        self.tx = _Transaction()
+        if blob is not None:
+            blob.abort()
+
+
+def _header_bytes(head: bytes) -> bytes:
+    """The header block (for RET=HDRS delivery reports), without the body."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = head.find(separator)
+        if end >= 0:
+            return head[: end + len(separator)]
+    return head
+
+
+def relay_peer_of(stream: trio.SSLStream[trio.SocketStream]) -> str | None:
+    """The subject of a verified C.FD.TLS-C client certificate, or None (a participant)."""
+    from cryptography import x509
+
+    der = stream.getpeercert(binary_form=True)
+    if not der:
+        return None
+    certificate = x509.load_der_x509_certificate(der)
+    if profile_of(certificate) is not CertProfile.C_FD_TLS_C:
+        return None
+    return certificate.subject.rfc4514_string()
+
+
+async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    """Handle one SMTPS connection until QUIT, EOF, timeout or error (implicit TLS)."""
+    peer = _peer_name(stream)
+    timeout = fd.config.session_timeout_seconds
+    session: SmtpSession | None = None
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+        relay_peer = relay_peer_of(stream)
+        core = SmtpServer(
+            hostname=fd.hostname,
+            max_message_size=fd.config.max_message_size,
+            require_auth=relay_peer is None,
+        )
+        session = SmtpSession(fd, peer, relay_peer=relay_peer)
+        fd.log.info(
+            "smtp %s connected%s", peer, f" (Fachdienst {relay_peer})" if relay_peer else ""
+        )
+        await stream.send_all(core.greeting(f"{fd.domain} KIM Fachdienst ESMTP ready"))
+        while True:
+            event = core.next_event()
+            if event is NEED_DATA:
+                out = core.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                try:
+                    with trio.fail_after(timeout):
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                except trio.TooSlowError:
+                    await stream.send_all(core.abort(Reply(421, "4.4.2", "idle timeout")))
+                    break
+                core.receive_data(bytes(data))
+                continue
+            assert not isinstance(event, type)
+            reply = await session.decide(event)
+            if reply is not None:
+                await stream.send_all(core.send(reply))
+            if isinstance(event, ConnectionClosed):
+                out = core.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                break
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+        fd.log.info("smtp %s connection lost: %s", peer, exc.__class__.__name__)
+    except trio.TooSlowError:
+        fd.log.info("smtp %s TLS handshake timed out", peer)
+    finally:
+        if session is not None:
+            session.abort_transaction()
+        await trio.aclose_forcefully(stream)
+
+
+def _peer_name(stream: trio.SSLStream[trio.SocketStream]) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
