@@ -24,9 +24,12 @@ import trio
 from kim_appliance import config as config_module
 from kim_appliance import demo
 from kim_appliance.config import Config, DomainConfig
+from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
+from kim_appliance.errors import ConfigError
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.service import serve_fachdienst
+from kim_appliance.konnektor import infomodell as konnektor_infomodell
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.store import Account, MailStore, open_store
@@ -42,6 +45,8 @@ def prepare_data_dir(data_dir: Path) -> None:
         demo.initialise(data_dir)
     if not (data_dir / config_module.CONFIG_FILE).exists():
         config_module.write_default(data_dir)
+    # the emulated Konnektor's cards and Infomodell (konnektor.json), derived from the demo
+    konnektor_infomodell.load_or_create(data_dir)
 
 
 async def run_appliance(
@@ -68,6 +73,9 @@ async def run_appliance(
             d.domain: stack.enter_context(_opened_store(data_dir, d, config))
             for d in config.fachdienst.domains
         }
+        # the stores hold the data dir's locks now: an endpoints.json left by a killed run is
+        # stale (its ports are gone), and a caller polling for the file must not read it
+        endpoints_file.unlink(missing_ok=True)
         for domain, store in stores.items():
             await trio.to_thread.run_sync(_seed_accounts, store, participants, domain)
         try:
@@ -77,28 +85,73 @@ async def run_appliance(
                     fd = await trio.to_thread.run_sync(
                         _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
                     )
-                    addresses = await nursery.start(
-                        partial(
-                            serve_fachdienst,
-                            fd,
-                            bind=config.bind,
-                            smtp_port=d.smtp_port,
-                            pop3_port=d.pop3_port,
+                    try:
+                        addresses = await nursery.start(
+                            partial(
+                                serve_fachdienst,
+                                fd,
+                                bind=config.bind,
+                                smtp_port=d.smtp_port,
+                                pop3_port=d.pop3_port,
+                            )
                         )
-                    )
+                    except OSError as exc:
+                        # the user must learn which configured port is the problem
+                        raise ConfigError(
+                            f"{d.domain}: cannot listen on {config.bind} smtp_port {d.smtp_port} "
+                            f"/ pop3_port {d.pop3_port}: {exc.strerror or exc}; change the "
+                            "ports in config.toml or use --ephemeral-ports"
+                        ) from exc
                     fachdienste[d.domain] = {
                         "smtp": _join(*addresses.smtp),
                         "pop3": _join(*addresses.pop3),
                     }
+                directory = await _start_directory(nursery, data_dir, pki, config)
                 endpoints = {
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
                     "fachdienste": fachdienste,
+                    "directory": directory,
                 }
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running: %s", endpoints_file)
                 task_status.started(endpoints)
         finally:
             endpoints_file.unlink(missing_ok=True)
+
+
+async def _start_directory(
+    nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
+) -> dict[str, str]:
+    """The VZD: read-only LDAP and LDAPS with the demo participants' entries (digest §4.1)."""
+    store = await trio.to_thread.run_sync(DirectoryStore.open, data_dir)
+    if len(store) == 0:
+        await trio.to_thread.run_sync(store.populate_from_demo, data_dir)
+    chain, key = await trio.to_thread.run_sync(
+        _tls_files, pki, data_dir / "tls", "vzd", CertProfile.C_ZD_TLS_S
+    )
+    try:
+        addresses = await nursery.start(
+            partial(
+                serve_directory,
+                store,
+                bind=config.bind,
+                ldap_port=config.directory.ldap_port,
+                ldaps_port=config.directory.ldaps_port,
+                ssl_context=server_context(chain, key),
+            )
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"directory: cannot listen on {config.bind} ldap_port {config.directory.ldap_port} "
+            f"/ ldaps_port {config.directory.ldaps_port}: {exc.strerror or exc}; change the "
+            "ports in config.toml or use --ephemeral-ports"
+        ) from exc
+    result = {"base_dn": BASE_DN}
+    if addresses.ldap is not None:
+        result["ldap"] = _join(*addresses.ldap)
+    if addresses.ldaps is not None:
+        result["ldaps"] = _join(*addresses.ldaps)
+    return result
 
 
 @contextmanager
@@ -157,8 +210,8 @@ def _build_fachdienst(
 
 
 def _tls_files(pki: TestPki, tls_dir: Path, domain: str, profile: CertProfile) -> tuple[Path, Path]:
-    """The chain and key files of a Fachdienst's TLS certificate, issued on first use."""
-    kind = "server" if profile is CertProfile.C_FD_TLS_S else "client"
+    """The chain and key files of a component's TLS certificate, issued on first use."""
+    kind = "client" if profile is CertProfile.C_FD_TLS_C else "server"
     chain = tls_dir / f"{domain}.{kind}.chain.pem"
     key = tls_dir / f"{domain}.{kind}.key.pem"
     if chain.exists() and key.exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kim_appliance.errors import KimError
+from kim_appliance.store.base import StoreError
 
 if TYPE_CHECKING:
     from kim_appliance.mail.seal import Certified
@@ -98,9 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "seal":
             return _seal(args)
         return _open(args)
-    except (KimError, OSError) as exc:
+    except (KimError, StoreError, OSError) as exc:
         print(f"kim-appliance: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # trio wraps a startup error of `run` (bad config, data dir in use) in a group: show
+        # the user the reason, not a traceback
+        errors = _leaves(group)
+        if not all(isinstance(e, KimError | StoreError | OSError) for e in errors):
+            raise
+        for error in errors:
+            print(f"kim-appliance: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handler of `run` is installed (during start-up)
+        print("kim-appliance: interrupted", file=sys.stderr)
+        return 130
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _init(data_dir: Path) -> int:

@@ -53,8 +53,17 @@ class FachdienstConfig:
 
 
 @dataclass(frozen=True)
+class DirectoryConfig:
+    """The VZD's LDAP (plain) and LDAPS ports (0 = any free port)."""
+
+    ldap_port: int = 3389
+    ldaps_port: int = 3636
+
+
+@dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
@@ -66,7 +75,11 @@ class Config:
 
     def with_ephemeral_ports(self) -> Config:
         domains = tuple(replace(d, smtp_port=0, pop3_port=0) for d in self.fachdienst.domains)
-        return replace(self, fachdienst=replace(self.fachdienst, domains=domains))
+        return replace(
+            self,
+            fachdienst=replace(self.fachdienst, domains=domains),
+            directory=DirectoryConfig(ldap_port=0, ldaps_port=0),
+        )
 
 
 DEFAULT_TOML = """\
@@ -99,6 +112,11 @@ pop3_port = 3995
 
 # Fachdienste outside this appliance: domain = "host:port" (instead of an MX lookup).
 [fachdienst.relay_map]
+
+# The directory (VZD), read-only over LDAPv3, base DN dc=data,dc=vzd.
+[directory]
+ldap_port = 3389
+ldaps_port = 3636
 """
 
 
@@ -125,7 +143,18 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     top = dict(raw)
     bind = _take(top, "bind", str, defaults.bind, where)
     fd_raw = dict(top.pop("fachdienst", {}))
+    dir_raw = dict(top.pop("directory", {}))
     _no_more(top, where)
+    dir_where = f"{where} [directory]"
+    directory = DirectoryConfig(
+        ldap_port=_port(
+            _take(dir_raw, "ldap_port", int, defaults.directory.ldap_port, dir_where), dir_where
+        ),
+        ldaps_port=_port(
+            _take(dir_raw, "ldaps_port", int, defaults.directory.ldaps_port, dir_where), dir_where
+        ),
+    )
+    _no_more(dir_raw, dir_where)
     fd_where = f"{where} [fachdienst]"
     d = defaults.fachdienst
     domains_raw = fd_raw.pop("domains", None)
@@ -174,7 +203,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     _no_more(fd_raw, fd_where)
     if not 10 <= fachdienst.data_ttl_days <= 365:
         raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
-    return Config(bind=bind, fachdienst=fachdienst)
+    return Config(bind=bind, fachdienst=fachdienst, directory=directory)
 
 
 def _domain(item: object, where: str) -> DomainConfig:
@@ -182,6 +211,7 @@ def _domain(item: object, where: str) -> DomainConfig:
         raise ConfigError(f"{where}: expected a table with domain, smtp_port, pop3_port")
     raw = dict(item)
     domain = _take(raw, "domain", str, None, where)
+    domain = domain.lower() if domain is not None else None
     if domain is None or not domain.endswith((".kim.telematik", ".kim.telematik-test")):
         raise ConfigError(f"{where} domain: a KIM domain ends .kim.telematik(-test)")
     result = DomainConfig(

@@ -384,7 +384,8 @@ class _Search:
                 continue
             if byte & 0x80:
                 out.extend((bytes((byte,)) + t, e) for t, e in self._read_high_tag(nxt, count + 1))
-            else:
+            elif count > 0 or byte >= 0x1F:
+                # X.690 8.1.2.4: the high-tag form only for tag numbers of 31 and more
                 out.append((bytes((byte,)), nxt))
         return out
 
@@ -615,6 +616,9 @@ def _parses_as_is(data: bytes) -> bool:
         if not _tag_allowed(first):
             return False
         if first & 0x1F == 0x1F:
+            # X.690 8.1.2.4: no leading 0x80, and a one-octet high tag is 31 or more
+            if pos >= size or data[pos] == 0x80 or data[pos] < 0x1F:
+                return False
             while pos < size and data[pos] & 0x80:
                 pos += 1
             pos += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from kim_appliance.store import MailStore
-from kim_appliance.store.passwords import verify_password
+from kim_appliance.store.passwords import dummy_verify, verify_password
 
 
 class AuthOutcome(Enum):
@@ -50,7 +50,8 @@ class Authenticator:
         now = now or dt.datetime.now(dt.UTC)
         account = self._store.get_account(username)
         if account is None:
-            # same text as a wrong password: no account enumeration
+            # same text and the same scrypt work as a wrong password: no account enumeration
+            dummy_verify(password)
             return AuthResult(
                 AuthOutcome.UNKNOWN_ACCOUNT,
                 username,

@@ -108,7 +108,7 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
     relayed = bool(by_domain)
     confirmed = [r for r in local if r.notify and "SUCCESS" in r.notify]
     if confirmed and envelope.mail_from:
-        relayed |= send_report(
+        relayed |= _report_quietly(
             fd,
             to=envelope.mail_from,
             envelope=envelope,
@@ -124,6 +124,23 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
             ],
         )
     return AcceptResult(queue_id, relayed)
+
+
+def _report_quietly(
+    fd: Fachdienst,
+    *,
+    to: str,
+    envelope: Envelope,
+    arrival: dt.datetime,
+    recipients: Sequence[DsnRecipient],
+) -> bool:
+    """:func:`send_report` for a message that is already delivered: a failing report is logged
+    and never turns the delivery into an error (the client would send the message again)."""
+    try:
+        return send_report(fd, to=to, envelope=envelope, arrival=arrival, recipients=recipients)
+    except Exception:
+        fd.log.exception("delivery report to %s failed", to)
+        return False
 
 
 def send_report(
@@ -181,7 +198,9 @@ def _deliver_committed(
             from_host=fd.hostname,
             from_ip="127.0.0.1",
             by_host=fd.hostname,
-            protocol="LOCAL",
+            # made here, not received: RFC 3848 has no "local" type and mail.trace accepts
+            # the registered ones only
+            protocol="ESMTP",
             recipient=to,
             queue_id=new_queue_id(),
             when=now,

@@ -11,6 +11,7 @@ effect at QUIT only. Messages stream from the store in 1 MiB reads, dot-stuffed 
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import BinaryIO
 
@@ -38,6 +39,7 @@ from kim_appliance.protocols.pop3 import (
 from kim_appliance.store import StoredMessage
 
 READ_SIZE = 1024 * 1024
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
 class Pop3Session:
@@ -92,7 +94,7 @@ class Pop3Session:
                 False, "APOP is not offered: passwords are stored hashed only", RespCode.AUTH
             )
         result = await trio.to_thread.run_sync(
-            self.fd.auth.authenticate, event.username, event.password
+            self.fd.auth.authenticate, event.username, event.password, limiter=self.fd.auth_limiter
         )
         self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.outcome.value)
         if not result.ok:
@@ -139,8 +141,14 @@ class Pop3Session:
         try:
             await stream.send_all(core.send_multiline(f"{message.size} octets"))
             if isinstance(event, Retr):
-                while chunk := await trio.to_thread.run_sync(source.read, READ_SIZE):
-                    await stream.send_all(core.send_body(chunk))
+                # read and dot-stuff in the worker thread: 1 MiB of native stuffing is too long
+                # a call for the trio thread (DESIGN: large native calls run via to_thread)
+                def next_piece() -> bytes:
+                    data = source.read(READ_SIZE)
+                    return core.send_body(data) if data else b""
+
+                while piece := await trio.to_thread.run_sync(next_piece):
+                    await stream.send_all(piece)
             else:
                 await stream.send_all(core.send_body(await _top(source, event.lines)))
         finally:
@@ -201,6 +209,7 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
     try:
         with trio.fail_after(timeout):
             await stream.do_handshake()
+        fd.log.info("pop3 %s connected", peer)
         await stream.send_all(core.greeting())
         while True:
             event = core.next_event()
@@ -223,10 +232,17 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
                     await stream.send_all(out)
                 break
             await session.answer(event, stream)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+    except _NETWORK_ERRORS as exc:
         fd.log.info("pop3 %s connection lost: %s", peer, exc.__class__.__name__)
     except trio.TooSlowError:
         fd.log.info("pop3 %s TLS handshake timed out", peer)
+    except Exception:
+        # a bug in one session must not take the listener (and the appliance) down; nothing is
+        # deleted (UPDATE state not reached)
+        fd.log.exception("pop3 %s internal error", peer)
+        with trio.move_on_after(5):
+            with contextlib.suppress(*_NETWORK_ERRORS):
+                await stream.send_all(b"-ERR [SYS/TEMP] internal error, closing the session\r\n")
     finally:
         session.release()
         await trio.aclose_forcefully(stream)

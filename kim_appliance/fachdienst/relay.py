@@ -15,12 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.delivery import send_report
 from kim_appliance.mail.dsn import DsnRecipient
+from kim_appliance.mail.errors import MailFormatError
+from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.protocols.smtp import (
     NEED_DATA,
     OriginalRecipient,
@@ -51,26 +54,53 @@ class _Outcome:
 
 
 async def relay_worker(fd: Fachdienst) -> None:
-    """Run forever (until cancelled): attempt every due queue entry."""
+    """Run forever (until cancelled): attempt every due queue entry.
+
+    Between rounds it sleeps until woken, until the earliest retry it scheduled, or at most
+    ``POLL_SECONDS`` (so a retry wait shorter than the poll interval is kept).
+    """
     limiter = trio.CapacityLimiter(PARALLEL_ATTEMPTS)
     while True:
         fd.relay_wakeup = trio.Event()
         now = dt.datetime.now(dt.UTC)
         due = await trio.to_thread.run_sync(fd.store.due_relays, now)
+        retries: list[dt.datetime] = []
         async with trio.open_nursery() as nursery:
             for entry in due:
-                nursery.start_soon(_attempt_limited, fd, entry, limiter)
+                nursery.start_soon(_attempt_limited, fd, entry, limiter, retries)
         if not due:
             with trio.move_on_after(POLL_SECONDS):
                 await fd.relay_wakeup.wait()
+        elif retries:
+            wait = (min(retries) - dt.datetime.now(dt.UTC)).total_seconds()
+            if wait > 0:
+                with trio.move_on_after(min(wait, POLL_SECONDS)):
+                    await fd.relay_wakeup.wait()
 
 
 async def _attempt_limited(
-    fd: Fachdienst, entry: RelayEntry, limiter: trio.CapacityLimiter
+    fd: Fachdienst,
+    entry: RelayEntry,
+    limiter: trio.CapacityLimiter,
+    retries: list[dt.datetime],
 ) -> None:
     async with limiter:
         outcome = await attempt(fd, entry)
-    await trio.to_thread.run_sync(_settle, fd, entry, outcome)
+    try:
+        next_attempt = await trio.to_thread.run_sync(_settle, fd, entry, outcome)
+    except Exception:
+        # a bug or a store failure must not stop the worker (and with it the Fachdienst):
+        # log it and try the entry again after the next wait
+        fd.log.exception("relay %s -> %s: settling the attempt failed", entry.id, entry.domain)
+        waits = fd.config.relay_retry_seconds
+        next_attempt = dt.datetime.now(dt.UTC) + dt.timedelta(
+            seconds=waits[min(entry.attempts, len(waits) - 1)]
+        )
+        await trio.to_thread.run_sync(
+            partial(fd.store.relay_attempted, entry.id, next_attempt=next_attempt, error="internal")
+        )
+    if next_attempt is not None:
+        retries.append(next_attempt)
 
 
 async def attempt(fd: Fachdienst, entry: RelayEntry) -> _Outcome:
@@ -181,8 +211,11 @@ async def _reply(stream: trio.SSLStream[trio.SocketStream], client: SmtpClient) 
         raise _TemporaryFailure("the other Fachdienst closed the connection")
 
 
-def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> None:
-    """Record the attempt, reschedule what is deferred, bounce what failed (worker thread)."""
+def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime | None:
+    """Record the attempt, reschedule what is deferred, bounce what failed (worker thread).
+
+    Returns when the entry is next due, or None if it is done.
+    """
     now = dt.datetime.now(dt.UTC)
     if outcome.error:
         fd.log.info("relay %s -> %s deferred: %s", entry.id, entry.domain, outcome.error)
@@ -210,10 +243,13 @@ def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> None:
             if r.notify is None or "FAILURE" in r.notify
         ]
         if reports:
+            original_header = _original_header(fd, entry)
             send_report(
                 fd,
                 to=entry.sender,
-                original_header=_original_header(fd, entry),
+                original_header=original_header,
+                # KOM-LE-A_2130/2147: In-Reply-To = the outer Message-ID, bounces included
+                message_id=_message_id(original_header),
                 envid=entry.envid,
                 arrival=entry.not_after - dt.timedelta(seconds=fd.config.relay_give_up_seconds),
                 recipients=reports,
@@ -230,14 +266,15 @@ def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> None:
             not_after=entry.not_after,
         )
         fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
-    elif deferred:
+        return now
+    if deferred:
         waits = fd.config.relay_retry_seconds
         wait = waits[min(entry.attempts, len(waits) - 1)]
-        fd.store.relay_attempted(
-            entry.id, next_attempt=now + dt.timedelta(seconds=wait), error=outcome.error
-        )
-    else:
-        fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
+        next_attempt = now + dt.timedelta(seconds=wait)
+        fd.store.relay_attempted(entry.id, next_attempt=next_attempt, error=outcome.error)
+        return next_attempt
+    fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
+    return None
 
 
 def _final_status(reply: ServerReply) -> str:
@@ -257,3 +294,12 @@ def _original_header(fd: Fachdienst, entry: RelayEntry) -> bytes:
         if end >= 0:
             return head[: end + len(separator)]
     return head
+
+
+def _message_id(header: bytes) -> str | None:
+    """The Message-ID of a header block, or None if it has none or cannot be parsed."""
+    try:
+        value = parse_header_block(header.rstrip(b"\r\n") + b"\r\n").get("Message-ID")
+    except MailFormatError:
+        return None
+    return value.strip() if value else None

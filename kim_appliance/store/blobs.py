@@ -205,7 +205,10 @@ class _ChainReader(io.RawIOBase):
         body = self._body
         if body is None:
             return b""
-        data = body.read(n)
+        try:
+            data = body.read(n)
+        except zstandard.ZstdError as exc:
+            raise StoreCorrupted(f"blob {self._ref.name}: damaged zstd data ({exc})") from None
         self._body_read += len(data)
         if self._body_read > self._ref.size:
             raise StoreCorrupted(

@@ -267,9 +267,17 @@ def _one_ber_element(data: bytes) -> bool:
     """Independent check: ``data`` is one TLV whose definite lengths all agree."""
 
     def element(pos: int) -> int | None:
-        if pos + 2 > len(data) or data[pos] & 0x1F == 0x1F:
-            return None  # (no high tag numbers in these tests)
+        if pos + 2 > len(data):
+            return None
         constructed = data[pos] & 0x20
+        if data[pos] & 0x1F == 0x1F:  # high tag number (X.690 8.1.2.4): >= 31, no leading 0x80
+            pos += 1
+            if data[pos] == 0x80 or data[pos] < 0x1F:
+                return None
+            while pos < len(data) and data[pos] & 0x80:
+                pos += 1  # ends at the tag's last octet, as pos does for a one-octet tag
+            if pos + 2 > len(data):
+                return None
         first, pos = data[pos + 1], pos + 2
         if first == 0x80:
             while constructed and data[pos : pos + 2] != b"\x00\x00":

@@ -8,7 +8,7 @@ import smtplib
 from email.message import EmailMessage
 
 import trio
-from conftest import Running
+from fd_support import Running
 
 FD1, FD2 = "fd1.kim.telematik-test", "fd2.kim.telematik-test"
 
@@ -23,8 +23,14 @@ def _message(sender: str, to: str, subject: str = "Befund", body: str = "Hallo\n
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-def _smtp_send(app: Running, domain: str, local: str, to: list[str], data: bytes,
-               rcpt_options: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
+def _smtp_send(
+    app: Running,
+    domain: str,
+    local: str,
+    to: list[str],
+    data: bytes,
+    rcpt_options: tuple[str, ...] = (),
+) -> dict[str, tuple[int, bytes]]:
     p = app.participant(local)
     host, port = app.address(domain, "smtp")
     with smtplib.SMTP_SSL(host, port, context=app.client_ssl(), timeout=30) as smtp:
@@ -57,9 +63,7 @@ async def test_local_delivery_comes_back_byte_for_byte(appliance: Running) -> No
     sender = appliance.participant("praxis.weber")["address"]
     to = appliance.participant("zahnarzt.klein")["address"]
     data = _message(sender, to)
-    refused = await trio.to_thread.run_sync(
-        _smtp_send, appliance, FD1, "praxis.weber", [to], data
-    )
+    refused = await trio.to_thread.run_sync(_smtp_send, appliance, FD1, "praxis.weber", [to], data)
     assert refused == {}
     got = await trio.to_thread.run_sync(_pop3_fetch_all, appliance, FD1, "zahnarzt.klein")
     assert len(got) == 1
@@ -77,9 +81,7 @@ async def test_relay_to_the_other_fachdienst(appliance: Running) -> None:
     await trio.to_thread.run_sync(_smtp_send, appliance, FD1, "praxis.weber", [to], data)
     with trio.fail_after(20):
         while True:
-            got = await trio.to_thread.run_sync(
-                _pop3_fetch_all, appliance, FD2, "apotheke.sonne"
-            )
+            got = await trio.to_thread.run_sync(_pop3_fetch_all, appliance, FD2, "apotheke.sonne")
             if got:
                 break
             await trio.sleep(0.2)

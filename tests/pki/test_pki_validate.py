@@ -159,11 +159,13 @@ def test_hba_qes_is_not_an_smcb_osig(pki: TestPki) -> None:
 @pytest.mark.parametrize("algorithm", list(Algorithm), ids=lambda a: a.value)
 def test_revoked_with_date_and_reason_in_the_message(pki: TestPki, algorithm: Algorithm) -> None:
     store = pki.trust_store()
-    leaf = _issue(pki, CertProfile.C_HCI_OSIG, algorithm).certificate
+    # valid since the CA's start (yesterday 00:00, at least 24 h ago), revoked an hour ago,
+    # whatever the time of day the test runs at
+    now = dt.datetime.now(dt.UTC)
+    ca_start = pki.roots[0].certificate.not_valid_before_utc
+    leaf = _issue(pki, CertProfile.C_HCI_OSIG, algorithm, not_before=ca_start).certificate
     store.validate(leaf, purpose=Purpose.SIGNATURE)
-    when = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
-    if when < leaf.not_valid_before_utc:
-        when = leaf.not_valid_before_utc + dt.timedelta(hours=1)
+    when = (now - dt.timedelta(hours=1)).replace(microsecond=0)
     pki.revoke(leaf, reason=x509.ReasonFlags.key_compromise, when=when)
     error = _reason(store, leaf)  # the store sees the revocation without being rebuilt
     assert error.reason == "revoked"

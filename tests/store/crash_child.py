@@ -32,9 +32,10 @@ def main() -> None:
             mine.append(msg.id)
         if i % 4 == 3:
             victim = mine.pop(0)
+            # announce before deleting: killed in between, the message may or may not be there
+            print(f"D {victim}", flush=True)
             store.delete_messages(address("alice"), [victim])
             store.delete_messages(address("bob"), [victim])
-            print(f"D {victim}", flush=True)
         i += 1
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 from store_helpers import address, body_for, put, read
 
 from kim_appliance.store import (
@@ -13,6 +14,8 @@ from kim_appliance.store import (
     BlobUnavailable,
     MessageNotFound,
     SQLiteMailStore,
+    StoreCorrupted,
+    StoreError,
     open_store,
 )
 
@@ -191,3 +194,34 @@ def test_compressed_and_plain_blobs_coexist(tmp_path: Path) -> None:
             assert read(s, plain.id) == b"P:" + plain_body
             assert read(s, packed.id) == b"Z:" + zstd_body
             assert s.verify() == []
+
+
+def test_short_blob_is_reported_not_served(store: SQLiteMailStore) -> None:
+    """A damaged blob file raises StoreCorrupted instead of handing out a truncated mail."""
+    _, [msg] = put(store, body_for("damaged", 100_000), [(address("alice"), b"P:")])
+    [path] = _blob_files(store)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert len(store.verify()) == 1
+    with pytest.raises(StoreCorrupted, match=r"blob .*(short|damaged)"):
+        read(store, msg.id)
+
+
+def test_data_dir_is_locked_against_a_second_store(store: SQLiteMailStore) -> None:
+    with pytest.raises(StoreError, match="in use"):
+        open_store(store.data_dir)
+
+
+async def test_deliveries_from_trio_worker_threads(plain_store: SQLiteMailStore) -> None:
+    """The intended use: trio code calls the store through trio.to_thread.run_sync."""
+    ids: list[int] = []
+
+    async def one(i: int) -> None:
+        body = body_for(f"trio{i}", 2000)
+        _, [msg] = await trio.to_thread.run_sync(put, plain_store, body, [(address("carol"), b"")])
+        ids.append(msg.id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(one, i)
+    listed = await trio.to_thread.run_sync(plain_store.list_messages, address("carol"))
+    assert sorted(ids) == [m.id for m in listed]

@@ -1,0 +1,35 @@
+"""The Verzeichnisdienst (VZD): participants' entries and ENC certificates, read over LDAPv3.
+
+``entries`` is the entry model (digest §4.1), ``store`` keeps the entries and offers the
+maintenance API of digest §4.2 to the Account Manager, ``filters`` evaluates search filters,
+``server`` serves LDAP and LDAPS, ``demo`` builds the demo participants' entries. This package
+must never write mail or touch a Fachdienst's store.
+"""
+
+from kim_appliance.directory.entries import BASE_DN, DirectoryEntry, KimAddress
+from kim_appliance.directory.server import (
+    SIZE_LIMIT,
+    DirectoryAddresses,
+    serve_directory,
+)
+from kim_appliance.directory.store import (
+    DIRECTORY_FILE,
+    DirectoryError,
+    DirectoryStore,
+    EntryNotFound,
+    Fachdaten,
+)
+
+__all__ = [
+    "BASE_DN",
+    "DIRECTORY_FILE",
+    "SIZE_LIMIT",
+    "DirectoryAddresses",
+    "DirectoryEntry",
+    "DirectoryError",
+    "DirectoryStore",
+    "EntryNotFound",
+    "Fachdaten",
+    "KimAddress",
+    "serve_directory",
+]

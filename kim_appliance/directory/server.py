@@ -1,0 +1,261 @@
+"""The VZD's LDAP listeners (``I_Directory_Query``, digest §4.1): plain LDAP and LDAPS.
+
+:func:`serve_directory` has the ``trio.serve_listeners`` shape: it binds, reports the bound
+addresses through ``task_status.started(DirectoryAddresses(ldap, ldaps))``, serves until
+cancelled, and each connection handler closes its stream in ``finally``. A connection moves
+bytes between its stream and one sans-IO :class:`LdapServer`; this module decides only what
+the core cannot: whether a bind is right and which entries a search returns.
+
+Behaviour (digest §4.1): anonymous bind, and simple bind for the DN/password pairs in
+``users`` (wrong password: invalidCredentials 49); searches below ``dc=data,dc=vzd`` with scopes
+base/one/sub (other bases: noSuchObject 32), at most ``size_limit`` (100, TIP1-A_5552) entries
+and sizeLimitExceeded 4 after them; entries without a currently valid certificate are not
+found; ``userCertificate;binary`` carries DER. Write operations are refused by the core.
+
+Resource handling: connections idle for ``idle_timeout`` seconds (15 min, digest §4.1) get a
+Notice of Disconnection (unavailable) and are closed; running out of file descriptors is handled
+by ``trio.serve_listeners`` (it pauses accepting and logs). Error handling: a broken connection
+or failed TLS handshake ends that connection only, logged at debug level.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
+
+import trio
+
+from kim_appliance.directory.entries import BASE_DN, DirectoryEntry
+from kim_appliance.directory.filters import matches, select_attributes
+from kim_appliance.directory.store import DirectoryStore, has_valid_certificate
+from kim_appliance.protocols.ldap import (
+    NEED_DATA,
+    Abandon,
+    Bind,
+    ConnectionClosed,
+    LdapServer,
+    ProtocolViolation,
+    Refused,
+    ResultCode,
+    Scope,
+    Search,
+    Unbind,
+    filter_to_string,
+)
+
+log = logging.getLogger("kim_appliance.directory")
+
+#: TIP1-A_5552: a search returns at most 100 entries.
+SIZE_LIMIT = 100
+#: digest §4.1: idle connections are closed after 15 minutes.
+IDLE_TIMEOUT = 15 * 60.0
+_RECEIVE_SIZE = 65536
+#: The directory's own entry at the base DN (the entries sit flat below it).
+_BASE_ENTRY = {"objectClass": [b"top", b"dcObject", b"organization"], "dc": [b"data"]}
+
+
+class DirectoryAddresses(NamedTuple):
+    """Bound ``(host, port)`` of the plain and the TLS listener (``None`` if not started)."""
+
+    ldap: tuple[str, int] | None
+    ldaps: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    """What a connection needs besides the store. ``users`` maps bind DNs to passwords."""
+
+    users: Mapping[str, str] = field(default_factory=dict)
+    size_limit: int = SIZE_LIMIT
+    idle_timeout: float = IDLE_TIMEOUT
+
+
+def normalise_dn(dn: str) -> str:
+    """Case-folded DN with the spaces around ``,`` and ``=`` removed (enough for the flat
+    ``uid=...,dc=data,dc=vzd`` layout; not a full RFC 4514 parser)."""
+    parts = []
+    for rdn in dn.split(","):
+        attribute, _, value = rdn.partition("=")
+        parts.append(f"{attribute.strip().lower()}={value.strip().lower()}")
+    return ",".join(parts) if dn.strip() else ""
+
+
+def _address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
+    host, port = listeners[0].socket.getsockname()[:2]
+    return str(host), int(port)
+
+
+async def serve_directory(
+    store: DirectoryStore,
+    *,
+    bind: str,
+    ldap_port: int | None,
+    ldaps_port: int | None,
+    ssl_context: ssl.SSLContext | None,
+    users: Mapping[str, str] | None = None,
+    size_limit: int = SIZE_LIMIT,
+    idle_timeout: float = IDLE_TIMEOUT,
+    task_status: trio.TaskStatus[DirectoryAddresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``store`` over LDAP on ``ldap_port`` and LDAPS on ``ldaps_port`` (0: any free
+    port, ``None``: no such listener) until cancelled. ``ssl_context`` is the server context
+    for LDAPS (the C.ZD.TLS-S certificate in the real TI)."""
+    if ldaps_port is not None and ssl_context is None:
+        raise ValueError("serve_directory: ldaps_port given without an ssl_context")
+    settings = DirectorySettings(
+        users={normalise_dn(dn): pw for dn, pw in (users or {}).items()},
+        size_limit=size_limit,
+        idle_timeout=idle_timeout,
+    )
+    handler = partial(serve_ldap_connection, store, settings)
+    plain = await trio.open_tcp_listeners(ldap_port, host=bind) if ldap_port is not None else []
+    tls = await trio.open_tcp_listeners(ldaps_port, host=bind) if ldaps_port is not None else []
+    addresses = DirectoryAddresses(
+        _address(plain) if plain else None, _address(tls) if tls else None
+    )
+    async with trio.open_nursery() as nursery:
+        if plain:
+            nursery.start_soon(partial(trio.serve_listeners, handler, plain))
+        if tls:
+            assert ssl_context is not None
+            wrapped = [trio.SSLListener(s, ssl_context, https_compatible=False) for s in tls]
+            nursery.start_soon(partial(trio.serve_listeners, handler, wrapped))
+        log.info("directory: ldap %s, ldaps %s, base %s", addresses.ldap, addresses.ldaps, BASE_DN)
+        task_status.started(addresses)
+
+
+async def serve_ldap_connection(
+    store: DirectoryStore, settings: DirectorySettings, stream: trio.abc.Stream
+) -> None:
+    """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF."""
+    core = LdapServer()
+    try:
+        while True:
+            event = core.next_event()
+            if event is NEED_DATA:
+                with trio.move_on_after(settings.idle_timeout):
+                    core.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))
+                    continue
+                await stream.send_all(
+                    core.notice_of_disconnection(
+                        ResultCode.UNAVAILABLE,
+                        f"idle for {settings.idle_timeout:.0f} s; connection closed",
+                    )
+                )
+                return
+            queued = core.data_to_send()
+            if queued:
+                await stream.send_all(queued)
+            match event:
+                case Bind():
+                    code, diagnostic = _check_bind(event, settings)
+                    await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
+                case Search():
+                    await _search(core, stream, store, settings, event)
+                case Refused() | Abandon():
+                    log.debug("directory: %r", event)
+                case ProtocolViolation():
+                    log.info("directory: protocol violation: %s", event.reason)
+                    return
+                case Unbind() | ConnectionClosed():
+                    return
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("directory: connection ended: %r", exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _check_bind(event: Bind, settings: DirectorySettings) -> tuple[ResultCode, str]:
+    """RFC 4513 §5.1: anonymous (empty name and password) is allowed; an unauthenticated bind
+    (name, empty password) is refused; a name/password pair must be in ``users``."""
+    if not event.name and not event.password:
+        return ResultCode.SUCCESS, ""
+    if not event.password:
+        return (
+            ResultCode.UNWILLING_TO_PERFORM,
+            f"bind: unauthenticated bind as {event.name!r} (empty password) is not allowed",
+        )
+    expected = settings.users.get(normalise_dn(event.name))
+    supplied = event.password.decode("utf-8", "replace")
+    if expected is None or not hmac.compare_digest(expected.encode(), supplied.encode()):
+        log.info("directory: bind as %r failed", event.name)
+        return ResultCode.INVALID_CREDENTIALS, "bind: invalid credentials"
+    return ResultCode.SUCCESS, ""
+
+
+async def _search(
+    core: LdapServer,
+    stream: trio.abc.Stream,
+    store: DirectoryStore,
+    settings: DirectorySettings,
+    search: Search,
+) -> None:
+    base = normalise_dn(search.base)
+    log.debug("directory: search %r scope %s %s", search.base, search.scope.name,
+              filter_to_string(search.filter))  # fmt: skip
+    if base == "" and search.scope is Scope.BASE:
+        root_dse = {
+            "objectClass": [b"top"],
+            "namingContexts": [BASE_DN.encode()],
+            "supportedLDAPVersion": [b"3"],
+            "vendorName": [b"kim-appliance"],
+        }
+        await stream.send_all(core.send_entry(search.message_id, "", root_dse))
+        await stream.send_all(core.send_search_done(search.message_id, ResultCode.SUCCESS))
+        return
+    candidates = _candidates(store, base, search.scope)
+    if candidates is None:
+        await stream.send_all(
+            core.send_search_done(
+                search.message_id,
+                ResultCode.NO_SUCH_OBJECT,
+                f"search base {search.base!r} does not exist; entries are below {BASE_DN}",
+                matched_dn=BASE_DN if base.endswith("," + BASE_DN) else "",
+            )
+        )
+        return
+    limit = settings.size_limit
+    if search.size_limit:
+        limit = min(limit, search.size_limit)
+    sent = 0
+    for dn, attributes in candidates:
+        if not matches(search.filter, attributes):
+            continue
+        if sent >= limit:
+            await stream.send_all(
+                core.send_search_done(
+                    search.message_id,
+                    ResultCode.SIZE_LIMIT_EXCEEDED,
+                    f"more than {limit} entries match; narrow the filter (TIP1-A_5552)",
+                )
+            )
+            return
+        selected = select_attributes(attributes, search.attributes, types_only=search.types_only)
+        await stream.send_all(core.send_entry(search.message_id, dn, selected))
+        sent += 1
+    await stream.send_all(core.send_search_done(search.message_id, ResultCode.SUCCESS))
+
+
+def _candidates(
+    store: DirectoryStore, base: str, scope: Scope
+) -> list[tuple[str, dict[str, list[bytes]]]] | None:
+    """``(dn, attributes)`` in scope of ``base``, or ``None`` if ``base`` does not exist."""
+    entries = [e for e in store.entries() if has_valid_certificate(e)]
+    if base == BASE_DN:
+        if scope is Scope.BASE:
+            return [(BASE_DN, dict(_BASE_ENTRY))]
+        found = [_view(e) for e in entries]
+        return [(BASE_DN, dict(_BASE_ENTRY)), *found] if scope is Scope.SUB else found
+    for entry in entries:
+        if normalise_dn(entry.dn) == base:
+            return [] if scope is Scope.ONE else [_view(entry)]  # entries are leaves
+    return None
+
+
+def _view(entry: DirectoryEntry) -> tuple[str, dict[str, list[bytes]]]:
+    return entry.dn, entry.ldap_attributes()

@@ -1,0 +1,65 @@
+"""Sans-IO LDAPv3 server (RFC 4511) for the read-only VZD: :class:`LdapServer` and its events.
+
+The VZD's LDAP listener (digest §4.1) drives this core from trio; the core itself must never
+touch a socket, trio, the disk or the directory's entries. PDUs are decoded and encoded with
+ldap3's RFC 4511 ASN.1 definitions on pyasn1. This module only re-exports the API.
+"""
+
+from ._codec import MAX_FILTER_DEPTH, NOTICE_OF_DISCONNECTION
+from ._events import (
+    NEED_DATA,
+    Abandon,
+    And,
+    Approx,
+    Bind,
+    ConnectionClosed,
+    Equality,
+    Event,
+    Extensible,
+    Filter,
+    GreaterOrEqual,
+    LessOrEqual,
+    Not,
+    Or,
+    Presence,
+    ProtocolViolation,
+    Refused,
+    ResultCode,
+    Scope,
+    Search,
+    Substrings,
+    Unbind,
+    filter_to_string,
+)
+from ._server import MAX_PDU_SIZE, LdapServer, LocalProtocolError
+
+__all__ = [
+    "MAX_FILTER_DEPTH",
+    "MAX_PDU_SIZE",
+    "NEED_DATA",
+    "NOTICE_OF_DISCONNECTION",
+    "Abandon",
+    "And",
+    "Approx",
+    "Bind",
+    "ConnectionClosed",
+    "Equality",
+    "Event",
+    "Extensible",
+    "Filter",
+    "GreaterOrEqual",
+    "LdapServer",
+    "LessOrEqual",
+    "LocalProtocolError",
+    "Not",
+    "Or",
+    "Presence",
+    "ProtocolViolation",
+    "Refused",
+    "ResultCode",
+    "Scope",
+    "Search",
+    "Substrings",
+    "Unbind",
+    "filter_to_string",
+]

@@ -1,0 +1,276 @@
+"""BER framing and the LDAPMessage codec, on ldap3's RFC 4511 ASN.1 module and pyasn1.
+
+Only the outer TLV header of a PDU is read here by hand, to know where one LDAPMessage ends and
+to refuse oversized PDUs before buffering them (RFC 4511 §5.1: definite lengths only). Every
+PDU itself is decoded and every response encoded by pyasn1 with ldap3's definitions. This module
+must never keep connection state or decide how to answer a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ldap3.protocol import rfc4511 as asn
+from pyasn1.codec.ber import decoder, encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type.namedtype import NamedType, NamedTypes
+
+from ._events import (
+    And,
+    Approx,
+    Equality,
+    Extensible,
+    Filter,
+    GreaterOrEqual,
+    LessOrEqual,
+    Not,
+    Or,
+    Presence,
+    ResultCode,
+    Substrings,
+)
+
+#: RFC 4511 §4.4.1: responseName of the Notice of Disconnection.
+NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"
+#: Deepest nesting of and/or/not the core accepts (a real query nests two or three levels).
+MAX_FILTER_DEPTH = 32
+
+
+# --- the decoding schema ---------------------------------------------------------------
+# ldap3 declares the recursive Filter by assigning And/Or/Not.componentType after the classes
+# are built, but pyasn1 (0.5+) copies componentType into each *instance* when it is created,
+# and Filter's instances of And, Or and Not were created before that assignment. ldap3 itself
+# never decodes a Filter (it only encodes requests), so it never notices. For decoding, the
+# cycle Filter -> and/or/not -> Filter is tied here between instances, leaving ldap3's module
+# untouched, and SearchRequest/ProtocolOp/LDAPMessage are rebuilt around that Filter.
+
+
+class _Filter(asn.Filter):  # type: ignore[misc]
+    """ldap3's Filter CHOICE, for an instance that sits in a cycle: pyasn1 formats schema
+    objects into messages eagerly (NamedTypes of SEQUENCEs with repeated tags), and the default
+    repr would recurse through the cycle forever."""
+
+    def __repr__(self) -> str:
+        return "<Filter (recursive)>"
+
+
+def _tie(node: Any, component: Any) -> None:
+    """Set the read-only ``componentType`` of one pyasn1 schema instance."""
+    node.__dict__["componentType"] = component
+    node._readOnly["componentType"] = component
+
+
+def _with(named_types: Any, name: str, replacement: Any) -> NamedTypes:
+    return NamedTypes(
+        *(
+            type(nt)(nt.name, replacement if nt.name == name else nt.asn1Object)
+            for nt in named_types.namedTypes
+        )
+    )
+
+
+def _request_schema() -> Any:
+    and_, or_, not_ = asn.And(), asn.Or(), asn.Not()
+    filter_ = _Filter(
+        componentType=NamedTypes(
+            NamedType("and", and_),
+            NamedType("or", or_),
+            NamedType("notFilter", not_),
+            NamedType("equalityMatch", asn.EqualityMatch()),
+            NamedType("substringFilter", asn.SubstringFilter()),
+            NamedType("greaterOrEqual", asn.GreaterOrEqual()),
+            NamedType("lessOrEqual", asn.LessOrEqual()),
+            NamedType("present", asn.Present()),
+            NamedType("approxMatch", asn.ApproxMatch()),
+            NamedType("extensibleMatch", asn.ExtensibleMatch()),
+        )
+    )
+    _tie(and_, filter_)
+    _tie(or_, filter_)
+    _tie(not_, NamedTypes(NamedType("innerNotFilter", filter_)))
+    search = asn.SearchRequest(
+        componentType=_with(asn.SearchRequest.componentType, "filter", filter_)
+    )
+    protocol_op = asn.ProtocolOp(
+        componentType=_with(asn.ProtocolOp.componentType, "searchRequest", search)
+    )
+    return asn.LDAPMessage(
+        componentType=_with(asn.LDAPMessage.componentType, "protocolOp", protocol_op)
+    )
+
+
+_LDAP_MESSAGE = _request_schema()
+
+
+class MalformedPdu(ValueError):
+    """A PDU that is not a well-formed LDAPMessage; the session must end (RFC 4511 §4.1.1)."""
+
+
+def frame_length(buffer: bytes | bytearray) -> int | None:
+    """Total length of the PDU at the start of ``buffer``, or ``None`` if the header is not
+    complete yet. Raises :class:`MalformedPdu` for anything but a definite-length SEQUENCE."""
+    if not buffer:
+        return None
+    if buffer[0] != 0x30:
+        raise MalformedPdu(f"LDAPMessage: expected SEQUENCE tag 0x30, got 0x{buffer[0]:02x}")
+    if len(buffer) < 2:
+        return None
+    first = buffer[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if count == 0:
+        raise MalformedPdu("LDAPMessage: indefinite length is not allowed (RFC 4511 §5.1)")
+    if count > 4:
+        raise MalformedPdu(f"LDAPMessage: length field of {count} octets is absurd")
+    if len(buffer) < 2 + count:
+        return None
+    return 2 + count + int.from_bytes(buffer[2 : 2 + count], "big")
+
+
+def decode_message(pdu: bytes) -> Any:
+    """Decode one complete PDU into an ldap3 ``LDAPMessage``; raises :class:`MalformedPdu`."""
+    try:
+        message, rest = decoder.decode(pdu, asn1Spec=_LDAP_MESSAGE)
+    except (PyAsn1Error, RecursionError, ValueError, TypeError) as exc:
+        raise MalformedPdu(f"LDAPMessage: cannot decode: {exc}") from exc
+    if rest:
+        raise MalformedPdu(f"LDAPMessage: {len(rest)} trailing bytes inside the PDU")
+    return message
+
+
+def decode_filter(node: Any, depth: int = 0) -> Filter:
+    """Turn a pyasn1 Filter CHOICE into the Filter tree of :mod:`._events`."""
+    if depth > MAX_FILTER_DEPTH:
+        raise MalformedPdu(f"Filter: nested deeper than {MAX_FILTER_DEPTH} levels")
+    name = node.getName()
+    inner = node.getComponent()
+    match name:
+        case "and":
+            return And(tuple(decode_filter(x, depth + 1) for x in inner))
+        case "or":
+            return Or(tuple(decode_filter(x, depth + 1) for x in inner))
+        case "notFilter":
+            return Not(decode_filter(inner["innerNotFilter"], depth + 1))
+        case "equalityMatch" | "greaterOrEqual" | "lessOrEqual" | "approxMatch":
+            kind = _ASSERTIONS[name]
+            return kind(ldap_string(inner["attributeDesc"]), bytes(inner["assertionValue"]))
+        case "present":
+            return Presence(ldap_string(inner))
+        case "substringFilter":
+            return _substrings(inner)
+        case "extensibleMatch":
+            return Extensible(
+                ldap_string(inner["matchingRule"]) if inner["matchingRule"].isValue else None,
+                ldap_string(inner["type"]) if inner["type"].isValue else None,
+                bytes(inner["matchValue"]),
+                bool(inner["dnAttributes"]),
+            )
+    raise MalformedPdu(f"Filter: unknown choice {name!r}")
+
+
+_ASSERTIONS: dict[str, type[Equality | GreaterOrEqual | LessOrEqual | Approx]] = {
+    "equalityMatch": Equality,
+    "greaterOrEqual": GreaterOrEqual,
+    "lessOrEqual": LessOrEqual,
+    "approxMatch": Approx,
+}
+
+
+def _substrings(inner: Any) -> Substrings:
+    initial: bytes | None = None
+    final: bytes | None = None
+    middle: list[bytes] = []
+    parts = list(inner["substrings"])
+    if not parts:
+        raise MalformedPdu("SubstringFilter: no substrings (SIZE 1..MAX)")
+    for index, part in enumerate(parts):
+        kind = part.getName()
+        value = bytes(part.getComponent())
+        # RFC 4511 §4.5.1.7.2: initial at most once and first, final at most once and last
+        if kind == "initial":
+            if index != 0:
+                raise MalformedPdu("SubstringFilter: 'initial' must come first")
+            initial = value
+        elif kind == "final":
+            if index != len(parts) - 1:
+                raise MalformedPdu("SubstringFilter: 'final' must come last")
+            final = value
+        else:
+            middle.append(value)
+    return Substrings(ldap_string(inner["type"]), initial, tuple(middle), final)
+
+
+def ldap_string(value: Any) -> str:
+    """An LDAPString (UTF-8) as str; raises :class:`MalformedPdu` if it is not UTF-8."""
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedPdu(f"LDAPString is not UTF-8: {exc}") from exc
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _message(message_id: int, op_name: str, op: Any) -> bytes:
+    message = asn.LDAPMessage()
+    message["messageID"] = asn.MessageID(message_id)
+    message["protocolOp"] = asn.ProtocolOp().setComponentByName(op_name, op)
+    data: bytes = encoder.encode(message)
+    return data
+
+
+def _fill_result(op: Any, code: ResultCode, diagnostic: str, matched_dn: str) -> Any:
+    op["resultCode"] = asn.ResultCode(int(code))
+    op["matchedDN"] = asn.LDAPDN(matched_dn.encode("utf-8"))
+    op["diagnosticMessage"] = asn.LDAPString(diagnostic.encode("utf-8"))
+    return op
+
+
+#: protocolOp name of the response to each request (RFC 4511 §4.2 ... §4.12).
+RESPONSE_OF = {
+    "bindRequest": ("bindResponse", asn.BindResponse),
+    "searchRequest": ("searchResDone", asn.SearchResultDone),
+    "modifyRequest": ("modifyResponse", asn.ModifyResponse),
+    "addRequest": ("addResponse", asn.AddResponse),
+    "delRequest": ("delResponse", asn.DelResponse),
+    "modDNRequest": ("modDNResponse", asn.ModifyDNResponse),
+    "compareRequest": ("compareResponse", asn.CompareResponse),
+    "extendedReq": ("extendedResp", asn.ExtendedResponse),
+}
+
+
+def encode_result(
+    message_id: int, request: str, code: ResultCode, diagnostic: str = "", matched_dn: str = ""
+) -> bytes:
+    """The LDAPResult-shaped response to ``request`` (a protocolOp name such as
+    ``"bindRequest"``)."""
+    op_name, op_type = RESPONSE_OF[request]
+    return _message(message_id, op_name, _fill_result(op_type(), code, diagnostic, matched_dn))
+
+
+def encode_entry(message_id: int, dn: str, attributes: dict[str, list[bytes]]) -> bytes:
+    """A SearchResultEntry (RFC 4511 §4.5.2); an empty value list encodes a typesOnly
+    attribute."""
+    entry = asn.SearchResultEntry()
+    entry["object"] = asn.LDAPDN(dn.encode("utf-8"))
+    attribute_list = entry["attributes"]
+    for position, (name, values) in enumerate(attributes.items()):
+        partial = asn.PartialAttribute()
+        partial["type"] = asn.AttributeDescription(name.encode("utf-8"))
+        vals = partial["vals"]
+        vals.clear()  # an explicitly empty SET, not an unset component
+        for index, value in enumerate(values):
+            vals.setComponentByPosition(index, asn.AttributeValue(value))
+        attribute_list.setComponentByPosition(position, partial)
+    if not attributes:
+        attribute_list.clear()
+    return _message(message_id, "searchResEntry", entry)
+
+
+def encode_notice_of_disconnection(code: ResultCode, diagnostic: str) -> bytes:
+    """The unsolicited Notice of Disconnection (RFC 4511 §4.4.1): messageID 0, an
+    ExtendedResponse with responseName 1.3.6.1.4.1.1466.20036."""
+    response = _fill_result(asn.ExtendedResponse(), code, diagnostic, "")
+    response["responseName"] = asn.ResponseName(NOTICE_OF_DISCONNECTION.encode("ascii"))
+    return _message(0, "extendedResp", response)

@@ -1,0 +1,164 @@
+"""The VZD store: demo entries, persistence, and the §4.2 maintenance API for the Account
+Manager (I_Directory_Application_Maintenance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from kim_appliance.directory import DirectoryError, DirectoryStore, EntryNotFound, KimAddress
+from kim_appliance.pki import admission_of
+
+FAD = "fd1.kim.telematik-test"
+
+
+@pytest.fixture
+def store(demo_dir: Path, tmp_path: Path) -> DirectoryStore:
+    s = DirectoryStore(tmp_path / "directory.json")
+    s.populate_from_demo(demo_dir)
+    return s
+
+
+def weber(store: DirectoryStore) -> str:
+    entry = store.find_by_mail("praxis.weber@fd1.kim.telematik-test")
+    assert entry is not None
+    return entry.telematik_id
+
+
+def test_demo_entries_carry_every_enc_certificate_and_the_admission_data(
+    store: DirectoryStore, demo_dir: Path
+) -> None:
+    """digest §4.1: one entry per Telematik-ID, RSA and ECC ENC certificates side by side."""
+    demo = json.loads((demo_dir / "demo.json").read_text())
+    assert len(store) == len(demo["participants"]) == 4
+    for p in demo["participants"]:
+        entry = store.find_by_mail(p["address"].upper())
+        assert entry is not None, p["address"]
+        assert entry.telematik_id == p["telematik_id"]
+        assert len(entry.certificates) == len(p["card"]["keys"].split("+"))
+        pems = [
+            x509.load_pem_x509_certificate(Path(c).read_bytes()) for c in p["export"]["enc_cert"]
+        ]
+        assert {x509.load_der_x509_certificate(d) for d in entry.certificates} == set(pems)
+        admission = admission_of(pems[0])
+        assert admission is not None
+        assert list(entry.profession_oid) == list(admission.profession_oids)
+        attributes = entry.ldap_attributes()
+        assert attributes["komLeData"] == [f"1.5+,{p['address']}".encode()]
+        assert attributes["kimData"] == [f"{p['address']},1.5+".encode()]
+        assert attributes["cn"] == attributes["displayName"] == [p["display_name"].encode()]
+        assert entry.dn == f"uid={entry.uid},dc=data,dc=vzd"
+
+
+def test_changes_survive_a_reopen(store: DirectoryStore) -> None:
+    tid = weber(store)
+    store.set_address(tid, FAD, KimAddress("empfang.weber@fd1.kim.telematik-test", "1.5"))
+    assert store.path is not None
+    reopened = DirectoryStore(store.path)
+    assert reopened.get(tid) == store.get(tid)
+    found = reopened.find_by_mail("empfang.weber@fd1.kim.telematik-test")
+    assert found is not None
+    assert found.telematik_id == tid
+
+
+def test_add_get_modify_delete_fachdaten(store: DirectoryStore) -> None:
+    """digest §4.2: add (201), get (FAD1), modify writes the whole list, delete."""
+    tid = weber(store)
+    added = store.add_fachdaten(
+        tid, "fd9.kim.telematik-test",
+        [KimAddress("a@fd9.kim.telematik-test", "1.5+", ("eEB;V1.0", "DALE-UV;Einsendung;V1.0"))],
+    )  # fmt: skip
+    assert added.to_json()["kimData"] == [
+        {"mail": "a@fd9.kim.telematik-test", "version": "1.5+",
+         "appTags": ["eEB;V1.0", "DALE-UV;Einsendung;V1.0"]}
+    ]  # fmt: skip
+    attributes = store.get(tid).ldap_attributes()
+    assert (
+        b"a@fd9.kim.telematik-test,1.5+,eEB;V1.0|DALE-UV;Einsendung;V1.0" in attributes["kimData"]
+    )
+    assert b"1.5+,a@fd9.kim.telematik-test" in attributes["komLeData"]
+    store.modify_fachdaten(tid, "fd9.kim.telematik-test", [KimAddress("b@fd9.kim.telematik-test")])
+    got = store.get_fachdaten(tid, "fd9.kim.telematik-test")
+    assert [(a.mail, a.version) for a in got.addresses] == [("b@fd9.kim.telematik-test", "1.0")]
+    assert store.find_by_mail("a@fd9.kim.telematik-test") is None
+    store.delete_fachdaten(tid, "fd9.kim.telematik-test")
+    with pytest.raises(DirectoryError) as info:
+        store.get_fachdaten(tid, "fd9.kim.telematik-test")
+    assert info.value.status == 404
+    assert store.find_by_mail("praxis.weber@fd1.kim.telematik-test") is not None
+
+
+def test_set_and_remove_one_address_keep_the_others(store: DirectoryStore) -> None:
+    tid = weber(store)
+    store.set_address(tid, FAD, KimAddress("zweite@fd1.kim.telematik-test"))
+    store.set_address(tid, FAD, KimAddress("praxis.weber@fd1.kim.telematik-test", "1.0"))
+    mails = {a.mail: a.version for a in store.get_fachdaten(tid, FAD).addresses}
+    assert mails == {
+        "praxis.weber@fd1.kim.telematik-test": "1.0",
+        "zweite@fd1.kim.telematik-test": "1.0",
+    }
+    store.remove_address(tid, FAD, "ZWEITE@fd1.kim.telematik-test")
+    assert [a.mail for a in store.get_fachdaten(tid, FAD).addresses] == [
+        "praxis.weber@fd1.kim.telematik-test"
+    ]
+    with pytest.raises(DirectoryError, match="not among"):
+        store.remove_address(tid, FAD, "zweite@fd1.kim.telematik-test")
+
+
+def test_no_vzd_mail_entry_keeps_the_address_out_of_ldap(store: DirectoryStore) -> None:
+    """A_24039 (Basis-Consumer): noVzdMailEntry leaves mail and komLeData unfilled."""
+    tid = weber(store)
+    store.set_address(tid, FAD, KimAddress("basis@fd1.kim.telematik-test", no_vzd_mail_entry=True))
+    attributes = store.get(tid).ldap_attributes()
+    assert all(b"basis@" not in v for v in attributes["mail"] + attributes["komLeData"])
+    assert store.find_by_mail("basis@fd1.kim.telematik-test") is None
+
+
+@pytest.mark.parametrize(
+    ("addresses", "attribute", "text"),
+    [
+        ([KimAddress("x@fd1.kim.telematik-test", "2.x")], "version", "Unzulässiger Wert"),
+        ([KimAddress("no-at-sign")], "mail", "Unzulässiger Wert"),
+        ([KimAddress(f"m{i}@fd1.kim.telematik-test") for i in range(11)], "mail", "maxKOMLEadr"),
+        ([KimAddress("apotheke.sonne@fd2.kim.telematik-test")], "mail", "already in the entry"),
+        ([KimAddress("d@fd1.kim.telematik-test"), KimAddress("D@fd1.kim.telematik-test")],
+         "mail", "twice"),
+    ],
+)  # fmt: skip
+def test_invalid_fachdaten_are_refused_with_400(
+    store: DirectoryStore, addresses: list[KimAddress], attribute: str, text: str
+) -> None:
+    """digest §4.2 Error body: 400 with attributeName/attributeError; nothing is changed."""
+    tid = weber(store)
+    before = store.get(tid)
+    with pytest.raises(DirectoryError) as info:
+        store.modify_fachdaten(tid, FAD, addresses)
+    assert info.value.status == 400
+    body = info.value.to_json()
+    assert any(
+        e["attributeName"] == attribute and text in e["attributeError"] for e in body["errors"]
+    ), body
+    assert store.get(tid) == before
+
+
+def test_unknown_telematik_id_is_404(store: DirectoryStore) -> None:
+    with pytest.raises(EntryNotFound) as info:
+        store.add_fachdaten("9-nobody", FAD, [KimAddress("n@fd1.kim.telematik-test")])
+    assert info.value.status == 404
+    assert "9-nobody" in str(info.value)
+
+
+def test_search_fachdaten_with_wildcards(store: DirectoryStore) -> None:
+    """digest §4.2 search_Directory_FA-Attributes: `*` wildcards, "" for absent."""
+    assert {f.fad for f in store.search_fachdaten(mail="*@fd2.kim.telematik-test")} == {
+        "fd2.kim.telematik-test"
+    }
+    assert len(store.search_fachdaten(kom_le_data="1.5+,*")) == 4
+    assert store.search_fachdaten(mail="nobody*") == []
+    tid = weber(store)
+    store.modify_fachdaten(tid, FAD, [])
+    (empty,) = store.search_fachdaten(mail="")
+    assert empty.telematik_id == tid

@@ -1,0 +1,206 @@
+"""A running appliance (in-process, ephemeral ports) for the Fachdienst tests.
+
+The demo setup (test PKI, cards, TLS certificates, seeded accounts) is made once per test
+session in a template data dir and copied for every test, so a test starts in well under a
+second with a fresh data dir. ``start_appliance`` starts one with a config written before the
+start (``[fachdienst]`` overrides such as a short relay give-up or a small message size) and
+an optional hook that changes the stores before the start (quota, deregistration): the store
+holds an exclusive lock while the appliance runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import poplib
+import smtplib
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from kim_appliance.config import CONFIG_FILE
+from kim_appliance.store import MailStore
+
+
+@dataclass
+class Running:
+    data_dir: Path
+    endpoints: dict[str, Any]
+    demo: dict[str, Any]
+
+    def participant(self, local: str) -> dict[str, Any]:
+        return next(p for p in self.demo["participants"] if p["address"].startswith(local + "@"))
+
+    def address(self, domain: str, kind: str) -> tuple[str, int]:
+        host, _, port = self.endpoints["fachdienste"][domain][kind].rpartition(":")
+        return host, int(port)
+
+    def client_ssl(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.endpoints["tls_ca"])
+        return context
+
+
+#: a hook that changes the stores (domain -> store) before the appliance starts
+Prepare = Callable[[dict[str, MailStore]], None]
+
+
+class StartAppliance(Protocol):
+    def __call__(
+        self, fachdienst: dict[str, Any] | None = ..., prepare: Prepare | None = ...
+    ) -> Awaitable[Running]: ...
+
+
+def _quick_hash(password: str) -> str:
+    """``scrypt$n$r$p$salt$hash`` as store.passwords writes it, with n = 2**10."""
+    n, r, p, salt = 2**10, 8, 1, os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"config value {value!r}: not supported by this test helper")
+
+
+def _write_config(data_dir: Path, fachdienst: dict[str, Any]) -> None:
+    """``config.toml`` with the default domains and the given ``[fachdienst]`` keys."""
+    relay_map = dict(fachdienst.get("relay_map", {}))
+    lines = ["[fachdienst]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in fachdienst.items() if k != "relay_map"]
+    lines.append("[fachdienst.relay_map]")
+    lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in relay_map.items()]
+    (data_dir / CONFIG_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# -- client helpers (blocking: call them through trio.to_thread.run_sync) ----------------------
+
+FD1, FD2 = "fd1.kim.telematik-test", "fd2.kim.telematik-test"
+
+
+def make_message(
+    sender: str,
+    to: str,
+    *,
+    subject: str = "Befund",
+    body: str = "Hallo\n",
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """A small RFC 5322 message with CRLF line ends and a unique Message-ID."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain="kim.test")
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def text_of(reply: bytes | str) -> str:
+    """An SMTP reply text as str (smtplib types it bytes | str)."""
+    return reply if isinstance(reply, str) else reply.decode()
+
+
+def smtp_connect(app: Running, domain: str, local: str | None = None) -> smtplib.SMTP_SSL:
+    """An SMTPS session after EHLO, logged in (AUTH PLAIN) as ``local`` unless None."""
+    host, port = app.address(domain, "smtp")
+    smtp = smtplib.SMTP_SSL(host, port, context=app.client_ssl(), timeout=30)
+    smtp.ehlo("pvs.test")
+    if local is not None:
+        p = app.participant(local)
+        smtp.user, smtp.password = p["address"], p["password"]
+        code, text = smtp.auth("PLAIN", smtp.auth_plain, initial_response_ok=True)
+        assert code == 235, (code, text)
+    return smtp
+
+
+def smtp_send(
+    app: Running,
+    domain: str,
+    local: str,
+    to: list[str],
+    data: bytes,
+    *,
+    mail_options: tuple[str, ...] = (),
+    rcpt_options: tuple[str, ...] = (),
+) -> dict[str, tuple[int, bytes]]:
+    with smtp_connect(app, domain, local) as smtp:
+        return smtp.sendmail(
+            app.participant(local)["address"],
+            to,
+            data,
+            mail_options=list(mail_options),
+            rcpt_options=list(rcpt_options),
+        )
+
+
+def pop3_connect(app: Running, domain: str, local: str, *, wait: float = 5.0) -> poplib.POP3_SSL:
+    """A POP3S session logged in with USER/PASS; waits out ``[IN-USE]`` of a closing session."""
+    p = app.participant(local)
+    host, port = app.address(domain, "pop3")
+    deadline = time.monotonic() + wait
+    while True:
+        pop = poplib.POP3_SSL(host, port, context=app.client_ssl(), timeout=30)
+        try:
+            pop.user(p["address"])
+            pop.pass_(p["password"])
+            return pop
+        except poplib.error_proto as exc:
+            pop.close()
+            if b"[IN-USE]" not in exc.args[0] or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def pop3_command(pop: poplib.POP3_SSL, line: str) -> bytes:
+    """Send one raw command, return the one-line answer; ``-ERR`` comes back, not raised."""
+    try:
+        answer: bytes = pop._shortcmd(line)  # type: ignore[attr-defined]
+    except poplib.error_proto as exc:
+        answer = bytes(exc.args[0])
+    return answer
+
+
+def pop3_fetch_all(app: Running, domain: str, local: str, *, delete: bool = True) -> list[bytes]:
+    """Every message of the mailbox as bytes (CRLF), deleted afterwards unless told not to."""
+    pop = pop3_connect(app, domain, local)
+    try:
+        count, _ = pop.stat()
+        out = []
+        for n in range(1, count + 1):
+            _, lines, _ = pop.retr(n)
+            out.append(b"\r\n".join(lines) + b"\r\n")
+            if delete:
+                pop.dele(n)
+        return out
+    finally:
+        pop.quit()
+
+
+async def wait_for_mail(
+    app: Running, domain: str, local: str, *, count: int = 1, timeout: float = 20.0
+) -> list[bytes]:
+    """Poll the mailbox until it holds ``count`` messages; return (and delete) them."""
+    got: list[bytes] = []
+    with trio.fail_after(timeout):
+        while len(got) < count:
+            got += await trio.to_thread.run_sync(pop3_fetch_all, app, domain, local)
+            if len(got) < count:
+                await trio.sleep(0.1)
+    return got
