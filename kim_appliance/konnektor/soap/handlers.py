@@ -1,0 +1,666 @@
+"""The SOAP operations: translate a request element into a :class:`Konnektor` call and the
+answer into the response element of gematik's XSD (digest §1.8).
+
+:class:`SoapDispatcher` takes the raw body of a POST to ``/ws/<Service>``, parses the SOAP 1.1
+envelope, validates the operation element against the service's XSD (a request the schema
+refuses is error 4000 with the schema's complaint as Detail), dispatches on the element's
+qualified name and returns the response envelope, or a SOAP fault carrying the
+``GERROR:Error`` of a :class:`KonnektorError`. Everything here is blocking (the card sleeps
+when it is slow, CMS work is CPU work): the HTTP server runs it in a worker thread.
+
+Protocol choices the XSDs leave open, written down here:
+
+* SignDocument supports CAdES enveloping signatures (``dss:SignatureType``
+  ``urn:ietf:rfc:5652``, the KIM profile, KOM-LE-A_2190); ``SIG:IncludeEContent`` false
+  (detached) is refused with 4000, an absent IncludeEContent means enveloping. The
+  recipient-emails attribute is the ``dss:Property`` with Identifier
+  ``RecipientEmailsAttribute`` whose ``dss:Value`` holds ``CMSAttribute`` (any namespace) with
+  the base64 DER Attribute (digest §2.7); it is mandatory.
+* VerifyDocument takes the SignedData from ``dss:SignatureObject/dss:Base64Signature``.
+  A non-VALID result is answered with ``Status/Result`` Warning and a ``GERROR:Error`` whose
+  Trace Code is the code of Tab_Verm_Sig_Prüf (4115, 4253, 4112, 4206, 4264; digest §1.6).
+* VerifyCertificate: for INVALID/INCONCLUSIVE ``VerificationStatus/GERROR:Error`` carries the
+  CheckCertificateDetail name (CERT_REVOKED, ...) as ErrorText and Trace Code 0: no gematik
+  code for these outcomes is confirmed in the material at hand. ``RoleList`` needs one
+  ``Role``; a certificate without Admission gets one empty Role.
+* ExternalAuthenticate: ``dss:SignatureType`` ``urn:bsi:tr:03111:ecdsa`` selects the ECC AUT
+  key (plain r||s); otherwise ``SIG:SignatureSchemes`` (default RSASSA-PSS) with the RSA key.
+
+This module must never keep state between calls except the job-number counter, and never
+answer a call the Konnektor facade has not checked (context, card, PIN).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from kim_appliance.konnektor import errors
+from kim_appliance.konnektor.cards import CardInfo, CardType, Crypt
+from kim_appliance.konnektor.errors import (
+    CardError,
+    KonnektorError,
+    KonnektorUnreachableError,
+    ParameterError,
+)
+from kim_appliance.konnektor.infomodell import Context
+from kim_appliance.konnektor.operations import HighLevelResult, Konnektor
+from kim_appliance.konnektor.soap.envelope import (
+    SoapFaultError,
+    envelope,
+    fault,
+    new,
+    parse_request,
+    product_information,
+    protocol_fault,
+    qname,
+    sub,
+    telematik_error,
+)
+from kim_appliance.konnektor.soap.services import (
+    CARD,
+    CARDCMN,
+    CCTX,
+    CERT,
+    CERTCMN,
+    CONN,
+    CRYPT,
+    CT,
+    DSS,
+    EVT,
+    SERVICES_BY_NAME,
+    SIG,
+    SIG74,
+    schema_for,
+)
+
+log = logging.getLogger(__name__)
+
+CMS_SIGNATURE: Final = "urn:ietf:rfc:5652"
+RSA_SIGNATURE: Final = "urn:ietf:rfc:3447"
+ECDSA_SIGNATURE: Final = "urn:bsi:tr:03111:ecdsa"
+RECIPIENT_EMAILS_PROPERTY: Final = "RecipientEmailsAttribute"
+
+Handler = Callable[[Konnektor, etree._Element], etree._Element]
+
+
+@dataclass(frozen=True)
+class SoapReply:
+    """What the HTTP layer sends back: status 200 (response) or 500 (fault), and the body."""
+
+    status: int
+    body: bytes
+
+
+class SoapDispatcher:
+    """Dispatch SOAP requests of the six services onto one :class:`Konnektor`."""
+
+    def __init__(self, konnektor: Konnektor, *, validate: bool = True) -> None:
+        self.konnektor = konnektor
+        self.validate = validate
+
+    def handle(self, service: str, body: bytes) -> SoapReply:
+        """Answer one POST to ``/ws/<service>``.
+
+        Error handling: KonnektorError and malformed requests become SOAP faults (HTTP 500);
+        :class:`KonnektorUnreachableError` propagates, because a Konnektor that is down sends
+        nothing at all (the HTTP layer drops the connection). Any other exception is a bug,
+        reported as fault 4001 with its text, and logged.
+        """
+        if self.konnektor.faults.unreachable:
+            raise KonnektorUnreachableError(service)
+        try:
+            request = parse_request(body)
+        except SoapFaultError as exc:
+            return SoapReply(500, protocol_fault(exc))
+        try:
+            return SoapReply(200, envelope(self._dispatch(service, request)))
+        except KonnektorError as exc:
+            return SoapReply(500, fault(exc))
+        except KonnektorUnreachableError:
+            raise
+        except Exception as exc:  # a bug: still answer like a Konnektor, with the reason
+            log.exception("SOAP %s %s failed", service, request.tag)
+            internal = KonnektorError(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return SoapReply(500, fault(internal))
+
+    def _dispatch(self, service: str, request: etree._Element) -> etree._Element:
+        spec = SERVICES_BY_NAME[service]
+        handler = _HANDLERS.get(request.tag)
+        if handler is None or not request.tag.startswith(f"{{{spec.namespace}}}"):
+            name = etree.QName(request).localname
+            raise ParameterError(
+                "Body",
+                f"{name} ({etree.QName(request).namespace}) is not an operation of "
+                f"{service} {spec.version} served by this Konnektor",
+            )
+        if self.validate:
+            schema = schema_for(service)
+            if not schema.validate(request):
+                # "<file>:<line>:<col>:ERROR:SCHEMASV:<type>: <message>"; keep the message
+                first = str(schema.error_log).splitlines()[0]
+                raise ParameterError(
+                    etree.QName(request).localname,
+                    f"violates {spec.schema}: {first.split(': ', 1)[-1]}",
+                )
+        return handler(self.konnektor, request)
+
+
+# --- reading requests --------------------------------------------------------------------------
+
+
+def _find(parent: etree._Element, namespace: str, name: str) -> etree._Element | None:
+    return parent.find(qname(namespace, name))
+
+
+def _need(parent: etree._Element, namespace: str, name: str) -> etree._Element:
+    element = parent.find(qname(namespace, name))
+    if element is None:
+        raise ParameterError(name, f"missing in {etree.QName(parent).localname}")
+    return element
+
+
+def _text(parent: etree._Element, namespace: str, name: str) -> str | None:
+    element = parent.find(qname(namespace, name))
+    if element is None or element.text is None:
+        return None
+    return element.text.strip()
+
+
+def _need_text(parent: etree._Element, namespace: str, name: str) -> str:
+    value = _text(parent, namespace, name)
+    if value is None:
+        raise ParameterError(name, f"missing or empty in {etree.QName(parent).localname}")
+    return value
+
+
+def _context(request: etree._Element) -> Context:
+    element = _need(request, CCTX, "Context")
+    return Context(
+        mandant_id=_text(element, CONN, "MandantId") or "",
+        client_system_id=_text(element, CONN, "ClientSystemId") or "",
+        workplace_id=_text(element, CONN, "WorkplaceId") or "",
+        user_id=_text(element, CONN, "UserId") or None,
+    )
+
+
+def _base64(element: etree._Element, field: str) -> bytes:
+    text = "".join((element.text or "").split())
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParameterError(field, "is not valid base64") from None
+
+
+def _document(parent: etree._Element, namespace: str, field: str) -> bytes:
+    """The bytes of a ``Document`` (CONN:DocumentType or SIG:DocumentType): Base64Data or
+    Base64XML."""
+    document = _need(parent, namespace, "Document")
+    data = _find(document, DSS, "Base64Data")
+    if data is None:  # Base64XML is declared in ConnectorCommon, also inside SIG:Document
+        data = _find(document, CONN, "Base64XML")
+    if data is None:
+        raise ParameterError(field, "holds neither dss:Base64Data nor Base64XML")
+    return _base64(data, f"{field}.Base64Data")
+
+
+def _certificate(der: bytes, field: str) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise ParameterError(field, f"is not a DER X.509 certificate: {exc}") from None
+
+
+def _datetime(text: str, field: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ParameterError(field, f"{text!r} is not an xs:dateTime") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _cms_attribute(properties: etree._Element | None, field: str) -> bytes:
+    """The DER recipient-emails Attribute of a ``dss:PropertiesType`` (digest §2.7)."""
+    if properties is not None:
+        for prop in properties.iter(qname(DSS, "Property")):
+            if (_text(prop, DSS, "Identifier") or "") != RECIPIENT_EMAILS_PROPERTY:
+                continue
+            value = _find(prop, DSS, "Value")
+            holder = None
+            if value is not None:
+                holder = next(
+                    (c for c in value if etree.QName(c).localname == "CMSAttribute"), None
+                )
+            if holder is None:
+                raise ParameterError(
+                    f"{field}.Value", "RecipientEmailsAttribute needs a CMSAttribute element"
+                )
+            return _base64(holder, f"{field}.Value.CMSAttribute")
+    raise ParameterError(
+        field,
+        f"no dss:Property with Identifier {RECIPIENT_EMAILS_PROPERTY} (KIM needs the "
+        "recipient-emails attribute, KOM-LE-A_2190/A_2191)",
+    )
+
+
+# --- writing responses -------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _status(parent: etree._Element, error: KonnektorError | None = None) -> None:
+    status = sub(parent, CONN, "Status")
+    sub(status, CONN, "Result", "OK" if error is None else "Warning")
+    if error is not None:
+        status.append(telematik_error(error))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- EventService --------------------------------------------------------------------------------
+
+_CARD_TYPE_ALIASES: Final = {"SMC-B": CardType.SMC_B, "SM-B": CardType.SMC_B, "HBA": CardType.HBA}
+
+
+def get_cards(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """EventService GetCards: the inserted cards visible to the context (CtId, SlotId and
+    CardType filter; a card type the emulator has no cards of gives an empty list)."""
+    context = _context(request)
+    card_type = _text(request, CARDCMN, "CardType")
+    ct_id = _text(request, CARDCMN, "CtId")
+    slot_id = _text(request, CARDCMN, "SlotId")
+    cards: list[CardInfo] = []
+    if card_type is None or card_type in _CARD_TYPE_ALIASES:
+        wanted = _CARD_TYPE_ALIASES[card_type] if card_type else None
+        cards = konnektor.get_cards(context, str(wanted) if wanted else None)
+    else:
+        konnektor.get_cards(context)  # context check, unreachable; then: no such cards
+    response = new(EVT, "GetCardsResponse")
+    _status(response)
+    listing = sub(response, CARD, "Cards")
+    for info in cards:
+        if ct_id is not None and info.ct_id != ct_id:
+            continue
+        if slot_id is not None and str(info.slot_id) != slot_id:
+            continue
+        card = sub(listing, CARD, "Card")
+        sub(card, CONN, "CardHandle", info.card_handle)
+        sub(card, CARDCMN, "CardType", str(info.card_type))
+        sub(card, CARDCMN, "Iccsn", info.iccsn)
+        sub(card, CARDCMN, "CtId", info.ct_id)
+        sub(card, CARDCMN, "SlotId", str(info.slot_id))
+        sub(card, CARD, "InsertTime", info.insert_time.isoformat(timespec="seconds"))
+        sub(card, CARD, "CardHolderName", info.card_holder_name)
+    return response
+
+
+def get_card_terminals(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """EventService GetCardTerminals: the emulator's one virtual terminal per CtId."""
+    context = _context(request)
+    mandant = konnektor.infomodell.check(context)
+    response = new(EVT, "GetCardTerminalsResponse")
+    _status(response)
+    terminals = sub(response, CT, "CardTerminals")
+    ct_ids = sorted({card.ct_id for card in konnektor.cards})
+    for index, ct_id in enumerate(ct_ids, start=1):
+        terminal = sub(terminals, CT, "CardTerminal")
+        product_information(terminal, "KT", "EMUKT", "kim-appliance virtual card terminal")
+        sub(terminal, CARDCMN, "CtId", ct_id)
+        workplaces = sub(terminal, CONN, "WorkplaceIds")
+        for workplace in sorted(mandant.workplaces):
+            sub(workplaces, CONN, "WorkplaceId", workplace)
+        sub(terminal, CT, "Name", f"virtual terminal {ct_id}")
+        sub(terminal, CT, "MacAddress", f"02-00-00-00-00-{index:02X}")
+        sub(terminal, CT, "Slots", str(sum(1 for c in konnektor.cards if c.ct_id == ct_id)))
+        sub(terminal, CT, "IS_PHYSICAL", "false")
+        sub(terminal, CT, "Connected", "true")
+    return response
+
+
+# --- CardService ---------------------------------------------------------------------------------
+
+
+def get_pin_status(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    result = konnektor.get_pin_status(
+        _context(request),
+        _need_text(request, CONN, "CardHandle"),
+        _need_text(request, CARDCMN, "PinTyp"),
+    )
+    response = new(CARD, "GetPinStatusResponse")
+    _status(response)
+    sub(response, CARD, "PinStatus", str(result.status))
+    sub(response, CARD, "LeftTries", str(result.left_tries))
+    return response
+
+
+def verify_pin(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """CardService VerifyPin: the PIN is typed at the (virtual) terminal: always the right
+    one, unless the PIN is blocked (WASBLOCKED) or still the transport PIN."""
+    result = konnektor.verify_pin(
+        _context(request),
+        _need_text(request, CONN, "CardHandle"),
+        _need_text(request, CARDCMN, "PinTyp"),
+    )
+    response = new(CARD, "VerifyPinResponse")
+    _status(response)
+    sub(response, CARDCMN, "PinResult", str(result.result))
+    sub(response, CARDCMN, "LeftTries", str(result.left_tries))
+    return response
+
+
+# --- CertificateService --------------------------------------------------------------------------
+
+
+def read_card_certificate(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    context = _context(request)
+    card_handle = _need_text(request, CONN, "CardHandle")
+    crypt = _text(request, CERT, "Crypt") or "RSA"
+    refs = [
+        (element.text or "").strip()
+        for element in _need(request, CERT, "CertRefList").iter(qname(CERT, "CertRef"))
+    ]
+    response = new(CERT, "ReadCardCertificateResponse")
+    _status(response)
+    listing = sub(response, CERTCMN, "X509DataInfoList")
+    for ref in refs:
+        certificate = konnektor.read_card_certificate(context, card_handle, ref, crypt)
+        info = sub(listing, CERTCMN, "X509DataInfo")
+        sub(info, CERTCMN, "CertRef", ref)
+        data = sub(info, CERTCMN, "X509Data")
+        issuer_serial = sub(data, CERTCMN, "X509IssuerSerial")
+        sub(issuer_serial, CERTCMN, "X509IssuerName", certificate.issuer.rfc4514_string())
+        sub(issuer_serial, CERTCMN, "X509SerialNumber", str(certificate.serial_number))
+        sub(data, CERTCMN, "X509SubjectName", certificate.subject.rfc4514_string())
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        sub(data, CERTCMN, "X509Certificate", _b64(der))
+    return response
+
+
+def verify_certificate(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    context = _context(request)
+    der = _base64(_need(request, CERTCMN, "X509Certificate"), "X509Certificate")
+    certificate = _certificate(der, "X509Certificate")
+    when = _text(request, CERT, "VerificationTime")
+    at = _datetime(when, "VerificationTime") if when else None
+    result = konnektor.verify_certificate(context, certificate, at)
+    response = new(CERT, "VerifyCertificateResponse")
+    _status(response)
+    status = sub(response, CERT, "VerificationStatus")
+    sub(status, CERT, "VerificationResult", str(result.result))
+    if result.result is not HighLevelResult.VALID:
+        status.append(
+            telematik_error(
+                KonnektorError(
+                    0,
+                    result.detail,
+                    message=result.reason or str(result.result),
+                    severity=errors.Severity.WARNING
+                    if result.result is HighLevelResult.INCONCLUSIVE
+                    else errors.Severity.ERROR,
+                    error_type=errors.ErrorType.SECURITY,
+                )
+            )
+        )
+    roles = sub(response, CERT, "RoleList")
+    for role in result.roles or ("",):
+        sub(roles, CERT, "Role", role)
+    return response
+
+
+# --- SignatureService ----------------------------------------------------------------------------
+
+_job_numbers = itertools.count(1)
+_job_lock = threading.Lock()
+
+
+def get_job_number(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """SignatureService GetJobNumber: ``KIM-001``, ``KIM-002``, ... (pattern [A-Z]{3}-[0-9]{3})."""
+    konnektor.infomodell.check(_context(request))
+    with _job_lock:
+        number = next(_job_numbers) % 1000
+    response = new(SIG, "GetJobNumberResponse")
+    sub(response, SIG, "JobNumber", f"KIM-{number:03d}")
+    return response
+
+
+def sign_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """SignatureService SignDocument (KOM-LE-A_2190): one CMS SignedData per SignRequest."""
+    context = _context(request)
+    card_handle = _need_text(request, CONN, "CardHandle")
+    crypt = _text(request, SIG, "Crypt") or "RSA_ECC"
+    response = new(SIG, "SignDocumentResponse")
+    for sign_request in request.iter(qname(SIG, "SignRequest")):
+        request_id = sign_request.get("RequestID", "")
+        field = f"SignRequest[{request_id}]"
+        inputs = _find(sign_request, SIG, "OptionalInputs")
+        properties = None
+        if inputs is not None:
+            signature_type = _text(inputs, DSS, "SignatureType")
+            if signature_type not in (None, CMS_SIGNATURE):
+                raise ParameterError(
+                    f"{field}.SignatureType",
+                    f"{signature_type!r}: this Konnektor signs CMS ({CMS_SIGNATURE}) only",
+                )
+            if (_text(inputs, SIG, "IncludeEContent") or "true") in ("false", "0"):
+                raise ParameterError(
+                    f"{field}.IncludeEContent",
+                    "detached signatures are not supported: KIM includes the eContent "
+                    "(KOM-LE-A_2190)",
+                )
+            props = _find(inputs, DSS, "Properties")
+            properties = _find(props, DSS, "SignedProperties") if props is not None else None
+        recipient_emails = _cms_attribute(properties, f"{field}.SignedProperties")
+        document = _document(sign_request, SIG, f"{field}.Document")
+        signed = konnektor.sign_document(context, card_handle, document, recipient_emails, crypt)
+        answer = sub(response, SIG, "SignResponse", RequestID=request_id)
+        _status(answer)
+        signature_object = sub(answer, DSS, "SignatureObject")
+        sub(signature_object, DSS, "Base64Signature", _b64(signed), Type=CMS_SIGNATURE)
+    return response
+
+
+def verify_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """SignatureService VerifyDocument of an enveloping CMS signature (digest §1.6, §1.8)."""
+    context = _context(request)
+    at: dt.datetime | None = None
+    inputs = _find(request, SIG, "OptionalInputs")
+    if inputs is not None:
+        use_time = _find(inputs, SIG, "UseVerificationTime")
+        specific = _text(use_time, DSS, "SpecificTime") if use_time is not None else None
+        if specific:
+            at = _datetime(specific, "UseVerificationTime.SpecificTime")
+    signature_object = _find(request, DSS, "SignatureObject")
+    holder = (
+        _find(signature_object, DSS, "Base64Signature") if signature_object is not None else None
+    )
+    if holder is None:
+        raise ParameterError(
+            "SignatureObject",
+            "needs dss:Base64Signature with the CMS SignedData (enveloping signature)",
+        )
+    signature_type = holder.get("Type")
+    if signature_type not in (None, CMS_SIGNATURE):
+        raise ParameterError(
+            "SignatureObject.Base64Signature@Type",
+            f"{signature_type!r}: this Konnektor verifies CMS ({CMS_SIGNATURE}) only",
+        )
+    result = konnektor.verify_document(
+        context, _base64(holder, "SignatureObject.Base64Signature"), at=at
+    )
+    response = new(SIG, "VerifyDocumentResponse")
+    problem = None
+    if result.code is not None:
+        problem = KonnektorError(
+            result.code,
+            result.detail,
+            message=_VERIFY_TEXTS.get(result.code),
+            severity=errors.Severity.WARNING
+            if result.result is HighLevelResult.INCONCLUSIVE
+            else errors.Severity.ERROR,
+            error_type=errors.ErrorType.SECURITY,
+        )
+    _status(response, problem)
+    verification = sub(response, SIG, "VerificationResult")
+    sub(verification, SIG, "HighLevelResult", str(result.result))
+    sub(verification, SIG, "TimestampType", "SYSTEM_TIMESTAMP")
+    sub(verification, SIG, "Timestamp", (at or dt.datetime.now(dt.UTC)).isoformat())
+    return response
+
+
+#: ErrorTexts of the VerifyDocument codes (Tab_Verm_Sig_Prüf, digest §1.6)
+_VERIFY_TEXTS: Final[dict[int, str]] = {
+    errors.SIGNATURE_CONTENT_MANIPULATED: "Signatur oder Inhalt manipuliert",
+    errors.NO_SIGNATURE: "Keine Signatur gefunden",
+    errors.WRONG_SIGNATURE_FORMAT: "Falsches Signaturformat",
+    errors.CERTIFICATE_PATH_NOT_VALIDATABLE: "Zertifikatspfad nicht validierbar",
+    errors.CERTIFICATE_STATUS_UNKNOWN: "Zertifikatsstatus unbekannt",
+}
+
+
+# --- EncryptionService ---------------------------------------------------------------------------
+
+
+def encrypt_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """EncryptionService EncryptDocument (KOM-LE-A_2191): AuthEnvelopedData for every
+    ``Certificate`` and, with ``CertificateOnCard``, the card's own ENC certificate(s)."""
+    context = _context(request)
+    keys = _need(request, CRYPT, "RecipientKeys")
+    certificates = [
+        _certificate(_base64(element, f"RecipientKeys.Certificate[{i}]"), f"Certificate[{i}]")
+        for i, element in enumerate(keys.iter(qname(CRYPT, "Certificate")))
+    ]
+    on_card = _find(keys, CRYPT, "CertificateOnCard")
+    if on_card is not None:
+        certificates.extend(_certificates_on_card(konnektor, context, on_card))
+    inputs = _find(request, CRYPT, "OptionalInputs")
+    properties = None
+    if inputs is not None:
+        encryption_type = _text(inputs, CRYPT, "EncryptionType")
+        if encryption_type not in (None, CMS_SIGNATURE):
+            raise ParameterError(
+                "OptionalInputs.EncryptionType",
+                f"{encryption_type!r}: this Konnektor encrypts CMS ({CMS_SIGNATURE}) only",
+            )
+        properties = _find(inputs, CRYPT, "UnprotectedProperties")
+    recipient_emails = _cms_attribute(properties, "OptionalInputs.UnprotectedProperties")
+    document = _document(request, CONN, "Document")
+    encrypted = konnektor.encrypt_document(context, certificates, document, recipient_emails)
+    response = new(CRYPT, "EncryptDocumentResponse")
+    _status(response)
+    _write_document(response, encrypted, "application/pkcs7-mime")
+    return response
+
+
+def _certificates_on_card(
+    konnektor: Konnektor, context: Context, key_on_card: etree._Element
+) -> list[x509.Certificate]:
+    card_handle = _need_text(key_on_card, CONN, "CardHandle")
+    reference = _text(key_on_card, CRYPT, "KeyReference") or "C.ENC"
+    crypt = _text(key_on_card, CRYPT, "Crypt") or "RSA"
+    if crypt != "RSA_ECC":
+        return [konnektor.read_card_certificate(context, card_handle, reference, crypt)]
+    found: list[x509.Certificate] = []
+    for each in Crypt:
+        try:
+            found.append(konnektor.read_card_certificate(context, card_handle, reference, each))
+        except CardError as exc:
+            if exc.code != errors.CALL_NOT_ALLOWED:  # the card lacks this algorithm
+                raise
+    if not found:
+        raise CardError(errors.CALL_NOT_ALLOWED, f"card {card_handle} has no {reference}")
+    return found
+
+
+def decrypt_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """EncryptionService DecryptDocument with the card's C.ENC keys (PrivateKeyOnCard)."""
+    context = _context(request)
+    key_on_card = _need(request, CRYPT, "PrivateKeyOnCard")
+    reference = _text(key_on_card, CRYPT, "KeyReference") or "C.ENC"
+    if reference != "C.ENC":
+        raise ParameterError(
+            "PrivateKeyOnCard.KeyReference", f"{reference!r}: only C.ENC keys decrypt"
+        )
+    plaintext = konnektor.decrypt_document(
+        context, _need_text(key_on_card, CONN, "CardHandle"), _document(request, CONN, "Document")
+    )
+    response = new(CRYPT, "DecryptDocumentResponse")
+    _status(response)
+    _write_document(response, plaintext, "application/octet-stream")
+    return response
+
+
+def _write_document(parent: etree._Element, data: bytes, mime_type: str) -> None:
+    document = sub(parent, CONN, "Document")
+    sub(document, DSS, "Base64Data", _b64(data), MimeType=mime_type)
+
+
+# --- AuthSignatureService ------------------------------------------------------------------------
+
+
+def external_authenticate(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """AuthSignatureService ExternalAuthenticate: sign a SHA-256 hash with the AUT key."""
+    context = _context(request)
+    card_handle = _need_text(request, CONN, "CardHandle")
+    scheme = "RSASSA-PSS"
+    signature_type = RSA_SIGNATURE
+    inputs = _find(request, SIG74, "OptionalInputs")
+    if inputs is not None:
+        requested = _text(inputs, DSS, "SignatureType")
+        if requested == ECDSA_SIGNATURE:
+            scheme, signature_type = "ECDSA", ECDSA_SIGNATURE
+        elif requested not in (None, RSA_SIGNATURE):
+            raise ParameterError(
+                "OptionalInputs.SignatureType",
+                f"{requested!r} is not {RSA_SIGNATURE} or {ECDSA_SIGNATURE}",
+            )
+        else:
+            scheme = _text(inputs, SIG74, "SignatureSchemes") or scheme
+    binary = _need(request, SIG74, "BinaryString")
+    digest = _base64(_need(binary, DSS, "Base64Data"), "BinaryString.Base64Data")
+    signature = konnektor.external_authenticate(context, card_handle, digest, scheme)
+    response = new(SIG74, "ExternalAuthenticateResponse")
+    _status(response)
+    signature_object = sub(response, DSS, "SignatureObject")
+    sub(signature_object, DSS, "Base64Signature", _b64(signature), Type=signature_type)
+    return response
+
+
+_HANDLERS: Final[dict[str, Handler]] = {
+    qname(EVT, "GetCards"): get_cards,
+    qname(EVT, "GetCardTerminals"): get_card_terminals,
+    qname(CARD, "GetPinStatus"): get_pin_status,
+    qname(CARD, "VerifyPin"): verify_pin,
+    qname(CERT, "ReadCardCertificate"): read_card_certificate,
+    qname(CERT, "VerifyCertificate"): verify_certificate,
+    qname(SIG, "GetJobNumber"): get_job_number,
+    qname(SIG, "SignDocument"): sign_document,
+    qname(SIG, "VerifyDocument"): verify_document,
+    qname(CRYPT, "EncryptDocument"): encrypt_document,
+    qname(CRYPT, "DecryptDocument"): decrypt_document,
+    qname(SIG74, "ExternalAuthenticate"): external_authenticate,
+}
+
+#: The operations this server answers, per service (for the docs and the tests).
+OPERATIONS: Final[dict[str, tuple[str, ...]]] = {
+    spec.name: tuple(
+        etree.QName(tag).localname
+        for tag in _HANDLERS
+        if etree.QName(tag).namespace == spec.namespace
+    )
+    for spec in SERVICES_BY_NAME.values()
+}
