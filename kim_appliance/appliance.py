@@ -30,6 +30,8 @@ from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.service import serve_fachdienst
 from kim_appliance.konnektor import infomodell as konnektor_infomodell
+from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.konnektor.soap import serve_konnektor
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.store import Account, MailStore, open_store
@@ -107,9 +109,11 @@ async def run_appliance(
                         "pop3": _join(*addresses.pop3),
                     }
                 directory = await _start_directory(nursery, data_dir, pki, config)
+                konnektor = await _start_konnektor(nursery, data_dir, pki, config)
                 endpoints = {
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
                     "fachdienste": fachdienste,
+                    "konnektor": konnektor,
                     "directory": directory,
                 }
                 _write_atomically(endpoints_file, endpoints)
@@ -117,6 +121,32 @@ async def run_appliance(
                 task_status.started(endpoints)
         finally:
             endpoints_file.unlink(missing_ok=True)
+
+
+async def _start_konnektor(
+    nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
+) -> dict[str, str]:
+    """The emulated Konnektor: cards from the demo, SOAP over HTTPS with C.AK.AUT (issue 4)."""
+    konnektor = await trio.to_thread.run_sync(Konnektor.from_data_dir, data_dir)
+    chain, key = await trio.to_thread.run_sync(
+        _tls_files, pki, data_dir / "tls", "konnektor", CertProfile.C_AK_AUT
+    )
+    try:
+        address = await nursery.start(
+            partial(
+                serve_konnektor,
+                konnektor,
+                bind=config.bind,
+                port=config.konnektor.port,
+                ssl_context=server_context(chain, key),
+            )
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"konnektor: cannot listen on {config.bind} port {config.konnektor.port}: "
+            f"{exc.strerror or exc}; change the port in config.toml or use --ephemeral-ports"
+        ) from exc
+    return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}
 
 
 async def _start_directory(

@@ -45,6 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
 
+    fault = commands.add_parser(
+        "fault",
+        help="switch Konnektor faults of a running appliance on or off",
+        description="Talks to the running appliance's Konnektor admin API (endpoints.json). "
+        "Without options it prints the current fault status.",
+    )
+    fault.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    fault.add_argument("--card-removed", metavar="ICCSN", help="pull a card out")
+    fault.add_argument("--card-inserted", metavar="ICCSN", help="put a card back")
+    fault.add_argument("--pin-blocked", metavar="ICCSN", help="block a card's PIN")
+    fault.add_argument(
+        "--revoke",
+        metavar="ICCSN:PURPOSE:CRYPT",
+        help="revoke a card certificate, e.g. 80276883110000100001:ENC:RSA",
+    )
+    fault.add_argument(
+        "--unreachable", choices=["on", "off"], help="the Konnektor stops/starts answering"
+    )
+    fault.add_argument("--latency-ms", type=int, help="latency of every card key operation")
+    fault.add_argument("--clear", action="store_true", help="switch every fault off")
+
     message = commands.add_parser("message", help="seal or open a KIM message offline")
     verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
     seal = verbs.add_parser(
@@ -96,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init(args.data_dir)
         if args.command == "run":
             return _run(args)
+        if args.command == "fault":
+            return _fault(args)
         if args.verb == "seal":
             return _seal(args)
         return _open(args)
@@ -174,6 +197,49 @@ def _run(args: argparse.Namespace) -> int:
                 return
 
     trio.run(main)
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    """POST the requested switches to the Konnektor admin API, print the resulting status."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    endpoints_file = args.data_dir / "endpoints.json"
+    if not endpoints_file.exists():
+        raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
+    endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
+    url = endpoints["konnektor"]["admin"]
+    request: dict[str, object] = {}
+    if args.clear:
+        request["clear"] = True
+    for key in ("card_removed", "card_inserted", "pin_blocked"):
+        if getattr(args, key):
+            request[key] = getattr(args, key)
+    if args.revoke:
+        parts = args.revoke.split(":")
+        if len(parts) != 3:
+            raise KimError(f"--revoke {args.revoke!r}: expected ICCSN:PURPOSE:CRYPT")
+        request["revoke"] = dict(zip(("iccsn", "purpose", "crypt"), parts, strict=True))
+    if args.unreachable:
+        request["unreachable"] = args.unreachable == "on"
+    if args.latency_ms is not None:
+        request["latency_ms"] = args.latency_ms
+    context = ssl.create_default_context(cafile=endpoints["tls_ca"])
+    data = json.dumps(request).encode() if request else None
+    http = urllib.request.Request(
+        url, data=data, method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(http, context=context, timeout=30) as response:
+            print(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise KimError(f"the Konnektor refused: {exc.read().decode(errors='replace')}") from exc
+    except urllib.error.URLError as exc:
+        raise KimError(f"cannot reach the Konnektor admin API at {url}: {exc.reason}") from exc
     return 0
 
 

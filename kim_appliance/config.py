@@ -61,9 +61,17 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True)
+class KonnektorConfig:
+    """The emulated Konnektor's HTTPS port (connector.sds, SOAP services, fault admin API)."""
+
+    port: int = 4443
+
+
+@dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
@@ -79,6 +87,7 @@ class Config:
             self,
             fachdienst=replace(self.fachdienst, domains=domains),
             directory=DirectoryConfig(ldap_port=0, ldaps_port=0),
+            konnektor=KonnektorConfig(port=0),
         )
 
 
@@ -117,6 +126,11 @@ pop3_port = 3995
 [directory]
 ldap_port = 3389
 ldaps_port = 3636
+
+# The emulated Konnektor: https://127.0.0.1:PORT/connector.sds, the SOAP services, and the
+# fault switches at /admin/faults (also: kim-appliance fault --help).
+[konnektor]
+port = 4443
 """
 
 
@@ -144,7 +158,13 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     bind = _take(top, "bind", str, defaults.bind, where)
     fd_raw = dict(top.pop("fachdienst", {}))
     dir_raw = dict(top.pop("directory", {}))
+    kon_raw = dict(top.pop("konnektor", {}))
     _no_more(top, where)
+    kon_where = f"{where} [konnektor]"
+    konnektor = KonnektorConfig(
+        port=_port(_take(kon_raw, "port", int, defaults.konnektor.port, kon_where), kon_where)
+    )
+    _no_more(kon_raw, kon_where)
     dir_where = f"{where} [directory]"
     directory = DirectoryConfig(
         ldap_port=_port(
@@ -203,7 +223,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     _no_more(fd_raw, fd_where)
     if not 10 <= fachdienst.data_ttl_days <= 365:
         raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
-    return Config(bind=bind, fachdienst=fachdienst, directory=directory)
+    return Config(bind=bind, fachdienst=fachdienst, directory=directory, konnektor=konnektor)
 
 
 def _domain(item: object, where: str) -> DomainConfig:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from kim_appliance.konnektor.cards import parse_crypt, parse_purpose
-from kim_appliance.konnektor.errors import KonnektorError
+from kim_appliance.konnektor.errors import KonnektorError, ParameterError
 from kim_appliance.konnektor.faults import FaultAdmin
 
 KEYS: Final = (
@@ -68,6 +68,8 @@ def apply_faults(admin: FaultAdmin, body: bytes) -> dict[str, Any]:
         raise AdminRequestError(unknown[0], f"unknown switch; known: {', '.join(KEYS)}")
     try:
         _apply(admin, request)
+    except ParameterError as exc:
+        raise AdminRequestError(exc.field, exc.reason) from None
     except KonnektorError as exc:
         raise AdminRequestError("request", str(exc)) from None
     return admin.status()

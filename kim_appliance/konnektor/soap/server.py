@@ -105,6 +105,12 @@ async def serve_konnektor(
     port when ``port`` was 0) through ``task_status.started``. ``validate``: check every SOAP
     request against the service's XSD (error 4000 when it does not conform)."""
     listeners: list[trio.SocketListener] = await trio.open_tcp_listeners(port, host=bind)
+    if port == 0:
+        # a name like "localhost" gives one listener per address, each with its own free
+        # port; one address with one port is what can be reported
+        for extra in listeners[1:]:
+            await extra.aclose()
+        listeners = listeners[:1]
     sockname = listeners[0].socket.getsockname()
     address = KonnektorAddress(sockname[0], sockname[1], ssl_context is not None)
     app = _App(konnektor, SoapDispatcher(konnektor, validate=validate), address, ssl_context)

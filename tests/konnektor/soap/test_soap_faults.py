@@ -146,6 +146,7 @@ def test_admin_api_refuses_bad_requests(soap: RunningKonnektor) -> None:
         ({"latency_ms": -5}, "latency_ms"),
         ({"unreachable": "yes"}, "unreachable"),
         ({"revoke": {"iccsn": WEBER}}, "revoke.purpose"),
+        ({"revoke": {"iccsn": WEBER, "purpose": "X", "crypt": "RSA"}}, "revoke.purpose"),
         ({"typo": True}, "typo"),
     ]
     for body, field in cases:

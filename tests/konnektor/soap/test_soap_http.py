@@ -10,7 +10,7 @@ import requests
 import zeep
 import zeep.exceptions
 import zeep.transports
-from conftest import RunningKonnektor, serving
+from conftest import RunningKonnektor, WireCheck, serving
 from lxml import etree
 from soap_helpers import CTX
 
@@ -189,9 +189,17 @@ def test_plain_http_directory_names_plain_endpoints(konnektor: Konnektor) -> Non
 
 
 def test_the_wire_check_sees_the_messages(soap: RunningKonnektor) -> None:
-    """The conftest's XSD check really runs: it records what went over the wire."""
+    """The conftest's XSD check really runs: it records what went over the wire, and it
+    refuses a response that breaks the XSD."""
     soap.service("EventService").GetCards(Context=CTX)
-    assert soap.clients["EventService"].check.seen[-2:] == [
-        "sent GetCards",
-        "received GetCardsResponse",
-    ]
+    check = soap.clients["EventService"].check
+    assert check.seen[-2:] == ["sent GetCards", "received GetCardsResponse"]
+    broken = etree.fromstring(
+        f'<s:Envelope xmlns:s="{SOAP11}"><s:Body>'
+        '<e:GetCardsResponse xmlns:e="http://ws.gematik.de/conn/EventService/v7.2"/>'
+        "</s:Body></s:Envelope>"
+    )
+    probe = WireCheck("EventService")
+    probe.ingress(broken, {}, None)
+    assert probe.problems
+    assert "GetCardsResponse" in probe.problems[0]

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 
 import pytest
+import zeep
 from conftest import RunningKonnektor
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -302,3 +303,32 @@ def test_every_served_operation_is_in_the_wsdl(zeep_clients: dict[str, object]) 
         binding = next(iter(client.wsdl.bindings.values()))
         assert set(operations) <= set(binding._operations), service
         assert operations, f"{service} serves nothing"
+
+
+@pytest.mark.slow
+def test_large_document_round_trip(soap: RunningKonnektor) -> None:
+    """A 12 MB document (16 MB of base64, beyond libxml2's default 10 MB text-node limit)
+    goes through EncryptDocument and DecryptDocument intact."""
+    document = DOCUMENT + bytes(range(256)) * (12 * 1024 * 1024 // 256)
+    card_handle = handle(soap.konnektor, WEBER)
+    cert = soap.konnektor.read_card_certificate(CONTEXT, card_handle, "C.ENC")
+    entry = soap.clients["EncryptionService"]
+    big = zeep.Client(
+        wsdl=entry.client.wsdl.location,
+        transport=entry.client.transport,
+        settings=zeep.Settings(forbid_entities=False, xml_huge_tree=True),
+    )
+    service = big.create_service(entry.binding, soap.url("/ws/EncryptionService"))
+    emails = recipient_emails(soap.konnektor, (WEBER, "RSA"))
+    encrypted = service.EncryptDocument(
+        Context=CTX,
+        RecipientKeys={"Certificate": [cert.public_bytes(serialization.Encoding.DER)]},
+        Document={"Base64Data": {"_value_1": document}},
+        OptionalInputs={"UnprotectedProperties": {"Property": [cms_attribute_property(emails)]}},
+    )
+    decrypted = service.DecryptDocument(
+        Context=CTX,
+        PrivateKeyOnCard={"CardHandle": card_handle},
+        Document={"Base64Data": {"_value_1": encrypted.Document.Base64Data._value_1}},
+    )
+    assert decrypted.Document.Base64Data._value_1 == document
