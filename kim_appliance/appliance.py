@@ -49,6 +49,10 @@ def prepare_data_dir(data_dir: Path) -> None:
         config_module.write_default(data_dir)
     # the emulated Konnektor's cards and Infomodell (konnektor.json), derived from the demo
     konnektor_infomodell.load_or_create(data_dir)
+    # the directory entries of the demo participants (directory.json)
+    directory = DirectoryStore.open(data_dir)
+    if len(directory) == 0:
+        directory.populate_from_demo(data_dir)
 
 
 async def run_appliance(

@@ -72,6 +72,10 @@ def test_init_writes_the_demo_participants(demo: dict[str, Any], data_dir: Path)
                 assert Path(key_path).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
                 assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
     assert all(Path(t).is_file() for t in demo["trust_anchors"])
+    # issue 4 §6: init also creates the Konnektor's Infomodell and the directory entries
+    assert (data_dir / "konnektor.json").is_file()
+    directory = json.loads((data_dir / "directory.json").read_text())
+    assert all(p["telematik_id"] in json.dumps(directory) for p in people)
     again = kim("init", "--data-dir", str(data_dir))
     assert again.returncode == 0
     assert b"already initialised" in again.stderr
