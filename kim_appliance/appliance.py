@@ -23,12 +23,14 @@ import trio
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
+from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.service import serve_clientmodul
 from kim_appliance.config import Config, DomainConfig
 from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
 from kim_appliance.errors import ConfigError
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
-from kim_appliance.fachdienst.service import serve_fachdienst
+from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
 from kim_appliance.konnektor import infomodell as konnektor_infomodell
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.konnektor.soap import serve_konnektor
@@ -87,6 +89,7 @@ async def run_appliance(
         try:
             async with trio.open_nursery() as nursery:
                 fachdienste: dict[str, dict[str, str]] = {}
+                bound: dict[str, FachdienstAddresses] = {}
                 for d in config.fachdienst.domains:
                     fd = await trio.to_thread.run_sync(
                         _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
@@ -108,14 +111,19 @@ async def run_appliance(
                             f"/ pop3_port {d.pop3_port}: {exc.strerror or exc}; change the "
                             "ports in config.toml or use --ephemeral-ports"
                         ) from exc
+                    bound[d.domain] = addresses
                     fachdienste[d.domain] = {
                         "smtp": _join(*addresses.smtp),
                         "pop3": _join(*addresses.pop3),
                     }
-                directory = await _start_directory(nursery, data_dir, pki, config)
-                konnektor = await _start_konnektor(nursery, data_dir, pki, config)
+                directory, vzd = await _start_directory(nursery, data_dir, pki, config)
+                konnektor, card_service = await _start_konnektor(nursery, data_dir, pki, config)
+                clientmodul = await _start_clientmodul(
+                    nursery, data_dir, pki, config, card_service, vzd, bound
+                )
                 endpoints = {
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
+                    "clientmodul": clientmodul,
                     "fachdienste": fachdienste,
                     "konnektor": konnektor,
                     "directory": directory,
@@ -129,7 +137,7 @@ async def run_appliance(
 
 async def _start_konnektor(
     nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
-) -> dict[str, str]:
+) -> tuple[dict[str, str], Konnektor]:
     """The emulated Konnektor: cards from the demo, SOAP over HTTPS with C.AK.AUT (issue 4)."""
     konnektor = await trio.to_thread.run_sync(Konnektor.from_data_dir, data_dir)
     chain, key = await trio.to_thread.run_sync(
@@ -150,12 +158,12 @@ async def _start_konnektor(
             f"konnektor: cannot listen on {config.bind} port {config.konnektor.port}: "
             f"{exc.strerror or exc}; change the port in config.toml or use --ephemeral-ports"
         ) from exc
-    return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}
+    return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}, konnektor
 
 
 async def _start_directory(
     nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
-) -> dict[str, str]:
+) -> tuple[dict[str, str], DirectoryStore]:
     """The VZD: read-only LDAP and LDAPS with the demo participants' entries (digest §4.1)."""
     store = await trio.to_thread.run_sync(DirectoryStore.open, data_dir)
     if len(store) == 0:
@@ -185,7 +193,69 @@ async def _start_directory(
         result["ldap"] = _join(*addresses.ldap)
     if addresses.ldaps is not None:
         result["ldaps"] = _join(*addresses.ldaps)
-    return result
+    return result, store
+
+
+async def _start_clientmodul(
+    nursery: trio.Nursery,
+    data_dir: Path,
+    pki: TestPki,
+    config: Config,
+    konnektor: Konnektor,
+    directory: DirectoryStore,
+    fachdienste: dict[str, FachdienstAddresses],
+) -> dict[str, str]:
+    """The Clientmodul: SMTPS/POP3S for the PVS, using this process's Konnektor (the same
+    instance as the SOAP services, so switched faults hit both) and VZD; it reaches the
+    Fachdienste over real SMTPS/POP3S (DESIGN.md)."""
+    chain, key = await trio.to_thread.run_sync(
+        _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
+    )
+    tls_ca = data_dir / "pki" / "tls-ca.pem"
+
+    def resolve(host: str | None, port: int | None, protocol: str, account: str) -> tuple[str, int]:
+        # the username's host:port (digest §1.2) names a Fachdienst; one of this appliance is
+        # reached at its bound port whatever port the PVS wrote (stands in for DNS)
+        domain = (host or account.rpartition("@")[2]).lower()
+        if domain in fachdienste:
+            addresses = fachdienste[domain]
+            return addresses.smtp if protocol == "smtp" else addresses.pop3
+        if host is None:
+            raise ConfigError(f"no Fachdienst known for {account}; name host:port in the username")
+        return host, port or (465 if protocol == "smtp" else 995)
+
+    spool = data_dir / "spool" / "clientmodul"
+    spool.mkdir(parents=True, exist_ok=True)
+    context = ClientmodulContext(
+        konnektor=konnektor,
+        directory=directory,
+        resolve_upstream=resolve,
+        upstream_ssl=client_context(tls_ca),
+        server_ssl=server_context(chain, key),
+        trust=pki.trust_store(),
+        spool_dir=spool,
+        prefer_ecc=config.clientmodul.prefer_ecc,
+        max_message_size=config.fachdienst.max_message_size,
+        data_ttl_days=config.fachdienst.data_ttl_days,
+        session_timeout_seconds=config.fachdienst.session_timeout_seconds,
+    )
+    try:
+        addresses = await nursery.start(
+            partial(
+                serve_clientmodul,
+                context,
+                bind=config.bind,
+                smtp_port=config.clientmodul.smtp_port,
+                pop3_port=config.clientmodul.pop3_port,
+            )
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"clientmodul: cannot listen on {config.bind} smtp_port "
+            f"{config.clientmodul.smtp_port} / pop3_port {config.clientmodul.pop3_port}: "
+            f"{exc.strerror or exc}; change the ports in config.toml or use --ephemeral-ports"
+        ) from exc
+    return {"smtp": _join(*addresses.smtp), "pop3": _join(*addresses.pop3)}
 
 
 @contextmanager

@@ -68,10 +68,21 @@ class KonnektorConfig:
 
 
 @dataclass(frozen=True)
+class ClientmodulConfig:
+    """The Clientmodul's SMTPS and POP3S ports for the practice software (0 = any free port)."""
+
+    smtp_port: int = 1465
+    pop3_port: int = 1995
+    #: sign with the SMC-B's ECC key when it has one (release 1.5.4 preference)
+    prefer_ecc: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
+    clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
@@ -88,6 +99,7 @@ class Config:
             fachdienst=replace(self.fachdienst, domains=domains),
             directory=DirectoryConfig(ldap_port=0, ldaps_port=0),
             konnektor=KonnektorConfig(port=0),
+            clientmodul=replace(self.clientmodul, smtp_port=0, pop3_port=0),
         )
 
 
@@ -131,6 +143,13 @@ ldaps_port = 3636
 # fault switches at /admin/faults (also: kim-appliance fault --help).
 [konnektor]
 port = 4443
+
+# The Clientmodul: point the practice software's mail client here (implicit TLS; usernames as
+# in demo.json: address#host:port#Mandant#ClientSystem#Workplace[...]).
+[clientmodul]
+smtp_port = 1465
+pop3_port = 1995
+prefer_ecc = true                 # sign with the SMC-B's ECC key where it has one
 """
 
 
@@ -159,7 +178,16 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     fd_raw = dict(top.pop("fachdienst", {}))
     dir_raw = dict(top.pop("directory", {}))
     kon_raw = dict(top.pop("konnektor", {}))
+    cm_raw = dict(top.pop("clientmodul", {}))
     _no_more(top, where)
+    cm_where = f"{where} [clientmodul]"
+    cm_defaults = defaults.clientmodul
+    clientmodul = ClientmodulConfig(
+        smtp_port=_port(_take(cm_raw, "smtp_port", int, cm_defaults.smtp_port, cm_where), cm_where),
+        pop3_port=_port(_take(cm_raw, "pop3_port", int, cm_defaults.pop3_port, cm_where), cm_where),
+        prefer_ecc=_take(cm_raw, "prefer_ecc", bool, cm_defaults.prefer_ecc, cm_where),
+    )
+    _no_more(cm_raw, cm_where)
     kon_where = f"{where} [konnektor]"
     konnektor = KonnektorConfig(
         port=_port(_take(kon_raw, "port", int, defaults.konnektor.port, kon_where), kon_where)
@@ -223,7 +251,13 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     _no_more(fd_raw, fd_where)
     if not 10 <= fachdienst.data_ttl_days <= 365:
         raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
-    return Config(bind=bind, fachdienst=fachdienst, directory=directory, konnektor=konnektor)
+    return Config(
+        bind=bind,
+        fachdienst=fachdienst,
+        directory=directory,
+        konnektor=konnektor,
+        clientmodul=clientmodul,
+    )
 
 
 def _domain(item: object, where: str) -> DomainConfig:

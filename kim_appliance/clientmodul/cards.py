@@ -1,0 +1,138 @@
+"""Which SMC-B signs for an account: GetCards(SMC-B) and ReadCardCertificate, cached.
+
+KIM messages are signed with the SMC-B's C.HCI.OSIG key (KOM-LE-A_2020, KOM-LE-A_2129: never
+with an HBA). The Clientmodul finds the sender's SMC-B among the cards the login's call context
+sees (digest §1.8 GetCards, ReadCardCertificate): the card whose Telematik-ID (CardInfo, else
+the Admission of its C.ENC certificate) is the account's Telematik-ID from the VZD, or whose
+C.ENC certificate is one the VZD publishes for the account.
+
+An HBA mailbox (the Telematik-ID is the holder's) is signed with the SMC-B of her practice
+(KOM-LE-A_2129); the card holds no KIM identity of its own. Choice written down here: when no
+SMC-B matches, the one visible SMC-B without a Telematik-ID and without an ENC key is taken for an
+HBA mailbox (the demo's practice card); with none or several such cards, or for an SMC-B
+mailbox whose card is missing, the lookup fails and says so.
+
+The handle is cached per Konnektor, context and account; a card pulled and inserted again gets a
+new handle, so callers drop the cached one when the Konnektor answers 4008
+(:func:`forget`). All functions block (Konnektor calls): run them in a worker thread. This
+module never touches a key.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kim_appliance.errors import KimError
+from kim_appliance.konnektor import CardInfo, Context, Konnektor, KonnektorError
+from kim_appliance.pki import admission_of
+
+
+class NoSigningCardError(KimError):
+    """No SMC-B visible to the context can sign for the account (digest §1.4 step 8)."""
+
+
+@dataclass(frozen=True)
+class SigningCard:
+    card_handle: str
+    iccsn: str
+    holder: str
+
+
+_Key = tuple[Context, str]
+_CACHE: weakref.WeakKeyDictionary[Konnektor, dict[_Key, SigningCard]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def find_signing_card(
+    konnektor: Konnektor,
+    context: Context,
+    account: str,
+    telematik_id: str | None,
+    enc_certificates: Sequence[bytes] = (),
+    *,
+    hba_mailbox: bool = False,
+) -> SigningCard:
+    """The SMC-B that signs for ``account`` (cached). Blocking.
+
+    ``telematik_id`` and ``enc_certificates`` are the account's VZD entry's; ``hba_mailbox``
+    says that they are an HBA's (C.HP.ENC), so the practice's SMC-B may sign. Raises
+    :class:`NoSigningCardError`, or the Konnektor's own errors (context 4004-4021,
+    unreachable).
+    """
+    key = (context, account.casefold())
+    with _LOCK:
+        cached = _CACHE.get(konnektor, {}).get(key)
+    if cached is not None:
+        return cached
+    found = _search(konnektor, context, account, telematik_id, set(enc_certificates), hba_mailbox)
+    with _LOCK:
+        _CACHE.setdefault(konnektor, {})[key] = found
+    return found
+
+
+def forget(konnektor: Konnektor, context: Context, account: str) -> None:
+    """Drop the cached card of ``account`` (its handle went stale: card pulled, 4008)."""
+    with _LOCK:
+        _CACHE.get(konnektor, {}).pop((context, account.casefold()), None)
+
+
+def _search(
+    konnektor: Konnektor,
+    context: Context,
+    account: str,
+    telematik_id: str | None,
+    enc_certificates: set[bytes],
+    hba_mailbox: bool,
+) -> SigningCard:
+    cards = konnektor.get_cards(context, "SMC-B")
+    if not cards:
+        raise NoSigningCardError(
+            f"no SMC-B is inserted for Mandant {context.mandant_id!r}, workplace "
+            f"{context.workplace_id!r}: insert the practice's SMC-B to send as {account}"
+        )
+    unpersonalised: list[CardInfo] = []
+    for info in cards:
+        if telematik_id is not None and info.telematik_id == telematik_id:
+            return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
+        enc = _enc_certificates(konnektor, context, info)
+        for certificate_der, card_telematik_id in enc:
+            if certificate_der in enc_certificates or (
+                telematik_id is not None and card_telematik_id == telematik_id
+            ):
+                return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
+        if info.telematik_id is None and not enc:
+            unpersonalised.append(info)
+    # KOM-LE-A_2129: an HBA holder's mail is signed with her practice's SMC-B
+    if hba_mailbox and len(unpersonalised) == 1:
+        info = unpersonalised[0]
+        return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
+    seen = ", ".join(f"{c.iccsn} ({c.card_holder_name})" for c in cards)
+    raise NoSigningCardError(
+        f"none of the SMC-Bs visible to Mandant {context.mandant_id!r} ({seen}) belongs to "
+        f"{account} (Telematik-ID {telematik_id or 'unknown'})"
+    )
+
+
+def _enc_certificates(
+    konnektor: Konnektor, context: Context, info: CardInfo
+) -> list[tuple[bytes, str | None]]:
+    """The card's C.ENC certificates (DER) with their Telematik-IDs (ReadCardCertificate)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    out: list[tuple[bytes, str | None]] = []
+    for crypt in ("RSA", "ECC"):
+        try:
+            certificate = konnektor.read_card_certificate(context, info.card_handle, "C.ENC", crypt)
+        except KonnektorError:
+            continue  # no key of that kind on this card (4058)
+        try:
+            admission = admission_of(certificate)
+        except ValueError:
+            admission = None
+        out.append(
+            (certificate.public_bytes(Encoding.DER), admission.telematik_id if admission else None)
+        )
+    return out

@@ -1,0 +1,254 @@
+"""The receive pipeline: what the Clientmodul makes of one message fetched with RETR.
+
+Digest §1.5 PROCESS, in order:
+
+1. no ``X-KOM-LE-Version`` in the outer header: the message (a DSN, an absence note, an error
+   mail) goes to the PVS unchanged (A_21390);
+2. a version this Clientmodul does not support: the error mail of A_21391-02 (4008) with the
+   original attached;
+3. the key: the unprotected recipient-emails entries of the fetching account, the card holding
+   those ENC certificates, only that user's keys (:mod:`kim_appliance.clientmodul.keys`,
+   KOM-LE-A_2043/2044/2045/2059/2060/2061); failures give the decryption error mail
+   (KOM-LE-A_2046, A_2047-01) with the still-encrypted message attached: 01/4009 key not
+   available (no entry, card removed, PIN not verified), 02/4010 wrong format, 03/4011
+   Konnektor not reachable;
+4. stream decryption and verification with :func:`kim_appliance.mail.unseal.open_message`
+   (GCM tag, signature, signer path against ``ctx.trust``, signed vs unprotected
+   recipient-emails, outer vs inner headers; IntegrityCheckResult 01-09);
+5. integrity result 01 only: the inner mail with Return-Path/Received carried over, the status
+   headers ``X-KIM-DecryptionResult: 00`` / ``X-KIM-IntegrityCheckResult`` and the notes
+   (KOM-LE-A_2179-01, A_2050, A_21236, A_20628; :mod:`kim_appliance.mail.notes`); any other
+   result: the integrity error mail with the *decrypted* original attached (A_23165).
+
+The result is an anonymous spool file whose exact size LIST/STAT report. Blocking from start to
+end (card operations, CPU work, disk): the POP3 session runs it in a worker thread under
+``ctx.pipeline_limiter``. This module never talks to the network and never keeps a plaintext
+anywhere but in anonymous temporary files.
+
+Not done here yet: KAS (``X-KOM-LE-Version: 1.5`` with an ``x-kas`` body, digest §1.5 step 5):
+such a message is decrypted and delivered with its attachment reference as is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final, Literal
+
+from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.keys import (
+    KEY_NOT_AVAILABLE,
+    KONNEKTOR_UNREACHABLE,
+    WRONG_FORMAT,
+    DecryptionKeyFinder,
+    KeySelectionError,
+    scan_recipient_emails,
+)
+from kim_appliance.clientmodul.username import CmLogin
+from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
+from kim_appliance.mail import errormail, notes
+from kim_appliance.mail.errors import MailFormatError
+from kim_appliance.mail.headers import HeaderBlock, read_header_block
+from kim_appliance.mail.unseal import DECRYPTED, VALID, open_message
+
+#: X-KOM-LE-Version values this Clientmodul reads (KOM-LE-A_2100-02: 1.0, and 1.5 for KAS).
+SUPPORTED_VERSIONS: Final = ("1.0", "1.5")
+#: X-KIM-Fehlermeldung per X-KIM-DecryptionResult (digest §1.6, §1.7)
+_ERROR_CODES: Final = {"01": "4009", "02": "4010", "03": "4011"}
+
+Kind = Literal["passthrough", "delivered", "decryption-error", "integrity-error", "version-error"]
+
+
+@dataclass
+class ReceivedMessage:
+    """What RETR returns for one message: ``file`` (read from offset 0) of ``size`` octets."""
+
+    file: BinaryIO
+    size: int
+    kind: Kind
+    decryption_result: str | None = None
+    integrity_results: list[str] = field(default_factory=list)
+    error_codes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.kind}, {self.size} octets"]
+        if self.decryption_result is not None:
+            parts.append(f"DecryptionResult {self.decryption_result}")
+        if self.integrity_results:
+            parts.append(f"IntegrityCheckResult {'/'.join(self.integrity_results)}")
+        if self.error_codes:
+            parts.append(f"Fehlermeldung {'/'.join(self.error_codes)}")
+        parts.extend(self.problems[:3])
+        return "; ".join(parts)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def process_message(
+    raw: BinaryIO, *, login: CmLogin, finder: DecryptionKeyFinder, ctx: ClientmodulContext
+) -> ReceivedMessage:
+    """Run the receive pipeline on the outer message in ``raw`` (seekable; taken over: it is
+    closed, or returned as the result's file, in every case)."""
+    spool_dir = str(ctx.spool_dir)
+    try:
+        raw.seek(0)
+        try:
+            header, _ = read_header_block(raw)
+        except MailFormatError:
+            return _passthrough(raw)  # not a mail we can read: not ours to change (A_21390)
+        version = header.get("X-KOM-LE-Version")
+        if version is None:
+            return _passthrough(raw)  # A_21390
+        if not _supported(version):
+            return _version_error(raw, header, version, spool_dir)
+        try:
+            raw.seek(0)
+            entries = scan_recipient_emails(raw)
+            entry = ctx.directory.find_by_mail(login.account)
+            keys = finder.keys_for(
+                login.context(),
+                login.account,
+                entries,
+                telematik_id=entry.telematik_id if entry is not None else None,
+            )
+        except KeySelectionError as exc:
+            return _decryption_error(raw, header, exc.decryption_result, exc.reason, spool_dir)
+        with tempfile.TemporaryFile(dir=spool_dir) as decrypted:
+            raw.seek(0)
+            try:
+                report = open_message(
+                    raw, decrypted, keys=keys, trust=ctx.trust, spool_dir=spool_dir
+                )
+            except KonnektorUnreachableError as exc:
+                # the card unwraps the content key: the Konnektor went away meanwhile
+                return _decryption_error(raw, header, KONNEKTOR_UNREACHABLE[0], str(exc), spool_dir)
+            except KonnektorError as exc:  # card pulled, PIN reset: key not available
+                detail = f"Konnektor: {exc}"
+                return _decryption_error(raw, header, KEY_NOT_AVAILABLE[0], detail, spool_dir)
+            if report.decryption_result != DECRYPTED:
+                reason = "; ".join(report.problems) or "cannot decrypt"
+                result = report.decryption_result
+                if result not in _ERROR_CODES:
+                    result = WRONG_FORMAT[0]
+                return _decryption_error(raw, header, result, reason, spool_dir)
+            raw.close()
+            integrity = list(report.integrity_results)
+            received = ReceivedMessage(
+                decrypted, 0, "delivered", DECRYPTED, integrity, problems=list(report.problems)
+            )
+            if integrity == [VALID]:
+                return _result(
+                    received,
+                    lambda out: notes.write_delivered_mail(
+                        out,
+                        _rewound(decrypted),
+                        outer_header=header,
+                        decryption_result=DECRYPTED,
+                        integrity_results=integrity,
+                    ),
+                    spool_dir,
+                )
+            # A_23165: a security violation; the decrypted original goes along
+            received.kind = "integrity-error"
+            return _result(
+                received,
+                lambda out: errormail.write_integrity_error_mail(
+                    out,
+                    original_header=header,
+                    decrypted=_rewound(decrypted),
+                    integrity_results=integrity,
+                ),
+                spool_dir,
+            )
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _supported(version: str) -> bool:
+    """``1.0`` and ``1.5`` (also written with a patch level such as ``1.5.2``)."""
+    parts = version.strip().split(".")
+    return ".".join(parts[:2]) in SUPPORTED_VERSIONS and all(p.isdigit() for p in parts)
+
+
+def _rewound(stream: BinaryIO) -> BinaryIO:
+    stream.seek(0)
+    return stream
+
+
+def _passthrough(raw: BinaryIO) -> ReceivedMessage:
+    raw.seek(0, os.SEEK_END)
+    _end_with_crlf(raw)
+    return ReceivedMessage(raw, raw.tell(), "passthrough")
+
+
+def _end_with_crlf(out: BinaryIO) -> None:
+    """POP3 sends a message as lines: one without a final CRLF gets one on the wire, so the
+    spool gets it too and LIST/STAT sizes match the octets of RETR (RFC 1939 §11)."""
+    size = out.tell()
+    if size == 0:
+        return
+    out.seek(size - min(size, 2))
+    tail = out.read(2)
+    out.seek(0, os.SEEK_END)
+    if not tail.endswith(b"\r\n"):
+        out.write(b"\n" if tail.endswith(b"\r") else b"\r\n")
+
+
+def _result(
+    received: ReceivedMessage, write: Callable[[BinaryIO], object], spool_dir: str
+) -> ReceivedMessage:
+    """Write the delivered or error mail with ``write(out)`` into a new spool file, which
+    becomes ``received.file``; the file it was made from is closed (no longer needed)."""
+    out: BinaryIO = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+    try:
+        write(out)
+        out.seek(0, os.SEEK_END)
+        _end_with_crlf(out)
+        received.size = out.tell()
+    except BaseException:
+        out.close()
+        raise
+    received.file.close()
+    received.file = out
+    return received
+
+
+def _version_error(
+    raw: BinaryIO, header: HeaderBlock, version: str, spool_dir: str
+) -> ReceivedMessage:
+    """A_21391-02: an X-KOM-LE-Version we cannot read; code 4008, the original attached."""
+    problem = f"X-KOM-LE-Version {version} is not supported (A_21391-02)"
+    return _result(
+        ReceivedMessage(raw, 0, "version-error", error_codes=["4008"], problems=[problem]),
+        lambda out: errormail.write_version_error_mail(
+            out,
+            original_header=header,
+            original=_rewound(raw),
+            version=version,
+            supported=SUPPORTED_VERSIONS,
+        ),
+        spool_dir,
+    )
+
+
+def _decryption_error(
+    raw: BinaryIO, header: HeaderBlock, result: str, reason: str, spool_dir: str
+) -> ReceivedMessage:
+    """KOM-LE-A_2046: the still-encrypted message attached, DecryptionResult 01/02/03."""
+    code = _ERROR_CODES[result]
+    return _result(
+        ReceivedMessage(raw, 0, "decryption-error", result, error_codes=[code], problems=[reason]),
+        lambda out: errormail.write_decryption_error_mail(
+            out,
+            original_header=header,
+            original=_rewound(raw),
+            decryption_result=result,
+            detail=reason,
+        ),
+        spool_dir,
+    )

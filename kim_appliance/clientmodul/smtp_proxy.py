@@ -1,0 +1,427 @@
+"""The Clientmodul's SMTP side towards the PVS: CONNECT, PROXY and PROCESS (digest §1.3, §1.4).
+
+One connection from the practice software (implicit TLS with the Clientmodul's certificate,
+KOM-LE-A_2066/2067) is driven through the sans-IO :class:`SmtpServer`:
+
+* **CONNECT** (digest §1.3, CM-1.13 Tab_SMTP_Ant_Init/Tab_SMTP_Verbindung): greeting with
+  ``ESMTP``; HELO/EHLO/RSET/NOOP/QUIT answered locally; MAIL/RCPT/DATA before AUTH get
+  ``530 5.7.0``; anything else ``502 5.5.1``. AUTH PLAIN/LOGIN only (KOM-LE-A_2009): the
+  username (digest §1.2) is parsed (``501 5.5.4`` and close when malformed), the call context is
+  checked at the Konnektor (4004-4006 and the other context faults: ``501``), the Fachdienst's
+  MTA is connected over SMTPS (``454 4.7.0`` when unreachable) and logged in to with the plain
+  account and the password (KOM-LE-A_2012; refused: ``535 5.7.8``); then ``235 2.7.0``.
+* **PROXY/PROCESS** (digest §1.4): MAIL FROM and RCPT TO are answered 250 here and held back;
+  DATA is spooled to a file; at its end :mod:`.send` makes the KIM message and offers it to the
+  MTA, whose reply the PVS gets.
+
+Deviations of the core from the CONNECT table are corrected here (the core is shared with the
+Fachdienst and stays as it is): its ``500 5.5.2`` for an unknown command and its answers to
+VRFY/HELP before AUTH become ``502 5.5.1``; its ``503`` for MAIL/RCPT/DATA before EHLO becomes
+``530 5.7.0``.
+
+Choices written down here: a Konnektor that does not answer at AUTH gives ``454 4.7.0`` (the
+call context cannot be checked; the PVS may try again); the sender report for dropped
+recipients goes from the account to itself through the same MTA session, after the message.
+
+Resource handling: one cancel scope per session for the idle timeout (SMTP_TIMEOUT_SERVER,
+digest §1.9); DATA goes to a spool file in 1 MiB writes from worker threads; the spool and the
+outer mail are deleted when the transaction ends, whatever its outcome (KOM-LE-A_2005). The
+upstream connection is closed with the session. Error handling: every failure is an SMTP reply
+saying what went wrong; a broken PVS connection ends the session quietly; a bug in one session
+gives ``421`` and never takes the listener down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from functools import partial
+from typing import IO, Final
+
+import trio
+
+from kim_appliance.clientmodul import send
+from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
+from kim_appliance.konnektor import ContextError, KonnektorError, KonnektorUnreachableError
+from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
+from kim_appliance.mail.headers import HeaderBlock
+from kim_appliance.protocols.smtp import (
+    NEED_DATA,
+    AuthAttempt,
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    MailFrom,
+    ProtocolViolation,
+    Quit,
+    RcptTo,
+    Reply,
+    Rset,
+    ServerEvent,
+    SmtpServer,
+    Vrfy,
+)
+
+RECEIVE_SIZE: Final = 256 * 1024
+WRITE_BATCH: Final = 1024 * 1024
+_NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+#: digest §1.3: the greeting must contain "ESMTP"
+GREETING: Final = "ESMTP ready"
+_NOT_IMPLEMENTED: Final = Reply(502, "5.5.1", "command not implemented")
+#: Reporting-MTA of the sender report (RFC 3464 §2.2.2)
+REPORTING_HOST: Final = "clientmodul.kim-appliance"
+_MAILBOX: Final = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")
+_HELP_REPLY: Final = Reply(214, "2.0.0", "see RFC 5321").encode()
+
+
+@dataclass
+class _Transaction:
+    mail_from: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    spool: IO[bytes] | None = None
+    pending: list[bytes] = field(default_factory=list)
+    pending_size: int = 0
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+class CmSmtpSession:
+    """The decisions of one PVS session; the I/O loop is :func:`serve_cm_smtp_connection`."""
+
+    def __init__(self, ctx: ClientmodulContext, peer: str) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.login: CmLogin | None = None
+        self._password = ""
+        self.upstream: send.Upstream | None = None
+        self.tx = _Transaction()
+
+    # --- CONNECT -------------------------------------------------------------------------
+
+    async def decide(self, event: ServerEvent) -> tuple[Reply, bool] | None:
+        """(reply, close) for a decision event; None for the others."""
+        if isinstance(event, AuthAttempt):
+            return await self._auth(event)
+        if isinstance(event, MailFrom):
+            self.abort_transaction()
+            # held back until the message is made (digest §1.4, FAQ "Umgang mit dem RCPT TO")
+            self.tx = _Transaction(mail_from=event.address)
+            return Reply(250, "2.1.0", f"sender <{event.address}> ok"), False
+        if isinstance(event, RcptTo):
+            self.tx.recipients.append(event.address)
+            return Reply(250, "2.1.5", f"recipient <{event.address}> ok"), False
+        if isinstance(event, DataStart):
+            spool_dir = self.ctx.spool_dir
+            self.tx.spool = await trio.to_thread.run_sync(
+                lambda: tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by tx)
+            )
+            return Reply(354, None, "send the message, end with <CR><LF>.<CR><LF>"), False
+        if isinstance(event, DataChunk):
+            await self._data(event.data)
+            return None
+        if isinstance(event, DataEnd):
+            return await self._data_end(event), False
+        if isinstance(event, Rset):
+            self.abort_transaction()
+        return None
+
+    async def _auth(self, event: AuthAttempt) -> tuple[Reply, bool]:
+        ctx = self.ctx
+        try:
+            login = parse_smtp_username(event.username)
+        except UsernameError as exc:
+            # digest §1.3: incomplete or malformed username -> 501 5.5.4, then close
+            ctx.log.info("cm smtp %s AUTH refused: %s", self.peer, exc)
+            return Reply(501, "5.5.4", _one_line(str(exc))), True
+        context = login.context()
+        try:
+            await trio.to_thread.run_sync(ctx.konnektor.get_cards, context, "SMC-B")
+        except ContextError as exc:
+            # digest §1.3: a SOAP fault 4004-4006 on the call context -> 501
+            ctx.log.info("cm smtp %s AUTH %s: Konnektor context: %s", self.peer, login.account, exc)
+            return Reply(501, "5.5.4", _one_line(f"Konnektor call context refused: {exc}")), False
+        except KonnektorUnreachableError as exc:
+            return Reply(454, "4.7.0", _one_line(f"cannot check the call context: {exc}")), False
+        except KonnektorError as exc:
+            return Reply(454, "4.7.0", _one_line(f"Konnektor error: {exc}")), False
+        host, port = ctx.resolve_upstream(login.host, login.port, "smtp", login.account)
+        server_name = login.host or login.account.rpartition("@")[2]
+        try:
+            upstream = await send.Upstream.connect(ctx, host, port, server_name)
+        except (OSError, ssl.SSLError, trio.TooSlowError, send.UpstreamLost) as exc:
+            ctx.log.info("cm smtp %s: MTA %s:%d unreachable: %s", self.peer, host, port, exc)
+            return Reply(
+                454, "4.7.0", _one_line(f"the MTA {host}:{port} is unreachable: {exc}")
+            ), False
+        try:
+            answer = await upstream.authenticate(login.account, event.password)
+        except send.UpstreamLost as exc:
+            await upstream.aclose()
+            return Reply(454, "4.7.0", _one_line(f"the MTA {host}:{port} failed: {exc}")), False
+        if answer.code != 235:
+            await upstream.quit()
+            if answer.code in (535, 534, 530) or answer.code // 100 == 5:
+                text = f"the Fachdienst refused the login of {login.account}: {answer.text}"
+                return Reply(535, "5.7.8", _one_line(text)), False
+            return Reply(454, "4.7.0", _one_line(f"MTA AUTH: {answer.code} {answer.text}")), False
+        await self.close_upstream()
+        self.login, self._password, self.upstream = login, event.password, upstream
+        ctx.log.info("cm smtp %s AUTH %s via %s:%d", self.peer, login.account, host, port)
+        return Reply(235, "2.7.0", "authentication successful"), False
+
+    # --- PROXY/PROCESS -----------------------------------------------------------------------
+
+    async def _data(self, data: bytes) -> None:
+        tx = self.tx
+        tx.pending.append(data)
+        tx.pending_size += len(data)
+        if tx.pending_size >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        tx = self.tx
+        if tx.pending and tx.spool is not None:
+            pieces, tx.pending, tx.pending_size = tx.pending, [], 0
+            spool = tx.spool
+            await trio.to_thread.run_sync(lambda: spool.write(b"".join(pieces)))
+
+    async def _data_end(self, event: DataEnd) -> Reply:
+        ctx = self.ctx
+        tx, self.tx = self.tx, _Transaction()
+        try:
+            if event.too_big:
+                return Reply(
+                    552, "5.3.4", f"message exceeds the size limit of {ctx.max_message_size} bytes"
+                )
+            self.tx = tx
+            await self._flush()
+            self.tx = _Transaction()
+            assert self.login is not None
+            assert tx.spool is not None
+            return await self._process(self.login, tx.recipients, tx.spool)
+        finally:
+            tx.close()
+
+    async def _process(self, login: CmLogin, recipients: list[str], spool: IO[bytes]) -> Reply:
+        ctx = self.ctx
+        try:
+            prepared = await trio.to_thread.run_sync(
+                partial(send.prepare, ctx, login, recipients, spool),  # type: ignore[arg-type]
+                limiter=ctx.pipeline_limiter,
+            )
+        except send.SendRefused as refusal:
+            ctx.log.info("cm smtp %s %s: not sent: %s", self.peer, login.account, refusal)
+            if refusal.rset and self.upstream is not None:
+                await self.upstream.rset()
+            if refusal.dropped:
+                await self._report(login, refusal.dropped, refusal.original_header)
+            return refusal.reply
+        try:
+            result = await self._transmit(login, prepared)
+            dropped = prepared.dropped + result.refused
+            if dropped:
+                await self._report(login, dropped, prepared.original_header)
+            ctx.log.info(
+                "cm smtp %s %s: %s for %d recipient(s), %d dropped: %d %s",
+                self.peer, login.account, prepared.message_id, len(prepared.recipients),
+                len(dropped), result.reply.code, result.reply.text,
+            )  # fmt: skip
+            return result.reply
+        finally:
+            await trio.to_thread.run_sync(prepared.close)
+
+    async def _transmit(self, login: CmLogin, prepared: send.Prepared) -> send.Transmitted:
+        """Offer the message; a lost MTA connection is opened again once (it may have timed
+        out while the PVS was idle)."""
+        for attempt in range(2):
+            upstream = self.upstream
+            try:
+                if upstream is None or upstream.closed:
+                    upstream = await self._reconnect(login)
+                return await send.transmit(
+                    upstream, login.account, prepared, limiter=self.ctx.pipeline_limiter
+                )
+            except send.UpstreamLost as exc:
+                await self.close_upstream()
+                if attempt == 1:
+                    return send.Transmitted(
+                        Reply(451, "4.4.1", _one_line(f"the Fachdienst is not reachable: {exc}"))
+                    )
+            except (OSError, ssl.SSLError, trio.TooSlowError) as exc:
+                await self.close_upstream()
+                return send.Transmitted(
+                    Reply(451, "4.4.1", _one_line(f"the Fachdienst is not reachable: {exc}"))
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reconnect(self, login: CmLogin) -> send.Upstream:
+        host, port = self.ctx.resolve_upstream(login.host, login.port, "smtp", login.account)
+        server_name = login.host or login.account.rpartition("@")[2]
+        upstream = await send.Upstream.connect(self.ctx, host, port, server_name)
+        answer = await upstream.authenticate(login.account, self._password)
+        if answer.code != 235:
+            await upstream.quit()
+            raise send.UpstreamLost(f"the MTA refused the login again: {answer.code}")
+        self.upstream = upstream
+        return upstream
+
+    async def _report(
+        self, login: CmLogin, dropped: list[send.Dropped], original_header: HeaderBlock
+    ) -> None:
+        """One report mail to the sender for every dropped recipient (KOM-LE-A_2024-01,
+        A_2192-01), unsigned and unencrypted, from the account to itself."""
+        entries = [
+            DroppedRecipient(d.address, d.code, d.reason, d.status)
+            for d in dropped
+            if _MAILBOX.fullmatch(d.address)
+        ]
+        if not entries:
+            return
+        out = io.BytesIO()
+        write_sender_report(
+            out,
+            sender=login.account,
+            original_header=original_header,
+            dropped=entries,
+            reporting_host=REPORTING_HOST,
+        )
+        upstream = self.upstream
+        if upstream is None or upstream.closed:
+            try:
+                upstream = await self._reconnect(login)
+            except (send.UpstreamLost, OSError, ssl.SSLError, trio.TooSlowError) as exc:
+                self.ctx.log.warning("cm smtp %s: report not sent: %s", self.peer, exc)
+                return
+        answer = await send.send_report(upstream, login.account, out.getvalue())
+        if answer is None or answer.code != 250:
+            self.ctx.log.warning(
+                "cm smtp %s: report to %s not accepted: %s", self.peer, login.account, answer
+            )
+
+    # --- cleanup -------------------------------------------------------------------------------
+
+    def abort_transaction(self) -> None:
+        self.tx.close()
+        self.tx = _Transaction()
+
+    async def close_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            await upstream.aclose()
+
+    async def quit_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            await upstream.quit()
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c >= " " and c != "\x7f" else " " for c in text)[:450]
+
+
+def _adjust_connect_reply(
+    event: ServerEvent, out: bytes, core: SmtpServer, *, before_auth: bool
+) -> bytes:
+    """The core's own answers, corrected to the CONNECT table of digest §1.3."""
+    if not before_auth:
+        return out
+    if isinstance(event, ProtocolViolation):
+        original = event.reply.encode()
+        verb = event.line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+        if event.reply.code == 500 and event.reply.enhanced == "5.5.2":
+            replacement = Reply(502, "5.5.1", event.reply.text).encode()
+            return out.replace(original, replacement)
+        if event.reply.code == 503 and verb in (b"MAIL", b"RCPT", b"DATA"):
+            replacement = Reply(530, "5.7.0", f"{verb.decode()}: authentication required").encode()
+            return out.replace(original, replacement)
+    if isinstance(event, Vrfy):
+        return out.replace(
+            Reply(252, "2.5.0", "cannot VRFY user, but will accept message").encode(),
+            _NOT_IMPLEMENTED.encode(),
+        )
+    return out
+
+
+async def serve_cm_smtp_connection(
+    ctx: ClientmodulContext, stream: trio.SSLStream[trio.SocketStream]
+) -> None:
+    """Handle one SMTPS connection of the PVS until QUIT, EOF, timeout or error."""
+    peer = _peer_name(stream)
+    timeout = ctx.session_timeout_seconds
+    session = CmSmtpSession(ctx, peer)
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+        core = SmtpServer(
+            hostname=send.CM_HOSTNAME,
+            max_message_size=ctx.max_message_size,
+            # digest §1.3: EHLO announces "AUTH LOGIN PLAIN" (KOM-LE-A_2009)
+            auth_mechanisms=("LOGIN", "PLAIN"),
+        )
+        await stream.send_all(core.greeting(GREETING))
+        out = bytearray()
+        with trio.CancelScope() as idle:
+            while True:
+                event = core.next_event()
+                if event is NEED_DATA:
+                    out += core.data_to_send()
+                    if not core.authenticated:
+                        out = bytearray(bytes(out).replace(_HELP_REPLY, _NOT_IMPLEMENTED.encode()))
+                    if out:
+                        await stream.send_all(bytes(out))
+                        out.clear()
+                    idle.deadline = trio.current_time() + timeout
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    idle.deadline = math.inf
+                    core.receive_data(data if isinstance(data, bytes) else bytes(data))
+                    continue
+                assert not isinstance(event, type)
+                before_auth = not core.authenticated
+                decision = await session.decide(event)
+                if decision is not None:
+                    reply, close = decision
+                    out += core.send(reply, close=close)
+                else:
+                    out += _adjust_connect_reply(
+                        event, core.data_to_send(), core, before_auth=before_auth
+                    )
+                if isinstance(event, Quit):
+                    await session.quit_upstream()
+                if isinstance(event, ConnectionClosed):
+                    out += core.data_to_send()
+                    if out:
+                        await stream.send_all(bytes(out))
+                    break
+        if idle.cancelled_caught:
+            await stream.send_all(core.abort(Reply(421, "4.4.2", "idle timeout")))
+    except _NETWORK_ERRORS as exc:
+        ctx.log.info("cm smtp %s connection lost: %s", peer, exc.__class__.__name__)
+    except trio.TooSlowError:
+        ctx.log.info("cm smtp %s TLS handshake timed out", peer)
+    except Exception:
+        ctx.log.exception("cm smtp %s internal error", peer)
+        with trio.move_on_after(5), contextlib.suppress(*_NETWORK_ERRORS):
+            await stream.send_all(b"421 4.3.0 internal error, closing the session\r\n")
+    finally:
+        session.abort_transaction()
+        with trio.CancelScope(shield=True):
+            await session.close_upstream()
+        await trio.aclose_forcefully(stream)
+
+
+def _peer_name(stream: trio.SSLStream[trio.SocketStream]) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,640 @@
+"""The Clientmodul's POP3 side through real sockets, poplib playing the PVS (digest §1.5).
+
+An in-process appliance provides the Fachdienste; the Clientmodul under test runs on its own
+listener with its own Konnektor instance (on the same data dir), so that a test can pull a card
+or make the Konnektor unreachable without touching the appliance's. KIM messages are sealed
+with the demo participants' exported keys (mail.seal) and submitted straight to the
+Fachdienst with smtplib as the sender, then fetched through the Clientmodul.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import poplib
+import re
+import shutil
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fachdienst"))
+
+from fd_support import (
+    Running,
+    _quick_hash,
+    make_message,
+    smtp_send,
+)
+
+from kim_appliance.appliance import run_appliance
+from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.pop3_proxy import key_finder, serve_cm_pop3_connection
+from kim_appliance.cms.keys import SoftwareKey
+from kim_appliance.directory import DirectoryStore
+from kim_appliance.konnektor.infomodell import Context
+from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.mail.seal import Certified, seal
+from kim_appliance.pki.tls import client_context, server_context
+from kim_appliance.protocols.pop3 import Pop3Client
+from kim_appliance.store import open_store
+
+WEBER, SONNE, KLEIN, MEYER = "praxis.weber", "apotheke.sonne", "zahnarzt.klein", "dr.meyer"
+#: who sends to whom in the per-kind tests: same Fachdienst, so no relay wait
+SENDER_OF = {WEBER: KLEIN, KLEIN: WEBER, SONNE: MEYER, MEYER: SONNE}
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cm_template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir after one start and stop (demo setup, TLS certs), quick password hashes."""
+    data_dir = tmp_path_factory.mktemp("cm-template") / "kim-data"
+
+    async def once() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_appliance(
+                    data_dir, ephemeral_ports=True, task_status=task_status
+                )
+            )
+            nursery.cancel_scope.cancel()
+
+    trio.run(once)
+    demo = json.loads((data_dir / "demo.json").read_text())
+    for d in (data_dir / "fachdienst").iterdir():
+        store = open_store(d)
+        try:
+            for p in demo["participants"]:
+                if store.get_account(p["address"]) is not None:
+                    store.update_account(p["address"], password_hash=_quick_hash(p["password"]))
+        finally:
+            store.close()
+    return data_dir
+
+
+@dataclass
+class Cm:
+    """A running appliance plus the Clientmodul under test."""
+
+    app: Running
+    ctx: ClientmodulContext
+    konnektor: Konnektor
+    pop3: tuple[str, int]
+    #: the resolver's answers can be overridden per account (an unreachable Fachdienst)
+    upstream_override: dict[str, tuple[str, int]]
+
+    def participant(self, local: str) -> dict[str, Any]:
+        return self.app.participant(local)
+
+    def client_ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.app.endpoints["tls_ca"])
+
+    def iccsn(self, local: str) -> str:
+        return str(self.participant(local)["card"]["iccsn"])
+
+
+@pytest.fixture
+async def cm(tmp_path: Path, cm_template_dir: Path) -> AsyncIterator[Cm]:
+    data_dir = tmp_path / "kim-data"
+    shutil.copytree(cm_template_dir, data_dir)
+    async with trio.open_nursery() as nursery:
+        endpoints = await nursery.start(
+            lambda task_status: run_appliance(
+                data_dir, ephemeral_ports=True, task_status=task_status
+            )
+        )
+        demo = json.loads((data_dir / "demo.json").read_text())
+        app = Running(data_dir, endpoints, demo)
+        konnektor = await trio.to_thread.run_sync(
+            partial(Konnektor.from_data_dir, data_dir, persist_revocations=False)
+        )
+        override: dict[str, tuple[str, int]] = {}
+
+        def resolve(
+            host: str | None, port: int | None, protocol: str, account: str
+        ) -> tuple[str, int]:
+            if account.lower() in override:
+                return override[account.lower()]
+            domain = (host or account.rpartition("@")[2]).lower()
+            return app.address(domain, protocol)
+
+        tls = data_dir / "tls"
+        tls_ca = data_dir / "pki" / "tls-ca.pem"
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        ctx = ClientmodulContext(
+            konnektor=konnektor,
+            directory=DirectoryStore.open(data_dir),
+            resolve_upstream=resolve,
+            upstream_ssl=client_context(tls_ca),
+            server_ssl=server_context(
+                tls / "clientmodul.server.chain.pem", tls / "clientmodul.server.key.pem"
+            ),
+            trust=konnektor.trust,
+            spool_dir=spool,
+            session_timeout_seconds=30,
+        )
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        host, port = listeners[0].socket.getsockname()[:2]
+        nursery.start_soon(
+            partial(
+                trio.serve_listeners,
+                partial(serve_cm_pop3_connection, ctx),
+                [trio.SSLListener(s, ctx.server_ssl, https_compatible=False) for s in listeners],
+            )
+        )
+        yield Cm(app, ctx, konnektor, (host, port), override)
+        nursery.cancel_scope.cancel()
+
+
+# --- PVS-side helpers (blocking: call through trio.to_thread.run_sync) ---------------------------
+
+
+def cm_connect(cm: Cm) -> poplib.POP3_SSL:
+    host, port = cm.pop3
+    return poplib.POP3_SSL(host, port, context=cm.client_ssl(), timeout=30)
+
+
+def cm_login(cm: Cm, local: str, *, username: str | None = None) -> poplib.POP3_SSL:
+    p = cm.participant(local)
+    pop = cm_connect(cm)
+    pop.user(username or p["pop3_username"])
+    pop.pass_(p["password"])
+    return pop
+
+
+def command(pop: poplib.POP3_SSL, line: str) -> bytes:
+    """One raw command; the one-line answer, ``-ERR`` returned rather than raised."""
+    try:
+        answer: bytes = pop._shortcmd(line)  # type: ignore[attr-defined]
+    except poplib.error_proto as exc:
+        error = exc.args[0]
+        answer = error if isinstance(error, bytes) else str(error).encode()
+    return answer
+
+
+def fetch_all(cm: Cm, local: str) -> list[tuple[int, bytes]]:
+    """(LIST size, RETR bytes) of every message, fetched through the Clientmodul."""
+    pop = cm_login(cm, local)
+    try:
+        _, listing, _ = pop.list()
+        sizes = dict(tuple(map(int, line.split())) for line in listing)
+        out = []
+        for n in sorted(sizes):
+            _, lines, octets = pop.retr(n)
+            assert octets == sizes[n], f"LIST said {sizes[n]} octets, RETR gave {octets}"
+            out.append((sizes[n], b"\r\n".join(lines) + b"\r\n"))
+        return out
+    finally:
+        pop.quit()
+
+
+def enc_certs(p: dict[str, Any]) -> list[Certified]:
+    from cryptography import x509
+
+    return [
+        Certified(p["address"], x509.load_pem_x509_certificate(Path(c).read_bytes()))
+        for c in p["export"]["enc_cert"]
+    ]
+
+
+def seal_message(
+    cm: Cm,
+    sender: str,
+    recipient: str,
+    *,
+    inner: bytes | None = None,
+    recipients_for: str | None = None,
+) -> bytes:
+    """A KIM message from ``sender`` to ``recipient``, signed with the sender's exported OSIG
+    key; encrypted for ``recipients_for`` (default: the recipient) and the sender."""
+    s, r = cm.participant(sender), cm.participant(recipient)
+    target = cm.participant(recipients_for or recipient)
+    signer = SoftwareKey.from_files(
+        Path(s["export"]["osig_key"][0]), Path(s["export"]["osig_cert"][0])
+    )
+    data = inner or make_message(
+        s["address"],
+        r["address"],
+        subject="Arztbrief",
+        body="Sehr geehrte Kollegin,\nanbei der Befund.\n",
+        headers={"X-KIM-Dienstkennung": "Arztbrief;VHitG-Versand;V1.2"},
+    )
+    out = io.BytesIO()
+    seal(io.BytesIO(data), out, signer=signer, sender=enc_certs(s), recipients=enc_certs(target))
+    return out.getvalue()
+
+
+def submit(cm: Cm, sender: str, recipient: str, data: bytes) -> None:
+    """Send ``data`` from ``sender`` to ``recipient`` straight to the sender's Fachdienst."""
+    s = cm.participant(sender)
+    smtp_send(cm.app, s["fachdienst"], sender, [cm.participant(recipient)["address"]], data)
+
+
+async def deliver(cm: Cm, sender: str, recipient: str, data: bytes) -> None:
+    await trio.to_thread.run_sync(submit, cm, sender, recipient, data)
+
+
+async def fetch(cm: Cm, local: str) -> list[tuple[int, bytes]]:
+    return await trio.to_thread.run_sync(fetch_all, cm, local)
+
+
+def parsed(data: bytes) -> EmailMessage:
+    message = message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def text_of(message: EmailMessage) -> str:
+    """All text/plain parts, decoded and joined."""
+    return "\n".join(
+        str(part.get_content())
+        for part in message.walk()
+        if part.get_content_type() == "text/plain"
+    )
+
+
+def attached_message(message: EmailMessage) -> bytes:
+    """The bytes of the message/rfc822 part of an error mail (digest §1.7)."""
+    for part in message.walk():
+        if part.get_content_type() == "message/rfc822":
+            payload = part.get_payload()
+            inner = payload[0] if isinstance(payload, list) else payload
+            return bytes(inner.as_bytes(policy=policy.default.clone(linesep="\r\n")))
+    raise AssertionError("the error mail has no message/rfc822 part")
+
+
+# --- CONNECT (digest §1.5, Tab_POP3_Ant_Init / Tab_POP3_Verbindung) ------------------------------
+
+
+async def test_greeting_capa_and_commands_before_login(cm: Cm) -> None:
+    """Digest §1.5 CONNECT: greeting, CAPA with TOP/USER/SASL PLAIN/UIDL, every message
+    command before login -ERR, QUIT +OK."""
+
+    def dialogue() -> tuple[bytes, list[bytes], list[bytes], bytes]:
+        pop = cm_connect(cm)
+        welcome = pop.getwelcome()
+        _, capa, _ = pop._longcmd("CAPA")  # type: ignore[attr-defined]
+        refused = [command(pop, c) for c in ("STAT", "LIST", "RETR 1", "TOP 1 0", "NOOP", "XYZ")]
+        bye = pop.quit()
+        return welcome, capa, refused, bye
+
+    welcome, capa, refused, bye = await trio.to_thread.run_sync(dialogue)
+    assert welcome == b"+OK KOM-LE Clientmodul POP3"
+    for capability in (b"TOP", b"USER", b"SASL PLAIN", b"UIDL"):
+        assert capability in capa
+    assert all(r.startswith(b"-ERR") for r in refused), refused
+    assert bye.startswith(b"+OK")
+
+
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("malformed username", lambda u, pw: ("praxis.weber@fd1.kim.telematik-test#x", pw)),
+        ("unknown Mandant (4004)", lambda u, pw: (u.replace("#Mandant1#", "#MandantX#"), pw)),
+        ("unknown workplace (4006)", lambda u, pw: (u.replace("#AP1", "#AP9"), pw)),
+        ("wrong password", lambda u, pw: (u, pw + "x")),
+    ],
+)
+async def test_login_failures_are_plain_err(
+    cm: Cm, case: str, change: Callable[[str, str], tuple[str, str]]
+) -> None:
+    """Digest §1.5: every CONNECT failure (bad username, Konnektor fault 4004-4006, wrong
+    password upstream) is a plain -ERR; the PVS may then try again (KOM-LE-A_2032)."""
+    p = cm.participant(WEBER)
+    username, password = change(p["pop3_username"], p["password"])
+
+    def dialogue() -> tuple[bytes, bytes]:
+        pop = cm_connect(cm)
+        try:
+            command(pop, f"USER {username}")
+            failed = command(pop, f"PASS {password}")
+            # and the right login works afterwards in the same session
+            command(pop, f"USER {p['pop3_username']}")
+            ok = command(pop, f"PASS {p['password']}")
+            return failed, ok
+        finally:
+            pop.quit()
+
+    failed, ok = await trio.to_thread.run_sync(dialogue)
+    assert failed.startswith(b"-ERR"), (case, failed)
+    assert not failed.startswith(b"-ERR ["), "plain -ERR: no response code"
+    assert ok.startswith(b"+OK"), ok
+
+
+async def test_auth_plain_and_other_mechanism(cm: Cm) -> None:
+    """Digest §1.5: AUTH PLAIN logs in; another SASL mechanism is -ERR (KOM-LE-A_2032)."""
+    import base64
+
+    p = cm.participant(KLEIN)
+    token = base64.b64encode(f"\0{p['pop3_username']}\0{p['password']}".encode()).decode()
+
+    def dialogue() -> tuple[bytes, bytes, bytes]:
+        pop = cm_connect(cm)
+        try:
+            other = command(pop, "AUTH CRAM-MD5")
+            plain = command(pop, f"AUTH PLAIN {token}")
+            stat = command(pop, "STAT")
+            return other, plain, stat
+        finally:
+            pop.quit()
+
+    other, plain, stat = await trio.to_thread.run_sync(dialogue)
+    assert other.startswith(b"-ERR")
+    assert plain.startswith(b"+OK"), plain
+    assert re.fullmatch(rb"\+OK 0 0", stat), stat
+
+
+async def test_unreachable_fachdienst_is_err(cm: Cm) -> None:
+    """Digest §1.5: POP3 server not reachable -> plain -ERR."""
+    closed = trio.socket.socket()
+    await closed.bind(("127.0.0.1", 0))
+    cm.upstream_override[cm.participant(WEBER)["address"].lower()] = closed.getsockname()[:2]
+    closed.close()
+    with pytest.raises(poplib.error_proto, match="-ERR"):
+        await trio.to_thread.run_sync(cm_login, cm, WEBER)
+
+
+# --- PROCESS: the receive pipeline per participant kind ------------------------------------------
+
+
+@pytest.mark.parametrize("recipient", [WEBER, SONNE, KLEIN, MEYER])
+async def test_kim_message_is_delivered_decrypted(cm: Cm, recipient: str) -> None:
+    """Digest §1.5 receive pipeline for each card kind (RSA SMC-B, ECC SMC-B, RSA+ECC SMC-B,
+    HBA with the UserId in the username): X-KIM-DecryptionResult 00 and IntegrityCheckResult
+    01 (KOM-LE-A_2047-01), the notes in the text (KOM-LE-A_2179-01, A_2050), Return-Path and
+    Received carried over (A_21236, A_20628), and LIST size == RETR octets."""
+    sender = SENDER_OF[recipient]
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, sender, recipient))
+    await deliver(cm, sender, recipient, data)
+    [(size, mail)] = await fetch(cm, recipient)
+    message = parsed(mail)
+    assert message["X-KIM-DecryptionResult"] == "00"
+    assert message.get_all("X-KIM-IntegrityCheckResult") == ["01"]
+    assert message["Subject"] == "Arztbrief"
+    assert message["From"] == cm.participant(sender)["address"]
+    assert message["X-KIM-Dienstkennung"] == "Arztbrief;VHitG-Versand;V1.2"
+    text = text_of(message)
+    assert "anbei der Befund." in text
+    assert "Die Nachricht wurde entschlüsselt." in text
+    assert "Die Signatur wurde erfolgreich geprüft." in text
+    assert message["Return-Path"] is not None
+    assert message.get_all("Received")
+    assert b"KOM-LE-Nachricht" not in mail
+    assert size == len(mail)
+
+
+async def test_cached_card_lookup_and_second_session(cm: Cm) -> None:
+    """KOM-LE-A_2060/2061: the card is found with GetCards + ReadCardCertificate once, then from
+    the e-mail -> certificate -> ICCSN cache (TTL_EMAIL_ICCSN)."""
+    finder = key_finder(cm.konnektor)
+    for _ in range(2):
+        data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+        await deliver(cm, WEBER, KLEIN, data)
+        [(_, mail)] = await fetch(cm, KLEIN)
+        assert parsed(mail)["X-KIM-DecryptionResult"] == "00"
+        await trio.to_thread.run_sync(_delete_all, cm, KLEIN)
+    assert finder.card_searches == 1
+
+
+def _delete_all(cm: Cm, local: str) -> None:
+    pop = cm_login(cm, local)
+    count, _ = pop.stat()
+    for n in range(1, count + 1):
+        pop.dele(n)
+    pop.quit()
+
+
+async def test_non_kim_mail_passes_unchanged(cm: Cm) -> None:
+    """A_21390: a mail without X-KOM-LE-Version (here a plain mail) reaches the PVS unchanged:
+    the bytes the Fachdienst holds are the bytes RETR returns through the Clientmodul."""
+    weber, klein = cm.participant(WEBER)["address"], cm.participant(KLEIN)["address"]
+    data = make_message(weber, klein, subject="Kein KIM", body="klartext\n")
+    await deliver(cm, WEBER, KLEIN, data)
+
+    def direct() -> bytes:
+        p = cm.participant(KLEIN)
+        host, port = cm.app.address(p["fachdienst"], "pop3")
+        pop = poplib.POP3_SSL(host, port, context=cm.client_ssl(), timeout=30)
+        try:
+            pop.user(p["address"])
+            pop.pass_(p["password"])
+            _, lines, _ = pop.retr(1)
+            return b"\r\n".join(lines) + b"\r\n"
+        finally:
+            pop.quit()
+
+    upstream = await trio.to_thread.run_sync(direct)
+    [(size, mail)] = await fetch(cm, KLEIN)
+    assert mail == upstream
+    assert size == len(upstream)
+    assert b"X-KIM-DecryptionResult" not in mail
+
+
+async def test_top_goes_upstream_as_top_n_0(cm: Cm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KOM-LE-A_2041: TOP n 5 from the PVS is sent to the Fachdienst as TOP n 0; the PVS gets
+    the outer header (with X-KIM-Dienstkennung) and not one line of the encrypted body."""
+    sent: list[tuple[int, int]] = []
+    original = Pop3Client.top
+
+    def spy(self: Pop3Client, n: int, lines: int) -> bytes:
+        sent.append((n, lines))
+        return original(self, n, lines)
+
+    monkeypatch.setattr(Pop3Client, "top", spy)
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    await deliver(cm, WEBER, KLEIN, data)
+
+    def dialogue() -> list[bytes]:
+        pop = cm_login(cm, KLEIN)
+        try:
+            _, lines, _ = pop.top(1, 5)
+            return list(lines)
+        finally:
+            pop.quit()
+
+    lines = await trio.to_thread.run_sync(dialogue)
+    assert sent == [(1, 0)]
+    assert b"X-KIM-Dienstkennung: Arztbrief;VHitG-Versand;V1.2" in lines
+    assert lines[-1] == b"", "the header and its blank line, then nothing"
+    assert lines.count(b"") == 1
+
+
+# --- PROCESS: faults and tampering ---------------------------------------------------------------
+
+
+def _tamper_ciphertext(data: bytes) -> bytes:
+    """Flip one base64 character in the middle of the body (inside the encrypted content)."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = body.split(b"\r\n")
+    i = len(lines) // 2
+    line = bytearray(lines[i])
+    line[10] = ord("B") if line[10] != ord("B") else ord("C")
+    lines[i] = bytes(line)
+    return head + b"\r\n\r\n" + b"\r\n".join(lines)
+
+
+async def test_tampered_ciphertext_gives_error_mail_02(cm: Cm) -> None:
+    """KOM-LE-A_2046, A_2047-01: a message whose ciphertext was altered fails the GCM tag; the PVS
+    gets the error mail 'konnte nicht entschlüsselt werden' with DecryptionResult 02, code 4010
+    and the still-encrypted original attached."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    tampered = _tamper_ciphertext(data)
+    await deliver(cm, WEBER, KLEIN, tampered)
+    [(size, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert message["Subject"] == "Die Nachricht konnte nicht entschlüsselt werden"
+    assert message["X-KIM-DecryptionResult"] == "02"
+    assert "4010" in (message.get_all("X-KIM-Fehlermeldung") or [])
+    assert message.get_content_type() == "multipart/mixed"
+    assert b"KOM-LE-Nachricht" in attached_message(message)
+    assert size == len(mail)
+
+
+async def test_header_mismatch_gives_integrity_08_mail(cm: Cm) -> None:
+    """A_23165, digest §1.6 ID 08: the outer Reply-To was changed after encryption; the PVS gets
+    the integrity error mail with DecryptionResult 00, IntegrityCheckResult 08 and the
+    decrypted original attached."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    changed = b"Reply-To: angreifer@fd1.kim.telematik-test\r\n" + data
+    await deliver(cm, WEBER, KLEIN, changed)
+    [(_, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert message["X-KIM-DecryptionResult"] == "00"
+    assert "08" in (message.get_all("X-KIM-IntegrityCheckResult") or [])
+    assert "Sicherheitsverletzung" in text_of(message)
+    original = attached_message(message)
+    assert b"anbei der Befund." in original
+    assert b"Subject: Arztbrief" in original
+
+
+async def test_removed_card_gives_error_mail_01(cm: Cm) -> None:
+    """KOM-LE-A_2046, A_2047-01, A_2062: the recipient's card is not inserted: DecryptionResult
+    01, code 4009, the encrypted original attached; inserted again and unlocked (VerifyPin)
+    the same message decrypts (nothing was deleted upstream)."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    await deliver(cm, WEBER, KLEIN, data)
+    cm.konnektor.admin.remove_card(cm.iccsn(KLEIN))
+    [(_, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert message["Subject"] == "Die Nachricht konnte nicht entschlüsselt werden"
+    assert message["X-KIM-DecryptionResult"] == "01"
+    assert "4009" in (message.get_all("X-KIM-Fehlermeldung") or [])
+    assert b"KOM-LE-Nachricht" in attached_message(message)
+    # inserted again, the card's PIN must be verified anew (A_2062): still 01, then 00
+    handle = cm.konnektor.admin.insert_card(cm.iccsn(KLEIN))
+    [(_, mail)] = await fetch(cm, KLEIN)
+    assert parsed(mail)["X-KIM-DecryptionResult"] == "01"
+    context = Context("Mandant1", "PVS1", "AP1")
+    await trio.to_thread.run_sync(cm.konnektor.verify_pin, context, handle, "PIN.SMC")
+    [(_, mail)] = await fetch(cm, KLEIN)
+    assert parsed(mail)["X-KIM-DecryptionResult"] == "00"
+
+
+async def test_unverified_pin_gives_error_mail_01(cm: Cm) -> None:
+    """A_2062/A_2063: the SMC-B is not unlocked (PIN.SMC not verified): DecryptionResult 01."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, KLEIN, WEBER))
+    await deliver(cm, KLEIN, WEBER, data)
+    cm.konnektor.admin.set_pin_status(cm.iccsn(WEBER), "VERIFIABLE")
+    [(_, mail)] = await fetch(cm, WEBER)
+    assert parsed(mail)["X-KIM-DecryptionResult"] == "01"
+
+
+async def test_unreachable_konnektor_gives_error_mail_03(cm: Cm) -> None:
+    """KOM-LE-A_2047-01 ID 03: the Konnektor does not answer: DecryptionResult 03, code 4011.
+    The login still works (the PVS can fetch the error mail)."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    await deliver(cm, WEBER, KLEIN, data)
+    cm.konnektor.admin.set_unreachable(True)
+    [(_, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert message["X-KIM-DecryptionResult"] == "03"
+    assert "4011" in (message.get_all("X-KIM-Fehlermeldung") or [])
+
+
+async def test_message_not_encrypted_for_the_account_gives_01(cm: Cm) -> None:
+    """KOM-LE-A_2043/2044/2045: recipient-emails names no certificate of the fetching account
+    (the message was encrypted for another practice): the Clientmodul does not use anyone
+    else's key; DecryptionResult 01."""
+    data = await trio.to_thread.run_sync(
+        partial(seal_message, cm, WEBER, KLEIN, recipients_for=SONNE)
+    )
+    await deliver(cm, WEBER, KLEIN, data)
+    [(_, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert message["X-KIM-DecryptionResult"] == "01"
+    assert "4009" in (message.get_all("X-KIM-Fehlermeldung") or [])
+
+
+async def test_unsupported_version_gives_error_mail_4008(cm: Cm) -> None:
+    """A_21391-02: an X-KOM-LE-Version this Clientmodul does not support: error mail with
+    code 4008 and the original attached."""
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+    data = data.replace(b"X-KOM-LE-Version: 1.0", b"X-KOM-LE-Version: 7.0")
+    await deliver(cm, WEBER, KLEIN, data)
+    [(_, mail)] = await fetch(cm, KLEIN)
+    message = parsed(mail)
+    assert "4008" in (message.get_all("X-KIM-Fehlermeldung") or [])
+    assert message["Subject"] == "Die KIM-Version der empfangenen Nachricht wird nicht unterstützt"
+    assert b"X-KOM-LE-Version: 7.0" in attached_message(message)
+
+
+async def test_stat_list_uidl_dele_through_the_proxy(cm: Cm) -> None:
+    """Digest §1.5 PROXY: STAT and LIST give the sizes RETR returns (processed lazily and
+    cached per session), UIDL is the Fachdienst's, DELE + QUIT delete upstream."""
+    for _ in range(2):
+        data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
+        await deliver(cm, WEBER, KLEIN, data)
+
+    def dialogue() -> tuple[tuple[int, int], dict[int, int], list[bytes], int, list[int]]:
+        pop = cm_login(cm, KLEIN)
+        stat = pop.stat()
+        _, listing, _ = pop.list()
+        sizes = {int(a): int(b) for a, b in (line.split() for line in listing)}
+        _, uidl, _ = pop.uidl()
+        _, _, octets = pop.retr(2)
+        single = command(pop, "LIST 2")
+        assert single == f"+OK 2 {sizes[2]}".encode()
+        pop.dele(1)
+        pop.quit()
+        pop = cm_login(cm, KLEIN)
+        try:
+            return stat, sizes, uidl, octets, [pop.stat()[0]]
+        finally:
+            pop.quit()
+
+    stat, sizes, uidl, octets, after = await trio.to_thread.run_sync(dialogue)
+    assert stat == (2, sum(sizes.values()))
+    assert octets == sizes[2]
+    assert len(uidl) == 2
+    assert after == [1]
+
+
+@pytest.mark.slow
+async def test_25_mb_message_through_the_clientmodul(cm: Cm) -> None:
+    """Issue 6 item 5 (digest §1.5): a 25 MB KIM message is spooled, decrypted, verified and
+    delivered through POP3 with LIST size == RETR octets and the body intact."""
+    weber, klein = cm.participant(WEBER)["address"], cm.participant(KLEIN)["address"]
+    line = b"A" * 998 + b"\r\n"
+    inner = make_message(weber, klein, body="PLACEHOLDER\n").replace(
+        b"PLACEHOLDER\r\n", line * 25_000
+    )
+    data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN, inner=inner))
+    await deliver(cm, WEBER, KLEIN, data)
+    [(size, mail)] = await fetch(cm, KLEIN)
+    assert size == len(mail) > 25_000_000
+    head, _, body = mail.partition(b"\r\n\r\n")
+    assert b"X-KIM-DecryptionResult: 00" in head
+    assert body.startswith(line * 25_000)
+    assert "Die Nachricht wurde entschlüsselt." in body[25_000_000:].decode("utf-8")

@@ -1,0 +1,223 @@
+"""The send pipeline's parts without sockets: VZD lookup with its caches and certificate rules,
+the header rewrite, the MIME scan for forwarded KIM messages and x-kas parts (digest §1.4)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from test_cm_send import cm_template_dir  # noqa: F401  (the session fixture)
+
+from kim_appliance.clientmodul.send import (
+    DEFAULT_DIENSTKENNUNG,
+    Dropped,
+    _HeaderThenBody,
+    _rewrite_header,
+    _scan_parts,
+)
+from kim_appliance.clientmodul.vzd_lookup import TTL_ENC_CERT, TTL_VERSION, VzdLookup
+from kim_appliance.directory import DirectoryStore
+from kim_appliance.mail.headers import parse_header_block
+from kim_appliance.pki import TestPki
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _demo(data_dir: Path) -> dict[str, Any]:
+    demo: dict[str, Any] = json.loads((data_dir / "demo.json").read_text())
+    return demo
+
+
+def _participant(data_dir: Path, local: str) -> dict[str, Any]:
+    return next(p for p in _demo(data_dir)["participants"] if p["address"].startswith(local))
+
+
+def _der(path: str) -> bytes:
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).public_bytes(Encoding.DER)
+
+
+@pytest.fixture
+def pki(cm_template_dir: Path) -> TestPki:  # noqa: F811
+    return TestPki.load(cm_template_dir / "pki")
+
+
+@pytest.fixture
+def directory(cm_template_dir: Path) -> DirectoryStore:  # noqa: F811
+    store = DirectoryStore(None)  # in memory: the tests change entries
+    for entry in DirectoryStore.open(cm_template_dir).entries():
+        store.put_entry(entry)
+    return store
+
+
+def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki: TestPki) -> None:
+    """KOM-LE-A_2026: the VZD is asked again only after TTL_ENC_CERT (12 h)."""
+    clock = Clock()
+    lookup = VzdLookup(directory, pki.trust_store(), clock=clock)
+    address = "praxis.weber@fd1.kim.telematik-test"
+    assert lookup.lookup(address).usable
+    clock.now += TTL_ENC_CERT - 1
+    assert lookup.lookup(address).usable
+    assert lookup.queries == 1
+    clock.now += 2
+    lookup.lookup(address)
+    assert lookup.queries == 2
+
+
+def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
+    """A_22340: a KIM version from the VZD is reused for at most 24 h."""
+    clock = Clock()
+    lookup = VzdLookup(directory, pki.trust_store(), ttl_enc_cert=10 * TTL_VERSION, clock=clock)
+    address = "apotheke.sonne@fd2.kim.telematik-test"
+    before = lookup.version(address)
+    after = "1.0" if before != "1.0" else "1.5+"
+    entry = directory.find_by_mail(address)
+    assert entry is not None
+    fad, addresses = next(iter(entry.fachdaten.items()))
+    directory.put_entry(
+        replace(entry, fachdaten={fad: tuple(replace(a, version=after) for a in addresses)})
+    )
+    clock.now += TTL_VERSION - 1
+    assert lookup.version(address) == before  # still the cached one
+    clock.now += 2
+    assert lookup.version(address) == after
+
+
+def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
+    """KOM-LE-A_2023/2024-01: an address the VZD does not know gets code 4004."""
+    found = VzdLookup(directory, pki.trust_store()).lookup("niemand@fd1.kim.telematik-test")
+    assert not found.usable
+    assert found.code == "4004"
+    assert "not in the directory" in found.reason
+
+
+def test_only_enc_certificates_are_used(
+    directory: DirectoryStore,
+    pki: TestPki,
+    cm_template_dir: Path,  # noqa: F811
+) -> None:
+    """KOM-LE-A_2128: only C.HCI.ENC / C.HP.ENC; an OSIG certificate in the entry is left
+    out and the reason names the rule."""
+    address = "praxis.weber@fd1.kim.telematik-test"
+    entry = directory.find_by_mail(address)
+    assert entry is not None
+    osig = _der(_participant(cm_template_dir, "praxis.weber")["export"]["osig_cert"][0])
+    directory.put_entry(replace(entry, certificates=(osig,)))
+    found = VzdLookup(directory, pki.trust_store()).lookup(address)
+    assert not found.usable
+    assert found.code == "4004"
+    assert "KOM-LE-A_2128" in found.reason
+
+
+def test_certificates_of_two_telematik_ids_are_not_used(
+    directory: DirectoryStore,
+    pki: TestPki,
+    cm_template_dir: Path,  # noqa: F811
+) -> None:
+    """KOM-LE-A_2178: certificates carrying different Telematik-IDs -> not sent to, 4005."""
+    address = "praxis.weber@fd1.kim.telematik-test"
+    entry = directory.find_by_mail(address)
+    assert entry is not None
+    other = _der(_participant(cm_template_dir, "apotheke.sonne")["export"]["enc_cert"][0])
+    directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
+    found = VzdLookup(directory, pki.trust_store()).lookup(address)
+    assert not found.usable
+    assert found.code == "4005"
+    assert "KOM-LE-A_2178" in found.reason
+
+
+def test_revoked_certificate_is_not_used(
+    directory: DirectoryStore,
+    pki: TestPki,
+    cm_template_dir: Path,  # noqa: F811
+) -> None:
+    """Cached certificates are checked at each use: a revocation takes effect at once, the
+    recipient has then no valid encryption certificate (4004)."""
+    lookup = VzdLookup(directory, pki.trust_store())
+    address = "praxis.weber@fd1.kim.telematik-test"
+    assert lookup.lookup(address).usable
+    path = _participant(cm_template_dir, "praxis.weber")["export"]["enc_cert"][0]
+    pki.revoke(x509.load_pem_x509_certificate(Path(path).read_bytes()))
+    found = lookup.lookup(address)
+    assert not found.usable
+    assert "revoked" in found.reason
+    assert lookup.queries == 1
+
+
+def test_rewrite_drops_recipients_from_to_and_cc_and_keeps_the_rest() -> None:
+    """KOM-LE-A_2028: dropped recipients leave To/Cc; untouched fields keep their bytes; the
+    default Dienstkennung is added (A_19488-02); From becomes the account (§1.4 step 3)."""
+    header = parse_header_block(
+        b"From: Praxis <praxis.weber@fd1.kim.telematik-test>\r\n"
+        b"To: a@fd1.kim.telematik-test,\r\n b@fd2.kim.telematik-test\r\n"
+        b"Cc: Niemand <niemand@fd1.kim.telematik-test>\r\n"
+        b"Subject: =?utf-8?q?Befund_f=C3=BCr_Sie?=\r\n"
+    )
+    dropped = [Dropped("niemand@fd1.kim.telematik-test", "4004", "unknown")]
+    dropped.append(Dropped("B@fd2.kim.telematik-test", "4005", "two ids"))
+    new, _ = _rewrite_header(header, "praxis.weber@fd1.kim.telematik-test", dropped)
+    assert new.get("To") == "a@fd1.kim.telematik-test"
+    assert new.get("Cc") is None
+    assert new.find("From") == header.find("From")
+    assert new.find("Subject") == header.find("Subject")
+    assert new.get("X-KIM-Dienstkennung") == DEFAULT_DIENSTKENNUNG
+
+
+def test_rewrite_replaces_a_foreign_from() -> None:
+    header = parse_header_block(b"From: Dr. W <weber@example.org>\r\nTo: a@b.kim.telematik\r\n")
+    new, warnings = _rewrite_header(header, "praxis.weber@fd1.kim.telematik-test", [])
+    assert new.get("From") == '"Dr. W" <praxis.weber@fd1.kim.telematik-test>'
+    assert any("rewritten" in w for w in warnings)
+
+
+def test_header_then_body_reads_and_seeks() -> None:
+    body = io.BytesIO(b"OLD-HEADER\r\n\r\nline 1\r\nline 2\r\n")
+    view = _HeaderThenBody(b"New: 1\r\n\r\n", body, 14)
+    reader = io.BufferedReader(view)
+    assert reader.read() == b"New: 1\r\n\r\nline 1\r\nline 2\r\n"
+    reader.seek(0)
+    assert reader.read(3) == b"New"
+    assert view.size == len(b"New: 1\r\n\r\nline 1\r\nline 2\r\n")
+
+
+def _multipart(*parts: bytes) -> bytes:
+    out = b"".join(b"--XYZ\r\n" + p + b"\r\n" for p in parts)
+    return out + b"--XYZ--\r\n"
+
+
+def test_scan_finds_a_forwarded_kim_message() -> None:
+    """KOM-LE-A_2029: the span of a message/rfc822 part holding a KIM message, exactly."""
+    kim = b"From: x@y.kim.telematik\r\nX-KOM-LE-Version: 1.0\r\n\r\nQUJD\r\nREVG"
+    body = _multipart(
+        b"Content-Type: text/plain\r\n\r\nsee attached",
+        b"Content-Type: message/rfc822\r\n\r\n" + kim,
+    )
+    spool = io.BytesIO(body)
+    scan = _scan_parts(spool, 0, "XYZ")
+    assert scan.forwarded is not None
+    start, end = scan.forwarded
+    assert body[start:end] == kim
+    assert not scan.x_kas
+
+
+def test_scan_ignores_a_plain_attached_mail_and_sees_x_kas() -> None:
+    """A message/rfc822 part without X-KOM-LE-Version is just an attachment; a part with
+    Content-Disposition x-kas is found (A_22341)."""
+    body = _multipart(
+        b"Content-Type: message/rfc822\r\n\r\nFrom: a@b\r\n\r\nhello",
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: x-kas\r\n\r\n{}",
+    )
+    scan = _scan_parts(io.BytesIO(body), 0, "XYZ")
+    assert scan.forwarded is None
+    assert scan.x_kas
