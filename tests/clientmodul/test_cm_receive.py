@@ -15,7 +15,6 @@ import poplib
 import re
 import shutil
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -26,9 +25,6 @@ from typing import Any
 
 import pytest
 import trio
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fachdienst"))
-
 from fd_support import (
     Running,
     _quick_hash,

@@ -17,7 +17,6 @@ import json
 import shutil
 import smtplib
 import ssl
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -27,9 +26,6 @@ from typing import Any
 
 import pytest
 import trio
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fachdienst"))
-
 from fd_support import Running, _quick_hash, _write_config, pop3_fetch_all
 
 from kim_appliance.appliance import ENDPOINTS_FILE, _tls_files, run_appliance

@@ -1,6 +1,7 @@
 """Fixtures of the Fachdienst tests: a running appliance (in-process, ephemeral ports).
 
-The helpers live in fd_support.py (a unique module name: tests/e2e has a conftest too).
+The helpers live in tests/fd_support.py (shared with the Clientmodul tests; a unique module
+name, since tests/e2e has a conftest too).
 """
 
 from __future__ import annotations
