@@ -54,6 +54,8 @@ class Fachdienst:
     #: mailboxes with an open POP3 session (RFC 1939: one maildrop lock per mailbox)
     pop3_locks: set[str] = field(default_factory=set)
     relay_wakeup: trio.Event = field(default_factory=trio.Event)
+    #: (mailbox, sender, note start) pairs already answered with the absence note (RFC 3834)
+    auto_replied: set[tuple[str, str, str]] = field(default_factory=set)
     #: scrypt needs 16 MiB and a core per check: at most two at a time, so that ten parallel
     #: logins neither spike the memory nor starve the sessions (bench/fachdienst.py)
     auth_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))

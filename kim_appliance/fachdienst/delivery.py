@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.mail.autoreply import build_auto_reply, wants_auto_reply
 from kim_appliance.mail.dsn import DsnRecipient, build_dsn
+from kim_appliance.mail.errors import MailFormatError
+from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.mail.trace import trace_prefix
 from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient
 
@@ -106,6 +109,7 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
                 not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
             )
     relayed = bool(by_domain)
+    relayed |= _absence_notes(fd, envelope, local, now)
     confirmed = [r for r in local if r.notify and "SUCCESS" in r.notify]
     if confirmed and envelope.mail_from:
         relayed |= _report_quietly(
@@ -218,6 +222,60 @@ def _deliver_committed(
         not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
     )
     return True
+
+
+def _absence_notes(
+    fd: Fachdienst, envelope: Envelope, local: Sequence[Recipient], now: dt.datetime
+) -> bool:
+    """Answer the sender for each local recipient with an active absence note, at most once
+    per sender and note (KOM-LE-A_2223, A_2277, A_2278; RFC 3834). True if a reply is relayed.
+
+    The "once" is remembered in memory per Fachdienst: after a restart a sender may get the
+    note once more (a harmless repeat, RFC 3834 §2 allows it).
+    """
+    if not local or not envelope.mail_from:
+        return False
+    try:
+        header = parse_header_block(_header_block(envelope.original_header))
+    except MailFormatError:
+        return False
+    if not wants_auto_reply(header, mail_from=envelope.mail_from):
+        return False
+    relayed = False
+    for r in local:
+        account = fd.store.get_account(r.address)
+        if account is None:
+            continue
+        note = account.out_of_office
+        if not note.active or note.message is None or note.start is None or note.end is None:
+            continue
+        if not note.start <= now <= note.end:
+            continue
+        key = (account.address.lower(), envelope.mail_from.lower(), note.start.isoformat())
+        if key in fd.auto_replied or envelope.mail_from.lower() == account.address.lower():
+            continue
+        fd.auto_replied.add(key)
+        reply = build_auto_reply(
+            absent=account.address,
+            display_name=account.display_name,
+            to=envelope.mail_from,
+            message=note.message,
+            in_reply_to=envelope.message_id,
+            domain=fd.domain,
+        )
+        try:
+            relayed |= deliver_system_message(fd, reply, envelope.mail_from)
+        except Exception:
+            fd.log.exception("absence note of %s to %s failed", account.address, envelope.mail_from)
+    return relayed
+
+
+def _header_block(original_header: bytes) -> bytes:
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = original_header.find(separator)
+        if end >= 0:
+            return original_header[:end]
+    return original_header
 
 
 def _check_quota(fd: Fachdienst, address: str, size: int) -> None:
