@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,13 @@ from kim_appliance.clientmodul.service import serve_clientmodul
 from kim_appliance.config import Config, DomainConfig
 from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
 from kim_appliance.errors import ConfigError
+from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
+from kim_appliance.fachdienst.account_manager import account_manager_routes
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.jwt import verify_jwt
+from kim_appliance.fachdienst.kas import kas_routes, run_kas_expiry
+from kim_appliance.fachdienst.kas_store import KasStore
 from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
 from kim_appliance.konnektor import infomodell as konnektor_infomodell
 from kim_appliance.konnektor.operations import Konnektor
@@ -38,6 +43,7 @@ from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.store import Account, MailStore, open_store
 from kim_appliance.store.passwords import hash_password
+from kim_appliance.web.server import fachdienst_app, serve_https
 
 ENDPOINTS_FILE = "endpoints.json"
 log = logging.getLogger("kim_appliance")
@@ -90,6 +96,7 @@ async def run_appliance(
             async with trio.open_nursery() as nursery:
                 fachdienste: dict[str, dict[str, str]] = {}
                 bound: dict[str, FachdienstAddresses] = {}
+                directory_store = await trio.to_thread.run_sync(_open_directory, data_dir)
                 for d in config.fachdienst.domains:
                     fd = await trio.to_thread.run_sync(
                         _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
@@ -112,11 +119,17 @@ async def run_appliance(
                             "ports in config.toml or use --ephemeral-ports"
                         ) from exc
                     bound[d.domain] = addresses
+                    https = await _start_rest(
+                        nursery, stack, data_dir, pki, config, d, fd, directory_store
+                    )
                     fachdienste[d.domain] = {
                         "smtp": _join(*addresses.smtp),
                         "pop3": _join(*addresses.pop3),
+                        "https": https,
                     }
-                directory, vzd = await _start_directory(nursery, data_dir, pki, config)
+                directory, vzd = await _start_directory(
+                    nursery, data_dir, pki, config, directory_store
+                )
                 konnektor, card_service = await _start_konnektor(nursery, data_dir, pki, config)
                 clientmodul = await _start_clientmodul(
                     nursery, data_dir, pki, config, card_service, vzd, bound
@@ -161,13 +174,71 @@ async def _start_konnektor(
     return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}, konnektor
 
 
+def _open_directory(data_dir: Path) -> DirectoryStore:
+    store = DirectoryStore.open(data_dir)
+    if len(store) == 0:
+        store.populate_from_demo(data_dir)
+    return store
+
+
+async def _start_rest(
+    nursery: trio.Nursery,
+    stack: ExitStack,
+    data_dir: Path,
+    pki: TestPki,
+    config: Config,
+    domain: DomainConfig,
+    fd: Fachdienst,
+    directory: DirectoryStore,
+) -> str:
+    """The Fachdienst's REST services over HTTPS (issue 5, digest §3.3-3.5): Account Manager
+    2.4, AccountLimit 1.1, ServiceInformation 1.0 and the KAS 2.4, one listener per domain."""
+    trust = pki.trust_store()
+
+    def verify(token: str) -> dict[str, Any]:
+        verified = verify_jwt(token, trust=trust)
+        claims = dict(verified.claims)
+        if verified.telematik_id is not None:
+            claims["telematikID"] = verified.telematik_id
+        return claims
+
+    fd_dir = data_dir / "fachdienst" / domain.domain
+    kas = stack.enter_context(closing(await trio.to_thread.run_sync(KasStore.open, fd_dir / "kas")))
+    state = await trio.to_thread.run_sync(AccountManagerState.open, fd_dir)
+    # the sharedLink names this listener: bind first with a placeholder, then fill in the port
+    base: dict[str, str] = {}
+    routes = [
+        *account_manager_routes(fd, directory=directory, pki=pki, verify_jwt=verify, state=state),
+        *kas_routes(fd, base_url=lambda: base["url"], kas=kas),
+    ]
+    try:
+        host, port = await nursery.start(
+            partial(
+                serve_https,
+                fachdienst_app(fd, extra_routes=routes),
+                bind=config.bind,
+                port=domain.https_port,
+                ssl_context=fd.server_ssl,
+            )
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"{domain.domain}: cannot listen on {config.bind} https_port {domain.https_port}: "
+            f"{exc.strerror or exc}; change the port in config.toml or use --ephemeral-ports"
+        ) from exc
+    base["url"] = f"https://{_join(host, port)}"
+    nursery.start_soon(run_kas_expiry, kas)
+    return base["url"]
+
+
 async def _start_directory(
-    nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
+    nursery: trio.Nursery,
+    data_dir: Path,
+    pki: TestPki,
+    config: Config,
+    store: DirectoryStore,
 ) -> tuple[dict[str, str], DirectoryStore]:
     """The VZD: read-only LDAP and LDAPS with the demo participants' entries (digest §4.1)."""
-    store = await trio.to_thread.run_sync(DirectoryStore.open, data_dir)
-    if len(store) == 0:
-        await trio.to_thread.run_sync(store.populate_from_demo, data_dir)
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "vzd", CertProfile.C_ZD_TLS_S
     )

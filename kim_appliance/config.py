@@ -27,6 +27,8 @@ class DomainConfig:
     domain: str
     smtp_port: int
     pop3_port: int
+    #: Account Manager, AccountLimit, ServiceInformation and KAS (REST over HTTPS)
+    https_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,16 @@ class Config:
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
-                DomainConfig("fd1.kim.telematik-test", 2465, 2995),
-                DomainConfig("fd2.kim.telematik-test", 3465, 3995),
+                DomainConfig("fd1.kim.telematik-test", 2465, 2995, 2443),
+                DomainConfig("fd2.kim.telematik-test", 3465, 3995, 3443),
             )
         )
     )
 
     def with_ephemeral_ports(self) -> Config:
-        domains = tuple(replace(d, smtp_port=0, pop3_port=0) for d in self.fachdienst.domains)
+        domains = tuple(
+            replace(d, smtp_port=0, pop3_port=0, https_port=0) for d in self.fachdienst.domains
+        )
         return replace(
             self,
             fachdienst=replace(self.fachdienst, domains=domains),
@@ -125,11 +129,13 @@ session_timeout_seconds = 300
 domain = "fd1.kim.telematik-test"
 smtp_port = 2465
 pop3_port = 2995
+https_port = 2443                 # Account Manager, AccountLimit, ServiceInformation, KAS
 
 [[fachdienst.domains]]
 domain = "fd2.kim.telematik-test"
 smtp_port = 3465
 pop3_port = 3995
+https_port = 3443
 
 # Fachdienste outside this appliance: domain = "host:port" (instead of an MX lookup).
 [fachdienst.relay_map]
@@ -272,6 +278,7 @@ def _domain(item: object, where: str) -> DomainConfig:
         domain=domain.lower(),
         smtp_port=_port(_take(raw, "smtp_port", int, 0, where), where),
         pop3_port=_port(_take(raw, "pop3_port", int, 0, where), where),
+        https_port=_port(_take(raw, "https_port", int, 0, where), where),
     )
     _no_more(raw, where)
     return result

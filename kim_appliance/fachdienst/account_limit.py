@@ -1,0 +1,131 @@
+"""``I_AccountLimit_Service`` 1.1 (digest §3.4): a mail account's quota, TTL and size limit.
+
+``GET /AccountLimit/v1.1/limit`` with HTTP Basic authentication by the mail account's address
+and password, checked like an SMTP/POP3 login (the same lockout, KOM-LE-A_2167). The answer
+comes from the Account: ``quota`` and ``remainQuota`` in bytes (-1 = unlimited),
+``dataTimeToLive`` in days and the fixed ``maxMailSize`` of 734003200 bytes. Every failure is
+a documented status with the Error body: 401 for missing, malformed or wrong credentials
+(including a locked account), 404 for an account whose deregistration date has passed. This
+module must never say whether an address exists to a caller who is not authenticated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from kim_appliance.config import MAX_MAIL_SIZE
+from kim_appliance.fachdienst.accounts import AuthResult
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.store import MailStore
+from kim_appliance.store.base import UNLIMITED
+from kim_appliance.web.errors import ApiError, JsonUtf8Response
+
+BASE_PATH = "/AccountLimit/v1.1"
+
+#: Basic credentials longer than this are refused unread (addresses and passwords <= 256)
+MAX_CREDENTIALS_LENGTH = 2048
+
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="KIM AccountLimit", charset="UTF-8"'}
+
+
+@dataclass(frozen=True)
+class AccountLimit:
+    """The AccountLimit object (AccountLimit.yaml 1.1.4)."""
+
+    data_time_to_live: int
+    max_mail_size: int
+    quota: int
+    remain_quota: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "dataTimeToLive": self.data_time_to_live,
+            "maxMailSize": self.max_mail_size,
+            "quota": self.quota,
+            "remainQuota": self.remain_quota,
+        }
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str]:
+    """(username, password) from an ``Authorization: Basic`` header (RFC 7617, UTF-8);
+    ApiError 401 naming what is wrong otherwise."""
+    if authorization is None:
+        raise ApiError(
+            401,
+            "Authorization: missing; send HTTP Basic with the KIM address and password",
+            headers=_CHALLENGE,
+        )
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise ApiError(
+            401, f"Authorization: scheme {scheme[:20]!r} is not Basic", headers=_CHALLENGE
+        )
+    encoded = encoded.strip()
+    if not encoded or len(encoded) > MAX_CREDENTIALS_LENGTH:
+        raise ApiError(
+            401, "Authorization: Basic credentials empty or too long", headers=_CHALLENGE
+        )
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise ApiError(
+            401, "Authorization: Basic credentials are not base64 of UTF-8 text", headers=_CHALLENGE
+        ) from None
+    username, colon, password = decoded.partition(":")
+    if not colon or not username:
+        raise ApiError(
+            401, "Authorization: Basic credentials are not 'address:password'", headers=_CHALLENGE
+        )
+    return username, password
+
+
+def account_limit_of(
+    store: MailStore, address: str, *, now: dt.datetime | None = None
+) -> AccountLimit:
+    """The limits of ``address`` (blocking: runs in a worker thread); ApiError 404 if the
+    account is gone or its deregistration date has passed (KOM-LE-A_2149/2150)."""
+    now = now or dt.datetime.now(dt.UTC)
+    account = store.get_account(address)
+    if account is None or (account.dereg_date is not None and account.dereg_date <= now):
+        raise ApiError(404, f"account {address} is not available (deregistered)")
+    if account.quota_bytes == UNLIMITED:
+        remain = UNLIMITED
+    else:
+        remain = max(0, account.quota_bytes - store.mailbox_usage(account.address))
+    return AccountLimit(
+        data_time_to_live=account.data_ttl_days,
+        max_mail_size=MAX_MAIL_SIZE,  # fixed 734003200 (schema minimum, digest §3.2)
+        quota=account.quota_bytes,
+        remain_quota=remain,
+    )
+
+
+def account_limit_routes(fd: Fachdienst) -> list[BaseRoute]:
+    """The AccountLimit route of ``fd``, mounted at :data:`BASE_PATH`."""
+
+    async def get_limits(request: Request) -> Response:
+        username, password = basic_credentials(request.headers.get("authorization"))
+        result: AuthResult = await trio.to_thread.run_sync(
+            fd.auth.authenticate, username, password, limiter=fd.auth_limiter
+        )
+        if not result.ok:
+            fd.log.info("AccountLimit: %s", result.text)
+            raise ApiError(401, result.text, headers=_CHALLENGE)
+        limit = await trio.to_thread.run_sync(account_limit_of, fd.store, result.address)
+        return JsonUtf8Response(limit.to_json())
+
+    return [
+        Mount(
+            BASE_PATH,
+            routes=[Route("/limit", get_limits, methods=["GET"])],
+            name=f"accountlimit:{fd.domain}",
+        )
+    ]

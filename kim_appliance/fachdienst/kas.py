@@ -1,0 +1,612 @@
+"""The KAS (``I_Attachment_Service`` 2.4): REST routes for the encrypted mail data of large mails.
+
+Implements gematik's ``AttachmentService.yaml`` v2.4.0 (digest §3.5) under
+``/attachments/v2.4``: addMailData (``POST /attachment/``, multipart with one ``recipients`` part
+per address, HTTP Basic with the sender's mail account), readMailData (``GET``, header
+``recipient``), its ``HEAD`` (size only, A_24002) and deleteMailData (``DELETE``, uploader only).
+Uploads and downloads are streamed through :class:`~kim_appliance.fachdienst.kas_store.KasStore`
+in chunks of at most :data:`FLUSH_BYTES`; a 500 MiB blob is never held in memory.
+
+Every failure is an :class:`~kim_appliance.web.errors.ApiError` with a status documented in the
+YAML and a message naming the field and the reason. This module never logs or echoes a password,
+and never lets a request read an attachment without the recipient check.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.kas_store import (
+    AttachmentNotFound,
+    KasStore,
+    KasUpload,
+    SizeMismatch,
+)
+from kim_appliance.store.base import UNLIMITED
+from kim_appliance.web.errors import JSON_UTF8, ApiError, JsonUtf8Response
+
+#: the base path of AttachmentService.yaml 2.4.0 (``servers: - url: /attachments/v2.4/``)
+BASE_PATH = "/attachments/v2.4"
+#: KAS-ref ``max-mail-size`` (digest §3.5)
+DEFAULT_MAX_SIZE = 500 * 1024 * 1024
+#: KAS-ref ``max-attachment-requests`` within ``time-to-keep-request-record`` (digest §3.5)
+DEFAULT_MAX_DOWNLOADS = 1000
+DEFAULT_DOWNLOAD_WINDOW_SECONDS = 300
+#: the uploaded bytes are written to disk in pieces of this size (bounded memory per upload)
+FLUSH_BYTES = 1 << 20
+DOWNLOAD_CHUNK = 1 << 20
+#: multipart overhead allowed on top of the attachment in the request's Content-Length
+MAX_FORM_OVERHEAD = 1 << 20
+#: Username/email maxLength (CommonSchemas)
+MAX_ADDRESS = 256
+#: a Message-ID is one header line (RFC 5322 §2.1.1: at most 998 characters)
+MAX_MESSAGE_ID = 998
+MAX_EXPIRES = 256
+MAX_RECIPIENTS = 1000
+MAX_OTHER_FIELD = 8192
+_FIELD_LIMITS = {"messageID": MAX_MESSAGE_ID, "recipients": MAX_ADDRESS, "expires": MAX_EXPIRES}
+_KNOWN_FIELDS = tuple(_FIELD_LIMITS)
+
+
+@dataclass(frozen=True)
+class KasSettings:
+    """The KAS limits (KAS-ref defaults, digest §3.5); all configurable."""
+
+    max_size: int = DEFAULT_MAX_SIZE
+    max_downloads: int = DEFAULT_MAX_DOWNLOADS
+    download_window_seconds: int = DEFAULT_DOWNLOAD_WINDOW_SECONDS
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _KasState:
+    fd: Fachdienst
+    kas: KasStore
+    #: ``https://host:port`` of the listener, or a function giving it once it is bound
+    base_url: str | Callable[[], str]
+    settings: KasSettings
+    clock: Callable[[], datetime]
+    #: bytes of uploads in flight per uploader, counted against the quota until committed
+    reserved: dict[str, int] = field(default_factory=dict)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _valid_address(value: str) -> bool:
+    """A plausible mail address: local part and domain around the last ``@``, no white space
+    or control characters, at most 256 characters (CommonSchemas Username). Lenient on purpose:
+    RFC 5321 allows ``'``, ``*``, ``&`` and quoted local parts."""
+    local, at, domain = value.rpartition("@")
+    return (
+        bool(at and local and domain)
+        and len(value) <= MAX_ADDRESS
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+
+
+async def _authenticate(state: _KasState, request: Request) -> str:
+    """The mail account of the HTTP Basic credentials (KIMBasicAuth), or ApiError 401."""
+    challenge = {"WWW-Authenticate": f'Basic realm="KAS {state.fd.domain}", charset="UTF-8"'}
+    header = request.headers.get("authorization")
+    if header is None:
+        raise ApiError(
+            401, "Authorization: missing (HTTP Basic with the mail account)", headers=challenge
+        )
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise ApiError(401, f"Authorization: scheme {scheme!r} is not Basic", headers=challenge)
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            401, "Authorization: Basic credentials are not base64 of UTF-8", headers=challenge
+        ) from None
+    username, colon, password = decoded.partition(":")
+    if not colon or not username:
+        raise ApiError(
+            401, "Authorization: Basic credentials are not 'username:password'", headers=challenge
+        )
+    fd = state.fd
+    result = await trio.to_thread.run_sync(
+        fd.auth.authenticate, username, password, limiter=fd.auth_limiter
+    )
+    if not result.ok:
+        raise ApiError(401, result.text, headers=challenge)
+    return result.address
+
+
+def _parse_expires(value: str, now: datetime) -> datetime:
+    """RFC 5322 date-time as the YAML says; RFC 3339 accepted as well (lenient)."""
+    when: datetime | None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ApiError(400, f"expires: {value[:64]!r} is not an RFC 5322 date-time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # RFC 5322 "-0000": UTC without a local offset
+    if when <= now:
+        raise ApiError(400, f"expires: {value[:64]!r} lies in the past")
+    return when
+
+
+class _Form:
+    """Streaming multipart/form-data reader for addMailData.
+
+    The parser's callbacks only record events; :meth:`feed` returns them so that the async
+    caller can do blocking work (quota, disk) between chunks.
+    """
+
+    def __init__(self, boundary: bytes) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.ended = False
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+        self._parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        name = self._header_field.decode("latin-1").strip().lower()
+        self._headers[name] = self._header_value.decode("latin-1").strip()
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        self.events.append(("headers", dict(self._headers)))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.events.append(("data", data[start:end]))
+
+    def _on_part_end(self) -> None:
+        self.events.append(("end", None))
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+    def feed(self, chunk: bytes) -> list[tuple[str, Any]]:
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise ApiError(400, f"request body: malformed multipart/form-data ({exc})") from None
+        events, self.events = self.events, []
+        return events
+
+
+def _part_name(headers: dict[str, str]) -> tuple[str, str | None]:
+    disposition = headers.get("content-disposition")
+    if disposition is None:
+        raise ApiError(400, "multipart part: Content-Disposition header missing")
+    kind, options = parse_options_header(disposition)
+    name = options.get(b"name")
+    if kind.lower() != b"form-data" or name is None:
+        raise ApiError(
+            400,
+            f"multipart part: Content-Disposition {disposition[:80]!r} is not form-data "
+            "with a name",
+        )
+    filename = options.get(b"filename")
+    return name.decode("utf-8", "replace"), (
+        filename.decode("utf-8", "replace") if filename is not None else None
+    )
+
+
+# -- addMailData ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Upload:
+    """What addMailData has read so far."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    upload: KasUpload | None = None
+    filename: str | None = None
+    declared: int = 0
+
+
+async def _check_quota(state: _KasState, uploader: str, size: int) -> None:
+    """507 when the attachment does not fit the account's quota or the disk (digest §3.5:
+    the quota is shared by the mailbox and the KAS, §3.2)."""
+    fd, kas = state.fd, state.kas
+
+    def usage() -> tuple[int, int]:
+        account = fd.store.get_account(uploader)
+        quota = account.quota_bytes if account is not None else UNLIMITED
+        if quota == UNLIMITED:
+            return UNLIMITED, 0
+        return quota, fd.store.mailbox_usage(uploader) + kas.usage(uploader)
+
+    quota, used = await trio.to_thread.run_sync(usage)
+    used += state.reserved.get(uploader.lower(), 0)
+    if quota != UNLIMITED and used + size > quota:
+        raise ApiError(
+            507,
+            f"attachment: {size} bytes exceed the remaining quota of {uploader} "
+            f"({max(quota - used, 0)} of {quota} bytes left, mailbox and KAS together)",
+        )
+    free = (await trio.to_thread.run_sync(shutil.disk_usage, kas.root)).free
+    if size > free:
+        raise ApiError(507, f"attachment: {size} bytes, but the KAS has only {free} bytes free")
+
+
+async def _start_attachment(
+    state: _KasState, uploader: str, form: _Upload, headers: dict[str, str], filename: str | None
+) -> None:
+    if form.upload is not None:
+        raise ApiError(400, "attachment: more than one attachment part")
+    raw = headers.get("content-length")
+    if raw is None:
+        raise ApiError(
+            400,
+            "attachment: the part's Content-Length header is missing (required by "
+            "AttachmentService.yaml, encoding of attachment)",
+        )
+    if not raw.isdigit():
+        raise ApiError(400, f"attachment: part Content-Length {raw[:32]!r} is not a byte count")
+    size = int(raw)
+    if size > state.settings.max_size:
+        raise ApiError(
+            413,
+            f"attachment: {size} bytes exceed the maximum of {state.settings.max_size} bytes",
+        )
+    await _check_quota(state, uploader, size)
+    form.declared = size
+    form.filename = filename
+    form.upload = await trio.to_thread.run_sync(lambda: state.kas.new_upload(declared_size=size))
+
+
+async def _read_form(state: _KasState, request: Request, uploader: str, form: _Upload) -> None:
+    content_type = request.headers.get("content-type", "")
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind.lower() != b"multipart/form-data" or not boundary:
+        raise ApiError(
+            400, f"Content-Type: {content_type[:80]!r} is not multipart/form-data with a boundary"
+        )
+    parser = _Form(boundary)
+    current: str | None = None
+    value = bytearray()
+    pending = bytearray()
+    key = uploader.lower()
+
+    async def flush() -> None:
+        if pending and form.upload is not None:
+            data = bytes(pending)
+            pending.clear()
+            try:
+                await trio.to_thread.run_sync(form.upload.write, data)
+            except SizeMismatch as exc:
+                raise ApiError(400, str(exc)) from None
+
+    try:
+        async for chunk in request.stream():
+            for kind_, payload in parser.feed(chunk):
+                if kind_ == "headers":
+                    current, filename = _part_name(payload)
+                    value.clear()
+                    if current == "attachment":
+                        await _start_attachment(state, uploader, form, payload, filename)
+                        state.reserved[key] = state.reserved.get(key, 0) + form.declared
+                elif kind_ == "data":
+                    if current == "attachment":
+                        pending += payload
+                        if len(pending) >= FLUSH_BYTES:
+                            await flush()
+                    else:
+                        value += payload
+                        limit = _FIELD_LIMITS.get(current or "", MAX_OTHER_FIELD)
+                        if len(value) > limit:
+                            raise ApiError(400, f"{current}: longer than {limit} bytes")
+                elif kind_ == "end":
+                    if current == "attachment":
+                        await flush()
+                    elif current in _KNOWN_FIELDS:
+                        try:
+                            text = value.decode("utf-8").strip()
+                        except UnicodeDecodeError:
+                            raise ApiError(400, f"{current}: not UTF-8") from None
+                        values = form.fields.setdefault(current, [])
+                        if current != "recipients" and values:
+                            raise ApiError(400, f"{current}: given more than once")
+                        values.append(text)
+                        if len(form.fields.get("recipients", ())) > MAX_RECIPIENTS:
+                            raise ApiError(400, f"recipients: more than {MAX_RECIPIENTS}")
+                    current = None
+    except ClientDisconnect:
+        raise ApiError(400, "request body: the client disconnected during the upload") from None
+    finally:
+        if form.upload is not None:
+            state.reserved[key] -= form.declared
+            if state.reserved[key] <= 0:
+                del state.reserved[key]
+    if not parser.ended:
+        raise ApiError(400, "request body: multipart/form-data ends before its final boundary")
+
+
+async def add_mail_data(state: _KasState, request: Request) -> Response:
+    """addMailData: 201 {"sharedLink"}; 400, 401, 413, 507 (digest §3.5)."""
+    uploader = await _authenticate(state, request)
+    raw_length = request.headers.get("content-length")
+    if raw_length is None:
+        raise ApiError(400, "Content-Length: header missing (required by addMailData)")
+    if not raw_length.isdigit():
+        raise ApiError(400, f"Content-Length: {raw_length[:32]!r} is not a byte count")
+    if int(raw_length) > state.settings.max_size + MAX_FORM_OVERHEAD:
+        raise ApiError(
+            413,
+            f"Content-Length: {raw_length} bytes exceed the maximum attachment size of "
+            f"{state.settings.max_size} bytes",
+        )
+    account = await trio.to_thread.run_sync(state.fd.store.get_account, uploader)
+    if account is None or account.status != "active":
+        raise ApiError(401, f"account {uploader} is deregistered and cannot send (KOM-LE-A_2149)")
+    form = _Upload()
+    try:
+        await _read_form(state, request, uploader, form)
+        fields = form.fields
+        for name in ("messageID", "recipients", "expires"):
+            if not fields.get(name) or not any(fields[name]):
+                raise ApiError(400, f"{name}: form part missing or empty")
+        if form.upload is None:
+            raise ApiError(400, "attachment: form part missing")
+        if form.upload.size != form.declared:
+            raise ApiError(
+                400,
+                f"attachment: {form.upload.size} bytes received, its Content-Length declared "
+                f"{form.declared}",
+            )
+        recipients = fields["recipients"]
+        for r in recipients:
+            if not _valid_address(r):
+                raise ApiError(400, f"recipients: {r[:64]!r} is not a KIM mail address")
+        now = state.clock()
+        expires = _parse_expires(fields["expires"][0], now)
+        # KAS blobs follow the account's dataTimeToLive (digest §3.2): never kept longer
+        expires = min(expires, now + timedelta(days=account.data_ttl_days))
+        upload = form.upload
+        attachment = await trio.to_thread.run_sync(
+            lambda: upload.commit(
+                uploader=uploader,
+                recipients=recipients,
+                message_id=fields["messageID"][0],
+                filename=form.filename,
+                expires_at=expires,
+                now=now,
+            )
+        )
+    finally:
+        if form.upload is not None:
+            await trio.to_thread.run_sync(form.upload.abort)
+    state.fd.log.info(
+        "KAS: %s stored attachment %s (%d bytes) for %d recipient(s)",
+        uploader,
+        attachment.id,
+        attachment.size,
+        len(attachment.recipients),
+    )
+    base = state.base_url() if callable(state.base_url) else state.base_url
+    link = f"{base.rstrip('/')}{BASE_PATH}/attachment/{attachment.id}"
+    return JsonUtf8Response({"sharedLink": link}, status_code=201)
+
+
+# -- readMailData, HEAD, deleteMailData -------------------------------------------------------
+
+
+def _recipient(request: Request) -> str:
+    recipient = request.headers.get("recipient")
+    if recipient is None:
+        raise ApiError(400, "recipient: header missing (the recipient's KIM address)")
+    recipient = recipient.strip()
+    if not _valid_address(recipient):
+        raise ApiError(400, f"recipient: {recipient[:64]!r} is not a KIM mail address")
+    return recipient
+
+
+async def read_mail_data(state: _KasState, request: Request) -> Response:
+    """readMailData: 200 streamed octets; 400, 403, 404, 429; HEAD: 200 with size or 404."""
+    attachment_id = request.path_params["attachmentId"]
+    try:
+        recipient = _recipient(request)
+    except ApiError as exc:
+        # HEAD documents 200 and 404 only (A_24002): an address that cannot be a recipient
+        # finds nothing (404). A missing required header stays an input error (400), as for GET
+        if request.method != "HEAD" or "recipient" not in request.headers:
+            raise
+        raise ApiError(404, exc.message) from None
+    now = state.clock()
+    try:
+        attachment = await trio.to_thread.run_sync(lambda: state.kas.get(attachment_id, now=now))
+    except AttachmentNotFound:
+        raise ApiError(404, f"attachment {attachment_id[:64]!r}: not found or expired") from None
+    size_headers = {
+        "Content-Length": str(attachment.size),
+        "Content-Type": "application/octet-stream",
+    }
+    if request.method == "HEAD":
+        # A_24002: the size before the download. HEAD documents 200 and 404 only: an address
+        # that is not a recipient learns nothing (404)
+        if not attachment.is_recipient(recipient):
+            raise ApiError(404, f"attachment {attachment_id}: not found for {recipient}")
+        return Response(status_code=200, headers=size_headers)
+    if not attachment.is_recipient(recipient):
+        raise ApiError(403, f"recipient: {recipient} is not a recipient of this KIM mail")
+    window = timedelta(seconds=state.settings.download_window_seconds)
+    allowed = await trio.to_thread.run_sync(
+        lambda: state.kas.record_download(
+            attachment.id, recipient, now=now, limit=state.settings.max_downloads, window=window
+        )
+    )
+    if not allowed:
+        raise ApiError(
+            429,
+            f"attachment {attachment.id}: downloaded {state.settings.max_downloads} times by "
+            f"{recipient} within {state.settings.download_window_seconds} s; try again later",
+            headers={"Retry-After": str(state.settings.download_window_seconds)},
+        )
+    try:
+        fh = await trio.to_thread.run_sync(state.kas.open_blob, attachment)
+    except AttachmentNotFound:
+        raise ApiError(404, f"attachment {attachment.id}: not found or expired") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                chunk = await trio.to_thread.run_sync(fh.read, DOWNLOAD_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            fh.close()
+
+    return StreamingResponse(body(), status_code=200, headers=size_headers)
+
+
+async def delete_mail_data(state: _KasState, request: Request) -> Response:
+    """deleteMailData: 200; 401, 404 (also for another account's attachment)."""
+    user = await _authenticate(state, request)
+    attachment_id = request.path_params["attachmentId"]
+    now = state.clock()
+    try:
+        attachment = await trio.to_thread.run_sync(lambda: state.kas.get(attachment_id, now=now))
+        if attachment.uploader != user.lower():
+            raise AttachmentNotFound(attachment_id)
+        await trio.to_thread.run_sync(state.kas.delete, attachment.id)
+    except AttachmentNotFound:
+        raise ApiError(
+            404, f"attachment {attachment_id[:64]!r}: not found among the uploads of {user}"
+        ) from None
+    state.fd.log.info("KAS: %s deleted attachment %s", user, attachment_id)
+    return Response(status_code=200)
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def kas_routes(
+    fd: Fachdienst,
+    *,
+    base_url: str | Callable[[], str],
+    kas: KasStore | None = None,
+    settings: KasSettings | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+) -> list[BaseRoute]:
+    """The KAS routes, mounted at ``/attachments/v2.4``.
+
+    ``base_url`` (``https://host:port``) prefixes every ``sharedLink``. ``kas`` defaults to a
+    store under the Fachdienst's data dir ``kas/`` (:func:`open_kas_store`; left open for the
+    life of the process). ``clock`` is for tests.
+    """
+    if kas is None:
+        kas = open_kas_store(fd)
+    state = _KasState(fd, kas, base_url, settings or KasSettings(), clock)
+
+    def bind(
+        handler: Callable[[_KasState, Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await handler(state, request)
+
+        return endpoint
+
+    async def by_method(request: Request) -> Response:
+        if request.method == "DELETE":
+            return await delete_mail_data(state, request)
+        return await read_mail_data(state, request)
+
+    return [
+        Mount(
+            BASE_PATH,
+            routes=[
+                Route("/attachment/", bind(add_mail_data), methods=["POST"]),
+                Route(
+                    "/attachment/{attachmentId}",
+                    by_method,
+                    methods=["GET", "HEAD", "DELETE"],
+                ),
+            ],
+        )
+    ]
+
+
+def open_kas_store(fd: Fachdienst) -> KasStore:
+    """The KAS store in the Fachdienst's data dir (``<data dir>/kas``)."""
+    data_dir = getattr(fd.store, "data_dir", None)
+    if not isinstance(data_dir, Path):
+        raise ValueError(
+            f"{fd.domain}: the mail store has no data dir; pass kas=KasStore.open(path)"
+        )
+    return KasStore.open(data_dir / "kas")
+
+
+def expire_kas(fd_kas: KasStore, now: datetime) -> int:
+    """Delete the attachments whose ``expires`` has passed (KAS-ref cleanup, digest §3.5).
+
+    Blocking: run it through ``trio.to_thread``. Returns the number deleted.
+    """
+    return fd_kas.expire(now)
+
+
+async def run_kas_expiry(
+    fd_kas: KasStore,
+    *,
+    interval_seconds: float = 3600,
+    clock: Callable[[], datetime] = _utcnow,
+) -> None:
+    """Background task: :func:`expire_kas` every ``interval_seconds`` until cancelled."""
+    while True:
+        await trio.to_thread.run_sync(expire_kas, fd_kas, clock())
+        await trio.sleep(interval_seconds)
+
+
+__all__ = [
+    "BASE_PATH",
+    "JSON_UTF8",
+    "KasSettings",
+    "expire_kas",
+    "kas_routes",
+    "open_kas_store",
+    "run_kas_expiry",
+]

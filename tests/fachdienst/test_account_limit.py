@@ -1,0 +1,148 @@
+"""AccountLimit 1.1 (digest §3.4): Basic auth with the mail account, values from the Account,
+the documented status codes with the CommonSchemas Error body."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kim_appliance.config import DomainConfig, FachdienstConfig
+from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.store import Account, hash_password, open_store
+from kim_appliance.web import fachdienst_app
+
+DOMAIN = "a.kim.telematik-test"
+ADDRESS = f"weber@{DOMAIN}"
+PASSWORD = "Praxis-Weber-2026!"
+URL = "https://fd/AccountLimit/v1.1/limit"
+
+
+def make_fd(directory: Path) -> Fachdienst:
+    store = open_store(directory)
+    store.create_account(
+        Account(
+            ADDRESS, hash_password(PASSWORD), "1-1", "Weber", quota_bytes=5000, data_ttl_days=30
+        )
+    )
+    store.create_account(Account(f"frei@{DOMAIN}", hash_password(PASSWORD), "1-2", "Frei"))
+    return Fachdienst(
+        domain=DOMAIN,
+        config=FachdienstConfig(domains=(DomainConfig(DOMAIN, 0, 0),), max_failed_logins=3),
+        store=store,
+        auth=Authenticator(store, max_failed_logins=3, lockout_seconds=900),
+        endpoints=RelayEndpoints(),
+        server_ssl=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        client_ssl=ssl.create_default_context(),
+        log=logging.getLogger("tests.account_limit"),
+    )
+
+
+@pytest.fixture
+def fd(tmp_path: Path) -> Fachdienst:
+    return make_fd(tmp_path)
+
+
+@pytest.fixture
+async def client(fd: Fachdienst) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=fachdienst_app(fd))
+    async with httpx.AsyncClient(transport=transport) as c:
+        yield c
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _deliver(fd: Fachdienst, size: int) -> None:
+    with fd.store.new_blob() as writer:
+        writer.write(b"x" * size)
+        fd.store.deliver(writer.commit(), [(ADDRESS, b"")])
+
+
+async def test_limits_come_from_the_account(client: httpx.AsyncClient, fd: Fachdienst) -> None:
+    """quota, remainQuota = quota - stored bytes, dataTimeToLive, maxMailSize 734003200."""
+    _deliver(fd, 1200)
+    response = await client.get(URL, headers=basic(ADDRESS, PASSWORD))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    body = response.json()
+    assert body["quota"] == 5000
+    assert body["remainQuota"] == 5000 - fd.store.mailbox_usage(ADDRESS)
+    assert body["remainQuota"] < 5000
+    assert body["dataTimeToLive"] == 30
+    assert body["maxMailSize"] == 734003200
+
+
+async def test_unlimited_quota_is_minus_one(client: httpx.AsyncClient) -> None:
+    body = (await client.get(URL, headers=basic(f"FREI@{DOMAIN}", PASSWORD))).json()
+    assert body["quota"] == -1
+    assert body["remainQuota"] == -1
+    assert body["dataTimeToLive"] == 90
+
+
+async def test_over_quota_reports_zero_remaining(client: httpx.AsyncClient, fd: Fachdienst) -> None:
+    _deliver(fd, 6000)
+    assert (await client.get(URL, headers=basic(ADDRESS, PASSWORD))).json()["remainQuota"] == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing"),
+        ({"Authorization": "Bearer abc"}, "not Basic"),
+        ({"Authorization": "Basic !!!"}, "not base64"),
+        ({"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()}, "address:password"),
+        ({"Authorization": "Basic " + base64.b64encode(b"\xff:\xfe").decode()}, "UTF-8"),
+        ({"Authorization": "Basic " + "A" * 5000}, "too long"),
+        (basic(ADDRESS, "wrong"), "wrong username or password"),
+        (basic(f"nobody@{DOMAIN}", PASSWORD), "wrong username or password"),
+    ],
+)
+async def test_bad_credentials_get_401_with_error_body(
+    client: httpx.AsyncClient, headers: dict[str, str], reason: str
+) -> None:
+    response = await client.get(URL, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    body = response.json()
+    assert set(body) == {"message", "traceId"}
+    assert reason in body["message"]
+    assert len(body["traceId"]) <= 255
+
+
+async def test_lockout_applies_to_account_limit(client: httpx.AsyncClient) -> None:
+    """KOM-LE-A_2167: after max_failed_logins wrong passwords even the right one is refused."""
+    for _ in range(3):
+        assert (await client.get(URL, headers=basic(ADDRESS, "wrong"))).status_code == 401
+    response = await client.get(URL, headers=basic(ADDRESS, PASSWORD))
+    assert response.status_code == 401
+    assert "locked" in response.json()["message"]
+
+
+async def test_account_past_its_deregistration_date_is_404(
+    client: httpx.AsyncClient, fd: Fachdienst
+) -> None:
+    """KOM-LE-A_2149/2150: after deregDate the account is no longer available."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    fd.store.update_account(ADDRESS, status="deregistered", dereg_date=past)
+    response = await client.get(URL, headers=basic(ADDRESS, PASSWORD))
+    assert response.status_code == 404
+    assert "not available" in response.json()["message"]
+
+
+async def test_unknown_path_and_method_get_error_bodies(client: httpx.AsyncClient) -> None:
+    missing = await client.get("https://fd/AccountLimit/v1.1/limits")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"message", "traceId"}
+    wrong = await client.post(URL, headers=basic(ADDRESS, PASSWORD))
+    assert wrong.status_code == 405
+    assert "POST" in wrong.json()["message"]
