@@ -113,9 +113,31 @@ def initialise(data_dir: Path) -> dict[str, Any]:
         path = anchors_dir / f"{_file_stem(ca.issued.certificate)}.pem"
         path.write_bytes(ca.issued.cert_pem())
         trust_paths.append(str(path.resolve()))
-    demo = {"participants": entries, "trust_anchors": trust_paths}
+    demo = {
+        "participants": entries,
+        "trust_anchors": trust_paths,
+        "registration_codes": _registration_codes(data_dir),
+    }
     _write_json_atomically(data_dir / "demo.json", demo)
     return demo
+
+
+def _registration_codes(data_dir: Path) -> list[dict[str, str]]:
+    """Unused registration codes for registerAccount (referenceID + iniPassword, digest §3.3),
+    two per Fachdienst, so a tester can register a new account through the Account Manager."""
+    from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
+
+    codes = []
+    for domain in DOMAINS:
+        state = AccountManagerState.open(data_dir / "fachdienst" / domain)
+        for n in (1, 2):
+            reference_id = f"REG-{domain.split('.')[0].upper()}-{n:04d}"
+            ini_password = secrets.token_urlsafe(12)
+            state.add_code(reference_id, ini_password)
+            codes.append(
+                {"fachdienst": domain, "referenceID": reference_id, "iniPassword": ini_password}
+            )
+    return codes
 
 
 def _issue_participant(pki: TestPki, p: DemoParticipant, card_dir: Path) -> dict[str, Any]:

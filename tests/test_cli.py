@@ -72,6 +72,11 @@ def test_init_writes_the_demo_participants(demo: dict[str, Any], data_dir: Path)
                 assert Path(key_path).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
                 assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
     assert all(Path(t).is_file() for t in demo["trust_anchors"])
+    # registration codes for the Account Manager (an extension of the demo.json contract)
+    assert {c["fachdienst"] for c in demo["registration_codes"]} == {
+        "fd1.kim.telematik-test",
+        "fd2.kim.telematik-test",
+    }
     # issue 4 §6: init also creates the Konnektor's Infomodell and the directory entries
     assert (data_dir / "konnektor.json").is_file()
     directory = json.loads((data_dir / "directory.json").read_text())
