@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from functools import partial
@@ -31,6 +32,7 @@ from kim_appliance.errors import ConfigError
 from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
 from kim_appliance.fachdienst.account_manager import account_manager_routes
 from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.fachdienst.admin_api import admin_routes
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.jwt import verify_jwt
 from kim_appliance.fachdienst.kas import kas_routes, run_kas_expiry
@@ -46,6 +48,7 @@ from kim_appliance.store.passwords import hash_password
 from kim_appliance.web.server import fachdienst_app, serve_https
 
 ENDPOINTS_FILE = "endpoints.json"
+ADMIN_TOKEN_FILE = "admin-token"
 log = logging.getLogger("kim_appliance")
 
 
@@ -55,6 +58,11 @@ def prepare_data_dir(data_dir: Path) -> None:
         demo.initialise(data_dir)
     if not (data_dir / config_module.CONFIG_FILE).exists():
         config_module.write_default(data_dir)
+    # the administrators' token for `kim-appliance account` (whoever reads the data dir)
+    token = data_dir / ADMIN_TOKEN_FILE
+    if not token.exists():
+        token.write_text(secrets.token_urlsafe(32) + "\n", encoding="ascii")
+        os.chmod(token, 0o600)
     # the emulated Konnektor's cards and Infomodell (konnektor.json), derived from the demo
     konnektor_infomodell.load_or_create(data_dir)
     # the directory entries of the demo participants (directory.json)
@@ -207,9 +215,11 @@ async def _start_rest(
     state = await trio.to_thread.run_sync(AccountManagerState.open, fd_dir)
     # the sharedLink names this listener: bind first with a placeholder, then fill in the port
     base: dict[str, str] = {}
+    admin_token = (data_dir / ADMIN_TOKEN_FILE).read_text(encoding="ascii").strip()
     routes = [
         *account_manager_routes(fd, directory=directory, pki=pki, verify_jwt=verify, state=state),
         *kas_routes(fd, base_url=lambda: base["url"], kas=kas),
+        *admin_routes(fd, token=admin_token),
     ]
     try:
         host, port = await nursery.start(

@@ -9,10 +9,11 @@ failed; any usage or input error exits 1 with a message on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kim_appliance.errors import KimError
 from kim_appliance.store.base import StoreError
@@ -65,6 +66,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fault.add_argument("--latency-ms", type=int, help="latency of every card key operation")
     fault.add_argument("--clear", action="store_true", help="switch every fault off")
+
+    account = commands.add_parser(
+        "account",
+        help="manage the mailboxes of a running appliance",
+        description="Talks to the running appliance's Fachdienst admin API (endpoints.json, "
+        "DATA_DIR/admin-token). The Fachdienst is chosen by the address's domain.",
+    )
+    account.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    actions = account.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list the mailboxes of every Fachdienst")
+    listing.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    add = actions.add_parser("add", help="add a mailbox")
+    add.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    add.add_argument("address")
+    add.add_argument("--password", required=True)
+    add.add_argument("--display-name")
+    add.add_argument("--telematik-id")
+    password = actions.add_parser("password", help="set a mailbox's password (unlocks it)")
+    password.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    password.add_argument("address")
+    password.add_argument("--password", required=True)
+    dereg = actions.add_parser("deregister", help="deregister: no sending or receiving")
+    dereg.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    dereg.add_argument("address")
+    dereg.add_argument("--pop3-days", type=int, default=30, help="POP3 keeps working this long")
+    ooo = actions.add_parser("out-of-office", help="switch an absence note on or off")
+    ooo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    ooo.add_argument("address")
+    ooo.add_argument("--message")
+    ooo.add_argument("--until", help="ISO 8601 date or date-time (default: a year)")
+    switch = ooo.add_mutually_exclusive_group(required=True)
+    switch.add_argument("--on", dest="active", action="store_true")
+    switch.add_argument("--off", dest="active", action="store_false")
 
     message = commands.add_parser("message", help="seal or open a KIM message offline")
     verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -119,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "fault":
             return _fault(args)
+        if args.command == "account":
+            return _account(args)
         if args.verb == "seal":
             return _seal(args)
         return _open(args)
@@ -241,6 +277,97 @@ def _fault(args: argparse.Namespace) -> int:
     except urllib.error.URLError as exc:
         raise KimError(f"cannot reach the Konnektor admin API at {url}: {exc.reason}") from exc
     return 0
+
+
+def _account(args: argparse.Namespace) -> int:
+    """Call the Fachdienst admin API (kim_appliance/fachdienst/admin_api.py); print the JSON."""
+    import json
+    import urllib.parse
+
+    endpoints, token = _running(args.data_dir)
+    fachdienste: dict[str, dict[str, str]] = endpoints["fachdienste"]
+    if args.action == "list":
+        for domain, urls in fachdienste.items():
+            reply = _admin_call(endpoints, token, urls["https"], "GET", "/accounts")
+            for entry in reply["accounts"]:
+                note = " (absent)" if entry["out_of_office"]["active"] else ""
+                print(f"{entry['address']:40} {entry['status']:13} {domain}{note}")
+        return 0
+    domain = args.address.rpartition("@")[2].lower()
+    if domain not in fachdienste:
+        raise KimError(f"{args.address}: no Fachdienst of this appliance serves {domain}")
+    base = fachdienste[domain]["https"]
+    path = f"/accounts/{urllib.parse.quote(args.address)}"
+    if args.action == "add":
+        body: dict[str, object] = {"address": args.address, "password": args.password}
+        if args.display_name:
+            body["display_name"] = args.display_name
+        if args.telematik_id:
+            body["telematik_id"] = args.telematik_id
+        reply = _admin_call(endpoints, token, base, "POST", "/accounts", body)
+    elif args.action == "password":
+        reply = _admin_call(endpoints, token, base, "PUT", f"{path}/password",
+                            {"password": args.password})  # fmt: skip
+    elif args.action == "deregister":
+        reply = _admin_call(endpoints, token, base, "POST", f"{path}/deregister",
+                            {"pop3_days": args.pop3_days})  # fmt: skip
+    else:
+        body = {"active": args.active}
+        if args.active:
+            if not args.message:
+                raise KimError("out-of-office --on needs --message")
+            body["message"] = args.message
+            if args.until:
+                body["until"] = args.until
+        reply = _admin_call(endpoints, token, base, "PUT", f"{path}/outofoffice", body)
+    print(json.dumps(reply, indent=2, ensure_ascii=False) if reply else "ok")
+    return 0
+
+
+def _running(data_dir: Path) -> tuple[dict[str, Any], str]:
+    import json
+
+    endpoints_file = data_dir / "endpoints.json"
+    if not endpoints_file.exists():
+        raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
+    token_file = data_dir / "admin-token"
+    if not token_file.exists():
+        raise KimError(f"{token_file} not found: is {data_dir} an appliance data dir?")
+    endpoints: dict[str, Any] = json.loads(endpoints_file.read_text(encoding="utf-8"))
+    return endpoints, token_file.read_text(encoding="ascii").strip()
+
+
+def _admin_call(
+    endpoints: dict[str, Any],
+    token: str,
+    base: str,
+    method: str,
+    path: str,
+    body: dict[str, object] | None = None,
+) -> Any:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/admin/v1{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=endpoints["tls_ca"])
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=60) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["message"]
+        raise KimError(f"{exc.code}: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise KimError(f"cannot reach {base}: {exc.reason}") from exc
+    return json.loads(raw) if raw else None
 
 
 def _certified(specs: Sequence[str], option: str) -> list[Certified]:

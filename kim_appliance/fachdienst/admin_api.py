@@ -1,0 +1,182 @@
+"""The administrators' account API of a Fachdienst, behind ``kim-appliance account``.
+
+Mounted at ``/admin/v1`` on each Fachdienst's HTTPS listener. Not a gematik interface: it is how
+an operator of this appliance lists and adds mailboxes, sets passwords, deregisters and sets
+absence notes without registration codes and card-signed JWTs. Every request carries
+``Authorization: Bearer <token>`` with the token from ``DATA_DIR/admin-token`` (created with
+mode 0600 at init): whoever may read the data dir may administer the appliance. Passwords are
+stored hashed only (KOM-LE-A_2164); replies never contain them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+from dataclasses import replace
+from typing import Any
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.rules import is_ti_address
+from kim_appliance.store import Account, AccountExists, OutOfOffice
+from kim_appliance.store.passwords import hash_password
+from kim_appliance.web.errors import ApiError, JsonUtf8Response
+
+MAX_BODY = 64 * 1024
+
+
+def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
+    async def authorise(request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "admin token missing or wrong (see DATA_DIR/admin-token)")
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object")
+        return data
+
+    def text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+        value = data.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, f"{key}: a non-empty string is required")
+        return value
+
+    async def account_of(request: Request) -> Account:
+        address = request.path_params["address"]
+        account = await trio.to_thread.run_sync(fd.store.get_account, address)
+        if account is None:
+            raise ApiError(404, f"no mailbox {address} at {fd.domain}")
+        return account
+
+    async def list_accounts(request: Request) -> Response:
+        await authorise(request)
+        accounts = await trio.to_thread.run_sync(fd.store.list_accounts)
+        return JsonUtf8Response({"accounts": [_public(a) for a in accounts]})
+
+    async def add_account(request: Request) -> Response:
+        await authorise(request)
+        data = await body(request)
+        address = text(data, "address") or ""
+        password = text(data, "password") or ""
+        if not is_ti_address(address) or address.rpartition("@")[2].lower() != fd.domain:
+            raise ApiError(400, f"address: {address} is not a KIM address of {fd.domain}")
+        account = Account(
+            address=address,
+            password_hash=await trio.to_thread.run_sync(hash_password, password),
+            telematik_id=text(data, "telematik_id", required=False) or "",
+            display_name=text(data, "display_name", required=False) or address,
+        )
+        try:
+            await trio.to_thread.run_sync(fd.store.create_account, account)
+        except AccountExists:
+            raise ApiError(409, f"mailbox {address} exists already") from None
+        fd.log.info("admin: mailbox %s added", address)
+        return JsonUtf8Response(_public(account), status_code=201)
+
+    async def set_password(request: Request) -> Response:
+        await authorise(request)
+        account = await account_of(request)
+        password = text(await body(request), "password") or ""
+        hashed = await trio.to_thread.run_sync(hash_password, password)
+        await trio.to_thread.run_sync(
+            lambda: fd.store.update_account(
+                account.address, password_hash=hashed, failed_logins=0, locked_until=None
+            )
+        )
+        fd.log.info("admin: password of %s set", account.address)
+        return Response(status_code=204)
+
+    async def deregister(request: Request) -> Response:
+        await authorise(request)
+        account = await account_of(request)
+        data = await body(request)
+        days = data.get("pop3_days", 30)
+        if not isinstance(days, int) or not 0 <= days <= 365:
+            raise ApiError(400, "pop3_days: an integer 0..365 is required")
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+        updated = await trio.to_thread.run_sync(
+            lambda: fd.store.update_account(
+                account.address, status="deregistered", dereg_date=until
+            )
+        )
+        fd.log.info("admin: mailbox %s deregistered", account.address)
+        return JsonUtf8Response(_public(updated))
+
+    async def out_of_office(request: Request) -> Response:
+        await authorise(request)
+        account = await account_of(request)
+        data = await body(request)
+        active = data.get("active")
+        if not isinstance(active, bool):
+            raise ApiError(400, "active: true or false is required")
+        if not active:
+            note = replace(account.out_of_office, active=False)
+        else:
+            message = text(data, "message") or ""
+            now = dt.datetime.now(dt.UTC)
+            until_text = text(data, "until", required=False)
+            try:
+                until = (
+                    dt.datetime.fromisoformat(until_text)
+                    if until_text
+                    else now + dt.timedelta(days=365)
+                )
+            except ValueError:
+                raise ApiError(400, f"until: {until_text!r} is not an ISO 8601 date") from None
+            if until.tzinfo is None:
+                until = until.replace(tzinfo=dt.UTC)
+            if until <= now:
+                raise ApiError(400, "until: lies in the past")
+            try:
+                note = OutOfOffice(active=True, start=now, end=until, message=message)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+        updated = await trio.to_thread.run_sync(
+            lambda: fd.store.update_account(account.address, out_of_office=note)
+        )
+        return JsonUtf8Response(_public(updated))
+
+    return [
+        Mount(
+            "/admin/v1",
+            routes=[
+                Route("/accounts", list_accounts, methods=["GET"]),
+                Route("/accounts", add_account, methods=["POST"]),
+                Route("/accounts/{address}/password", set_password, methods=["PUT"]),
+                Route("/accounts/{address}/deregister", deregister, methods=["POST"]),
+                Route("/accounts/{address}/outofoffice", out_of_office, methods=["PUT"]),
+            ],
+        )
+    ]
+
+
+def _public(account: Account) -> dict[str, Any]:
+    note = account.out_of_office
+    return {
+        "address": account.address,
+        "display_name": account.display_name,
+        "telematik_id": account.telematik_id,
+        "status": account.status,
+        "dereg_date": account.dereg_date.isoformat() if account.dereg_date else None,
+        "quota_bytes": account.quota_bytes,
+        "out_of_office": {
+            "active": note.active,
+            "until": note.end.isoformat() if note.end else None,
+            "message": note.message,
+        },
+    }
