@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from kim_appliance.store.blobs import fsync_dir
+
 DB_NAME = "kas.sqlite3"
 READ_CHUNK = 1 << 20
 _TMP = "tmp"
@@ -66,14 +68,6 @@ def _us(when: datetime) -> int:
 
 def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AttachmentNotFound(LookupError):
@@ -150,7 +144,7 @@ class KasUpload:
         self._fh = None
         final = self._store.blob_path(self.id)
         os.rename(self._tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         attachment = Attachment(
             id=self.id,
             uploader=uploader.lower(),
@@ -198,8 +192,8 @@ class KasStore:
         for shard in _SHARDS:
             (root / shard).mkdir(exist_ok=True)
         if created:
-            _fsync_dir(root)
-            _fsync_dir(root.parent)
+            fsync_dir(root)
+            fsync_dir(root.parent)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             root / DB_NAME, isolation_level=None, check_same_thread=False

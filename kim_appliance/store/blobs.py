@@ -39,7 +39,8 @@ _ZST = ".zst"
 _SHARDS = tuple(f"{i:02x}" for i in range(256))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (POSIX: fsync the directory)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,8 +58,8 @@ class BlobFiles:
         for shard in _SHARDS:
             (root / shard).mkdir(exist_ok=True)
         if created:
-            _fsync_dir(root)
-            _fsync_dir(root.parent)
+            fsync_dir(root)
+            fsync_dir(root.parent)
 
     def path(self, name: str, compressed: bool) -> Path:
         if len(name) != 32 or not all(c in "0123456789abcdef" for c in name):
@@ -160,7 +161,7 @@ class FileBlobWriter:
         self._fh = None
         final = self._files.path(self.name, self._compress)
         os.rename(self._tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         ref = BlobRef(self.name, self.size, stored_size, self._compress)
         self._ref = ref
         self._on_commit(ref)
