@@ -45,6 +45,7 @@ from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.store import Account, MailStore, open_store
 from kim_appliance.store.passwords import hash_password
+from kim_appliance.web.console import ConsoleState, serve_console
 from kim_appliance.web.server import fachdienst_app, serve_https
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -109,6 +110,16 @@ async def run_appliance(
                     fd = await trio.to_thread.run_sync(
                         _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
                     )
+                    # before the Fachdienst's tasks start: its retention pass purges the KAS
+                    # uploads and VZD addresses of deregistered accounts (KOM-LE-A_2155)
+                    fd.directory = directory_store
+                    fd.kas = stack.enter_context(
+                        closing(
+                            await trio.to_thread.run_sync(
+                                KasStore.open, data_dir / "fachdienst" / d.domain / "kas"
+                            )
+                        )
+                    )
                     try:
                         addresses = await nursery.start(
                             partial(
@@ -128,7 +139,7 @@ async def run_appliance(
                         ) from exc
                     bound[d.domain] = addresses
                     https = await _start_rest(
-                        nursery, stack, data_dir, pki, config, d, fd, directory_store
+                        nursery, data_dir, pki, config, d, fd, directory_store
                     )
                     fachdienste[d.domain] = {
                         "smtp": _join(*addresses.smtp),
@@ -139,8 +150,9 @@ async def run_appliance(
                     nursery, data_dir, pki, config, directory_store
                 )
                 konnektor, card_service = await _start_konnektor(nursery, data_dir, pki, config)
+                rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                 clientmodul = await _start_clientmodul(
-                    nursery, data_dir, pki, config, card_service, vzd, bound
+                    nursery, data_dir, pki, config, card_service, vzd, bound, rest_urls
                 )
                 endpoints = {
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
@@ -149,6 +161,10 @@ async def run_appliance(
                     "konnektor": konnektor,
                     "directory": directory,
                 }
+                # the console keeps this dict: it shows its own entry too
+                endpoints["console"] = await _start_console(
+                    nursery, config, card_service, stores, directory_store, participants, endpoints
+                )
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running: %s", endpoints_file)
                 task_status.started(endpoints)
@@ -156,11 +172,43 @@ async def run_appliance(
             endpoints_file.unlink(missing_ok=True)
 
 
+async def _start_console(
+    nursery: trio.Nursery,
+    config: Config,
+    konnektor: Konnektor,
+    stores: dict[str, MailStore],
+    directory: DirectoryStore,
+    participants: dict[str, Any],
+    endpoints: dict[str, Any],
+) -> str:
+    """The web console (DESIGN.md ``web/``): plain HTTP on the bind address."""
+    state = ConsoleState(
+        konnektor=konnektor,
+        stores=stores,
+        directory=directory,
+        demo=participants,
+        endpoints=endpoints,
+    )
+    try:
+        host, port = await nursery.start(
+            partial(serve_console, state, bind=config.bind, port=config.console.port)
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"console: cannot listen on {config.bind} port {config.console.port}: "
+            f"{exc.strerror or exc}; change [console] port in config.toml or use "
+            "--ephemeral-ports"
+        ) from exc
+    return f"http://{_join(host, port)}/"
+
+
 async def _start_konnektor(
     nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
 ) -> tuple[dict[str, str], Konnektor]:
     """The emulated Konnektor: cards from the demo, SOAP over HTTPS with C.AK.AUT (issue 4)."""
-    konnektor = await trio.to_thread.run_sync(Konnektor.from_data_dir, data_dir)
+    # the appliance's own PKI: a revocation switched on the Konnektor is seen at once by the
+    # Clientmodul, the Fachdienste and the REST services, which validate against the same CRLs
+    konnektor = await trio.to_thread.run_sync(partial(Konnektor.from_data_dir, data_dir, pki=pki))
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "konnektor", CertProfile.C_AK_AUT
     )
@@ -191,7 +239,6 @@ def _open_directory(data_dir: Path) -> DirectoryStore:
 
 async def _start_rest(
     nursery: trio.Nursery,
-    stack: ExitStack,
     data_dir: Path,
     pki: TestPki,
     config: Config,
@@ -211,7 +258,8 @@ async def _start_rest(
         return claims
 
     fd_dir = data_dir / "fachdienst" / domain.domain
-    kas = stack.enter_context(closing(await trio.to_thread.run_sync(KasStore.open, fd_dir / "kas")))
+    kas = fd.kas
+    assert kas is not None, "run_appliance opens the KAS store before the REST services"
     state = await trio.to_thread.run_sync(AccountManagerState.open, fd_dir)
     # the sharedLink names this listener: bind first with a placeholder, then fill in the port
     base: dict[str, str] = {}
@@ -285,10 +333,14 @@ async def _start_clientmodul(
     konnektor: Konnektor,
     directory: DirectoryStore,
     fachdienste: dict[str, FachdienstAddresses],
+    https: dict[str, str],
 ) -> dict[str, str]:
     """The Clientmodul: SMTPS/POP3S for the PVS, using this process's Konnektor (the same
     instance as the SOAP services, so switched faults hit both) and VZD; it reaches the
-    Fachdienste over real SMTPS/POP3S (DESIGN.md)."""
+    Fachdienste over real SMTPS/POP3S/HTTPS (DESIGN.md), presenting its C.CM.TLS-CS as the TLS
+    client certificate (mutual TLS, KOM-LE-A_2074, digest §1.9).
+
+    ``https`` maps each domain to its REST base URL (KAS, AccountLimit, Account Manager)."""
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
     )
@@ -305,13 +357,21 @@ async def _start_clientmodul(
             raise ConfigError(f"no Fachdienst known for {account}; name host:port in the username")
         return host, port or (465 if protocol == "smtp" else 995)
 
+    def resolve_https(domain: str) -> str:
+        # stands in for the DNS-SD discovery of the Fachdienst's services (digest §3.1)
+        if domain.lower() not in https:
+            raise LookupError(f"no Fachdienst of this appliance serves {domain}")
+        return https[domain.lower()]
+
     spool = data_dir / "spool" / "clientmodul"
     spool.mkdir(parents=True, exist_ok=True)
     context = ClientmodulContext(
         konnektor=konnektor,
         directory=directory,
         resolve_upstream=resolve,
-        upstream_ssl=client_context(tls_ca),
+        resolve_https=resolve_https,
+        # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9)
+        upstream_ssl=client_context(tls_ca, chain=chain, key=key),
         server_ssl=server_context(chain, key),
         trust=pki.trust_store(),
         spool_dir=spool,

@@ -100,6 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--on", dest="active", action="store_true")
     switch.add_argument("--off", dest="active", action="store_false")
 
+    card = commands.add_parser(
+        "card",
+        help="put your own keys on an emulated card (appliance stopped)",
+        description="Offline, before `run`: the Konnektor reads konnektor.json at start, so an "
+        "imported card survives restarts and private keys never go over the network.",
+    )
+    card.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    card_verbs = card.add_subparsers(dest="card_action", required=True, metavar="ACTION")
+    card_import = card_verbs.add_parser(
+        "import",
+        help="add a card with PEM key/certificate pairs (purpose from the certificate)",
+    )
+    card_import.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    card_import.add_argument("--iccsn", required=True, help="20 digits, unique in the Konnektor")
+    card_import.add_argument(
+        "--key", type=Path, action="append", required=True, help="PEM private key (repeatable)"
+    )
+    card_import.add_argument(
+        "--cert", type=Path, action="append", required=True, help="its PEM certificate"
+    )
+    card_import.add_argument("--type", choices=["SMC-B", "HBA"], help="default: from the certs")
+    card_import.add_argument("--holder", help="card holder name (default: the certificate CN)")
+    card_import.add_argument(
+        "--telematik-id", help="default: registrationNumber of the Admission extension"
+    )
+    card_import.add_argument("--mandant", help="default: the first Mandant of konnektor.json")
+    card_import.add_argument("--user-id", help="an HBA's holder (the POP3 username's UserId)")
+
     message = commands.add_parser("message", help="seal or open a KIM message offline")
     verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
     seal = verbs.add_parser(
@@ -155,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fault(args)
         if args.command == "account":
             return _account(args)
+        if args.command == "card":
+            return _card(args)
         if args.verb == "seal":
             return _seal(args)
         return _open(args)
@@ -239,15 +269,11 @@ def _run(args: argparse.Namespace) -> int:
 def _fault(args: argparse.Namespace) -> int:
     """POST the requested switches to the Konnektor admin API, print the resulting status."""
     import json
-    import ssl
-    import urllib.error
-    import urllib.request
 
     endpoints_file = args.data_dir / "endpoints.json"
     if not endpoints_file.exists():
         raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
     endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
-    url = endpoints["konnektor"]["admin"]
     request: dict[str, object] = {}
     if args.clear:
         request["clear"] = True
@@ -263,19 +289,9 @@ def _fault(args: argparse.Namespace) -> int:
         request["unreachable"] = args.unreachable == "on"
     if args.latency_ms is not None:
         request["latency_ms"] = args.latency_ms
-    context = ssl.create_default_context(cafile=endpoints["tls_ca"])
-    data = json.dumps(request).encode() if request else None
-    http = urllib.request.Request(
-        url, data=data, method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(http, context=context, timeout=30) as response:
-            print(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        raise KimError(f"the Konnektor refused: {exc.read().decode(errors='replace')}") from exc
-    except urllib.error.URLError as exc:
-        raise KimError(f"cannot reach the Konnektor admin API at {url}: {exc.reason}") from exc
+    from kim_appliance.konnektor.admin_client import switch_faults
+
+    print(json.dumps(switch_faults(endpoints, request or None), indent=2))
     return 0
 
 
@@ -322,6 +338,57 @@ def _account(args: argparse.Namespace) -> int:
         reply = _admin_call(endpoints, token, base, "PUT", f"{path}/outofoffice", body)
     print(json.dumps(reply, indent=2, ensure_ascii=False) if reply else "ok")
     return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    """``card import``: refuse while an appliance runs on the data dir, then edit its Konnektor."""
+    from kim_appliance.konnektor.card_import import import_card
+    from kim_appliance.konnektor.cards import CardType
+
+    data_dir: Path = args.data_dir
+    if _appliance_running(data_dir):
+        raise KimError(
+            f"{data_dir}: an appliance is running on it; stop it first (the Konnektor reads "
+            "konnektor.json at start), import, then start it again"
+        )
+    if len(args.key) != len(args.cert):
+        raise KimError("give one --cert for every --key, in the same order")
+    result = import_card(
+        data_dir,
+        iccsn=args.iccsn,
+        pairs=list(zip(args.key, args.cert, strict=True)),
+        holder=args.holder,
+        telematik_id=args.telematik_id,
+        card_type=CardType(args.type) if args.type else None,
+        mandant=args.mandant,
+        user_id=args.user_id,
+    )
+    spec = result.card
+    seen_by = f"user {result.user_id}" if result.user_id else "every workplace"
+    print(f"{spec.card_type} {spec.iccsn} ({spec.holder}), Telematik-ID {spec.telematik_id}")
+    for key in result.keys:
+        serial = f"{key.certificate.serial_number:X}"
+        print(f"  {key.purpose}/{key.crypt}: {key.certificate.issuer.rfc4514_string()} {serial}")
+    print(f"visible to {seen_by} of Mandant {result.mandant}; PIN VERIFIED")
+    return 0
+
+
+def _appliance_running(data_dir: Path) -> bool:
+    """True while a process holds a Fachdienst store lock of ``data_dir`` (store/sqlite.py)."""
+    import fcntl
+    import os
+
+    from kim_appliance.store.sqlite import LOCK_NAME
+
+    for lock in (data_dir / "fachdienst").glob(f"*/{LOCK_NAME}"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock we got
+    return False
 
 
 def _running(data_dir: Path) -> tuple[dict[str, Any], str]:

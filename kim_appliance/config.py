@@ -70,6 +70,13 @@ class KonnektorConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The web console's plain-HTTP port (loopback by default, as the contract says)."""
+
+    port: int = 4080
+
+
+@dataclass(frozen=True)
 class ClientmodulConfig:
     """The Clientmodul's SMTPS and POP3S ports for the practice software (0 = any free port)."""
 
@@ -85,6 +92,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
@@ -104,6 +112,7 @@ class Config:
             directory=DirectoryConfig(ldap_port=0, ldaps_port=0),
             konnektor=KonnektorConfig(port=0),
             clientmodul=replace(self.clientmodul, smtp_port=0, pop3_port=0),
+            console=ConsoleConfig(port=0),
         )
 
 
@@ -156,6 +165,11 @@ port = 4443
 smtp_port = 1465
 pop3_port = 1995
 prefer_ecc = true                 # sign with the SMC-B's ECC key where it has one
+
+# The web console (plain HTTP on the bind address): endpoints, participants, mailboxes,
+# Konnektor fault switches, directory entries.
+[console]
+port = 4080
 """
 
 
@@ -185,7 +199,15 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     dir_raw = dict(top.pop("directory", {}))
     kon_raw = dict(top.pop("konnektor", {}))
     cm_raw = dict(top.pop("clientmodul", {}))
+    console_raw = dict(top.pop("console", {}))
     _no_more(top, where)
+    console_where = f"{where} [console]"
+    console = ConsoleConfig(
+        port=_port(
+            _take(console_raw, "port", int, defaults.console.port, console_where), console_where
+        )
+    )
+    _no_more(console_raw, console_where)
     cm_where = f"{where} [clientmodul]"
     cm_defaults = defaults.clientmodul
     clientmodul = ClientmodulConfig(
@@ -263,6 +285,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         directory=directory,
         konnektor=konnektor,
         clientmodul=clientmodul,
+        console=console,
     )
 
 

@@ -105,7 +105,7 @@ def initialise(data_dir: Path) -> dict[str, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)
     pki = TestPki.generate()
     pki.save(data_dir / "pki")
-    entries = [_issue_participant(pki, p, data_dir / "cards" / p.local_part) for p in PARTICIPANTS]
+    entries = [issue_participant(pki, p, data_dir / "cards" / p.local_part) for p in PARTICIPANTS]
     anchors_dir = data_dir / "pki" / "trust"
     anchors_dir.mkdir(parents=True, exist_ok=True)
     trust_paths: list[str] = []
@@ -118,7 +118,7 @@ def initialise(data_dir: Path) -> dict[str, Any]:
         "trust_anchors": trust_paths,
         "registration_codes": _registration_codes(data_dir),
     }
-    _write_json_atomically(data_dir / "demo.json", demo)
+    write_json_atomically(data_dir / "demo.json", demo)
     return demo
 
 
@@ -140,7 +140,7 @@ def _registration_codes(data_dir: Path) -> list[dict[str, str]]:
     return codes
 
 
-def _issue_participant(pki: TestPki, p: DemoParticipant, card_dir: Path) -> dict[str, Any]:
+def issue_participant(pki: TestPki, p: DemoParticipant, card_dir: Path) -> dict[str, Any]:
     card_dir.mkdir(parents=True, exist_ok=True)
     export: dict[str, list[str]] = {"enc_cert": [], "enc_key": [], "osig_cert": [], "osig_key": []}
     others: tuple[CertProfile, ...]
@@ -209,7 +209,7 @@ def _file_stem(certificate: Any) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in cn)
 
 
-def _write_json_atomically(path: Path, data: object) -> None:
+def write_json_atomically(path: Path, data: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -1,19 +1,17 @@
 """A running appliance (in-process, ephemeral ports) for the Fachdienst tests.
 
-The demo setup (test PKI, cards, TLS certificates, seeded accounts) is made once per test
-session in a template data dir and copied for every test, so a test starts in well under a
-second with a fresh data dir. ``start_appliance`` starts one with a config written before the
-start (``[fachdienst]`` overrides such as a short relay give-up or a small message size) and
-an optional hook that changes the stores before the start (quota, deregistration): the store
-holds an exclusive lock while the appliance runs.
+The appliance comes from :mod:`kim_appliance.testing` (the plugin vendors use): the demo setup
+(test PKI, cards, TLS certificates, seeded accounts with fast test logins) is made once per
+test session in a template data dir and copied for every test, so a test starts in well under
+a second with a fresh data dir. ``start_appliance`` starts one with config.toml overrides
+written before the start (``[fachdienst]`` keys such as a short relay give-up or a small
+message size) and an optional hook that changes the stores before the start (quota,
+deregistration): the store holds an exclusive lock while the appliance runs.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import poplib
 import smtplib
 import ssl
@@ -27,8 +25,8 @@ from typing import Any, Protocol
 
 import trio
 
-from kim_appliance.config import CONFIG_FILE
 from kim_appliance.store import MailStore
+from kim_appliance.testing import KimAppliance, fast_hash, write_config
 
 
 @dataclass
@@ -36,6 +34,8 @@ class Running:
     data_dir: Path
     endpoints: dict[str, Any]
     demo: dict[str, Any]
+    #: the typed view kim_appliance.testing gives vendors' tests
+    app: KimAppliance | None = None
 
     def participant(self, local: str) -> dict[str, Any]:
         return next(p for p in self.demo["participants"] if p["address"].startswith(local + "@"))
@@ -48,6 +48,11 @@ class Running:
         context = ssl.create_default_context(cafile=self.endpoints["tls_ca"])
         return context
 
+    @classmethod
+    def of(cls, app: KimAppliance) -> Running:
+        demo = json.loads((app.data_dir / "demo.json").read_text(encoding="utf-8"))
+        return cls(app.data_dir, dict(app.endpoints), demo, app)
+
 
 #: a hook that changes the stores (domain -> store) before the appliance starts
 Prepare = Callable[[dict[str, MailStore]], None]
@@ -59,32 +64,13 @@ class StartAppliance(Protocol):
     ) -> Awaitable[Running]: ...
 
 
-def _quick_hash(password: str) -> str:
-    """``scrypt$n$r$p$salt$hash`` as store.passwords writes it, with n = 2**10."""
-    n, r, p, salt = 2**10, 8, 1, os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"config value {value!r}: not supported by this test helper")
+#: ``scrypt$n$r$p$salt$hash`` with n = 2**10 (kim_appliance.testing's fast test logins)
+_quick_hash = fast_hash
 
 
 def _write_config(data_dir: Path, fachdienst: dict[str, Any]) -> None:
-    """``config.toml`` with the default domains and the given ``[fachdienst]`` keys."""
-    relay_map = dict(fachdienst.get("relay_map", {}))
-    lines = ["[fachdienst]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in fachdienst.items() if k != "relay_map"]
-    lines.append("[fachdienst.relay_map]")
-    lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in relay_map.items()]
-    (data_dir / CONFIG_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """Merge the given ``[fachdienst]`` keys into ``config.toml``."""
+    write_config(data_dir, {"fachdienst": fachdienst})
 
 
 # -- client helpers (blocking: call them through trio.to_thread.run_sync) ----------------------

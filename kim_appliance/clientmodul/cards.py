@@ -12,18 +12,18 @@ SMC-B matches, the one visible SMC-B without a Telematik-ID and without an ENC k
 HBA mailbox (the demo's practice card); with none or several such cards, or for an SMC-B
 mailbox whose card is missing, the lookup fails and says so.
 
-The handle is cached per Konnektor, context and account; a card pulled and inserted again gets a
-new handle, so callers drop the cached one when the Konnektor answers 4008
-(:func:`forget`). All functions block (Konnektor calls): run them in a worker thread. This
-module never touches a key.
+The handle is cached per context and account in a :class:`SigningCards` (one per Clientmodul,
+held by its ClientmodulContext); a card pulled and inserted again gets a new handle, so callers
+drop the cached one when the Konnektor answers 4008 (:meth:`SigningCards.forget`). All
+functions block (Konnektor calls): run them in a worker thread. This module never touches a
+key.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kim_appliance.errors import KimError
 from kim_appliance.konnektor import CardInfo, Context, Konnektor, KonnektorError
@@ -42,41 +42,48 @@ class SigningCard:
 
 
 _Key = tuple[Context, str]
-_CACHE: weakref.WeakKeyDictionary[Konnektor, dict[_Key, SigningCard]] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
 
 
-def find_signing_card(
-    konnektor: Konnektor,
-    context: Context,
-    account: str,
-    telematik_id: str | None,
-    enc_certificates: Sequence[bytes] = (),
-    *,
-    hba_mailbox: bool = False,
-) -> SigningCard:
-    """The SMC-B that signs for ``account`` (cached). Blocking.
+@dataclass
+class SigningCards:
+    """The signing-card lookups of one Clientmodul with their cache. Thread-safe."""
 
-    ``telematik_id`` and ``enc_certificates`` are the account's VZD entry's; ``hba_mailbox``
-    says that they are an HBA's (C.HP.ENC), so the practice's SMC-B may sign. Raises
-    :class:`NoSigningCardError`, or the Konnektor's own errors (context 4004-4021,
-    unreachable).
-    """
-    key = (context, account.casefold())
-    with _LOCK:
-        cached = _CACHE.get(konnektor, {}).get(key)
-    if cached is not None:
-        return cached
-    found = _search(konnektor, context, account, telematik_id, set(enc_certificates), hba_mailbox)
-    with _LOCK:
-        _CACHE.setdefault(konnektor, {})[key] = found
-    return found
+    konnektor: Konnektor
+    _cache: dict[_Key, SigningCard] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def find(
+        self,
+        context: Context,
+        account: str,
+        telematik_id: str | None,
+        enc_certificates: Sequence[bytes] = (),
+        *,
+        hba_mailbox: bool = False,
+    ) -> SigningCard:
+        """The SMC-B that signs for ``account`` (cached). Blocking.
 
-def forget(konnektor: Konnektor, context: Context, account: str) -> None:
-    """Drop the cached card of ``account`` (its handle went stale: card pulled, 4008)."""
-    with _LOCK:
-        _CACHE.get(konnektor, {}).pop((context, account.casefold()), None)
+        ``telematik_id`` and ``enc_certificates`` are the account's VZD entry's; ``hba_mailbox``
+        says that they are an HBA's (C.HP.ENC), so the practice's SMC-B may sign. Raises
+        :class:`NoSigningCardError`, or the Konnektor's own errors (context 4004-4021,
+        unreachable).
+        """
+        key = (context, account.casefold())
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        found = _search(
+            self.konnektor, context, account, telematik_id, set(enc_certificates), hba_mailbox
+        )
+        with self._lock:
+            self._cache[key] = found
+        return found
+
+    def forget(self, context: Context, account: str) -> None:
+        """Drop the cached card of ``account`` (its handle went stale: card pulled, 4008)."""
+        with self._lock:
+            self._cache.pop((context, account.casefold()), None)
 
 
 def _search(

@@ -65,15 +65,6 @@ class KeySelectionError(Exception):
 # --- reading recipient-emails ------------------------------------------------------------------
 
 
-class _Scanner(AuthEnvelopedReader):
-    """An AuthEnvelopedReader that reads the structure and drops the ciphertext unread: the
-    recipient-emails attribute sits after the content (unauthAttrs, digest §2.6), and the scan
-    must not spool 25 MB only to learn whom the message is for."""
-
-    def _content(self, data: bytes) -> None:
-        pass
-
-
 def scan_recipient_emails(outer: BinaryIO) -> list[RecipientEmail]:
     """The unprotected recipient-emails of the KIM message in ``outer`` (read from its start;
     the position afterwards is undefined). Streams the base64 body through the native decoder
@@ -85,7 +76,10 @@ def scan_recipient_emails(outer: BinaryIO) -> list[RecipientEmail]:
     try:
         _, data = read_header_block(outer)
         decoder = _native.Base64Decoder()
-        reader = _Scanner()
+        # the structure only, the ciphertext dropped unread: recipient-emails sits after the
+        # content (unauthAttrs, digest §2.6), and the scan must not spool 25 MB to learn whom
+        # the message is for
+        reader = AuthEnvelopedReader(discard_content=True)
         while data:
             reader.feed(decoder.update(data))
             data = outer.read(READ_SIZE)

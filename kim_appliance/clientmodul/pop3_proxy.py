@@ -13,7 +13,8 @@ Digest §1.5 (CM-1.13 §3.4, Tab_POP3_Ant_Init, Tab_POP3_Verbindung), in three s
   as ``TOP n 0``, so no fragment of an encrypted body reaches the PVS (KOM-LE-A_2041): the PVS
   gets the header (with ``X-KIM-Dienstkennung``) and no body lines.
 * **PROCESS**: ``RETR`` fetches the message upstream into a spool file and runs the receive
-  pipeline (:mod:`kim_appliance.clientmodul.receive`) on it.
+  pipeline (:mod:`kim_appliance.clientmodul.receive`) on it; the blob of a large mail is
+  fetched from the sender's KAS over HTTPS (:mod:`.kas_client`) on the pipeline's behalf.
 
 LIST and STAT must give the sizes RETR then returns, and those are only known after
 processing. So the session processes a message on first need (LIST, STAT or RETR) and keeps
@@ -35,7 +36,6 @@ import contextlib
 import math
 import ssl
 import tempfile
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,11 +45,11 @@ from typing import BinaryIO
 import trio
 
 from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.kas_client import read_mail_data
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
-from kim_appliance.clientmodul.receive import ReceivedMessage, process_message
+from kim_appliance.clientmodul.receive import KasFetcher, ReceivedMessage, process_message
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_pop3_username
 from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
-from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.protocols.pop3 import (
     NEED_DATA,
     AuthAttempt,
@@ -397,6 +397,7 @@ class CmPop3Session:
                     login=self.login,
                     finder=self.finder,
                     ctx=self.ctx,
+                    fetch_kas=self._kas_fetcher(),
                 ),
                 limiter=self.ctx.pipeline_limiter,
             )
@@ -409,6 +410,25 @@ class CmPop3Session:
         )  # fmt: skip
         self.processed[number] = received
         return received
+
+    def _kas_fetcher(self) -> KasFetcher:
+        """readMailData for the receive pipeline's worker thread, run in the event loop
+        (digest §1.5 step 5: GET from the sender's KAS with ``recipient: <own address>``)."""
+        ctx = self.ctx
+
+        def fetch(link: str, recipient: str, out: BinaryIO) -> None:
+            trio.from_thread.run(
+                partial(
+                    read_mail_data,
+                    ctx.upstream_ssl,
+                    link,
+                    recipient=recipient,
+                    out=out,
+                    timeout=ctx.kas_timeout_seconds,
+                )
+            )
+
+        return fetch
 
     def _drop(self, number: int) -> None:
         received = self.processed.pop(number, None)
@@ -463,20 +483,6 @@ def _line(text: str) -> str:
     return text
 
 
-#: One DecryptionKeyFinder (with its TTL_EMAIL_ICCSN cache) per Konnektor, shared by sessions.
-#: The finder refers to its Konnektor, so an entry lives as long as the process: one per
-#: Konnektor instance (a field of ClientmodulContext would be the better home).
-_FINDERS: weakref.WeakKeyDictionary[Konnektor, DecryptionKeyFinder] = weakref.WeakKeyDictionary()
-
-
-def key_finder(konnektor: Konnektor) -> DecryptionKeyFinder:
-    """The shared DecryptionKeyFinder of ``konnektor`` (its cache outlives single sessions)."""
-    finder = _FINDERS.get(konnektor)
-    if finder is None:
-        finder = _FINDERS[konnektor] = DecryptionKeyFinder(konnektor)
-    return finder
-
-
 async def serve_cm_pop3_connection(
     ctx: ClientmodulContext, stream: trio.SSLStream[trio.SocketStream]
 ) -> None:
@@ -486,7 +492,7 @@ async def serve_cm_pop3_connection(
     peer = _peer_name(stream)
     timeout = ctx.session_timeout_seconds
     core = Pop3Server(hostname="clientmodul")
-    session = CmPop3Session(ctx, core, peer, key_finder(ctx.konnektor))
+    session = CmPop3Session(ctx, core, peer, ctx.key_finder)
     try:
         with trio.fail_after(timeout):
             await stream.do_handshake()

@@ -25,8 +25,13 @@ end (card operations, CPU work, disk): the POP3 session runs it in a worker thre
 ``ctx.pipeline_limiter``. This module never talks to the network and never keeps a plaintext
 anywhere but in anonymous temporary files.
 
-Not done here yet: KAS (``X-KOM-LE-Version: 1.5`` with an ``x-kas`` body, digest §1.5 step 5):
-such a message is decrypted and delivered with its attachment reference as is.
+Large mails (digest §1.5 step 5, :mod:`.large_mail`): when the verified inner mail is an
+``x-kas`` part, the fetching account must accept large mails (``1.5+`` in the VZD, A_23512;
+otherwise the account-settings error mail with the encrypted original); the blob is fetched
+from the sender's KAS through ``fetch_kas`` (the POP3 session runs the download in the event
+loop), decrypted, its hash checked, and the recovered client mail is delivered with the status
+headers. A failed download is the A_19370 error mail with 4006 (4013 for a 429), a blob that
+does not decrypt 4007, a hash mismatch 4012 (digest §1.6), the encrypted original attached.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final, Literal
+from typing import BinaryIO, Final, Literal, cast
 
+from kim_appliance.clientmodul import large_mail
 from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.kas_client import KasError
 from kim_appliance.clientmodul.keys import (
     KEY_NOT_AVAILABLE,
     KONNEKTOR_UNREACHABLE,
@@ -47,6 +54,7 @@ from kim_appliance.clientmodul.keys import (
     scan_recipient_emails,
 )
 from kim_appliance.clientmodul.username import CmLogin
+from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
 from kim_appliance.mail import errormail, notes
 from kim_appliance.mail.errors import MailFormatError
@@ -58,7 +66,17 @@ SUPPORTED_VERSIONS: Final = ("1.0", "1.5")
 #: X-KIM-Fehlermeldung per X-KIM-DecryptionResult (digest §1.6, §1.7)
 _ERROR_CODES: Final = {"01": "4009", "02": "4010", "03": "4011"}
 
-Kind = Literal["passthrough", "delivered", "decryption-error", "integrity-error", "version-error"]
+Kind = Literal[
+    "passthrough",
+    "delivered",
+    "decryption-error",
+    "integrity-error",
+    "version-error",
+    "kas-error",
+    "account-settings-error",
+]
+#: (link, the fetching account, out) -> the KAS blob appended to ``out``; raises KasError
+KasFetcher = Callable[[str, str, BinaryIO], None]
 
 
 @dataclass
@@ -89,10 +107,16 @@ class ReceivedMessage:
 
 
 def process_message(
-    raw: BinaryIO, *, login: CmLogin, finder: DecryptionKeyFinder, ctx: ClientmodulContext
+    raw: BinaryIO,
+    *,
+    login: CmLogin,
+    finder: DecryptionKeyFinder,
+    ctx: ClientmodulContext,
+    fetch_kas: KasFetcher | None = None,
 ) -> ReceivedMessage:
     """Run the receive pipeline on the outer message in ``raw`` (seekable; taken over: it is
-    closed, or returned as the result's file, in every case)."""
+    closed, or returned as the result's file, in every case). ``fetch_kas`` downloads the
+    blob of a large mail (None: a large mail gets the 4006 error mail)."""
     spool_dir = str(ctx.spool_dir)
     try:
         raw.seek(0)
@@ -135,8 +159,17 @@ def process_message(
                 if result not in _ERROR_CODES:
                     result = WRONG_FORMAT[0]
                 return _decryption_error(raw, header, result, reason, spool_dir)
-            raw.close()
             integrity = list(report.integrity_results)
+            if integrity == [VALID]:
+                try:
+                    reference = large_mail.kas_reference(_rewound(decrypted))
+                except large_mail.KasDataError as exc:
+                    return _kas_error(raw, header, exc.code, str(exc), spool_dir)
+                if reference is not None:
+                    return _large_mail(
+                        raw, header, reference, integrity, login, ctx, fetch_kas, spool_dir
+                    )
+            raw.close()
             received = ReceivedMessage(
                 decrypted, 0, "delivered", DECRYPTED, integrity, problems=list(report.problems)
             )
@@ -167,6 +200,76 @@ def process_message(
     except BaseException:
         raw.close()
         raise
+
+
+def _large_mail(
+    raw: BinaryIO,
+    header: HeaderBlock,
+    reference: large_mail.KasReference,
+    integrity: list[str],
+    login: CmLogin,
+    ctx: ClientmodulContext,
+    fetch_kas: KasFetcher | None,
+    spool_dir: str,
+) -> ReceivedMessage:
+    """Digest §1.5 step 5: a verified x-kas message; ``raw`` is taken over."""
+    own = ctx.vzd.version(login.account)
+    if not accepts_large_mails(own):
+        ctx.vzd.invalidate(login.account)  # A_23512 decides on the current entry
+        own = ctx.vzd.version(login.account)
+    if not accepts_large_mails(own):
+        problem = f"{login.account} has KIM version {own}, large mails need 1.5+ (A_23512)"
+        return _result(
+            ReceivedMessage(
+                raw, 0, "account-settings-error", DECRYPTED, integrity, problems=[problem]
+            ),
+            lambda out: errormail.write_account_settings_error_mail(
+                out, original_header=header, original=_rewound(raw)
+            ),
+            spool_dir,
+        )
+    with tempfile.TemporaryFile(dir=spool_dir) as blob:
+        try:
+            if fetch_kas is None:
+                raise KasError(None, "this Clientmodul session cannot reach a KAS")
+            fetch_kas(reference.link, login.account, blob)
+        except KasError as exc:
+            # 429 -> 4013, anything else -> 4006 (digest §1.6, A_19370)
+            code = "4013" if exc.status == 429 else "4006"
+            return _kas_error(raw, header, code, str(exc), spool_dir)
+        try:
+            plaintext = large_mail.decrypt_blob(blob, reference, spool_dir)
+        except large_mail.KasDataError as exc:
+            return _kas_error(raw, header, exc.code, str(exc), spool_dir)
+    with plaintext:
+        received = ReceivedMessage(raw, 0, "delivered", DECRYPTED, integrity)
+        return _result(
+            received,
+            lambda out: notes.write_delivered_mail(
+                out,
+                cast(BinaryIO, plaintext),
+                outer_header=header,
+                decryption_result=DECRYPTED,
+                integrity_results=integrity,
+            ),
+            spool_dir,
+        )
+
+
+def _kas_error(
+    raw: BinaryIO, header: HeaderBlock, code: str, reason: str, spool_dir: str
+) -> ReceivedMessage:
+    """A_19370: the KAS data could not be had (4006/4007/4012/4013); the encrypted original
+    is attached, so that the user can forward it to themselves and try again."""
+    return _result(
+        ReceivedMessage(
+            raw, 0, "kas-error", DECRYPTED, [VALID], error_codes=[code], problems=[reason]
+        ),
+        lambda out: errormail.write_kas_download_error_mail(
+            out, original_header=header, original=_rewound(raw), code=code, detail=reason
+        ),
+        spool_dir,
+    )
 
 
 def _supported(version: str) -> bool:

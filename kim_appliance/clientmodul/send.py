@@ -13,6 +13,13 @@ then, in the order of digest §1.4:
 5. drops the recipients without a usable certificate (4004) or with more than one Telematik-ID
    (4005, KOM-LE-A_2178) and removes them from To/Cc/Bcc (KOM-LE-A_2028); no recipient left:
    451 (KOM-LE-A_2025); no certificate of the sender: 553;
+   above the KAS threshold (getLimits' kasMailSizeThreshold, else 15 MiB) the recipients that
+   are not ``1.5+`` are dropped too (4001, A_19356-06/07, after asking the VZD again), the
+   client mail is encrypted with a fresh AES-256-GCM key and uploaded to the sender's KAS
+   through the caller's ``kas_upload`` (:mod:`.large_mail`), and the KIM message carries the
+   x-kas part with ``X-KOM-LE-Version: 1.5`` and ``X-KIM-KAS-Size`` (digest §1.4 step 7; 507:
+   521 and the MTA connection closed, A_22419; other failures: 451 and a 4002 report,
+   A_19363-02);
 6. signs with the SMC-B's OSIG key through the Konnektor (ECC first when configured; failure:
    451, KOM-LE-A_2021) and encrypts for every certificate of every recipient and the sender
    (KOM-LE-A_2022, A_2111-01) with :func:`kim_appliance.mail.seal.seal`, writing the outer mail
@@ -39,7 +46,8 @@ import io
 import re
 import ssl
 import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Final
 
@@ -47,14 +55,15 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from kim_appliance.clientmodul import cards
+from kim_appliance.clientmodul import cards, large_mail
 from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.kas_client import KasError
 from kim_appliance.clientmodul.username import CmLogin
+from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.clientmodul.vzd_lookup import (
     SENDER_NOT_UNIQUE,
     AddressLookup,
     VzdLookup,
-    lookup_for,
 )
 from kim_appliance.cms.errors import CmsError
 from kim_appliance.cms.keys import KeyOperations
@@ -81,8 +90,10 @@ from kim_appliance.protocols.smtp import (
 
 #: A_19488-02: the Dienstkennung of a client mail that names none.
 DEFAULT_DIENSTKENNUNG: Final = "KIM-Mail;Default;V1.0"
-#: KIM >= 1.5.3: a client mail above this goes through the KAS (digest §1.4 step 7).
-KAS_THRESHOLD: Final = 15 * 1024 * 1024
+#: X-KIM-Fehlermeldung of a recipient dropped for its KIM version (A_19356-06/07, digest §1.6)
+VERSION_DROPPED: Final = "4001"
+#: ... and of every recipient when the upload to the KAS failed (A_19363-02)
+KAS_UPLOAD_FAILED: Final = "4002"
 READ_SIZE: Final = 1024 * 1024
 #: the longest line the MIME scan of the forwarding rule looks at as a possible boundary
 _SCAN_LINE: Final = 1000
@@ -109,10 +120,13 @@ class SendRefused(Exception):
         rset: bool = True,
         dropped: Sequence[Dropped] = (),
         original_header: HeaderBlock | None = None,
+        close_upstream: bool = False,
     ) -> None:
         super().__init__(f"{reply.code} {reply.enhanced or ''} {reply.text}")
         self.reply = reply
         self.rset = rset
+        #: A_22419: the MTA connection is closed (KAS quota exhausted, 521)
+        self.close_upstream = close_upstream
         self.dropped = list(dropped)
         self.original_header = original_header or HeaderBlock(())
 
@@ -144,9 +158,17 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     #: the header of the client mail as received (for the sender report)
     original_header: HeaderBlock = field(default_factory=lambda: HeaderBlock(()))
+    #: the KAS sharedLink of a large mail: deleted when the message is not sent (step 7)
+    kas_link: str | None = None
 
     def close(self) -> None:
         self.outer.close()
+
+
+#: (blob, Message-ID, recipients, expires) -> sharedLink; raises KasError. Called from the
+#: worker thread that runs :func:`prepare` (the SMTP proxy hands the upload to the event loop
+#: and remembers the link, so that it can delete the blob whatever happens afterwards).
+KasUploader = Callable[[large_mail.KasBlob, str, list[str], str], str]
 
 
 def prepare(
@@ -157,9 +179,16 @@ def prepare(
     *,
     now: dt.datetime | None = None,
     lookup: VzdLookup | None = None,
+    kas_threshold: int | None = None,
+    kas_upload: KasUploader | None = None,
 ) -> Prepared:
-    """Steps 1-11 of digest §1.4 up to the spooled outer mail. Blocking. Raises SendRefused."""
-    lookup = lookup or lookup_for(ctx.directory, ctx.trust)
+    """Steps 1-11 of digest §1.4 up to the spooled outer mail. Blocking. Raises SendRefused.
+
+    ``kas_threshold`` (getLimits' kasMailSizeThreshold, else ``ctx.kas_threshold``) and
+    ``kas_upload`` are for large mails (step 7); without an uploader a large mail is refused.
+    """
+    lookup = lookup or ctx.vzd
+    threshold = kas_threshold or ctx.kas_threshold
     account = login.account
     client_mail.seek(0)
     try:
@@ -219,24 +248,29 @@ def prepare(
         )
 
     new_header, warnings = _rewrite_header(header, account, dropped)
-    inner = _HeaderThenBody(new_header.encode() + b"\r\n", client_mail, body_offset)
-    size = inner.size
-    if size > KAS_THRESHOLD:
-        # TODO(issue 5): above 15 MiB the client mail goes encrypted to the sender's KAS and
-        # the KIM message carries the x-kas part (digest §1.4 step 7, §3.5), for recipients of
-        # version 1.5+ only. Until the KAS client exists it is sent as a normal KIM message.
-        warnings.append(f"{size} bytes exceed the KAS threshold; sent without KAS (issue 5 TODO)")
+    inner: io.RawIOBase = _HeaderThenBody(new_header.encode() + b"\r\n", client_mail, body_offset)
+    expires = _expires(now, ctx.data_ttl_days)
+    extra: tuple[tuple[str, str], ...] = (
+        ("X-KIM-CMVersion", ctx.cm_version),
+        ("X-KIM-PTVersion", ctx.pt_version),
+        ("X-KIM-KONVersion", ctx.kon_version),
+        ("Expires", expires),
+    )
+    kas_link: str | None = None
+    if inner.seek(0, io.SEEK_END) > threshold:
+        # step 7: the whole client mail goes encrypted to the sender's KAS
+        large = _large_mail(
+            ctx, account, header, client_mail, body_offset, valid, dropped, lookup,
+            threshold, expires, kas_upload,
+        )  # fmt: skip
+        inner, valid, new_header, kas_link = large.inner, large.valid, large.header, large.link
+        extra += large.extra
+    inner.seek(0)
 
     try:
         signer = _signing_key(ctx, login, sender)
     except SendRefused as exc:
         raise SendRefused(exc.reply, dropped=dropped, original_header=header) from exc
-    extra = (
-        ("X-KIM-CMVersion", ctx.cm_version),
-        ("X-KIM-PTVersion", ctx.pt_version),
-        ("X-KIM-KONVersion", ctx.kon_version),
-        ("Expires", _expires(now, ctx.data_ttl_days)),
-    )
     sender_certs = [Certified(account, c) for c in sender.certificates]
     recipient_certs = _recipient_certificates(valid, sender.certificates)
     outer = tempfile.TemporaryFile(dir=ctx.spool_dir)  # noqa: SIM115 (handed to the caller)
@@ -253,7 +287,7 @@ def prepare(
     except (KonnektorError, KonnektorUnreachableError) as exc:
         outer.close()
         if isinstance(exc, KonnektorError) and exc.code == CARD_NOT_INSERTED:
-            cards.forget(ctx.konnektor, login.context(), account)
+            ctx.signing_cards.forget(login.context(), account)
         raise SendRefused(_signing_failed(exc), dropped=dropped, original_header=header) from exc
     except (MailFormatError, CmsError) as exc:
         outer.close()
@@ -272,6 +306,114 @@ def prepare(
         report.message_id,
         warnings=warnings + report.warnings,
         original_header=header,
+        kas_link=kas_link,
+    )
+
+
+@dataclass
+class _Large:
+    inner: io.RawIOBase
+    valid: list[AddressLookup]
+    header: HeaderBlock
+    link: str
+    extra: tuple[tuple[str, str], ...]
+
+
+def _large_mail(
+    ctx: ClientmodulContext,
+    account: str,
+    header: HeaderBlock,
+    client_mail: BinaryIO,
+    body_offset: int,
+    valid: list[AddressLookup],
+    dropped: list[Dropped],
+    lookup: VzdLookup,
+    threshold: int,
+    expires: str,
+    kas_upload: KasUploader | None,
+) -> _Large:
+    """Digest §1.4 step 7 for a client mail above ``threshold``: recipients not ``1.5+``
+    dropped (4001, A_19356-06/07, after asking the VZD again), the client mail encrypted and
+    uploaded to the sender's KAS, the x-kas message made. Appends to ``dropped``."""
+    if kas_upload is None:
+        raise SendRefused(
+            Reply(
+                552,
+                "5.3.4",
+                f"the mail exceeds the KAS threshold of {threshold} bytes and no KAS is available",
+            ),
+            original_header=header,
+        )
+    keep: list[AddressLookup] = []
+    for found in valid:
+        if not accepts_large_mails(found.version):
+            # A_19356-07: a cached version must not exclude a recipient; ask the VZD again
+            lookup.invalidate(found.address)
+            found = lookup.lookup(found.address)
+        if found.usable and accepts_large_mails(found.version):
+            keep.append(found)
+        else:
+            dropped.append(
+                Dropped(
+                    found.address,
+                    VERSION_DROPPED,
+                    f"{found.address} has KIM version {found.version} in the VZD; a mail above "
+                    f"{threshold} bytes goes through the KAS and needs 1.5+ (A_19356)",
+                )
+            )
+    if not keep:
+        raise SendRefused(
+            Reply(
+                451,
+                "4.3.4",
+                "Die Nachricht wurde nicht versendet: kein Empfaenger kann grosse Nachrichten "
+                f"ueber den KAS empfangen (KIM-Version 1.5+, A_19356; {len(dropped)} entfernt)",
+            ),
+            dropped=dropped,
+            original_header=header,
+        )
+    new_header, _ = _rewrite_header(header, account, dropped)
+    message_id = new_header.get("Message-ID")
+    if message_id is None:
+        # the KAS and the KIM message must name the same Message-ID (addMailData messageID)
+        message_id = f"<{uuid.uuid4()}@{account.rpartition('@')[2]}>"
+        new_header = HeaderBlock(
+            (HeaderField("Message-ID", b" " + message_id.encode("ascii")), *new_header.fields)
+        )
+    client = _HeaderThenBody(new_header.encode() + b"\r\n", client_mail, body_offset)
+    blob = large_mail.encrypt_for_kas(io.BufferedReader(client), str(ctx.spool_dir))
+    try:
+        link = kas_upload(blob, message_id.strip(), [f.address for f in keep], expires)
+    except KasError as exc:
+        if exc.status == 507:
+            # A_22419: the sender's KAS quota is exhausted -> 521, MTA connection closed
+            raise SendRefused(
+                Reply(521, "5.2.2", f"the KAS of {account} has no room for the mail: {exc}"[:400]),
+                close_upstream=True,
+                original_header=header,
+            ) from exc
+        # A_19363-02: the KOM-LE mail is not sent; the sender learns it by a 4002 report
+        raise SendRefused(
+            Reply(451, "4.3.0", f"the upload to the KAS failed ({KAS_UPLOAD_FAILED}): {exc}"[:400]),
+            dropped=[
+                *dropped,
+                *(Dropped(f.address, KAS_UPLOAD_FAILED, f"KAS: {exc}"[:300]) for f in keep),
+            ],
+            original_header=header,
+        ) from exc
+    finally:
+        blob.close()
+    inner_mail = large_mail.kas_message(new_header, large_mail.attachment_json(link, blob))
+    return _Large(
+        _HeaderThenBody(inner_mail, io.BytesIO(), 0),  # a few hundred bytes
+        keep,
+        new_header,
+        link,
+        (
+            ("X-KOM-LE-Version", large_mail.KAS_KOM_LE_VERSION),
+            # A_23467: equals "size" of the attachment JSON
+            ("X-KIM-KAS-Size", str(blob.plain_size)),
+        ),
     )
 
 
@@ -290,28 +432,33 @@ def _recipient_certificates(
     return out
 
 
+def signing_card(
+    ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup
+) -> cards.SigningCard:
+    """The SMC-B that signs for the account (KOM-LE-A_2020/2129); Konnektor errors as raised."""
+    entry = ctx.directory.find_by_mail(login.account)
+    return ctx.signing_cards.find(
+        login.context(),
+        login.account,
+        sender.telematik_id,
+        entry.certificates if entry is not None else (),
+        hba_mailbox=any(profile_of(c) is CertProfile.C_HP_ENC for c in sender.certificates),
+    )
+
+
 def _signing_key(ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup) -> KeyOperations:
     """The card key that signs (digest §1.4 step 8); SendRefused 451 when there is none."""
     context = login.context()
-    entry = ctx.directory.find_by_mail(login.account)
-    enc = entry.certificates if entry is not None else ()
     crypt = RSA_ECC if ctx.prefer_ecc else "RSA"
     for attempt in range(2):
         try:
-            card = cards.find_signing_card(
-                ctx.konnektor,
-                context,
-                login.account,
-                sender.telematik_id,
-                enc,
-                hba_mailbox=any(profile_of(c) is CertProfile.C_HP_ENC for c in sender.certificates),
-            )
+            card = signing_card(ctx, login, sender)
             key: KeyOperations = ctx.konnektor.signing_key(context, card.card_handle, crypt)
             return key
         except KonnektorError as exc:
             if exc.code == CARD_NOT_INSERTED and attempt == 0:
                 # a cached handle of a card pulled and put back: look the card up once more
-                cards.forget(ctx.konnektor, context, login.account)
+                ctx.signing_cards.forget(context, login.account)
                 continue
             raise SendRefused(_signing_failed(exc)) from exc
         except KonnektorUnreachableError as exc:

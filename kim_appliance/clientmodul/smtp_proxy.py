@@ -11,8 +11,11 @@ KOM-LE-A_2066/2067) is driven through the sans-IO :class:`SmtpServer`:
   MTA is connected over SMTPS (``454 4.7.0`` when unreachable) and logged in to with the plain
   account and the password (KOM-LE-A_2012; refused: ``535 5.7.8``); then ``235 2.7.0``.
 * **PROXY/PROCESS** (digest §1.4): MAIL FROM and RCPT TO are answered 250 here and held back;
-  DATA is spooled to a file; at its end :mod:`.send` makes the KIM message and offers it to the
-  MTA, whose reply the PVS gets.
+  DATA is spooled to a file; at its end getLimits (:mod:`.limits`, cached 24 h, A_22416;
+  maxMailSize exceeded: ``552 5.3.4``, A_19355-01), then :mod:`.send` makes the KIM message
+  (uploading a large mail to the sender's KAS, deleting the blob again if the message is not
+  sent) and offers it to the MTA, whose reply the PVS gets; after a sent message the version
+  bookkeeping of step 12 (:mod:`.versions`: 4017 notice or setAccount kimVersion).
 
 Deviations of the core from the CONNECT table are corrected here (the core is shared with the
 Fachdienst and stays as it is): its ``500 5.5.2`` for an unknown command and its answers to
@@ -45,9 +48,14 @@ from typing import IO, Final
 
 import trio
 
-from kim_appliance.clientmodul import send
+from kim_appliance.clientmodul import kas_client, send, versions
+from kim_appliance.clientmodul.cards import NoSigningCardError
 from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.kas_client import KasError
+from kim_appliance.clientmodul.large_mail import KasBlob
+from kim_appliance.clientmodul.limits import Limits, get_limits
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
+from kim_appliance.clientmodul.versions import compare_versions
 from kim_appliance.konnektor import ContextError, KonnektorError, KonnektorUnreachableError
 from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
 from kim_appliance.mail.headers import HeaderBlock
@@ -214,23 +222,54 @@ class CmSmtpSession:
 
     async def _process(self, login: CmLogin, recipients: list[str], spool: IO[bytes]) -> Reply:
         ctx = self.ctx
+        # step 2: getLimits (A_22416, cached 24 h); maxMailSize -> X.3.4 (A_19355-01)
+        limits = await self._limits(login)
+        size = await trio.to_thread.run_sync(lambda: spool.seek(0, io.SEEK_END))
+        if size > limits.max_mail_size:
+            return Reply(
+                552,
+                "5.3.4",
+                f"the mail has {size} bytes; maxMailSize of {login.account} is "
+                f"{limits.max_mail_size} bytes (A_19355-01)",
+            )
+        uploaded: list[str] = []
         try:
             prepared = await trio.to_thread.run_sync(
-                partial(send.prepare, ctx, login, recipients, spool),  # type: ignore[arg-type]
+                partial(
+                    send.prepare,
+                    ctx,
+                    login,
+                    recipients,
+                    spool,  # type: ignore[arg-type]
+                    kas_threshold=limits.kas_threshold,
+                    kas_upload=self._uploader(login, uploaded),
+                ),
                 limiter=ctx.pipeline_limiter,
             )
         except send.SendRefused as refusal:
             ctx.log.info("cm smtp %s %s: not sent: %s", self.peer, login.account, refusal)
-            if refusal.rset and self.upstream is not None:
+            await self._delete_uploads(login, uploaded)
+            if refusal.close_upstream:
+                # A_22419: KAS quota exhausted -> 521 and the MTA connection closed
+                await self.quit_upstream()
+            elif refusal.rset and self.upstream is not None:
                 await self.upstream.rset()
             if refusal.dropped:
                 await self._report(login, refusal.dropped, refusal.original_header)
             return refusal.reply
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._delete_uploads(login, uploaded)
+            raise
+        sent = False
         try:
             result = await self._transmit(login, prepared)
+            sent = result.reply.code == 250
             dropped = prepared.dropped + result.refused
             if dropped:
                 await self._report(login, dropped, prepared.original_header)
+            if sent:
+                await self._versions(login)
             ctx.log.info(
                 "cm smtp %s %s: %s for %d recipient(s), %d dropped: %d %s",
                 self.peer, login.account, prepared.message_id, len(prepared.recipients),
@@ -238,7 +277,142 @@ class CmSmtpSession:
             )  # fmt: skip
             return result.reply
         finally:
+            if not sent:
+                # step 7: sending failed after the upload -> deleteMailData
+                with trio.CancelScope(shield=True):
+                    await self._delete_uploads(login, uploaded)
             await trio.to_thread.run_sync(prepared.close)
+
+    # --- KAS, getLimits, versions ---------------------------------------------------------------
+
+    def _https_base(self, account: str) -> str | None:
+        try:
+            return self.ctx.resolve_https(account.rpartition("@")[2].lower())
+        except (LookupError, ValueError, OSError) as exc:
+            self.ctx.log.info("cm %s: no REST services for %s: %s", self.peer, account, exc)
+            return None
+
+    async def _limits(self, login: CmLogin) -> Limits:
+        ctx = self.ctx
+        return await get_limits(
+            ctx.limits,
+            ssl_context=ctx.upstream_ssl,
+            base_url=self._https_base(login.account),
+            account=login.account,
+            password=self._password,
+            fallback_max=ctx.max_message_size,
+            timeout=ctx.kas_timeout_seconds,
+            log=ctx.log,
+        )
+
+    def _uploader(self, login: CmLogin, uploaded: list[str]) -> send.KasUploader:
+        """addMailData to the sender's KAS, called from the pipeline's worker thread; every
+        link is remembered in ``uploaded`` so that it can be deleted if the mail is not sent."""
+        ctx = self.ctx
+        base = self._https_base(login.account)
+        password = self._password
+
+        def upload(blob: KasBlob, message_id: str, recipients: list[str], expires: str) -> str:
+            if base is None:
+                raise KasError(None, f"no KAS known for {login.account}")
+            link = trio.from_thread.run(
+                partial(
+                    kas_client.add_mail_data,
+                    ctx.upstream_ssl,
+                    base,
+                    account=login.account,
+                    password=password,
+                    message_id=message_id,
+                    recipients=recipients,
+                    expires=expires,
+                    blob=blob.file,  # type: ignore[arg-type]
+                    blob_size=blob.size,
+                    timeout=ctx.kas_timeout_seconds,
+                )
+            )
+            uploaded.append(link)
+            ctx.log.info(
+                "cm smtp %s %s: %d bytes to the KAS for %d recipient(s)",
+                self.peer, login.account, blob.size, len(recipients),
+            )  # fmt: skip
+            return link
+
+        return upload
+
+    async def _delete_uploads(self, login: CmLogin, uploaded: list[str]) -> None:
+        while uploaded:
+            link = uploaded.pop()
+            try:
+                await kas_client.delete_mail_data(
+                    self.ctx.upstream_ssl,
+                    link,
+                    account=login.account,
+                    password=self._password,
+                    timeout=self.ctx.kas_timeout_seconds,
+                )
+                self.ctx.log.info("cm smtp %s: KAS blob deleted (not sent): %s", self.peer, link)
+            except KasError as exc:
+                self.ctx.log.warning(
+                    "cm smtp %s: KAS blob %s not deleted: %s", self.peer, link, exc
+                )
+
+    async def _versions(self, login: CmLogin) -> None:
+        """Step 12 (A_21387-01): the sender's VZD version against the Clientmodul's."""
+        ctx = self.ctx
+        account = login.account
+        vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
+        order = compare_versions(vzd_version, ctx.pt_version)
+        if order == 1 and ctx.version_notices.due("4017", account):
+            notice = versions.version_notice(
+                account, vzd_version=vzd_version, cm_version=ctx.cm_version,
+                pt_version=ctx.pt_version,
+            )  # fmt: skip
+            upstream = self.upstream
+            if upstream is not None and not upstream.closed:
+                answer = await send.send_report(upstream, account, notice)
+                ctx.log.info(
+                    "cm smtp %s %s: VZD version %s > %s: 4017 notice %s",
+                    self.peer, account, vzd_version, ctx.pt_version,
+                    answer.code if answer else "lost",
+                )  # fmt: skip
+        elif order == -1 and ctx.version_notices.due("setAccount", account):
+            await self._update_kim_version(login, vzd_version)
+
+    async def _update_kim_version(self, login: CmLogin, vzd_version: str) -> None:
+        ctx = self.ctx
+        account = login.account
+        version = versions.kim_version_of(ctx.pt_version)
+        base = self._https_base(account)
+        if base is None:
+            return
+
+        def jwt() -> str:
+            sender = ctx.vzd.lookup(account)
+            card = send.signing_card(ctx, login, sender)
+            return versions.account_manager_jwt(
+                ctx.konnektor, login.context(), card.card_handle, account
+            )
+
+        try:
+            token = await trio.to_thread.run_sync(jwt)
+            await versions.set_kim_version(
+                ctx.upstream_ssl,
+                base,
+                account=account,
+                password=self._password,
+                jwt=token,
+                version=version,
+                timeout=ctx.kas_timeout_seconds,
+            )
+        except (versions.SetAccountFailed, NoSigningCardError, KonnektorError,
+                KonnektorUnreachableError) as exc:  # fmt: skip
+            ctx.log.warning("cm smtp %s %s: kimVersion not updated: %s", self.peer, account, exc)
+            return
+        ctx.vzd.invalidate(account)
+        ctx.log.info(
+            "cm smtp %s %s: kimVersion %s -> %s (setAccount)", self.peer, account, vzd_version,
+            version,
+        )  # fmt: skip
 
     async def _transmit(self, login: CmLogin, prepared: send.Prepared) -> send.Transmitted:
         """Offer the message; a lost MTA connection is opened again once (it may have timed

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -214,20 +213,3 @@ def _telematik_id(certificate: x509.Certificate) -> str | None:
     except ValueError:
         return None
     return admission.telematik_id if admission else None
-
-
-_LOOKUPS: weakref.WeakKeyDictionary[DirectoryStore, VzdLookup] = weakref.WeakKeyDictionary()
-_LOOKUPS_LOCK = threading.Lock()
-
-
-def lookup_for(directory: DirectoryStore, trust: TrustStore) -> VzdLookup:
-    """The one shared :class:`VzdLookup` (and its caches) of ``directory``.
-
-    The Clientmodul context has no field for it yet; the caches live as long as the directory.
-    """
-    with _LOOKUPS_LOCK:
-        found = _LOOKUPS.get(directory)
-        if found is None or found.trust is not trust:
-            found = VzdLookup(directory, trust)
-            _LOOKUPS[directory] = found
-        return found

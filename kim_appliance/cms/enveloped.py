@@ -257,10 +257,16 @@ class AuthEnvelopedReader:
     call raises the same error, and its spool files are closed (they have no name on disk).
     Resource handling: memory is bounded by the size of the pieces fed plus the small structures
     (at most ``MAX_SMALL_STRUCTURE`` each).
+
+    ``discard_content=True`` reads the structure only (recipient infos, nonce, tag, the
+    unauthAttrs with recipient-emails) and drops the ciphertext unread: no spool, no decryption,
+    and ``set_content_key``/``finish`` refuse to run. A Clientmodul uses it to learn whom a
+    25 MB message is for before it asks a card for a key (digest §1.5 receive step 1).
     """
 
-    def __init__(self, spool_dir: str | None = None) -> None:
+    def __init__(self, spool_dir: str | None = None, *, discard_content: bool = False) -> None:
         self._spool_dir = spool_dir
+        self._discard_content = discard_content
         self._ber = native.BerReader(max_capture=MAX_SMALL_STRUCTURE)
         self._parser = self._grammar()
         next(self._parser)
@@ -317,6 +323,8 @@ class AuthEnvelopedReader:
     def set_content_key(self, cek: bytes) -> None:
         """Hand in the unwrapped 32-byte content key (from ``RecipientInfo.unwrap``)."""
         self._check_alive()
+        if self._discard_content:
+            raise RuntimeError("AuthEnvelopedReader(discard_content=True) decrypts nothing")
         if self._cek is not None:
             raise RuntimeError("AuthEnvelopedReader.set_content_key() was already called")
         if len(cek) != CONTENT_KEY_LENGTH:
@@ -377,6 +385,8 @@ class AuthEnvelopedReader:
                 self._complete = True
 
     def _content(self, data: bytes) -> None:
+        if self._discard_content:
+            return
         if self._decryptor is not None:
             self._decryptor.update(data)
         else:

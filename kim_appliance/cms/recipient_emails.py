@@ -16,6 +16,7 @@ RecipientEmail  ::= SEQUENCE { emailAddress IA5String, rid RecipientIdentifier }
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ def validate_kim_address(address: str, *, field: str = _FIELD, kim_domain: bool 
         )
 
 
+@functools.lru_cache(maxsize=512)
 def _issuer_and_serial(certificate: x509.Certificate) -> tuple[asn1crypto.x509.Name, int]:
+    # once per certificate (keyed by its DER); the Name is shared, callers only read it
     # asn1crypto keeps the parsed bytes, so issuer.dump() is the certificate's issuer DER as is
     der = certificate.public_bytes(serialization.Encoding.DER)
     tbs = asn1crypto.x509.Certificate.load(der)["tbs_certificate"]
@@ -149,7 +152,15 @@ def decode_recipient_emails(attribute_der: bytes) -> list[RecipientEmail]:
 
     Entries come back in encoding order. Addresses must be syntactically valid but are not
     required to be in a KIM domain (that is policy for the caller, e.g. the A_2127 compare).
+    A message's attribute is decoded up to four times (signing, key choice, verification, the
+    A_2127 compare), so the entries of recently seen encodings are remembered (issue 7); the
+    entries are frozen and shared, the list is new for every call.
     """
+    return list(_decode(bytes(attribute_der)))
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(attribute_der: bytes) -> tuple[RecipientEmail, ...]:
     try:
         attribute = _AttributeAsn1.load(attribute_der, strict=True)
         oid = attribute["type"].dotted
@@ -187,4 +198,4 @@ def decode_recipient_emails(attribute_der: bytes) -> list[RecipientEmail]:
         except CmsError as exc:
             raise CmsFormatError(exc.field, exc.reason) from exc
         result.append(RecipientEmail(address, issuer, serial))
-    return result
+    return tuple(result)

@@ -10,14 +10,18 @@ Two kinds exist in KIM (digest §2.6, §2.8, §7.3):
   exact choice is not published (digest §7.3); this is our documented choice, the one OpenSSL and
   BouncyCastle read.
 
-These structures are small; they are built and parsed with asn1crypto. This module never sees
-a recipient's private key: unwrapping goes through :class:`KeyOperations` (a card or a software
-key). It must never touch the (large) content.
+These structures are small; they are parsed with asn1crypto and written as DER by hand (the
+same bytes asn1crypto writes, tested; asn1crypto's encoder cost more than the RSA operation,
+issue 7). A recipient certificate's public key and IssuerAndSerialNumber are made once per
+certificate (loading a brainpool key checks the point). This module never sees a recipient's
+private key: unwrapping goes through :class:`KeyOperations` (a card or a software key). It
+must never touch the (large) content.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -32,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from kim_appliance import _native
 from kim_appliance.cms import oids
 from kim_appliance.cms.errors import (
     CmsError,
@@ -94,35 +99,66 @@ def _ias(certificate: x509.Certificate) -> cms.IssuerAndSerialNumber:
     )
 
 
-def _issuer_of(certificate: x509.Certificate) -> asn1crypto.x509.Name:
-    return asn1crypto.x509.Name.load(certificate.issuer.public_bytes())
+@functools.lru_cache(maxsize=512)
+def _issuer_of(certificate: x509.Certificate) -> tuple[asn1crypto.x509.Name, bytes]:
+    """The issuer of ``certificate`` as an asn1crypto Name and as DER (once per certificate;
+    callers only compare it, never change it)."""
+    der = certificate.issuer.public_bytes()
+    return asn1crypto.x509.Name.load(der), der
 
 
 # --- writing ---------------------------------------------------------------------------------
 
+_U, _C = _native.CLASS_UNIVERSAL, _native.CLASS_CONTEXT
+_PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None
+
+
+def _tlv(tag_class: int, constructed: bool, number: int, content: bytes) -> bytes:
+    return _native.ber_header(tag_class, constructed, number, len(content)) + content
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _tlv(_U, True, 16, b"".join(parts))
+
+
+def _octets(data: bytes) -> bytes:
+    return _tlv(_U, False, 4, data)
+
+
+@functools.lru_cache(maxsize=512)
+def _recipient(certificate: x509.Certificate) -> tuple[_PublicKey, bytes]:
+    """(public key if RSA or EC, DER IssuerAndSerialNumber), once per certificate (the cache
+    is keyed by the certificate's DER, so it cannot answer for another certificate)."""
+    key = certificate.public_key()
+    usable = key if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) else None
+    return usable, bytes(_ias(certificate).dump(force=True))
+
 
 def build_ktri(certificate: x509.Certificate, cek: bytes) -> bytes:
     """DER KeyTransRecipientInfo v0 for an RSA certificate (digest §2.6, KOM-LE-A_2108/2109)."""
-    public_key = certificate.public_key()
+    public_key, ias = _recipient(certificate)
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise CmsError("EncryptionRecipient.certificate", "key transport needs an RSA key")
-    ktri = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number", value=_ias(certificate)
-            ),
-            "key_encryption_algorithm": cms.KeyEncryptionAlgorithm.load(RSAES_OAEP_SHA256_DER),
-            "encrypted_key": public_key.encrypt(cek, OAEP_SHA256),
-        }
+    # SEQUENCE { version 0, rid IssuerAndSerialNumber, keyEncryptionAlgorithm, encryptedKey }
+    return _seq(
+        b"\x02\x01\x00", ias, RSAES_OAEP_SHA256_DER, _octets(public_key.encrypt(cek, OAEP_SHA256))
     )
-    return bytes(ktri.dump(force=True))
 
 
 def _aes256_wrap_der() -> bytes:
     """AlgorithmIdentifier{id-aes256-wrap} with absent parameters (RFC 3565 §2.3.2)."""
     oid = core.ObjectIdentifier(oids.ID_AES256_WRAP).dump()
     return bytes(core.Sequence(contents=oid).dump())
+
+
+_WRAP_DER: Final = _aes256_wrap_der()
+_KEK_SHARED_INFO: Final = shared_info(_WRAP_DER, 256, None)
+# keyEncryptionAlgorithm { dhSinglePass-stdDH-sha256kdf-scheme, id-aes256-wrap }
+_KARI_ALGORITHM_DER: Final = _seq(
+    bytes(core.ObjectIdentifier(oids.ID_DH_SINGLE_PASS_STD_DH_SHA256_KDF).dump()), _WRAP_DER
+)
+# AlgorithmIdentifier { id-ecPublicKey } with absent parameters
+_EC_PUBLIC_KEY_DER: Final = _seq(bytes(core.ObjectIdentifier("1.2.840.10045.2.1").dump()))
 
 
 def build_kari(certificate: x509.Certificate, cek: bytes) -> bytes:
@@ -133,49 +169,28 @@ def build_kari(certificate: x509.Certificate, cek: bytes) -> bytes:
     take the curve from the recipient's key); no ukm; dhSinglePass-stdDH-sha256kdf-scheme with
     id-aes256-wrap; rid issuerAndSerialNumber.
     """
-    public_key = certificate.public_key()
+    public_key, ias = _recipient(certificate)
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.BrainpoolP256R1
     ):
         raise CmsError("EncryptionRecipient.certificate", "key agreement needs brainpoolP256r1")
     ephemeral = ec.generate_private_key(ec.BrainpoolP256R1())
     z = ephemeral.exchange(ec.ECDH(), public_key)
-    wrap_der = _aes256_wrap_der()
-    kek = X963KDF(
-        algorithm=hashes.SHA256(), length=32, sharedinfo=shared_info(wrap_der, 256, None)
-    ).derive(z)
+    kek = X963KDF(algorithm=hashes.SHA256(), length=32, sharedinfo=_KEK_SHARED_INFO).derive(z)
     point = ephemeral.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
-    originator_key = asn1_keys.PublicKeyInfo(
-        {
-            "algorithm": asn1_keys.PublicKeyAlgorithm({"algorithm": "ec"}),
-            "public_key": point,
-        }
+    # originator [0] EXPLICIT OriginatorIdentifierOrKey: originatorKey [1] IMPLICIT
+    # OriginatorPublicKey { algorithm, publicKey BIT STRING }
+    originator_key = _tlv(_C, True, 1, _EC_PUBLIC_KEY_DER + _tlv(_U, False, 3, b"\x00" + point))
+    # recipientEncryptedKeys: SEQUENCE OF { rid IssuerAndSerialNumber, encryptedKey }
+    encrypted_keys = _seq(_seq(ias, _octets(aes_key_wrap(kek, cek))))
+    return _tlv(
+        _C,
+        True,
+        1,  # RecipientInfo CHOICE: kari [1] IMPLICIT KeyAgreeRecipientInfo
+        b"\x02\x01\x03" + _tlv(_C, True, 0, originator_key) + _KARI_ALGORITHM_DER + encrypted_keys,
     )
-    kari = cms.KeyAgreeRecipientInfo(
-        {
-            "version": "v3",
-            "originator": cms.OriginatorIdentifierOrKey(
-                name="originator_key", value=originator_key
-            ),
-            "key_encryption_algorithm": cms.KeyEncryptionAlgorithm(
-                {
-                    "algorithm": oids.ID_DH_SINGLE_PASS_STD_DH_SHA256_KDF,
-                    "parameters": core.Any.load(wrap_der),
-                }
-            ),
-            "recipient_encrypted_keys": [
-                {
-                    "rid": cms.KeyAgreementRecipientIdentifier(
-                        name="issuer_and_serial_number", value=_ias(certificate)
-                    ),
-                    "encrypted_key": aes_key_wrap(kek, cek),
-                }
-            ],
-        }
-    )
-    return bytes(cms.RecipientInfo(name="kari", value=kari).dump(force=True))
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -214,7 +229,9 @@ class RecipientInfo:
         if certificate.serial_number != self.serial:
             return False
         try:
-            return bool(_issuer_of(certificate) == self.issuer)
+            name, der = _issuer_of(certificate)
+            # the same bytes are the same name; otherwise compare as RFC 5280 §7.1 says
+            return bytes(self.issuer.dump()) == der or bool(name == self.issuer)
         except ValueError:
             return False
 
@@ -277,9 +294,18 @@ class RecipientInfo:
             ) from exc
 
 
+#: DER of issuer names that parsed fully before (a handful of CAs): not parsed again
+_PARSED_NAMES: set[bytes] = set()
+
+
 def _name_and_serial(ias: cms.IssuerAndSerialNumber) -> tuple[asn1crypto.x509.Name, int]:
     issuer = ias["issuer"]
-    issuer.native  # noqa: B018 (forces a full parse, so malformed names fail here)
+    der = bytes(issuer.dump())
+    if der not in _PARSED_NAMES:
+        issuer.native  # noqa: B018 (forces a full parse, so malformed names fail here)
+        if len(_PARSED_NAMES) >= 1024:
+            _PARSED_NAMES.clear()
+        _PARSED_NAMES.add(der)
     return issuer, int(ias["serial_number"].native)
 
 
@@ -312,7 +338,9 @@ def _parse_ktri(ktri: cms.KeyTransRecipientInfo, where: str) -> RecipientInfo:
     issuer, serial = _name_and_serial(rid.chosen)
     alg = ktri["key_encryption_algorithm"]
     dotted = alg["algorithm"].dotted
-    if dotted != oids.ID_RSAES_OAEP or not _oaep_is_sha256(alg["parameters"]):
+    # the exact bytes KIM writes (gematik's sample, ours) need no parameter walk
+    exact = bytes(alg.dump()) == RSAES_OAEP_SHA256_DER
+    if not exact and (dotted != oids.ID_RSAES_OAEP or not _oaep_is_sha256(alg["parameters"])):
         raise CmsFormatError(
             f"{where}.keyEncryptionAlgorithm",
             f"{alg['algorithm'].native} is not supported: KIM requires {_OAEP_NAME} (digest §2.8)",

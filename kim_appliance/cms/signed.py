@@ -21,6 +21,7 @@ Signature RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) or ecdsa-with-SHA256 (dige
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from kim_appliance import _native
 from kim_appliance.cms.errors import CmsError, CmsFormatError, SignatureError
@@ -91,6 +93,19 @@ def _oid(dotted: str) -> bytes:
 
 def _attribute(oid: str, value: bytes) -> bytes:
     return _seq(_oid(oid), _tlv(_U, True, _SET, value))
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(certificate: x509.Certificate) -> CertificatePublicKeyTypes:
+    """``certificate.public_key()`` once per certificate (keyed by its DER): loading an EC key
+    checks the point, which cost more than the verification itself (issue 7)."""
+    return certificate.public_key()
+
+
+def _same_name(a: Any, b: Any) -> bool:
+    """Two asn1crypto Names are equal: the same RDNSequence bytes (an explicit tag around one,
+    as in GeneralName [4], does not matter), or equal as RFC 5280 §7.1 says."""
+    return bool(a.chosen.contents == b.chosen.contents or a == b)
 
 
 def _cert_der(certificate: x509.Certificate) -> bytes:
@@ -546,7 +561,7 @@ def _the_certificate(
         cert_asn1 = choice.chosen
         cert_der = bytes(cert_asn1.dump())
         certificate = x509.load_der_x509_certificate(cert_der)
-        certificate.public_key()  # cryptography parses the key lazily; fail here, not later
+        _public_key(certificate)  # cryptography parses the key lazily; fail here, not later
         cert_asn1["tbs_certificate"]["issuer"].native  # noqa: B018 (force the parse)
     except CmsFormatError:
         raise
@@ -596,7 +611,9 @@ def _verify_signer_info(
     if sid.name != "issuer_and_serial_number":
         raise CmsFormatError(f"{_SI}.sid", "must be issuerAndSerialNumber (KOM-LE-A_2124)")
     ias = sid.chosen
-    if ias["serial_number"].native != tbs["serial_number"].native or ias["issuer"] != tbs["issuer"]:
+    if ias["serial_number"].native != tbs["serial_number"].native or not _same_name(
+        ias["issuer"], tbs["issuer"]
+    ):
         raise CmsFormatError(
             f"{_SI}.sid", "does not name the certificate in SignedData.certificates (KOM-LE-A_2125)"
         )
@@ -715,7 +732,7 @@ def _check_signature_algorithm(
 ) -> str:
     field = f"{_SI}.signatureAlgorithm"
     oid = algorithm["algorithm"].dotted
-    key = certificate.public_key()
+    key = _public_key(certificate)
     try:
         parameters = algorithm["parameters"].native
     except (ValueError, TypeError) as exc:
@@ -810,7 +827,7 @@ def _signing_certificate_mismatch(value: Any, cert_der: bytes, tbs: Any) -> str 
         if issuer_serial["serial_number"].native != tbs["serial_number"].native:
             return "issuerSerial.serialNumber differs from certificates[0]"
         names = [n.chosen for n in issuer_serial["issuer"] if n.name == "directory_name"]
-        if not any(n == tbs["issuer"] for n in names):
+        if not any(_same_name(n, tbs["issuer"]) for n in names):
             return "issuerSerial.issuer differs from certificates[0]"
     return None
 
@@ -818,7 +835,7 @@ def _signing_certificate_mismatch(value: Any, cert_der: bytes, tbs: Any) -> str 
 def _signature_verifies(
     certificate: x509.Certificate, signature: bytes, data: bytes, algorithm: str
 ) -> bool:
-    key = certificate.public_key()
+    key = _public_key(certificate)
     try:
         if algorithm == SIG_RSASSA_PSS and isinstance(key, rsa.RSAPublicKey):
             pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)

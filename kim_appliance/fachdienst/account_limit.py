@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -22,10 +23,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from kim_appliance.config import MAX_MAIL_SIZE
+from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.accounts import AuthResult
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.store import MailStore
-from kim_appliance.store.base import UNLIMITED
+from kim_appliance.store.base import UNLIMITED, Account
 from kim_appliance.web.errors import ApiError, JsonUtf8Response
 
 BASE_PATH = "/AccountLimit/v1.1"
@@ -88,10 +90,17 @@ def basic_credentials(authorization: str | None) -> tuple[str, str]:
 
 
 def account_limit_of(
-    store: MailStore, address: str, *, now: dt.datetime | None = None
+    store: MailStore,
+    address: str,
+    *,
+    now: dt.datetime | None = None,
+    usage: Callable[[Account], int] | None = None,
 ) -> AccountLimit:
     """The limits of ``address`` (blocking: runs in a worker thread); ApiError 404 if the
-    account is gone or its deregistration date has passed (KOM-LE-A_2149/2150)."""
+    account is gone or its deregistration date has passed (KOM-LE-A_2149/2150).
+
+    ``usage`` gives the bytes counted against the quota (default: the mailbox only; the route
+    passes :func:`kim_appliance.fachdienst.quota.usage`, which adds the KAS uploads)."""
     now = now or dt.datetime.now(dt.UTC)
     account = store.get_account(address)
     if account is None or (account.dereg_date is not None and account.dereg_date <= now):
@@ -99,7 +108,8 @@ def account_limit_of(
     if account.quota_bytes == UNLIMITED:
         remain = UNLIMITED
     else:
-        remain = max(0, account.quota_bytes - store.mailbox_usage(account.address))
+        used = usage(account) if usage is not None else store.mailbox_usage(account.address)
+        remain = max(0, account.quota_bytes - used)
     return AccountLimit(
         data_time_to_live=account.data_ttl_days,
         max_mail_size=MAX_MAIL_SIZE,  # fixed 734003200 (schema minimum, digest §3.2)
@@ -119,7 +129,11 @@ def account_limit_routes(fd: Fachdienst) -> list[BaseRoute]:
         if not result.ok:
             fd.log.info("AccountLimit: %s", result.text)
             raise ApiError(401, result.text, headers=_CHALLENGE)
-        limit = await trio.to_thread.run_sync(account_limit_of, fd.store, result.address)
+        limit = await trio.to_thread.run_sync(
+            lambda: account_limit_of(
+                fd.store, result.address, now=fd.clock(), usage=lambda a: quota.usage(fd, a)
+            )
+        )
         return JsonUtf8Response(limit.to_json())
 
     return [

@@ -78,10 +78,6 @@ class JwtVerifier(Protocol):
     def __call__(self, token: str) -> Mapping[str, Any]: ...
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _rfc3339(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -313,6 +309,11 @@ class _AccountManager:
             raise ApiError(420, f"username: {username} is not an address of {self.fd.domain}")
         if await run_in_threadpool(self.fd.store.get_account, username) is not None:
             raise ApiError(409, f"username: {username} is already taken")
+        retired_for = await run_in_threadpool(self.fd.store.retired_telematik_id, username)
+        if retired_for is not None and retired_for != telematik_id:
+            # A_19464-02: a deleted address is never given out again, except to the same
+            # Telematik-ID (digest §3.2)
+            raise ApiError(409, f"username: {username} was used before and is not available")
         if self.directory.find_by_mail(username) is not None:
             raise ApiError(409, f"username: {username} is already in the VZD")
         self._vzd_entry_writable(telematik_id)
@@ -581,14 +582,20 @@ def account_manager_routes(
     pki: TestPki,
     verify_jwt: JwtVerifier,
     state: AccountManagerState | None = None,
-    clock: Callable[[], dt.datetime] = _utcnow,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> list[BaseRoute]:
     """The routes of ``/AccountMgmt/v2.4`` (digest §3.3) for ``fd``.
 
     ``state`` holds the registration codes and OTPs (in memory if ``None``; the appliance
-    passes ``AccountManagerState.open(<fachdienst data dir>)``).
+    passes ``AccountManagerState.open(<fachdienst data dir>)``). ``clock`` defaults to the
+    Fachdienst's. The Fachdienst learns ``directory`` here if it has none yet (the retention
+    purge removes purged addresses from it).
     """
-    am = _AccountManager(fd, directory, pki, verify_jwt, state or AccountManagerState(), clock)
+    if fd.directory is None:
+        fd.directory = directory
+    am = _AccountManager(
+        fd, directory, pki, verify_jwt, state or AccountManagerState(), clock or fd.clock
+    )
     account = "/account/{username}"
     table: dict[str, dict[str, Handler]] = {
         "/account": {"POST": am.register},

@@ -7,15 +7,27 @@ module holds state only; it never opens a socket.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.fachdienst.quota import QuotaLedger
 from kim_appliance.store import MailStore
+
+if TYPE_CHECKING:
+    from kim_appliance.directory.store import DirectoryStore
+    from kim_appliance.fachdienst.kas_store import KasStore
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -59,6 +71,16 @@ class Fachdienst:
     #: scrypt needs 16 MiB and a core per check: at most two at a time, so that ten parallel
     #: logins neither spike the memory nor starve the sessions (bench/fachdienst.py)
     auth_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
+    #: per-mailbox quota locks and KAS reservations (digest §3.2/§3.5, fachdienst.quota)
+    quota: QuotaLedger = field(default_factory=QuotaLedger)
+    #: the KAS store, whose uploads count in the quota and are purged with the account; set by
+    #: whoever opens it (``kas_routes`` does, if it is still None)
+    kas: KasStore | None = None
+    #: the VZD the Account Manager writes (§4.2); the retention purge removes a purged
+    #: account's address from it. Set by ``account_manager_routes`` if still None
+    directory: DirectoryStore | None = None
+    #: the time for retention and purge decisions (tests inject a clock)
+    clock: Callable[[], dt.datetime] = utcnow
 
     @property
     def hostname(self) -> str:

@@ -17,17 +17,15 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.quota import QuotaExceeded as QuotaExceeded  # re-exported
 from kim_appliance.mail.autoreply import build_auto_reply, wants_auto_reply
 from kim_appliance.mail.dsn import DsnRecipient, build_dsn
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.mail.trace import trace_prefix
 from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient
-
-
-class QuotaExceeded(Exception):
-    """A local mailbox has no room for the message (552 5.2.2)."""
 
 
 @dataclass(frozen=True)
@@ -65,36 +63,21 @@ def new_queue_id() -> str:
 
 
 def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult:
-    """Commit, deliver, queue and report one message; raise QuotaExceeded before committing."""
+    """Commit, deliver, queue and report one message; QuotaExceeded (552 5.2.2) if a local
+    mailbox has no room: then nothing is delivered or queued.
+
+    The quota check and the delivery run under the local mailboxes' locks (fachdienst.quota):
+    two messages that each fit but together overshoot cannot both pass the check.
+    """
     now = dt.datetime.now(dt.UTC)
     queue_id = new_queue_id()
     local = [r for r in envelope.recipients if domain_of(r.address) == fd.domain]
     remote = [r for r in envelope.recipients if domain_of(r.address) != fd.domain]
     # leaving the block releases the blob: removed unless a delivery or queue entry holds it
     with blob:
-        for r in local:
-            _check_quota(fd, r.address, blob.size)
-        ref = blob.commit()
-        if local:
-            protocol = "ESMTPSA" if envelope.authenticated else "ESMTPS"
-            deliveries = [
-                (
-                    r.address,
-                    trace_prefix(
-                        mail_from=envelope.mail_from,
-                        from_host=envelope.helo or "unknown",
-                        from_ip=envelope.peer.rpartition(":")[0],
-                        by_host=fd.hostname,
-                        protocol=protocol,
-                        recipient=r.address,
-                        queue_id=queue_id,
-                        when=now,
-                        tls="TLS",
-                    ),
-                )
-                for r in local
-            ]
-            fd.store.deliver(ref, deliveries)
+        ref = blob.commit()  # the fsync outside the mailbox locks; refused -> released below
+        with quota.room_for_delivery(fd, [r.address for r in local], blob.size):
+            _deliver_local(fd, envelope, ref, local, queue_id, now)
         by_domain: dict[str, list[Recipient]] = {}
         for r in remote:
             by_domain.setdefault(domain_of(r.address), []).append(r)
@@ -128,6 +111,38 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
             ],
         )
     return AcceptResult(queue_id, relayed)
+
+
+def _deliver_local(
+    fd: Fachdienst,
+    envelope: Envelope,
+    ref: BlobRef,
+    local: Sequence[Recipient],
+    queue_id: str,
+    now: dt.datetime,
+) -> None:
+    """Store the committed body in each local mailbox with its own trace prefix."""
+    if not local:
+        return
+    protocol = "ESMTPSA" if envelope.authenticated else "ESMTPS"
+    deliveries = [
+        (
+            r.address,
+            trace_prefix(
+                mail_from=envelope.mail_from,
+                from_host=envelope.helo or "unknown",
+                from_ip=envelope.peer.rpartition(":")[0],
+                by_host=fd.hostname,
+                protocol=protocol,
+                recipient=r.address,
+                queue_id=queue_id,
+                when=now,
+                tls="TLS",
+            ),
+        )
+        for r in local
+    ]
+    fd.store.deliver(ref, deliveries)
 
 
 def _report_quietly(
@@ -276,15 +291,3 @@ def _header_block(original_header: bytes) -> bytes:
         if end >= 0:
             return original_header[:end]
     return original_header
-
-
-def _check_quota(fd: Fachdienst, address: str, size: int) -> None:
-    account = fd.store.get_account(address)
-    if account is None or account.quota_bytes < 0:
-        return
-    used = fd.store.mailbox_usage(address)
-    if used + size > account.quota_bytes:
-        raise QuotaExceeded(
-            f"mailbox {address} is full: {used} of {account.quota_bytes} bytes used, "
-            f"the message has {size}"
-        )

@@ -29,8 +29,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
+from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.kas_store import (
     AttachmentNotFound,
@@ -38,7 +39,6 @@ from kim_appliance.fachdienst.kas_store import (
     KasUpload,
     SizeMismatch,
 )
-from kim_appliance.store.base import UNLIMITED
 from kim_appliance.web.errors import JSON_UTF8, ApiError, JsonUtf8Response
 
 #: the base path of AttachmentService.yaml 2.4.0 (``servers: - url: /attachments/v2.4/``)
@@ -85,8 +85,6 @@ class _KasState:
     base_url: str | Callable[[], str]
     settings: KasSettings
     clock: Callable[[], datetime]
-    #: bytes of uploads in flight per uploader, counted against the quota until committed
-    reserved: dict[str, int] = field(default_factory=dict)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -247,29 +245,23 @@ class _Upload:
     declared: int = 0
 
 
-async def _check_quota(state: _KasState, uploader: str, size: int) -> None:
-    """507 when the attachment does not fit the account's quota or the disk (digest §3.5:
-    the quota is shared by the mailbox and the KAS, §3.2)."""
+async def _reserve_quota(state: _KasState, uploader: str, size: int) -> None:
+    """Check and reserve ``size`` bytes of the uploader's quota in one step, or 507 (digest
+    §3.5; the quota is shared by the mailbox and the KAS, §3.2, fachdienst.quota). The caller
+    releases the reservation when the upload has committed or failed."""
     fd, kas = state.fd, state.kas
-
-    def usage() -> tuple[int, int]:
-        account = fd.store.get_account(uploader)
-        quota = account.quota_bytes if account is not None else UNLIMITED
-        if quota == UNLIMITED:
-            return UNLIMITED, 0
-        return quota, fd.store.mailbox_usage(uploader) + kas.usage(uploader)
-
-    quota, used = await trio.to_thread.run_sync(usage)
-    used += state.reserved.get(uploader.lower(), 0)
-    if quota != UNLIMITED and used + size > quota:
-        raise ApiError(
-            507,
-            f"attachment: {size} bytes exceed the remaining quota of {uploader} "
-            f"({max(quota - used, 0)} of {quota} bytes left, mailbox and KAS together)",
-        )
     free = (await trio.to_thread.run_sync(shutil.disk_usage, kas.root)).free
     if size > free:
         raise ApiError(507, f"attachment: {size} bytes, but the KAS has only {free} bytes free")
+    try:
+        await trio.to_thread.run_sync(quota.reserve_upload, fd, uploader, size)
+    except quota.QuotaExceeded as exc:
+        raise ApiError(
+            507,
+            f"attachment: {size} bytes exceed the remaining quota of {uploader} "
+            f"({max(exc.quota - exc.used, 0)} of {exc.quota} bytes left, mailbox and KAS "
+            "together)",
+        ) from None
 
 
 async def _start_attachment(
@@ -292,10 +284,16 @@ async def _start_attachment(
             413,
             f"attachment: {size} bytes exceed the maximum of {state.settings.max_size} bytes",
         )
-    await _check_quota(state, uploader, size)
+    await _reserve_quota(state, uploader, size)
     form.declared = size
     form.filename = filename
-    form.upload = await trio.to_thread.run_sync(lambda: state.kas.new_upload(declared_size=size))
+    try:
+        form.upload = await trio.to_thread.run_sync(
+            lambda: state.kas.new_upload(declared_size=size)
+        )
+    except BaseException:
+        state.fd.quota.release(uploader, size)
+        raise
 
 
 async def _read_form(state: _KasState, request: Request, uploader: str, form: _Upload) -> None:
@@ -310,7 +308,6 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
     current: str | None = None
     value = bytearray()
     pending = bytearray()
-    key = uploader.lower()
 
     async def flush() -> None:
         if pending and form.upload is not None:
@@ -329,7 +326,6 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
                     value.clear()
                     if current == "attachment":
                         await _start_attachment(state, uploader, form, payload, filename)
-                        state.reserved[key] = state.reserved.get(key, 0) + form.declared
                 elif kind_ == "data":
                     if current == "attachment":
                         pending += payload
@@ -359,9 +355,8 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
         raise ApiError(400, "request body: the client disconnected during the upload") from None
     finally:
         if form.upload is not None:
-            state.reserved[key] -= form.declared
-            if state.reserved[key] <= 0:
-                del state.reserved[key]
+            # the committed attachment now counts through KasStore.usage (or it failed)
+            state.fd.quota.release(uploader, form.declared)
     if not parser.ended:
         raise ApiError(400, "request body: multipart/form-data ends before its final boundary")
 
@@ -541,6 +536,9 @@ def kas_routes(
     """
     if kas is None:
         kas = open_kas_store(fd)
+    if fd.kas is None:
+        # the mail server's quota check and the retention purge see this KAS from now on
+        fd.kas = kas
     state = _KasState(fd, kas, base_url, settings or KasSettings(), clock)
 
     def bind(
@@ -556,18 +554,15 @@ def kas_routes(
             return await delete_mail_data(state, request)
         return await read_mail_data(state, request)
 
+    # full paths instead of a Mount: Mount's ``.*`` does not match a line feed, so an id
+    # such as ``%0A`` would get the router's 404 before the handler checks the headers (400)
     return [
-        Mount(
-            BASE_PATH,
-            routes=[
-                Route("/attachment/", bind(add_mail_data), methods=["POST"]),
-                Route(
-                    "/attachment/{attachmentId}",
-                    by_method,
-                    methods=["GET", "HEAD", "DELETE"],
-                ),
-            ],
-        )
+        Route(f"{BASE_PATH}/attachment/", bind(add_mail_data), methods=["POST"]),
+        Route(
+            f"{BASE_PATH}/attachment/{{attachmentId}}",
+            by_method,
+            methods=["GET", "HEAD", "DELETE"],
+        ),
     ]
 
 

@@ -304,6 +304,26 @@ class KasStore:
                 self.blob_path(attachment_id).unlink()
         return len(ids)
 
+    def delete_uploads_of(self, uploader: str) -> int:
+        """Delete every attachment ``uploader`` stored (the purge of a deregistered account,
+        KOM-LE-A_2155); rows first, then the files. Returns how many."""
+        with self._tx() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "DELETE FROM attachments WHERE uploader = ? RETURNING id", (uploader.lower(),)
+                )
+            ]
+        for attachment_id in ids:
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(attachment_id).unlink()
+        return len(ids)
+
+    def uploaders(self) -> set[str]:
+        """Every address (lower case) with at least one stored attachment."""
+        with self._tx() as conn:
+            return {row[0] for row in conn.execute("SELECT DISTINCT uploader FROM attachments")}
+
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, attachment_id: str, *, now: datetime) -> Attachment:

@@ -99,6 +99,24 @@ class Pop3Session:
         self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.outcome.value)
         if not result.ok:
             return Response(False, result.text, RespCode.AUTH)
+        account = await trio.to_thread.run_sync(self.fd.store.get_account, result.address)
+        # KOM-LE-A_2149/2150 (digest §3.2): a deregistered account reads its mailbox by POP3
+        # until deregDate, and not after
+        dereg_date = account.dereg_date if account is not None else None
+        if (
+            account is not None
+            and account.status == "deregistered"
+            and dereg_date is not None
+            and dereg_date <= self.fd.clock()
+        ):
+            since = dereg_date.strftime("%Y-%m-%d %H:%M:%S UTC")
+            self.fd.log.info("pop3 %s AUTH %s after deregDate", self.peer, result.address)
+            return Response(
+                False,
+                f"account {result.address} is deregistered since {since} (deregDate): "
+                "the mailbox can no longer be read",
+                RespCode.AUTH,
+            )
         if result.address in self.fd.pop3_locks:
             return Response(False, f"mailbox {result.address} is in use", RespCode.IN_USE)
         self.fd.pop3_locks.add(result.address)

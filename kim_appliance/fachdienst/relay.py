@@ -8,6 +8,14 @@ it); 4xx or no connection -> tried again after the configured waits, and bounced
 ``relay_give_up_seconds`` have passed. An entry is removed from the queue only after the other
 Fachdienst has acknowledged or the sender has been told, so a crash repeats a delivery rather
 than losing it.
+
+Connections are reused (issue 7: a mutual-TLS handshake per message cost more than the
+message): after a transaction the connection goes back to :class:`RelayConnections`, idle,
+for ``IDLE_SECONDS``; the next message to the same Fachdienst takes it, sends RSET and only
+then MAIL. A connection that fails the RSET (the other side closed it, e.g. its idle timeout
+with 421) is closed and a new one opened in the same attempt, so nothing is lost or delayed;
+a connection on which anything else failed is never reused. It never sends a message twice on
+purpose: a failure after DATA leaves the recipients deferred, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import datetime as dt
 import ssl
 from dataclasses import dataclass, field
 from functools import partial
+from types import TracebackType
 
 import trio
 
@@ -39,10 +48,156 @@ POLL_SECONDS = 5.0
 ATTEMPT_TIMEOUT = 300.0
 PARALLEL_ATTEMPTS = 4
 READ_SIZE = 1024 * 1024
+#: an unused relay connection is closed (QUIT) after this long; well below the receiving
+#: side's session timeout (300 s by default), and a closed one is noticed by the RSET anyway
+IDLE_SECONDS = 30.0
+#: QUIT on an idle connection being closed may take this long
+QUIT_TIMEOUT = 2.0
 
 
 class _TemporaryFailure(Exception):
     pass
+
+
+_NETWORK_ERRORS = (
+    OSError,
+    ssl.SSLError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    RemoteProtocolError,
+    _TemporaryFailure,
+)
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One open SMTPS session with another Fachdienst, greeted and past EHLO."""
+
+    target: tuple[str, str, int]  # (domain, host, port)
+    stream: trio.SSLStream[trio.SocketStream]
+    client: SmtpClient
+    idle_since: float = 0.0
+    messages: int = 0
+
+
+class RelayConnections:
+    """The relay's open connections per target Fachdienst, idle ones kept for reuse.
+
+    ``acquire`` hands out an idle connection that still answers RSET with 250, or opens a new
+    one; ``release`` takes back a connection whose transaction ended normally; ``discard``
+    closes one after any failure. ``close_idle`` closes those unused for ``idle_seconds``
+    (the worker calls it every round), ``aclose`` all of them. ``opened`` counts the TLS
+    connections made, for the log and the tests.
+
+    Resource handling: at most ``max_idle`` idle connections per target (one per parallel
+    attempt); a connection is in the pool or with exactly one attempt, never both.
+    """
+
+    def __init__(
+        self,
+        fd: Fachdienst,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        max_idle: int = PARALLEL_ATTEMPTS,
+    ) -> None:
+        self._fd = fd
+        self.idle_seconds = idle_seconds
+        self.max_idle = max_idle
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.opened = 0
+
+    async def __aenter__(self) -> RelayConnections:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def acquire(self, domain: str, host: str, port: int) -> _Connection:
+        target = (domain, host, port)
+        idle = self._idle.get(target, [])
+        while idle:
+            conn = idle.pop()  # the most recently used one: the least likely to be closed
+            if trio.current_time() - conn.idle_since >= self.idle_seconds:
+                await self._quit(conn)
+                continue
+            try:
+                await conn.stream.send_all(conn.client.rset())
+                reply = await _reply(conn.stream, conn.client)
+            except _NETWORK_ERRORS as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if reply.code == 250:
+                    return conn
+                why = f"RSET {reply.code} {reply.text}"
+            self._fd.log.info("relay connection to %s dropped (%s); reconnecting", domain, why)
+            await trio.aclose_forcefully(conn.stream)
+        return await self._open(target)
+
+    async def release(self, conn: _Connection) -> None:
+        conn.messages += 1
+        conn.idle_since = trio.current_time()
+        idle = self._idle.setdefault(conn.target, [])
+        idle.append(conn)
+        if len(idle) > self.max_idle:  # more parallel attempts than the limiter allows
+            await self._quit(idle.pop(0))
+
+    async def discard(self, conn: _Connection) -> None:
+        await trio.aclose_forcefully(conn.stream)
+
+    async def close_idle(self) -> None:
+        """Close (QUIT) every connection unused for ``idle_seconds``."""
+        now = trio.current_time()
+        for target, idle in list(self._idle.items()):
+            expired = [c for c in idle if now - c.idle_since >= self.idle_seconds]
+            self._idle[target] = [c for c in idle if c not in expired]
+            for conn in expired:
+                await self._quit(conn)
+
+    async def aclose(self) -> None:
+        """Close every idle connection (QUIT if there is time; the worker may be cancelled)."""
+        idle = [c for conns in self._idle.values() for c in conns]
+        self._idle.clear()
+        for conn in idle:
+            await self._quit(conn)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
+
+    async def _open(self, target: tuple[str, str, int]) -> _Connection:
+        domain, host, port = target
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, self._fd.client_ssl, server_hostname=domain)
+        client = SmtpClient(hostname=self._fd.hostname)
+        try:
+            greeting = await _reply(stream, client)
+            if greeting.code != 220:
+                raise _TemporaryFailure(f"greeting {greeting.code} {greeting.text}")
+            await stream.send_all(client.ehlo())
+            ehlo = await _reply(stream, client)
+            if ehlo.code != 250:
+                raise _TemporaryFailure(f"EHLO {ehlo.code} {ehlo.text}")
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        self.opened += 1
+        self._fd.log.info("relay connection to %s (%s:%d) opened", domain, host, port)
+        return _Connection(target, stream, client)
+
+    async def _quit(self, conn: _Connection) -> None:
+        with trio.move_on_after(QUIT_TIMEOUT) as scope:
+            scope.shield = True  # also on shutdown: say goodbye, briefly
+            try:
+                await conn.stream.send_all(conn.client.quit())
+                await _reply(conn.stream, conn.client)
+            except _NETWORK_ERRORS:
+                pass
+        await trio.aclose_forcefully(conn.stream)
 
 
 @dataclass
@@ -60,22 +215,24 @@ async def relay_worker(fd: Fachdienst) -> None:
     ``POLL_SECONDS`` (so a retry wait shorter than the poll interval is kept).
     """
     limiter = trio.CapacityLimiter(PARALLEL_ATTEMPTS)
-    while True:
-        fd.relay_wakeup = trio.Event()
-        now = dt.datetime.now(dt.UTC)
-        due = await trio.to_thread.run_sync(fd.store.due_relays, now)
-        retries: list[dt.datetime] = []
-        async with trio.open_nursery() as nursery:
-            for entry in due:
-                nursery.start_soon(_attempt_limited, fd, entry, limiter, retries)
-        if not due:
-            with trio.move_on_after(POLL_SECONDS):
-                await fd.relay_wakeup.wait()
-        elif retries:
-            wait = (min(retries) - dt.datetime.now(dt.UTC)).total_seconds()
-            if wait > 0:
-                with trio.move_on_after(min(wait, POLL_SECONDS)):
+    async with RelayConnections(fd) as connections:
+        while True:
+            fd.relay_wakeup = trio.Event()
+            now = dt.datetime.now(dt.UTC)
+            due = await trio.to_thread.run_sync(fd.store.due_relays, now)
+            retries: list[dt.datetime] = []
+            async with trio.open_nursery() as nursery:
+                for entry in due:
+                    nursery.start_soon(_attempt_limited, fd, entry, limiter, retries, connections)
+            await connections.close_idle()
+            if not due:
+                with trio.move_on_after(POLL_SECONDS):
                     await fd.relay_wakeup.wait()
+            elif retries:
+                wait = (min(retries) - dt.datetime.now(dt.UTC)).total_seconds()
+                if wait > 0:
+                    with trio.move_on_after(min(wait, POLL_SECONDS)):
+                        await fd.relay_wakeup.wait()
 
 
 async def _attempt_limited(
@@ -83,9 +240,10 @@ async def _attempt_limited(
     entry: RelayEntry,
     limiter: trio.CapacityLimiter,
     retries: list[dt.datetime],
+    connections: RelayConnections,
 ) -> None:
     async with limiter:
-        outcome = await attempt(fd, entry)
+        outcome = await attempt(fd, entry, connections)
     try:
         next_attempt = await trio.to_thread.run_sync(_settle, fd, entry, outcome)
     except Exception:
@@ -103,8 +261,16 @@ async def _attempt_limited(
         retries.append(next_attempt)
 
 
-async def attempt(fd: Fachdienst, entry: RelayEntry) -> _Outcome:
-    """One delivery attempt of ``entry``; never raises for network or protocol trouble."""
+async def attempt(
+    fd: Fachdienst, entry: RelayEntry, connections: RelayConnections | None = None
+) -> _Outcome:
+    """One delivery attempt of ``entry``; never raises for network or protocol trouble.
+
+    Uses (and gives back) a connection of ``connections``; without one, a connection of its
+    own that is closed afterwards."""
+    if connections is None:
+        async with RelayConnections(fd) as own:
+            return await attempt(fd, entry, own)
     target = fd.endpoints.lookup(entry.domain)
     outcome = _Outcome()
     if target is None:
@@ -114,89 +280,81 @@ async def attempt(fd: Fachdienst, entry: RelayEntry) -> _Outcome:
     host, port = target
     try:
         with trio.fail_after(ATTEMPT_TIMEOUT):
-            await _send(fd, entry, host, port, outcome)
-    except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError,
-            RemoteProtocolError, _TemporaryFailure) as exc:  # fmt: skip
+            conn = await connections.acquire(entry.domain, host, port)
+            reusable = False
+            try:
+                reusable = await _send(fd, entry, conn, outcome)
+            finally:
+                if reusable:
+                    await connections.release(conn)
+                else:
+                    await connections.discard(conn)
+    except (*_NETWORK_ERRORS, trio.TooSlowError) as exc:
         done = {r.address for r in outcome.delivered} | {r.address for r, _ in outcome.failed}
         outcome.deferred = [r for r in entry.recipients if r.address not in done]
         outcome.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return outcome
 
 
-async def _send(fd: Fachdienst, entry: RelayEntry, host: str, port: int, outcome: _Outcome) -> None:
-    tcp = await trio.open_tcp_stream(host, port)
-    stream = trio.SSLStream(tcp, fd.client_ssl, server_hostname=entry.domain)
-    client = SmtpClient(hostname=fd.hostname)
-    try:
-        greeting = await _reply(stream, client)
-        if greeting.code != 220:
-            raise _TemporaryFailure(f"greeting {greeting.code} {greeting.text}")
-        await stream.send_all(client.ehlo())
-        ehlo = await _reply(stream, client)
-        if ehlo.code != 250:
-            raise _TemporaryFailure(f"EHLO {ehlo.code} {ehlo.text}")
-        size = entry.blob.size
-        await stream.send_all(
-            client.mail(
-                entry.sender,
-                size=size if "SIZE" in client.extensions else None,
-                ret=entry.ret if "DSN" in client.extensions else None,
-                envid=entry.envid if "DSN" in client.extensions else None,
-            )
+async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _Outcome) -> bool:
+    """One transaction on ``conn`` (greeted, past EHLO or RSET); True if it ended in a state
+    where the connection may carry the next message."""
+    stream, client = conn.stream, conn.client
+    size = entry.blob.size
+    await stream.send_all(
+        client.mail(
+            entry.sender,
+            size=size if "SIZE" in client.extensions else None,
+            ret=entry.ret if "DSN" in client.extensions else None,
+            envid=entry.envid if "DSN" in client.extensions else None,
         )
-        mail = await _reply(stream, client)
-        if mail.code >= 500:
-            outcome.failed = [(r, mail) for r in entry.recipients]
-            return
-        if mail.code >= 400:
-            raise _TemporaryFailure(f"MAIL {mail.code} {mail.text}")
-        accepted: list[RelayRecipient] = []
-        for r in entry.recipients:
-            orcpt = (
-                OriginalRecipient(*r.orcpt.split(";", 1)) if r.orcpt and ";" in r.orcpt else None
-            )
-            dsn = "DSN" in client.extensions
-            await stream.send_all(
-                client.rcpt(
-                    r.address, notify=r.notify if dsn else None, orcpt=orcpt if dsn else None
-                )
-            )
-            reply = await _reply(stream, client)
-            if reply.code < 400:
-                accepted.append(r)
-            elif reply.code >= 500:
-                outcome.failed.append((r, reply))
-            else:
-                outcome.deferred.append(r)
-        if not accepted:
-            await stream.send_all(client.quit())
-            return
-        await stream.send_all(client.data())
-        go = await _reply(stream, client)
-        if go.code != 354:
-            raise _TemporaryFailure(f"DATA {go.code} {go.text}")
-        blob = await trio.to_thread.run_sync(fd.store.open_blob, entry.blob)
-        try:
-            while chunk := await trio.to_thread.run_sync(blob.read, READ_SIZE):
-                await stream.send_all(client.body(chunk))
-        finally:
-            blob.close()
-        await stream.send_all(client.end_body())
-        final = await _reply(stream, client)
-        if final.code < 400:
-            outcome.delivered.extend(accepted)
-        elif final.code >= 500:
-            outcome.failed.extend((r, final) for r in accepted)
+    )
+    mail = await _reply(stream, client)
+    if mail.code >= 500:
+        outcome.failed = [(r, mail) for r in entry.recipients]
+        return True
+    if mail.code >= 400:
+        raise _TemporaryFailure(f"MAIL {mail.code} {mail.text}")
+    accepted: list[RelayRecipient] = []
+    for r in entry.recipients:
+        orcpt = OriginalRecipient(*r.orcpt.split(";", 1)) if r.orcpt and ";" in r.orcpt else None
+        dsn = "DSN" in client.extensions
+        await stream.send_all(
+            client.rcpt(r.address, notify=r.notify if dsn else None, orcpt=orcpt if dsn else None)
+        )
+        reply = await _reply(stream, client)
+        if reply.code < 400:
+            accepted.append(r)
+        elif reply.code >= 500:
+            outcome.failed.append((r, reply))
         else:
-            outcome.deferred.extend(accepted)
-        await stream.send_all(client.quit())
-        fd.log.info(
-            "relay %s -> %s: %d delivered, %d refused, %d deferred",
-            entry.id, entry.domain, len(outcome.delivered), len(outcome.failed),
-            len(outcome.deferred),
-        )  # fmt: skip
+            outcome.deferred.append(r)
+    if not accepted:
+        return True  # the RSET before the next message ends the transaction
+    await stream.send_all(client.data())
+    go = await _reply(stream, client)
+    if go.code != 354:
+        raise _TemporaryFailure(f"DATA {go.code} {go.text}")
+    blob = await trio.to_thread.run_sync(fd.store.open_blob, entry.blob)
+    try:
+        while chunk := await trio.to_thread.run_sync(blob.read, READ_SIZE):
+            await stream.send_all(client.body(chunk))
     finally:
-        await trio.aclose_forcefully(stream)
+        blob.close()
+    await stream.send_all(client.end_body())
+    final = await _reply(stream, client)
+    if final.code < 400:
+        outcome.delivered.extend(accepted)
+    elif final.code >= 500:
+        outcome.failed.extend((r, final) for r in accepted)
+    else:
+        outcome.deferred.extend(accepted)
+    fd.log.info(
+        "relay %s -> %s: %d delivered, %d refused, %d deferred",
+        entry.id, entry.domain, len(outcome.delivered), len(outcome.failed),
+        len(outcome.deferred),
+    )  # fmt: skip
+    return final.code != 421
 
 
 async def _reply(stream: trio.SSLStream[trio.SocketStream], client: SmtpClient) -> ServerReply:

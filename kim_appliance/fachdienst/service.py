@@ -9,7 +9,6 @@ handler closes its stream in ``finally``. Running out of file descriptors is han
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,6 +17,7 @@ import trio
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.pop3_session import serve_pop3_connection
 from kim_appliance.fachdienst.relay import relay_worker
+from kim_appliance.fachdienst.retention import retention_pass
 from kim_appliance.fachdienst.smtp_session import serve_smtp_connection
 
 
@@ -67,10 +67,23 @@ async def serve_fachdienst(
         task_status.started(addresses)
 
 
-async def retention_worker(fd: Fachdienst) -> None:
-    """Delete delivered mail past its dataTimeToLive (digest §3.2, default 90 days)."""
+async def retention_worker(fd: Fachdienst, *, interval_seconds: float | None = None) -> None:
+    """Every ``retention_interval_seconds``: delete mail past its dataTimeToLive (digest §3.2,
+    default 90 days) and purge deregistered accounts past their retention (KOM-LE-A_2155), at
+    the Fachdienst's clock (:func:`kim_appliance.fachdienst.retention.retention_pass`).
+
+    Error handling: a failing pass is logged and the next one runs on time; the task only ends
+    when cancelled.
+    """
+    interval = interval_seconds or fd.config.retention_interval_seconds
     while True:
-        removed = await trio.to_thread.run_sync(fd.store.expire, dt.datetime.now(dt.UTC))
-        if removed:
-            fd.log.info("fachdienst %s: %d expired messages deleted", fd.domain, removed)
-        await trio.sleep(fd.config.retention_interval_seconds)
+        try:
+            result = await trio.to_thread.run_sync(retention_pass, fd, fd.clock())
+        except Exception:
+            fd.log.exception("fachdienst %s: retention pass failed", fd.domain)
+        else:
+            if result.expired_messages:
+                fd.log.info(
+                    "fachdienst %s: %d expired messages deleted", fd.domain, result.expired_messages
+                )
+        await trio.sleep(interval)

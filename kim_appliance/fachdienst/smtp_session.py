@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from kim_appliance.fachdienst import delivery, rules
+from kim_appliance.fachdienst import delivery, quota, rules
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import read_header_block
@@ -159,11 +159,12 @@ class SmtpSession:
                 return refusal
             # a full mailbox is refused here, per recipient, so that the other recipients
             # still get the message (after DATA one reply answers for all); the final check
-            # with the real size is delivery._check_quota (digest §3.2)
+            # with the real size, atomic with the delivery, is in delivery.accept (digest §3.2;
+            # mailbox and KAS uploads count, fachdienst.quota)
             account = store.get_account(event.address)
             if account is None or account.quota_bytes < 0:
                 return None
-            remaining = account.quota_bytes - store.mailbox_usage(account.address)
+            remaining = account.quota_bytes - quota.usage(self.fd, account)
             return rules.check_size(
                 size if size is not None else 1,
                 max_message_size=self.fd.config.max_message_size,
@@ -241,7 +242,7 @@ class SmtpSession:
         assert blob is not None
         try:
             result = await trio.to_thread.run_sync(delivery.accept, self.fd, envelope, blob)
-        except delivery.QuotaExceeded as exc:
+        except quota.QuotaExceeded as exc:
             self.abort_transaction()
             return Reply(552, "5.2.2", str(exc))
         finally:

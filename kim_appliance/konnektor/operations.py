@@ -203,13 +203,18 @@ class Konnektor:
         self.admin = FaultAdmin(self.faults, self.cards, pki=pki, pki_dir=pki_dir)
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, *, persist_revocations: bool = True) -> Konnektor:
+    def from_data_dir(
+        cls, data_dir: Path, *, persist_revocations: bool = True, pki: TestPki | None = None
+    ) -> Konnektor:
         """The Konnektor of an initialised data dir: ``konnektor.json`` (created from the demo
-        when missing), the test PKI in ``pki/`` (trust anchors, CRLs, CA keys for revoking)."""
+        when missing), the test PKI in ``pki/`` (trust anchors, CRLs, CA keys for revoking).
+
+        Pass the process's loaded ``pki`` when other components validate against it: a
+        certificate revoked through the fault switches is then seen by all of them at once."""
         config = load_or_create(data_dir)
         pki_dir = data_dir / "pki"
-        if (pki_dir / "index.json").is_file():
-            pki = TestPki.load(pki_dir)
+        if pki is not None or (pki_dir / "index.json").is_file():
+            pki = pki or TestPki.load(pki_dir)
             return cls(
                 config,
                 data_dir,

@@ -21,6 +21,7 @@ ProfessionInfo ::= SEQUENCE { namingAuthority [0] EXPLICIT NamingAuthority OPTIO
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -149,8 +150,12 @@ class Admission:
         return cls(telematik_id, tuple(oids), tuple(texts))
 
 
+@functools.lru_cache(maxsize=512)
 def admission_of(certificate: x509.Certificate) -> Admission | None:
-    """The decoded Admission extension of ``certificate``, or ``None`` if it has none."""
+    """The decoded Admission extension of ``certificate``, or ``None`` if it has none.
+
+    Remembered per certificate (keyed by its DER; the answer is frozen): the Clientmodul asks
+    for every recipient of every message (issue 7)."""
     try:
         ext = certificate.extensions.get_extension_for_oid(ADMISSION_OID)
     except x509.ExtensionNotFound:

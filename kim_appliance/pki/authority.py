@@ -166,7 +166,10 @@ class CertificateAuthority:
         self._crl_number = crl_number
         self._next_ca_serial = next_ca_serial
         self._lock = threading.Lock()
-        self._cached_crl: x509.CertificateRevocationList | None = None
+        #: bumped by every revocation; a cached CRL made before the last bump is not used
+        self._revision = 0
+        #: (CRL, the revision it was made at, when to re-sign it)
+        self._cached_crl: tuple[x509.CertificateRevocationList, int, dt.datetime] | None = None
 
     def __repr__(self) -> str:
         return f"<CertificateAuthority {self.name!r} {self.algorithm.value}>"
@@ -399,7 +402,7 @@ class CertificateAuthority:
             if any(e.serial_number == entry.serial_number for e in self._revoked):
                 return
             self._revoked.append(entry)
-            self._cached_crl = None
+            self._revision += 1
 
     def crl(
         self,
@@ -433,13 +436,21 @@ class CertificateAuthority:
         return builder.sign(self.issued.private_key, hashes.SHA256())
 
     def current_crl(self) -> x509.CertificateRevocationList:
-        """The last CRL, re-signed only after a revocation or when it is a day from expiry."""
+        """The last CRL, re-signed only after a revocation or when it is a day from expiry.
+
+        Returns the same object until then, so validation caches keyed by the CRL object stay
+        valid (pki/validate.py). A revocation racing with the re-signing cannot leave a CRL
+        without it in the cache: the CRL is tagged with the revision read before its entries.
+        """
         cached = self._cached_crl
         now = dt.datetime.now(dt.UTC)
-        if cached is not None and (cached.next_update_utc or now) > now + dt.timedelta(days=1):
-            return cached
+        if cached is not None and cached[1] == self._revision and now < cached[2]:
+            return cached[0]
+        with self._lock:
+            revision = self._revision
         fresh = self.crl()
-        self._cached_crl = fresh
+        refresh_at = (fresh.next_update_utc or now) - dt.timedelta(days=1)
+        self._cached_crl = (fresh, revision, refresh_at)
         return fresh
 
     # -- persistence helpers (used by testpki) -------------------------------------------

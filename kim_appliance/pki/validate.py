@@ -7,6 +7,16 @@ validity of every certificate at the given time, CA basicConstraints, keyUsage a
 the leaf's keyUsage/extendedKeyUsage for the purpose, the profile's type OID, and revocation by
 the issuers' CRLs (a CRL whose signature does not verify is ignored and reported in
 ``warnings``). It never fetches anything from the network and never changes the trust store.
+
+Caching (issue 7: a KIM round trip validates several certificates): a :class:`TrustStore`
+remembers work whose answer cannot change while its inputs stay the same, keyed by content, so
+it never needs a TTL: the verdict of each signature check per (certificate, issuer) pair; the
+path built for a leaf (dropped when the anchors or intermediates change); which (path, purpose,
+profile) passed the static checks; and, per path and per exact set of current CRL objects, the
+verified CRLs and the leaf's entries in them. A revocation (the Konnektor fault "certificate
+revoked") makes the CA sign a new CRL object, which is a new cache key, so it is seen at the
+next validation. Validity times and CRL times are compared with the validation time on every
+call. The cache must never hold an answer that depends on anything not in its key.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -30,6 +41,9 @@ from kim_appliance.pki.authority import utc
 from kim_appliance.pki.profiles import CertProfile, policy_oids_of, profile_of
 
 MAX_PATH_LENGTH = 8
+#: entries per validation cache before it is emptied (a bound, not an LRU: the working set of
+#: an appliance is a few dozen certificates)
+CACHE_LIMIT = 4096
 
 REASONS = frozenset(
     {
@@ -128,14 +142,91 @@ def _key_usage(certificate: x509.Certificate) -> x509.KeyUsage | None:
         return None
 
 
-def _self_signed(certificate: x509.Certificate) -> bool:
+_SignatureCache = dict[tuple[x509.Certificate, x509.Certificate], str | None]
+
+
+def _signature_error(
+    cert: x509.Certificate, issuer: x509.Certificate, cache: _SignatureCache | None = None
+) -> str | None:
+    """None if ``issuer``'s key verifies ``cert``'s signature (and the names chain), else
+    why not; remembered per (cert, issuer) pair in ``cache``, keyed by both DER encodings."""
+    key = (cert, issuer)
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        cert.verify_directly_issued_by(issuer)
+        error = None
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        error = str(exc) or "the signature does not verify"
+    if cache is not None:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = error
+    return error
+
+
+def _self_signed(certificate: x509.Certificate, cache: _SignatureCache | None = None) -> bool:
     if certificate.subject != certificate.issuer:
         return False
-    try:
-        certificate.verify_directly_issued_by(certificate)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+    return _signature_error(certificate, certificate, cache) is None
+
+
+@dataclass(frozen=True)
+class _UsableCrl:
+    """A CRL of the issuer whose signature verified: when it expires, and the entry of the
+    certificate under check in it (revocation time, reason), if any."""
+
+    next_update: dt.datetime | None
+    entry: tuple[dt.datetime, str] | None
+
+
+@dataclass(frozen=True)
+class _PairPlan:
+    """What the current CRLs say about one (certificate, issuer) step of a path, in the order
+    the checks report it: static warnings (``str``) interleaved with usable CRLs."""
+
+    cert: x509.Certificate
+    issuer_name: str
+    items: tuple[str | _UsableCrl, ...]
+
+    @property
+    def usable(self) -> list[_UsableCrl]:
+        return [item for item in self.items if isinstance(item, _UsableCrl)]
+
+
+@dataclass(frozen=True)
+class _RevocationPlan:
+    #: the CRL objects the plan was made from: holding them keeps their ids unique
+    crls: tuple[x509.CertificateRevocationList, ...]
+    pairs: tuple[_PairPlan, ...]
+
+
+_PathKey = tuple[x509.Certificate, tuple[x509.Certificate, ...]]
+_Path = tuple[x509.Certificate, ...]
+
+
+class _Caches:
+    """The memo of one :class:`TrustStore` (see the module docstring for what is kept and
+    why each key is sound). Plain dict operations only, so worker threads may share it."""
+
+    def __init__(self) -> None:
+        self.signatures: _SignatureCache = {}
+        self.pool: tuple[_Path, _Path] = ((), ())
+        self.paths: dict[_PathKey, _Path] = {}
+        self.checked: dict[tuple[_Path, Purpose, CertProfile | None], bool] = {}
+        self.revocation: dict[tuple[_Path, tuple[int, ...]], _RevocationPlan] = {}
+
+    def clear(self) -> None:
+        self.signatures.clear()
+        self.paths.clear()
+        self.checked.clear()
+        self.revocation.clear()
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----\r?\n?", re.DOTALL)
@@ -155,6 +246,7 @@ class TrustStore:
     crl_provider: Callable[[], Sequence[x509.CertificateRevocationList]] | None = field(
         default=None, repr=False, compare=False
     )
+    _caches: _Caches = field(default_factory=_Caches, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pem_files(cls, paths: Iterable[Path]) -> TrustStore:
@@ -184,9 +276,18 @@ class TrustStore:
             self.crls.append(x509.load_der_x509_crl(data))
 
     def _add_certificate(self, certificate: x509.Certificate) -> None:
-        target = self.anchors if _self_signed(certificate) else self.intermediates
+        target = (
+            self.anchors
+            if _self_signed(certificate, self._caches.signatures)
+            else self.intermediates
+        )
         if certificate not in target:
             target.append(certificate)
+
+    def clear_caches(self) -> None:
+        """Forget every remembered validation step. Never needed for correctness (every cache
+        is keyed by content, see the module docstring); for measurements and tests."""
+        self._caches.clear()
 
     def current_crls(self) -> list[x509.CertificateRevocationList]:
         crls = list(self.crls)
@@ -208,23 +309,45 @@ class TrustStore:
         """The path leaf..anchor if ``certificate`` is trustworthy for ``purpose`` at ``at``
         (default: now); raises :class:`PathValidationError` otherwise."""
         when = utc(at) if at else dt.datetime.now(dt.UTC)
-        path = self._build_path(certificate, extra_intermediates)
-        for cert in path:
-            _check_well_formed(cert)
-        for cert in path:
-            _check_validity(cert, when)
-        _check_ca_constraints(path)
-        _check_purpose(certificate, purpose)
-        if profile is not None:
-            _check_profile(certificate, profile)
+        path = self._cached_path(certificate, tuple(extra_intermediates))
+        checked_key = (path, purpose, profile)
+        if checked_key in self._caches.checked:
+            for cert in path:  # the one static-looking check that depends on the time
+                _check_validity(cert, when)
+        else:
+            for cert in path:
+                _check_well_formed(cert)
+            for cert in path:
+                _check_validity(cert, when)
+            _check_ca_constraints(list(path))
+            _check_purpose(certificate, purpose)
+            if profile is not None:
+                _check_profile(certificate, profile)
+            _remember(self._caches.checked, checked_key, True)
         warnings = self._check_revocation(path, when)
         return ValidatedPath(path, warnings)
+
+    def _cached_path(self, leaf: x509.Certificate, extra: tuple[x509.Certificate, ...]) -> _Path:
+        """:meth:`_build_path`, remembered per (leaf, extra) while the pool is unchanged.
+        Failures are not remembered (they are rare and their messages should stay fresh)."""
+        caches = self._caches
+        pool = (tuple(self.anchors), tuple(self.intermediates))
+        if pool != caches.pool:  # identity first: cheap while the lists hold the same objects
+            caches.paths.clear()
+            caches.pool = pool
+        key = (leaf, extra)
+        path = caches.paths.get(key)
+        if path is None:
+            path = tuple(self._build_path(leaf, extra))
+            _remember(caches.paths, key, path)
+        return path
 
     def _build_path(
         self, leaf: x509.Certificate, extra: Sequence[x509.Certificate]
     ) -> list[x509.Certificate]:
         pool = [*self.intermediates, *extra, *self.anchors]
         failures: list[PathValidationError] = []
+        signatures = self._caches.signatures
 
         def extend(path: list[x509.Certificate]) -> list[x509.Certificate] | None:
             cert = path[-1]
@@ -237,7 +360,9 @@ class TrustStore:
                     )
                 )
                 return None
-            if _self_signed(cert):  # a root, but not ours (perhaps one of the same name)
+            if _self_signed(
+                cert, signatures
+            ):  # a root, but not ours (perhaps one of the same name)
                 failures.append(
                     PathValidationError(
                         "untrusted-issuer", cert, "is self-signed and not one of the trust anchors"
@@ -261,10 +386,8 @@ class TrustStore:
                 failures.append(PathValidationError("untrusted-issuer", cert, detail))
                 return None
             for candidate in candidates:
-                try:
-                    cert.verify_directly_issued_by(candidate)
-                except (InvalidSignature, ValueError, TypeError) as exc:
-                    why = str(exc) or "the signature does not verify"
+                why = _signature_error(cert, candidate, signatures)
+                if why is not None:
                     failures.append(
                         PathValidationError(
                             "bad-signature",
@@ -289,57 +412,90 @@ class TrustStore:
                     raise failure
         raise PathValidationError("untrusted-issuer", leaf, "has no path to a trust anchor")
 
-    def _check_revocation(self, path: list[x509.Certificate], when: dt.datetime) -> list[str]:
+    def _check_revocation(self, path: _Path, when: dt.datetime) -> list[str]:
         warnings: list[str] = []
-        crls = self.current_crls()
-        for cert, issuer in itertools.pairwise(path):
-            usable: list[x509.CertificateRevocationList] = []
-            issuer_name = issuer.subject.rfc4514_string()
-            for crl in crls:
-                if crl.issuer != issuer.subject:
-                    continue
-                key = issuer.public_key()
-                if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-                    continue
-                if not crl.is_signature_valid(key):
+        for pair in self._revocation_plan(path).pairs:
+            for item in pair.items:
+                if isinstance(item, str):
+                    warnings.append(item)
+                elif item.next_update is not None and item.next_update < when:
                     warnings.append(
-                        f"a CRL naming '{issuer_name}' as issuer has a signature that does not "
-                        "verify with that CA's key; ignored"
+                        f"the CRL of '{pair.issuer_name}' expired on "
+                        f"{item.next_update.isoformat()}; used anyway"
                     )
-                    continue
-                ku = _key_usage(issuer)
-                if ku is not None and not ku.crl_sign:
-                    warnings.append(f"CA '{issuer_name}' may not sign CRLs; its CRL is ignored")
-                    continue
-                next_update = crl.next_update_utc
-                if next_update is not None and next_update < when:
-                    warnings.append(
-                        f"the CRL of '{issuer_name}' expired on {next_update.isoformat()}; "
-                        "used anyway"
-                    )
-                usable.append(crl)
+            usable = pair.usable
             if not usable:
                 warnings.append(
-                    f"no CRL of '{issuer_name}' available: revocation of {describe(cert)} "
-                    "not checked"
+                    f"no CRL of '{pair.issuer_name}' available: revocation of "
+                    f"{describe(pair.cert)} not checked"
                 )
             for crl in usable:
-                entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-                if entry is None:
+                if crl.entry is None:
                     continue
-                revoked_at = entry.revocation_date_utc
-                reason = _reason_of(entry)
+                revoked_at, reason = crl.entry
                 if revoked_at <= when:
                     raise PathValidationError(
                         "revoked",
-                        cert,
+                        pair.cert,
                         f"was revoked on {revoked_at.date().isoformat()} ({reason})",
                     )
                 warnings.append(
-                    f"{describe(cert)} was revoked on {revoked_at.isoformat()} ({reason}), "
+                    f"{describe(pair.cert)} was revoked on {revoked_at.isoformat()} ({reason}), "
                     f"after the validation time {when.isoformat()}"
                 )
         return warnings
+
+    def _revocation_plan(self, path: _Path) -> _RevocationPlan:
+        """What the current CRLs say about each step of ``path``, remembered per (path, the
+        exact CRL objects). A new CRL (a revocation) is a new object and so a new key; the
+        plan holds the CRL objects it was made from, so their ids cannot be reused while it
+        is remembered."""
+        crls = tuple(self.current_crls())
+        key = (path, tuple(map(id, crls)))
+        plan = self._caches.revocation.get(key)
+        if plan is not None and all(a is b for a, b in zip(plan.crls, crls, strict=True)):
+            return plan
+        pairs = tuple(
+            _plan_pair(cert, issuer, crls, self._caches.signatures)
+            for cert, issuer in itertools.pairwise(path)
+        )
+        plan = _RevocationPlan(crls, pairs)
+        _remember(self._caches.revocation, key, plan)
+        return plan
+
+
+def _plan_pair(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    crls: Sequence[x509.CertificateRevocationList],
+    signatures: _SignatureCache,
+) -> _PairPlan:
+    items: list[str | _UsableCrl] = []
+    issuer_name = issuer.subject.rfc4514_string()
+    for crl in crls:
+        if crl.issuer != issuer.subject:
+            continue
+        key = issuer.public_key()
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            continue
+        if not crl.is_signature_valid(key):
+            items.append(
+                f"a CRL naming '{issuer_name}' as issuer has a signature that does not "
+                "verify with that CA's key; ignored"
+            )
+            continue
+        ku = _key_usage(issuer)
+        if ku is not None and not ku.crl_sign:
+            items.append(f"CA '{issuer_name}' may not sign CRLs; its CRL is ignored")
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        items.append(
+            _UsableCrl(
+                crl.next_update_utc,
+                None if entry is None else (entry.revocation_date_utc, _reason_of(entry)),
+            )
+        )
+    return _PairPlan(cert, issuer_name, tuple(items))
 
 
 def _reason_of(entry: x509.RevokedCertificate) -> str:

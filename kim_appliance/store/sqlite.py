@@ -131,6 +131,18 @@ CREATE TABLE relay_recipients (
 );
 """
 
+#: addresses of purged accounts (KOM-LE-A_2155): the address is never given out again, except
+#: to the same Telematik-ID (A_19464-02). Created with IF NOT EXISTS on every open, so data dirs
+#: made before it existed get it without a schema version step.
+_RETIRED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS retired_addresses (
+    key TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    telematik_id TEXT NOT NULL,
+    purged_at INTEGER NOT NULL
+)
+"""
+
 _ACCOUNT_COLUMNS = (
     "key, address, password_hash, telematik_id, display_name, status, quota_bytes, "
     "data_ttl_days, failed_logins, locked_until, kim_version, dereg_date, no_vzd_mail_entry, "
@@ -312,6 +324,7 @@ class SQLiteMailStore:
                     f"{self.data_dir / DB_NAME}: schema version {version}, this code knows "
                     f"{SCHEMA_VERSION}"
                 )
+            conn.execute(_RETIRED_SCHEMA)
             self._instance: str = conn.execute(
                 "SELECT value FROM meta WHERE key = 'instance'"
             ).fetchone()[0]
@@ -395,6 +408,44 @@ class SQLiteMailStore:
         with self._connection() as conn:
             rows = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY key")
             return [_account(row) for row in rows]
+
+    def purge_account(self, address: str, /, *, now: datetime) -> int:
+        """Delete an account with its mailbox (KOM-LE-A_2155: all data after the retention).
+
+        In one transaction: every message of the mailbox, the account row, and a tombstone that
+        keeps the address and Telematik-ID (:meth:`retired_telematik_id`). Blob files go after
+        the commit when nothing else references them. Returns the number of messages deleted;
+        AccountNotFound if there is no such account.
+        """
+        key = address.lower()
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                raise AccountNotFound(f"address {address}: no such account")
+            account = _account(row)
+            rows = conn.execute(
+                "DELETE FROM messages WHERE mailbox = ? RETURNING blob", (key,)
+            ).fetchall()
+            conn.execute("DELETE FROM accounts WHERE key = ?", (key,))
+            conn.execute(
+                "INSERT OR REPLACE INTO retired_addresses (key, address, telematik_id, purged_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, account.address, account.telematik_id, _us(now, "now")),
+            )
+            dead = self._collect_garbage(conn, {r[0] for r in rows})
+        with self._write_lock:
+            self._unlink(dead)
+        return len(rows)
+
+    def retired_telematik_id(self, address: str) -> str | None:
+        """The Telematik-ID a purged address belonged to, or None if it was never purged."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT telematik_id FROM retired_addresses WHERE key = ?", (address.lower(),)
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def _require_account(self, conn: sqlite3.Connection, mailbox: str) -> sqlite3.Row:
         row: sqlite3.Row | None = conn.execute(

@@ -1,10 +1,11 @@
 """The Clientmodul's SMTP side through sockets: smtplib plays the PVS (digest §1.3, §1.4).
 
-A running appliance (in-process, ephemeral ports) provides the Fachdienste; the Clientmodul's
-SMTP listener is started here on top of it with its own Konnektor and VZD instances read from
-the same data dir. What arrives at the Fachdienst is read with poplib directly and opened with
-the recipient's exported keys (``mail.unseal.open_message``), as an independent check that the
-Clientmodul made a KIM message the recipient can read.
+Every test runs a whole appliance in-process (``cm``/``start_kim`` of conftest.py, on
+kim_appliance.testing) and talks to its own Clientmodul (endpoint ``clientmodul.smtp``);
+faults are switched through the Konnektor admin API. What arrives at the Fachdienst is read
+with poplib directly and opened with the recipient's exported keys
+(``mail.unseal.open_message``), as an independent check that the Clientmodul made a KIM
+message the recipient can read.
 """
 
 from __future__ import annotations
@@ -13,182 +14,21 @@ import base64
 import email
 import email.policy
 import io
-import json
-import shutil
+import re
 import smtplib
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from email.message import EmailMessage
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from fd_support import Running, _quick_hash, _write_config, pop3_fetch_all
+from conftest import Kim, StartKim, closed_port, demo_address, with_upstream
 
-from kim_appliance.appliance import ENDPOINTS_FILE, _tls_files, run_appliance
 from kim_appliance.clientmodul.context import ClientmodulContext
-from kim_appliance.clientmodul.smtp_proxy import serve_cm_smtp_connection
-from kim_appliance.cms.keys import SoftwareKey
 from kim_appliance.directory import DirectoryStore
-from kim_appliance.konnektor import Context, Konnektor
 from kim_appliance.mail.unseal import OpenReport, open_message
-from kim_appliance.pki import CertProfile, TestPki
-from kim_appliance.pki.tls import server_context
-from kim_appliance.store import open_store
-
-# --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def cm_template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir after one full start and stop, with quick password hashes (as the
-    Fachdienst tests make it) and the Clientmodul's TLS server certificate."""
-    data_dir = tmp_path_factory.mktemp("cm-template") / "kim-data"
-
-    async def once() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: run_appliance(
-                    data_dir, ephemeral_ports=True, task_status=task_status
-                )
-            )
-            nursery.cancel_scope.cancel()
-
-    trio.run(once)
-    assert not (data_dir / ENDPOINTS_FILE).exists()
-    demo = json.loads((data_dir / "demo.json").read_text())
-    for d in (data_dir / "fachdienst").iterdir():
-        store = open_store(d)
-        try:
-            for p in demo["participants"]:
-                if store.get_account(p["address"]) is not None:
-                    store.update_account(p["address"], password_hash=_quick_hash(p["password"]))
-        finally:
-            store.close()
-    pki = TestPki.load(data_dir / "pki")
-    _tls_files(pki, data_dir / "tls", "clientmodul", CertProfile.C_FD_TLS_S)
-    return data_dir
-
-
-@dataclass
-class Cm:
-    """A running appliance plus a Clientmodul SMTP listener on top of it."""
-
-    app: Running
-    ctx: ClientmodulContext
-    port: int
-
-    def participant(self, local: str) -> dict[str, Any]:
-        return self.app.participant(local)
-
-    def address(self, local: str) -> str:
-        return str(self.participant(local)["address"])
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.app.endpoints["tls_ca"])
-
-    def connect(self) -> smtplib.SMTP_SSL:
-        return smtplib.SMTP_SSL("127.0.0.1", self.port, context=self.ssl_context(), timeout=60)
-
-    def login(self, local: str, *, username: str | None = None) -> smtplib.SMTP_SSL:
-        p = self.participant(local)
-        smtp = self.connect()
-        smtp.ehlo("pvs.test")
-        smtp.login(username or p["smtp_username"], p["password"])
-        return smtp
-
-    def send(
-        self, local: str, to: list[str], data: bytes, *, username: str | None = None
-    ) -> dict[str, tuple[int, bytes]]:
-        with self.login(local, username=username) as smtp:
-            return smtp.sendmail(self.address(local), to, data)
-
-    def keys(self, local: str) -> list[SoftwareKey]:
-        export = self.participant(local)["export"]
-        return [
-            SoftwareKey.from_files(Path(k), Path(c))
-            for k, c in zip(export["enc_key"], export["enc_cert"], strict=True)
-        ]
-
-    def fetch(self, local: str) -> list[bytes]:
-        p = self.participant(local)
-        return pop3_fetch_all(self.app, p["fachdienst"], local)
-
-
-StartCm = Callable[..., Awaitable[Cm]]
-
-
-def _resolver(app: Running) -> Callable[[str | None, int | None, str, str], tuple[str, int]]:
-    def resolve(host: str | None, port: int | None, protocol: str, account: str) -> tuple[str, int]:
-        # the demo usernames name fdN...:465/995, which the test appliance does not listen on:
-        # the domain picks the Fachdienst, its ephemeral port is where it really is
-        domain = host if host in app.endpoints["fachdienste"] else account.rpartition("@")[2]
-        return app.address(domain, protocol)
-
-    return resolve
-
-
-@pytest.fixture
-async def start_cm(tmp_path: Path, cm_template_dir: Path) -> AsyncIterator[StartCm]:
-    async with trio.open_nursery() as nursery:
-
-        async def start(fachdienst: dict[str, Any] | None = None, **overrides: Any) -> Cm:
-            data_dir = tmp_path / "kim-data"
-            shutil.copytree(cm_template_dir, data_dir)
-            if fachdienst:
-                _write_config(data_dir, fachdienst)
-            endpoints = await nursery.start(
-                lambda task_status: run_appliance(
-                    data_dir, ephemeral_ports=True, task_status=task_status
-                )
-            )
-            demo = json.loads((data_dir / "demo.json").read_text())
-            app = Running(data_dir, endpoints, demo)
-            konnektor = await trio.to_thread.run_sync(
-                partial(Konnektor.from_data_dir, data_dir, persist_revocations=False)
-            )
-            tls_ca = Path(endpoints["tls_ca"])
-            spool = tmp_path / "spool"
-            spool.mkdir()
-            settings: dict[str, Any] = {
-                "konnektor": konnektor,
-                "directory": DirectoryStore.open(data_dir),
-                "resolve_upstream": _resolver(app),
-                "upstream_ssl": ssl.create_default_context(cafile=tls_ca),
-                "server_ssl": server_context(
-                    data_dir / "tls" / "clientmodul.server.chain.pem",
-                    data_dir / "tls" / "clientmodul.server.key.pem",
-                ),
-                "trust": konnektor.trust,
-                "spool_dir": spool,
-            }
-            settings.update(overrides)
-            ctx = ClientmodulContext(**settings)
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(
-                partial(
-                    trio.serve_listeners,
-                    partial(serve_cm_smtp_connection, ctx),
-                    [
-                        trio.SSLListener(s, ctx.server_ssl, https_compatible=False)
-                        for s in listeners
-                    ],
-                )
-            )
-            return Cm(app, ctx, port)
-
-        yield start
-        nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def cm(start_cm: StartCm) -> Cm:
-    return await start_cm()
-
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -217,17 +57,17 @@ def client_mail(
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def open_kim(outer: bytes, cm: Cm, local: str) -> tuple[OpenReport, bytes]:
+def open_kim(outer: bytes, cm: Kim, local: str) -> tuple[OpenReport, bytes]:
     inner = io.BytesIO()
-    report = open_message(io.BytesIO(outer), inner, keys=cm.keys(local), trust=cm.ctx.trust)
+    report = open_message(io.BytesIO(outer), inner, keys=cm.keys(local), trust=cm.trust)
     return report, inner.getvalue()
 
 
-async def wait_for(cm: Cm, local: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+async def wait_for(cm: Kim, local: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
     got: list[bytes] = []
     with trio.fail_after(timeout):
         while len(got) < count:
-            got += await trio.to_thread.run_sync(cm.fetch, local)
+            got += await trio.to_thread.run_sync(cm.fd_fetch, local)
             if len(got) < count:
                 await trio.sleep(0.1)
     return got
@@ -250,7 +90,7 @@ PAIRS = [
 
 @pytest.mark.parametrize(("sender", "recipient"), PAIRS)
 async def test_mail_arrives_as_kim_message_the_recipient_opens(
-    cm: Cm, sender: str, recipient: str
+    cm: Kim, sender: str, recipient: str
 ) -> None:
     """KOM-LE-A_2022, A_2111-01, KOM-LE-A_2020/2129: the PVS sends a plain mail; the Fachdienst
     holds a signed and encrypted KIM message that the recipient's keys decrypt and verify."""
@@ -262,9 +102,10 @@ async def test_mail_arrives_as_kim_message_the_recipient_opens(
     outer_header = header_of(outer)
     assert outer_header["Subject"] == "KOM-LE-Nachricht"
     assert outer_header["X-KOM-LE-Version"] == "1.0"
-    assert outer_header["X-KIM-CMVersion"] == cm.ctx.cm_version
-    assert outer_header["X-KIM-PTVersion"] == cm.ctx.pt_version
-    assert outer_header["X-KIM-KONVersion"] == cm.ctx.kon_version
+    # the appliance runs its Clientmodul with the context's default versions
+    assert outer_header["X-KIM-CMVersion"] == ClientmodulContext.cm_version
+    assert outer_header["X-KIM-PTVersion"] == ClientmodulContext.pt_version
+    assert outer_header["X-KIM-KONVersion"] == ClientmodulContext.kon_version
     assert outer_header["Expires"] is not None
     assert outer_header["X-KIM-Dienstkennung"] == "KIM-Mail;Default;V1.0"
     report, inner = open_kim(outer, cm, recipient)
@@ -276,24 +117,24 @@ async def test_mail_arrives_as_kim_message_the_recipient_opens(
 # --- tests: the CONNECT state, digest §1.3 row by row -------------------------------------------
 
 
-def _dialogue(cm: Cm, commands: list[str]) -> list[tuple[int, str]]:
+def _dialogue(cm: Kim, commands: list[str]) -> list[tuple[int, str]]:
     """Send each raw command, collect (code, text) of each reply."""
     out: list[tuple[int, str]] = []
-    with cm.connect() as smtp:
+    with cm.smtp_connect() as smtp:
         for command in commands:
             code, text = smtp.docmd(command)
             out.append((code, text.decode()))
     return out
 
 
-async def test_greeting_says_esmtp(cm: Cm) -> None:
+async def test_greeting_says_esmtp(cm: Kim) -> None:
     """digest §1.3 (Tab_SMTP_Ant_Init): the greeting contains "ESMTP"."""
 
     def greet() -> tuple[int, bytes]:
         smtp = smtplib.SMTP_SSL(context=cm.ssl_context(), timeout=30)
         smtp._host = "127.0.0.1"  # type: ignore[attr-defined]  # the TLS server name
         try:
-            return smtp.connect("127.0.0.1", cm.port)
+            return smtp.connect(*cm.app.clientmodul_smtp)
         finally:
             smtp.close()
 
@@ -302,12 +143,12 @@ async def test_greeting_says_esmtp(cm: Cm) -> None:
     assert b"ESMTP" in text
 
 
-async def test_ehlo_announces_the_extensions_of_the_spec(cm: Cm) -> None:
+async def test_ehlo_announces_the_extensions_of_the_spec(cm: Kim) -> None:
     """digest §1.3: EHLO -> 250 with SIZE n (n >= 35882577), AUTH LOGIN PLAIN, 8BITMIME,
     ENHANCEDSTATUSCODES, DSN (KOM-LE-A_2009: only PLAIN and LOGIN)."""
 
     def ehlo() -> tuple[int, dict[str, str]]:
-        with cm.connect() as smtp:
+        with cm.smtp_connect() as smtp:
             code, _ = smtp.ehlo("pvs.test")
             return code, dict(smtp.esmtp_features)
 
@@ -319,7 +160,7 @@ async def test_ehlo_announces_the_extensions_of_the_spec(cm: Cm) -> None:
         assert keyword in features
 
 
-async def test_connect_state_replies(cm: Cm) -> None:
+async def test_connect_state_replies(cm: Kim) -> None:
     """digest §1.3 (Tab_SMTP_Verbindung): HELO 250; RSET/NOOP 250; MAIL/RCPT/DATA before AUTH
     530 5.7.0 (before and after EHLO); anything else 502 5.5.1; QUIT 221."""
     replies = await trio.to_thread.run_sync(
@@ -349,22 +190,22 @@ async def test_connect_state_replies(cm: Cm) -> None:
             assert text.startswith("5.5.1")
 
 
-async def test_other_sasl_mechanism_is_refused_504(cm: Cm) -> None:
+async def test_other_sasl_mechanism_is_refused_504(cm: Kim) -> None:
     """digest §1.3: another SASL mechanism -> 504 5.7.4 (KOM-LE-A_2009)."""
     replies = await trio.to_thread.run_sync(_dialogue, cm, ["EHLO pvs.test", "AUTH CRAM-MD5"])
     assert replies[1][0] == 504
     assert replies[1][1].startswith("5.7.4")
 
 
-async def test_malformed_username_is_refused_501_and_closed(cm: Cm) -> None:
+async def test_malformed_username_is_refused_501_and_closed(cm: Kim) -> None:
     """digest §1.3: username incomplete or malformed -> 501 5.5.4, then the connection is
     closed (KOM-LE-A_2010)."""
     p = cm.participant("praxis.weber")
 
     def attempt() -> tuple[int, str, bool]:
-        smtp = cm.connect()
+        smtp = cm.smtp_connect()
         smtp.ehlo("pvs.test")
-        raw = f"\0{p['address']}#only-two-fields\0{p['password']}".encode()
+        raw = f"\0{p.address}#only-two-fields\0{p.password}".encode()
         code, text = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(raw).decode())
         try:
             smtp.noop()
@@ -381,25 +222,25 @@ async def test_malformed_username_is_refused_501_and_closed(cm: Cm) -> None:
     assert closed
 
 
-async def test_unknown_mandant_is_refused_501(cm: Cm) -> None:
+async def test_unknown_mandant_is_refused_501(cm: Kim) -> None:
     """digest §1.3: a Konnektor fault 4004 on the call context -> 501."""
     p = cm.participant("praxis.weber")
-    username = p["smtp_username"].replace("#Mandant1#", "#NoSuchMandant#")
+    username = p.smtp_username.replace("#Mandant1#", "#NoSuchMandant#")
     with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
-        await trio.to_thread.run_sync(partial(cm.login, "praxis.weber", username=username))
+        await trio.to_thread.run_sync(partial(cm.smtp_login, "praxis.weber", username=username))
     assert caught.value.smtp_code == 501
     assert b"4004" in caught.value.smtp_error
 
 
-async def test_wrong_password_is_refused_535(cm: Cm) -> None:
+async def test_wrong_password_is_refused_535(cm: Kim) -> None:
     """digest §1.3: the MTA refuses the credentials -> 535 5.7.8 (KOM-LE-A_2012: the password
     goes to the Fachdienst unchanged)."""
     p = cm.participant("praxis.weber")
 
     def attempt() -> None:
-        with cm.connect() as smtp:
+        with cm.smtp_connect() as smtp:
             smtp.ehlo("pvs.test")
-            smtp.login(p["smtp_username"], "wrong-" + p["password"])
+            smtp.login(p.smtp_username, "wrong-" + p.password)
 
     with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
         await trio.to_thread.run_sync(attempt)
@@ -407,29 +248,28 @@ async def test_wrong_password_is_refused_535(cm: Cm) -> None:
     assert caught.value.smtp_error.startswith(b"5.7.8")
 
 
-async def test_unreachable_mta_is_454(start_cm: StartCm) -> None:
+async def test_unreachable_mta_is_454(cm: Kim) -> None:
     """digest §1.3: MTA unreachable -> 454 4.7.0."""
-    closed = trio.socket.socket()
-    await closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens there now
-    cm = await start_cm(resolve_upstream=lambda host, p, proto, account: ("127.0.0.1", port))
+    # the username names the MTA (digest §1.2); a host that is none of the appliance's
+    # Fachdienst domains is connected to as written, and nothing listens on this port
+    p = cm.participant("praxis.weber")
+    username = with_upstream(p.smtp_username, "127.0.0.1", closed_port())
     with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
-        await trio.to_thread.run_sync(cm.login, "praxis.weber")
+        await trio.to_thread.run_sync(partial(cm.smtp_login, "praxis.weber", username=username))
     assert caught.value.smtp_code == 454
     assert caught.value.smtp_error.startswith(b"4.7.0")
 
 
-async def test_auth_login_and_plain_both_work(cm: Cm) -> None:
+async def test_auth_login_and_plain_both_work(cm: Kim) -> None:
     """KOM-LE-A_2009: AUTH PLAIN and AUTH LOGIN -> 235 2.7.0."""
     p = cm.participant("apotheke.sonne")
 
     def both() -> list[tuple[int, bytes]]:
         out = []
         for mechanism in ("PLAIN", "LOGIN"):
-            with cm.connect() as smtp:
+            with cm.smtp_connect() as smtp:
                 smtp.ehlo("pvs.test")
-                smtp.user, smtp.password = p["smtp_username"], p["password"]
+                smtp.user, smtp.password = p.smtp_username, p.password
                 method = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
                 out.append(smtp.auth(mechanism, method, initial_response_ok=False))
         return out
@@ -448,7 +288,7 @@ def _reports(mails: list[bytes]) -> list[email.message.Message]:
     return [m for m in map(header_of, mails) if m.get_content_type() == "multipart/report"]
 
 
-async def test_unknown_recipient_is_dropped_and_reported(cm: Cm) -> None:
+async def test_unknown_recipient_is_dropped_and_reported(cm: Kim) -> None:
     """KOM-LE-A_2024-01, KOM-LE-A_2028: a recipient without an encryption certificate in the
     VZD is dropped (4004), removed from To, and reported to the sender in one unsigned mail;
     the others get the message."""
@@ -467,7 +307,7 @@ async def test_unknown_recipient_is_dropped_and_reported(cm: Cm) -> None:
     assert UNKNOWN in sender_report.as_string()
 
 
-async def test_no_valid_recipient_is_451_with_report(cm: Cm) -> None:
+async def test_no_valid_recipient_is_451_with_report(cm: Kim) -> None:
     """KOM-LE-A_2025: no recipient with a valid encryption certificate -> 451 to the PVS (and
     the dropped recipient is reported to the sender)."""
     sender = cm.address("praxis.weber")
@@ -481,17 +321,22 @@ async def test_no_valid_recipient_is_451_with_report(cm: Cm) -> None:
     assert UNKNOWN in sender_report.as_string()
 
 
-async def test_sender_without_certificate_is_553(cm: Cm) -> None:
+def _drop_certificates(local: str) -> Callable[[Path], None]:
+    """A ``prepare`` hook: the VZD entry of ``local`` loses its certificates."""
+
+    def prepare(data_dir: Path) -> None:
+        directory = DirectoryStore.open(data_dir)
+        entry = directory.find_by_mail(demo_address(data_dir, local))
+        assert entry is not None
+        directory.put_entry(replace(entry, certificates=()))
+
+    return prepare
+
+
+async def test_sender_without_certificate_is_553(start_kim: StartKim) -> None:
     """digest §1.4 step 6 (FAQ): no encryption certificate of the sender -> 553, nothing sent."""
-    from dataclasses import replace
-
-    from kim_appliance.clientmodul.vzd_lookup import lookup_for
-
-    directory = cm.ctx.directory
-    entry = directory.find_by_mail(cm.address("praxis.weber"))
-    assert entry is not None
-    directory.put_entry(replace(entry, certificates=()))
-    lookup_for(directory, cm.ctx.trust).invalidate()
+    # the VZD store is locked while the appliance runs: the entry is changed before the start
+    cm = Kim(await start_kim(prepare=_drop_certificates("praxis.weber")))
     to = cm.address("apotheke.sonne")
     with pytest.raises(smtplib.SMTPDataError) as caught:
         await trio.to_thread.run_sync(
@@ -499,12 +344,12 @@ async def test_sender_without_certificate_is_553(cm: Cm) -> None:
         )
     assert caught.value.smtp_code == 553
     assert b"praxis.weber" in caught.value.smtp_error
-    assert await trio.to_thread.run_sync(cm.fetch, "apotheke.sonne") == []
+    assert await trio.to_thread.run_sync(cm.fd_fetch, "apotheke.sonne") == []
 
 
-async def test_card_removed_is_451(cm: Cm) -> None:
+async def test_card_removed_is_451(cm: Kim) -> None:
     """KOM-LE-A_2021: signing fails (the SMC-B was pulled, 4008) -> RSET upstream, 451."""
-    cm.ctx.konnektor.admin.remove_card(cm.participant("praxis.weber")["card"]["iccsn"])
+    await cm.fault(card_removed=cm.participant("praxis.weber"))
     to = cm.address("apotheke.sonne")
     with pytest.raises(smtplib.SMTPDataError) as caught:
         await trio.to_thread.run_sync(
@@ -514,28 +359,28 @@ async def test_card_removed_is_451(cm: Cm) -> None:
     assert b"KOM-LE-A_2021" in caught.value.smtp_error
 
 
-async def test_card_reinserted_gets_used_again(cm: Cm) -> None:
+async def test_card_reinserted_gets_used_again(cm: Kim) -> None:
     """A card pulled, inserted again and unlocked has a new handle; the Clientmodul finds it
     (the cached handle is dropped on 4008) and the next mail goes out."""
-    iccsn = cm.participant("praxis.weber")["card"]["iccsn"]
+    weber = cm.participant("praxis.weber")
     sender, to = cm.address("praxis.weber"), cm.address("apotheke.sonne")
     await trio.to_thread.run_sync(cm.send, "praxis.weber", [to], client_mail(sender, [to]))
-    cm.ctx.konnektor.admin.remove_card(iccsn)
-    handle = cm.ctx.konnektor.admin.insert_card(iccsn)
-    # a card put back in must be unlocked again (the Konnektor says 4085 until then)
-    context = Context("Mandant1", "PVS1", "AP1")
-    cm.ctx.konnektor.verify_pin(context, handle, "PIN.SMC")
+    await cm.fault(card_removed=weber)
+    await cm.fault(card_inserted=weber)
+    # a card put back in must be unlocked again (the Konnektor says 4085 until then): the
+    # admin API's PIN switch stands in for VerifyPin at the terminal
+    await cm.fault(pin_status={"iccsn": weber.iccsn, "status": "VERIFIED"})
     await trio.to_thread.run_sync(cm.send, "praxis.weber", [to], client_mail(sender, [to]))
     assert len(await wait_for(cm, "apotheke.sonne", count=2)) == 2
 
 
-async def test_konnektor_unreachable_is_451(cm: Cm) -> None:
+async def test_konnektor_unreachable_is_451(cm: Kim) -> None:
     """KOM-LE-A_2021: the Konnektor does not answer when signing -> 451."""
     sender, to = cm.address("praxis.weber"), cm.address("apotheke.sonne")
 
     def send_while_down() -> None:
-        with cm.login("praxis.weber") as smtp:
-            cm.ctx.konnektor.admin.set_unreachable(True)
+        with cm.smtp_login("praxis.weber") as smtp:
+            cm.app.fault(unreachable=True)
             smtp.sendmail(sender, [to], client_mail(sender, [to]))
 
     with pytest.raises(smtplib.SMTPDataError) as caught:
@@ -544,19 +389,24 @@ async def test_konnektor_unreachable_is_451(cm: Cm) -> None:
     assert b"not reachable" in caught.value.smtp_error
 
 
-async def test_mta_refusal_is_relayed(start_cm: StartCm) -> None:
+async def test_mta_refusal_is_relayed(start_kim: StartKim) -> None:
     """digest §1.4 step 11: MAIL FROM goes up with SIZE= of the S/MIME message; the MTA's
     refusal (here 552 5.3.4, maxMailSize) reaches the PVS unchanged."""
-    cm = await start_cm({"max_message_size": 6000})
+    cm = Kim(await start_kim(config={"fachdienst": {"max_message_size": 6000}}))
     sender, to = cm.address("praxis.weber"), cm.address("apotheke.sonne")
     data = client_mail(sender, [to], body="x" * 1000 + "\n")  # ~2 KB, the KIM message > 6 KB
     with pytest.raises(smtplib.SMTPDataError) as caught:
         await trio.to_thread.run_sync(cm.send, "praxis.weber", [to], data)
     assert caught.value.smtp_code == 552
     assert caught.value.smtp_error.startswith(b"5.3.4")
+    # the Clientmodul has the same limit but the client mail is below it: the refusal is the
+    # MTA's answer to a MAIL FROM whose SIZE= is the (larger) S/MIME message's
+    announced = re.search(rb"SIZE=(\d+)", caught.value.smtp_error)
+    assert announced is not None, caught.value.smtp_error
+    assert int(announced.group(1)) > len(data)
 
 
-async def test_from_is_rewritten_to_the_account(cm: Cm) -> None:
+async def test_from_is_rewritten_to_the_account(cm: Kim) -> None:
     """digest §1.4 step 3: a From that is not the authenticated account is rewritten, inside
     and outside; a Dienstkennung set by the PVS is kept (A_19488-02 only fills a gap)."""
     to = cm.address("apotheke.sonne")
@@ -575,7 +425,7 @@ async def test_from_is_rewritten_to_the_account(cm: Cm) -> None:
         assert parsed["X-KIM-Dienstkennung"] == "eAU;Einreichung;V1.0"
 
 
-async def test_five_megabyte_attachment(cm: Cm) -> None:
+async def test_five_megabyte_attachment(cm: Kim) -> None:
     """A 5 MB attachment arrives byte for byte (streamed through spool files)."""
     import os
 
@@ -592,7 +442,7 @@ async def test_five_megabyte_attachment(cm: Cm) -> None:
     assert attachment.get_content() == payload
 
 
-async def test_forwarded_kim_message_is_sent_as_it_is(cm: Cm) -> None:
+async def test_forwarded_kim_message_is_sent_as_it_is(cm: Kim) -> None:
     """KOM-LE-A_2029: a protected KIM message forwarded as a message/rfc822 part is extracted,
     gets the forwarder's From and is sent without signing or encrypting it again."""
     sender, me = cm.address("praxis.weber"), cm.address("apotheke.sonne")
@@ -617,12 +467,12 @@ async def test_forwarded_kim_message_is_sent_as_it_is(cm: Cm) -> None:
 
 @pytest.mark.parametrize(("prefer_ecc", "expected"), [(True, "ecdsa"), (False, "pss")])
 async def test_signing_key_follows_the_ecc_preference(
-    start_cm: StartCm, prefer_ecc: bool, expected: str
+    start_kim: StartKim, prefer_ecc: bool, expected: str
 ) -> None:
     """digest §1.4 step 8: an SMC-B with RSA and ECC OSIG keys signs with ECC when ECC is
     preferred (release 1.5.4), with RSA (KOM-LE-A_2020) otherwise; the HBA holder's mail is
     signed by her practice's SMC-B (KOM-LE-A_2129)."""
-    cm = await start_cm(prefer_ecc=prefer_ecc)
+    cm = Kim(await start_kim(config={"clientmodul": {"prefer_ecc": prefer_ecc}}))
     sender, to = cm.address("zahnarzt.klein"), cm.address("praxis.weber")
     await trio.to_thread.run_sync(cm.send, "zahnarzt.klein", [to], client_mail(sender, [to]))
     meyer = cm.address("dr.meyer")

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from test_cm_send import cm_template_dir  # noqa: F401  (the session fixture)
 
 from kim_appliance.clientmodul.send import (
     DEFAULT_DIENSTKENNUNG,
@@ -49,14 +48,14 @@ def _der(path: str) -> bytes:
 
 
 @pytest.fixture
-def pki(cm_template_dir: Path) -> TestPki:  # noqa: F811
-    return TestPki.load(cm_template_dir / "pki")
+def pki(kim_cm_template: Path) -> TestPki:
+    return TestPki.load(kim_cm_template / "pki")
 
 
 @pytest.fixture
-def directory(cm_template_dir: Path) -> DirectoryStore:  # noqa: F811
+def directory(kim_cm_template: Path) -> DirectoryStore:
     store = DirectoryStore(None)  # in memory: the tests change entries
-    for entry in DirectoryStore.open(cm_template_dir).entries():
+    for entry in DirectoryStore.open(kim_cm_template).entries():
         store.put_entry(entry)
     return store
 
@@ -105,14 +104,14 @@ def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: Test
 def test_only_enc_certificates_are_used(
     directory: DirectoryStore,
     pki: TestPki,
-    cm_template_dir: Path,  # noqa: F811
+    kim_cm_template: Path,
 ) -> None:
     """KOM-LE-A_2128: only C.HCI.ENC / C.HP.ENC; an OSIG certificate in the entry is left
     out and the reason names the rule."""
     address = "praxis.weber@fd1.kim.telematik-test"
     entry = directory.find_by_mail(address)
     assert entry is not None
-    osig = _der(_participant(cm_template_dir, "praxis.weber")["export"]["osig_cert"][0])
+    osig = _der(_participant(kim_cm_template, "praxis.weber")["export"]["osig_cert"][0])
     directory.put_entry(replace(entry, certificates=(osig,)))
     found = VzdLookup(directory, pki.trust_store()).lookup(address)
     assert not found.usable
@@ -123,13 +122,13 @@ def test_only_enc_certificates_are_used(
 def test_certificates_of_two_telematik_ids_are_not_used(
     directory: DirectoryStore,
     pki: TestPki,
-    cm_template_dir: Path,  # noqa: F811
+    kim_cm_template: Path,
 ) -> None:
     """KOM-LE-A_2178: certificates carrying different Telematik-IDs -> not sent to, 4005."""
     address = "praxis.weber@fd1.kim.telematik-test"
     entry = directory.find_by_mail(address)
     assert entry is not None
-    other = _der(_participant(cm_template_dir, "apotheke.sonne")["export"]["enc_cert"][0])
+    other = _der(_participant(kim_cm_template, "apotheke.sonne")["export"]["enc_cert"][0])
     directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
     found = VzdLookup(directory, pki.trust_store()).lookup(address)
     assert not found.usable
@@ -140,14 +139,14 @@ def test_certificates_of_two_telematik_ids_are_not_used(
 def test_revoked_certificate_is_not_used(
     directory: DirectoryStore,
     pki: TestPki,
-    cm_template_dir: Path,  # noqa: F811
+    kim_cm_template: Path,
 ) -> None:
     """Cached certificates are checked at each use: a revocation takes effect at once, the
     recipient has then no valid encryption certificate (4004)."""
     lookup = VzdLookup(directory, pki.trust_store())
     address = "praxis.weber@fd1.kim.telematik-test"
     assert lookup.lookup(address).usable
-    path = _participant(cm_template_dir, "praxis.weber")["export"]["enc_cert"][0]
+    path = _participant(kim_cm_template, "praxis.weber")["export"]["enc_cert"][0]
     pki.revoke(x509.load_pem_x509_certificate(Path(path).read_bytes()))
     found = lookup.lookup(address)
     assert not found.usable

@@ -1,5 +1,7 @@
 """Fixtures of the end-to-end tests: a launcher for ``kim-appliance run`` processes and a data
-dir copied from one initialised once per session (the test PKI takes seconds to make)."""
+dir copied from one initialised once per session (the test PKI takes seconds to make); the
+in-process appliance fixtures of the vendors' plugin (kim_appliance.testing.plugin) for the
+Clientmodul tests."""
 
 from __future__ import annotations
 
@@ -9,6 +11,18 @@ from pathlib import Path
 
 import pytest
 from e2e_appliance import Launcher, cli
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The plugin's fixtures (``kim_appliance``, ``kim_appliance_fresh``): an installed
+    kim-appliance registers it through its pytest11 entry point; an editable install made
+    before the entry point existed does not, so it is registered here then."""
+    from kim_appliance.testing import plugin
+
+    if not config.pluginmanager.is_registered(plugin) and not config.pluginmanager.is_blocked(
+        "kim_appliance"
+    ):
+        config.pluginmanager.register(plugin, "kim_appliance")
 
 
 @pytest.fixture

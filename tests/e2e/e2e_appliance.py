@@ -243,3 +243,161 @@ def trace_prefix_of(stored: bytes, sent: bytes, sender: str) -> bytes:
     assert prefix.endswith(b"\r\n"), prefix
     assert b"\r\n\r\n" not in prefix, f"the prefix holds an empty line: {prefix!r}"
     return prefix
+
+
+# --- the Clientmodul as a practice system (PVS) sees it -----------------------------------------
+
+
+def cm_send(
+    app: Appliance,
+    sender: dict[str, Any],
+    to: list[str],
+    data: bytes,
+    *,
+    mail_from: str | None = None,
+    timeout: float = 120,
+) -> dict[str, tuple[int, bytes]]:
+    """Send ``data`` through the Clientmodul with the sender's demo.json SMTP username; returns
+    smtplib's refused-recipients dict (raises on a refused message)."""
+    host, port = split_hostport(app.endpoints["clientmodul"]["smtp"])
+    with smtplib.SMTP_SSL(host, port, context=app.ssl_context(), timeout=timeout) as smtp:
+        smtp.login(sender["smtp_username"], sender["password"])
+        return smtp.sendmail(mail_from or sender["address"], to, data)
+
+
+def cm_fetch(
+    app: Appliance, who: dict[str, Any], *, delete: bool = True, timeout: float = 120
+) -> list[bytes]:
+    """Every message in ``who``'s mailbox as the Clientmodul delivers it (RETR, CRLF lines);
+    deleted afterwards unless ``delete`` is false. Checks that LIST sizes match RETR."""
+    host, port = split_hostport(app.endpoints["clientmodul"]["pop3"])
+    pop = poplib.POP3_SSL(host, port, context=app.ssl_context(), timeout=timeout)
+    try:
+        pop.user(who["pop3_username"])
+        pop.pass_(who["password"])
+        count, _ = pop.stat()
+        out = []
+        for n in range(1, count + 1):
+            _, lines, octets = pop.retr(n)
+            data = b"\r\n".join(lines) + b"\r\n"
+            assert len(data) == octets, f"RETR {n}: {len(data)} octets, the reply said {octets}"
+            out.append(data)
+            if delete:
+                pop.dele(n)
+        return out
+    finally:
+        pop.quit()
+
+
+def cm_wait(app: Appliance, who: dict[str, Any], count: int, *, wait: float = 120.0) -> list[bytes]:
+    """Fetch (and delete) through the Clientmodul until ``count`` messages have come; fails
+    with what arrived when they do not come within ``wait`` seconds (relay is asynchronous)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + wait
+    while True:
+        got.extend(cm_fetch(app, who))
+        if len(got) >= count:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{who['address']}: {len(got)} of {count} messages after {wait} s: "
+                f"{[m[:300] for m in got]}"
+            )
+        time.sleep(0.3)
+
+
+def konnektor_faults(app: Appliance, **switches: Any) -> dict[str, Any]:
+    """POST ``switches`` to the Konnektor admin API (endpoints.json ``konnektor.admin``); the
+    answer is the fault status. Without switches: GET the status."""
+    import urllib.request
+
+    url = app.endpoints["konnektor"]["admin"]
+    data = json.dumps(switches).encode() if switches else None
+    request = urllib.request.Request(
+        url, data=data, method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, context=app.ssl_context(), timeout=30) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def restore_card(app: Appliance, iccsn: str) -> None:
+    """Insert the card again and have its PIN verified (a pulled card loses the verified
+    state, as a real one does; the practice enters the PIN again)."""
+    pin = {"iccsn": iccsn, "status": "VERIFIED"}
+    konnektor_faults(app, card_inserted=iccsn, pin_status=pin)
+
+
+def curl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run the system ``curl`` (the PVS of a vendor using libcurl)."""
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", *args],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _curl_url(app: Appliance, kind: str, username: str, password: str, path: str = "") -> str:
+    """``smtps://`` or ``pop3s://`` URL of the Clientmodul with the credentials in it: the CM
+    username holds ``host:port``, and curl's ``--user`` would split it at that colon, so the
+    credentials go percent-encoded into the URL (curl decodes them)."""
+    from urllib.parse import quote
+
+    host, port = split_hostport(app.endpoints["clientmodul"][kind])
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    return f"{kind}s://{userinfo}@{host}:{port}{path}"
+
+
+def curl_send(app: Appliance, sender: dict[str, Any], to: list[str], mail_file: Path) -> None:
+    """``curl smtps://`` through the Clientmodul with the sender's SMTP username."""
+    rcpts = [arg for address in to for arg in ("--mail-rcpt", address)]
+    done = curl(
+        _curl_url(app, "smtp", sender["smtp_username"], sender["password"]),
+        "--cacert", app.endpoints["tls_ca"],
+        "--mail-from", sender["address"],
+        *rcpts,
+        "--upload-file", str(mail_file),
+    )  # fmt: skip
+    assert done.returncode == 0, f"curl smtps: {done.returncode} {done.stderr.decode()}"
+
+
+def curl_fetch(app: Appliance, who: dict[str, Any], number: int) -> bytes:
+    """``curl pop3s://.../N``: RETR of message ``number`` through the Clientmodul."""
+    done = curl(
+        _curl_url(app, "pop3", who["pop3_username"], who["password"], f"/{number}"),
+        "--cacert", app.endpoints["tls_ca"],
+    )  # fmt: skip
+    assert done.returncode == 0, f"curl pop3s: {done.returncode} {done.stderr.decode()}"
+    return done.stdout
+
+
+def curl_list(app: Appliance, who: dict[str, Any]) -> list[tuple[int, int]]:
+    """``curl pop3s://``: the LIST of ``who``'s mailbox through the Clientmodul."""
+    done = curl(
+        _curl_url(app, "pop3", who["pop3_username"], who["password"], "/"),
+        "--cacert", app.endpoints["tls_ca"],
+    )  # fmt: skip
+    assert done.returncode == 0, f"curl pop3s LIST: {done.returncode} {done.stderr.decode()}"
+    return [
+        (int(n), int(size))
+        for n, size in (line.split() for line in done.stdout.decode().splitlines() if line)
+    ]
+
+
+def private_appliance(template: Path, root: Path, *extra: str) -> tuple[Launcher, Appliance]:
+    """A copy of the template data dir under ``root`` and an appliance running on it (for
+    module-scoped fixtures; the caller closes the launcher)."""
+    import shutil
+
+    data_dir = root / "kim-data"
+    shutil.copytree(template, data_dir)
+    log_dir = root / "logs"
+    log_dir.mkdir()
+    launcher = Launcher(log_dir)
+    try:
+        return launcher, launcher.start(data_dir, *extra)
+    except BaseException:
+        launcher.close()
+        raise

@@ -1,37 +1,33 @@
-"""A practice system's mail client against the Clientmodul of a running ``kim-appliance run``:
-smtplib sends to the Clientmodul with the demo.json username, poplib fetches from the other
+"""A practice system's mail client against the Clientmodul of a running appliance: smtplib
+sends to the Clientmodul with the demo.json username, poplib fetches from the other
 participant's Clientmodul session, and the mail arrives decrypted and verified (issue 6,
-digest §1.4/§1.5)."""
+digest §1.4/§1.5).
+
+The appliance is the ``kim_appliance_fresh`` fixture of the vendors' pytest plugin
+(kim_appliance.testing, issue 7): these tests use it exactly as a vendor's CI would. The
+subprocess tests of the CLI itself are in test_e2e_run.py and test_e2e_crash.py.
+"""
 
 from __future__ import annotations
 
-import poplib
-import smtplib
 import time
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
-from pathlib import Path
-from typing import Any
 
-from e2e_appliance import Appliance, Launcher, split_hostport
+from kim_appliance.testing import KimAppliance, Participant
 
 
-def _send(app: Appliance, sender: dict[str, Any], to: list[str], message: bytes) -> None:
-    host, port = split_hostport(app.endpoints["clientmodul"]["smtp"])
-    with smtplib.SMTP_SSL(host, port, context=app.ssl_context(), timeout=60) as smtp:
-        smtp.login(sender["smtp_username"], sender["password"])
-        smtp.sendmail(sender["address"], to, message)
+def _send(app: KimAppliance, sender: Participant, to: list[str], message: bytes) -> None:
+    with app.smtp(sender) as smtp:
+        smtp.sendmail(sender.address, to, message)
 
 
-def _fetch(app: Appliance, who: dict[str, Any], wait: float = 30.0) -> list[bytes]:
-    host, port = split_hostport(app.endpoints["clientmodul"]["pop3"])
+def _fetch(app: KimAppliance, who: Participant, wait: float = 30.0) -> list[bytes]:
     deadline = time.monotonic() + wait
     while True:
-        pop = poplib.POP3_SSL(host, port, context=app.ssl_context(), timeout=60)
+        pop = app.pop3(who)
         try:
-            pop.user(who["pop3_username"])
-            pop.pass_(who["password"])
             count, _ = pop.stat()
             messages = []
             for n in range(1, count + 1):
@@ -46,21 +42,21 @@ def _fetch(app: Appliance, who: dict[str, Any], wait: float = 30.0) -> list[byte
         time.sleep(0.3)
 
 
-def test_pvs_to_pvs_through_the_clientmodul(data_dir: Path, launcher: Launcher) -> None:
+def test_pvs_to_pvs_through_the_clientmodul(kim_appliance_fresh: KimAppliance) -> None:
     """KOM-LE-A_2019, KOM-LE-A_2042, KOM-LE-A_2048, KOM-LE-A_2179: a plain mail from the RSA
     practice to the ECC pharmacy on the other Fachdienst is signed, encrypted, relayed, and
     handed to the pharmacy's PVS decrypted with X-KIM-DecryptionResult 00 and
     X-KIM-IntegrityCheckResult 01."""
-    app = launcher.start(data_dir)
+    app = kim_appliance_fresh
     weber, sonne = app.participant("praxis.weber"), app.participant("apotheke.sonne")
     msg = EmailMessage()
-    msg["From"] = weber["address"]
-    msg["To"] = sonne["address"]
+    msg["From"] = weber.address
+    msg["To"] = sonne.address
     msg["Subject"] = "Rückfrage zum Rezept"
     msg["Message-ID"] = "<5f0c7e55-5d7e-4d8b-9c3f-6c1d2a8b9e01@kim>"
     msg["X-KIM-Dienstkennung"] = "KIM-Mail;Default;V1.0"
     msg.set_content("Bitte um Rückruf wegen der Dosierung.\n")
-    _send(app, weber, [sonne["address"]], msg.as_bytes(policy=default.clone(linesep="\r\n")))
+    _send(app, weber, [sonne.address], msg.as_bytes(policy=default.clone(linesep="\r\n")))
     got = _fetch(app, sonne)
     assert len(got) == 1
     delivered = BytesParser(policy=default).parsebytes(got[0])

@@ -1,4 +1,5 @@
-"""Fixtures of the Fachdienst tests: a running appliance (in-process, ephemeral ports).
+"""Fixtures of the Fachdienst tests: a running appliance (in-process, ephemeral ports), built on
+kim_appliance.testing (the vendors' plugin) so the project's tests run the code vendors use.
 
 The helpers live in tests/fd_support.py (shared with the Clientmodul tests; a unique module
 name, since tests/e2e has a conftest too).
@@ -6,53 +7,26 @@ name, since tests/e2e has a conftest too).
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from fd_support import (
-    Prepare,
-    Running,
-    StartAppliance,
-    _quick_hash,
-    _write_config,
-)
+from fd_support import Prepare, Running, StartAppliance
 
-from kim_appliance.appliance import ENDPOINTS_FILE, run_appliance
+from kim_appliance.appliance import ENDPOINTS_FILE
 from kim_appliance.store import MailStore, open_store
+from kim_appliance.testing import copy_template, make_template, serve_appliance
 
 
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir after one full start and clean stop: demo setup, TLS certs, seeded stores."""
-    data_dir = tmp_path_factory.mktemp("template") / "kim-data"
-
-    async def once() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                lambda task_status: run_appliance(
-                    data_dir, ephemeral_ports=True, task_status=task_status
-                )
-            )
-            nursery.cancel_scope.cancel()
-
-    trio.run(once)
+    """A data dir after one full start and clean stop: demo setup, TLS certs, seeded stores,
+    the demo passwords as fast test hashes (kim_appliance.testing.make_template)."""
+    data_dir = make_template(tmp_path_factory.mktemp("template") / "kim-data")
     assert not (data_dir / ENDPOINTS_FILE).exists()
-    # the demo passwords again as salted scrypt, with a small work factor: every login of every
-    # test costs milliseconds instead of ~170 ms (the format and the check stay the same)
-    demo = json.loads((data_dir / "demo.json").read_text())
-    for d in (data_dir / "fachdienst").iterdir():
-        store = open_store(d)
-        try:
-            for p in demo["participants"]:
-                if store.get_account(p["address"]) is not None:
-                    store.update_account(p["address"], password_hash=_quick_hash(p["password"]))
-        finally:
-            store.close()
     return data_dir
 
 
@@ -68,9 +42,7 @@ async def start_appliance(tmp_path: Path, template_dir: Path) -> AsyncIterator[S
             nonlocal count
             count += 1
             data_dir = tmp_path / f"kim-data-{count}"
-            shutil.copytree(template_dir, data_dir)
-            if fachdienst:
-                _write_config(data_dir, fachdienst)
+            copy_template(template_dir, data_dir)
             if prepare is not None:
                 stores: dict[str, MailStore] = {
                     d.name: open_store(d) for d in (data_dir / "fachdienst").iterdir() if d.is_dir()
@@ -80,13 +52,10 @@ async def start_appliance(tmp_path: Path, template_dir: Path) -> AsyncIterator[S
                 finally:
                     for store in stores.values():
                         store.close()
-            endpoints = await nursery.start(
-                lambda task_status: run_appliance(
-                    data_dir, ephemeral_ports=True, task_status=task_status
-                )
-            )
-            demo = json.loads((data_dir / "demo.json").read_text())
-            return Running(data_dir, endpoints, demo)
+            config = {"fachdienst": fachdienst} if fachdienst else None
+            # the appliance runs as a task of this fixture's nursery, so it outlives the call
+            app = await nursery.start(partial(serve_appliance, data_dir, config=config))
+            return Running.of(app)
 
         yield start
         nursery.cancel_scope.cancel()

@@ -359,6 +359,86 @@ def test_set_tid_to_locked_entry_is_423(registered: Env) -> None:
     assert registered.account().telematik_id == TID
 
 
+# --- VZD errors (502), internal errors (500), retired addresses ---------------------------
+
+
+def test_vzd_refusal_is_502_and_nothing_changes(env: Env) -> None:
+    """registerAccount 502: the VZD refuses the Fachdaten (maxKOMLEadr of the entry reached,
+    digest §4.2 400 "maxKOMLEadr wurde überschritten"); no account is created and the
+    registration code stays usable."""
+    entry = env.directory.get(TID)
+    from dataclasses import replace
+
+    env.directory.put_entry(replace(entry, max_kom_le_adr=0))
+    assert_error(register(env), 502, "VZD")
+    assert env.fd.store.get_account(USER) is None
+    code = env.state.get_code("REF-1")
+    assert code is not None
+    assert code.used_by is None
+
+
+def test_set_tid_to_a_card_without_vzd_entry_is_502(registered: Env) -> None:
+    """setTID 502: the new card's Telematik-ID has no VZD entry (VZD 404 behind the Account
+    Manager); the address stays where it was."""
+    c = registered.client
+    url = f"{BASE}/account/{USER}"
+    otp = c.get(f"{url}/OTP", headers=auth()).json()["otp"]
+    r = c.put(f"{url}/telematikID", headers={**auth(tid="1-unknown-card"), "otp": otp})
+    assert_error(r, 502, "VZD")
+    assert registered.account().telematik_id == TID
+    entry = registered.directory.find_by_mail(USER)
+    assert entry is not None
+    assert entry.telematik_id == TID
+
+
+def test_revoke_when_the_vzd_refuses_is_502_and_stays_deregistered(registered: Env) -> None:
+    """revokeDeregistration 502: the address cannot go back into the VZD entry (it is full);
+    the account stays deregistered with its deregDate (KOM-LE-A_2149)."""
+    from dataclasses import replace
+
+    c = registered.client
+    url = f"{BASE}/account/{USER}"
+    assert c.delete(url, headers=auth()).status_code == 204
+    before = registered.account().dereg_date
+    registered.directory.put_entry(replace(registered.directory.get(TID), max_kom_le_adr=0))
+    assert_error(c.put(f"{url}/revokeDeregistration", headers=auth()), 502, "VZD")
+    assert registered.account().status == "deregistered"
+    assert registered.account().dereg_date == before
+
+
+def test_unexpected_error_is_500_with_the_error_body(
+    registered: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 (every operation documents it): an internal failure is answered with the
+    CommonSchemas Error body and a traceId, never with a stack trace."""
+
+    def broken(address: str) -> None:
+        raise RuntimeError("disk on fire /secret/path")
+
+    monkeypatch.setattr(registered.fd.store, "get_account", broken)
+    r = registered.client.get(f"{BASE}/account/{USER}", headers=auth())
+    assert r.status_code == 500
+    body = r.json()
+    assert set(body) == {"message", "traceId"}
+    assert "/secret/path" not in r.text
+
+
+def test_purged_address_goes_back_only_to_its_telematik_id(env: Env) -> None:
+    """A_19464-02 (digest §3.2): after the purge (KOM-LE-A_2155) the address is never given to
+    another Telematik-ID (409), but the same one may register it again (204)."""
+    env.fd.store.create_account(Account(USER, _quick_hash(PASSWORD), TID, "Praxis Weber"))
+    env.fd.store.purge_account(USER, now=env.now)
+    env.state.add_code("REF-2", "Start-Kennwort-1!", telematik_id=TID_NEW)
+    r = env.client.post(
+        f"{BASE}/account",
+        json={"referenceID": "REF-2", "username": USER, "password": b64(PASSWORD)},
+        headers={**jwt(USER, TID_NEW), "iniPassword": b64("Start-Kennwort-1!")},
+    )
+    assert_error(r, 409, "not available")
+    assert register(env).status_code == 204
+    assert env.account().telematik_id == TID
+
+
 # --- createCert ---------------------------------------------------------------------------
 
 

@@ -4,8 +4,12 @@ that goes on after malformed commands."""
 
 from __future__ import annotations
 
+import datetime as dt
+import poplib
 import smtplib
+from email.utils import format_datetime
 
+import httpx
 import pytest
 import trio
 from fd_support import (
@@ -450,4 +454,125 @@ async def test_internal_error_is_421_and_the_server_goes_on(
     refused = await trio.to_thread.run_sync(smtp_send, appliance, FD1, WEBER, [klein], data)
     assert refused == {}
     got = await trio.to_thread.run_sync(pop3_fetch_all, appliance, FD1, KLEIN)
+    assert len(got) == 1
+
+
+# -- deregDate, KAS uploads in the quota, concurrent deliveries ----------------------------------
+
+
+def _deregister_since(local: str, days: float) -> Prepare:
+    """Deregistered with a deregDate ``days`` from now (negative: in the past)."""
+
+    def prepare(stores: dict[str, MailStore]) -> None:
+        store = stores[FD1]
+        account = next(a for a in store.list_accounts() if a.address.startswith(local + "@"))
+        store.update_account(
+            account.address,
+            status="deregistered",
+            dereg_date=dt.datetime.now(dt.UTC) + dt.timedelta(days=days),
+        )
+
+    return prepare
+
+
+@pytest.mark.parametrize(("days", "readable"), [(3, True), (-1, False)])
+async def test_pop3_of_a_deregistered_account_works_until_the_dereg_date(
+    start_appliance: StartAppliance, days: float, readable: bool
+) -> None:
+    """KOM-LE-A_2149/2150, digest §3.2: a deregistered account reads its mailbox by POP3 until
+    deregDate; afterwards the login is refused with [AUTH] and says why."""
+    app = await start_appliance(prepare=_deregister_since(KLEIN, days))
+    if readable:
+        pop = await trio.to_thread.run_sync(pop3_connect, app, FD1, KLEIN)
+        await trio.to_thread.run_sync(pop.quit)
+        return
+    with pytest.raises(poplib.error_proto) as refused:
+        await trio.to_thread.run_sync(pop3_connect, app, FD1, KLEIN)
+    assert b"[AUTH]" in refused.value.args[0]
+    assert b"deregDate" in refused.value.args[0]
+
+
+def _kas_upload(app: Running, local: str, size: int) -> httpx.Response:
+    p = app.participant(local)
+    boundary = "quotaBoundary"
+    expires = format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    body = b""
+    for name, value in (("messageID", "<q@t>"), ("recipients", p["address"]), ("expires", expires)):
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        body += value.encode() + b"\r\n"
+    body += (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=attachment; filename=a.enc\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    body += b"z" * size + f"\r\n--{boundary}--\r\n".encode()
+    https = app.endpoints["fachdienste"][FD1]["https"]
+    return httpx.post(
+        f"{https}/attachments/v2.4/attachment/",
+        content=body,
+        auth=(p["address"], p["password"]),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        verify=app.client_ssl(),
+        timeout=60,
+    )
+
+
+async def test_kas_uploads_count_in_the_mailbox_quota(start_appliance: StartAppliance) -> None:
+    """digest §3.2/§3.5: one quota per account for mailbox and KAS. After KLEIN's own KAS
+    upload, a message that would have fit the empty mailbox is refused with 552 5.2.2;
+    AccountLimit's remainQuota counts the upload, and a further upload over it is 507."""
+    app = await start_appliance(prepare=_quota(KLEIN, 6000))
+    weber, klein = _addr(app, WEBER), _addr(app, KLEIN)
+    uploaded = await trio.to_thread.run_sync(_kas_upload, app, KLEIN, 4000)
+    assert uploaded.status_code == 201, uploaded.text
+    p = app.participant(KLEIN)
+    https = app.endpoints["fachdienste"][FD1]["https"]
+    limit = await trio.to_thread.run_sync(
+        lambda: httpx.get(
+            f"{https}/AccountLimit/v1.1/limit",
+            auth=(p["address"], p["password"]),
+            verify=app.client_ssl(),
+            timeout=60,
+        )
+    )
+    assert limit.json()["remainQuota"] == 2000
+    data = make_message(weber, klein, body=("d" * 70 + "\n") * 40)  # ~3 KB: fits 6000, not 2000
+    # smtplib announces SIZE= (RFC 1870): the RCPT check already counts the upload
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        await trio.to_thread.run_sync(smtp_send, app, FD1, WEBER, [klein], data)
+    code, text = refused.value.recipients[klein]
+    assert code == 552
+    assert text.startswith(b"5.2.2 ")
+    assert b"2000 bytes of quota remain" in text
+    over = await trio.to_thread.run_sync(_kas_upload, app, KLEIN, 2001)
+    assert over.status_code == 507
+
+
+async def test_two_concurrent_messages_never_overshoot_the_quota(
+    start_appliance: StartAppliance,
+) -> None:
+    """digest §3.2: two messages sent at the same time that each fit the quota but not
+    together: one is accepted, the other refused with 552 5.2.2; the mailbox holds one."""
+    app = await start_appliance(prepare=_quota(KLEIN, 5000))
+    weber, klein = _addr(app, WEBER), _addr(app, KLEIN)
+    messages = [make_message(weber, klein, body=("e" * 70 + "\n") * 40) for _ in range(2)]
+    results: list[tuple[int, str] | None] = []
+
+    def one(data: bytes) -> tuple[int, str] | None:
+        try:
+            return _send_refused_at_data(app, WEBER, [klein], data)
+        except smtplib.SMTPRecipientsRefused as exc:  # the other one finished first: at RCPT
+            code, text = exc.recipients[klein]
+            return code, text_of(text)
+
+    async def send(data: bytes) -> None:
+        results.append(await trio.to_thread.run_sync(one, data))
+
+    async with trio.open_nursery() as nursery:
+        for data in messages:
+            nursery.start_soon(send, data)
+    refused = [r for r in results if r is not None]
+    assert len(refused) == 1
+    assert refused[0][0] == 552
+    assert refused[0][1].startswith("5.2.2 ")
+    got = await trio.to_thread.run_sync(pop3_fetch_all, app, FD1, KLEIN)
     assert len(got) == 1
