@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,6 +47,7 @@ from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import read_mail_data
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.receive import KasFetcher, ReceivedMessage, process_message
+from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_pop3_username
 from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
 from kim_appliance.protocols.pop3 import (
@@ -441,8 +441,9 @@ class CmPop3Session:
 
 
 def _spool_file(spool_dir: Path) -> BinaryIO:
-    """An anonymous spool file (no name on disk: gone when closed, KOM-LE-A_2005)."""
-    return tempfile.TemporaryFile(dir=spool_dir)
+    """An anonymous spool (no name on disk: gone when closed, KOM-LE-A_2005); in memory up
+    to 1 MiB."""
+    return spool_file(spool_dir)
 
 
 async def _spool_body(upstream: _Upstream, raw: BinaryIO) -> None:

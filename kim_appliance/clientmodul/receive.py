@@ -53,6 +53,7 @@ from kim_appliance.clientmodul.keys import (
     KeySelectionError,
     scan_recipient_emails,
 )
+from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
@@ -141,7 +142,7 @@ def process_message(
             )
         except KeySelectionError as exc:
             return _decryption_error(raw, header, exc.decryption_result, exc.reason, spool_dir)
-        with tempfile.TemporaryFile(dir=spool_dir) as decrypted:
+        with spool_file(spool_dir) as decrypted:
             raw.seek(0)
             try:
                 report = open_message(
@@ -307,7 +308,7 @@ def _result(
 ) -> ReceivedMessage:
     """Write the delivered or error mail with ``write(out)`` into a new spool file, which
     becomes ``received.file``; the file it was made from is closed (no longer needed)."""
-    out: BinaryIO = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+    out = spool_file(spool_dir)
     try:
         write(out)
         out.seek(0, os.SEEK_END)

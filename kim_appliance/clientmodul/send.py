@@ -45,7 +45,6 @@ import email.utils
 import io
 import re
 import ssl
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from cryptography.hazmat.primitives import hashes
 from kim_appliance.clientmodul import cards, large_mail
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
+from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.clientmodul.vzd_lookup import (
@@ -273,7 +273,7 @@ def prepare(
         raise SendRefused(exc.reply, dropped=dropped, original_header=header) from exc
     sender_certs = [Certified(account, c) for c in sender.certificates]
     recipient_certs = _recipient_certificates(valid, sender.certificates)
-    outer = tempfile.TemporaryFile(dir=ctx.spool_dir)  # noqa: SIM115 (handed to the caller)
+    outer = spool_file(ctx.spool_dir)  # handed to the caller
     try:
         report = seal(
             io.BufferedReader(inner),
@@ -592,44 +592,81 @@ class _Scan:
 
 
 def _scan_parts(spool: BinaryIO, offset: int, boundary: str) -> _Scan:
-    """Look at the top-level parts of a multipart client mail: their headers only."""
+    """Look at the top-level parts of a multipart client mail: their headers only.
+
+    The delimiter lines are found by a byte search over 1 MiB reads (a 25 MB attachment is not
+    read line by line); only the part headers are read as lines. A delimiter line is a line
+    (the body's first, or one after an LF) that starts with ``--boundary`` (RFC 2046 §5.1.1).
+    """
     result = _Scan()
     delimiter = b"--" + boundary.encode("ascii", errors="replace")
-    spool.seek(offset)
-    position = offset
-    in_header = False
-    header_lines: list[bytes] = []
     kim_part_start: int | None = None  # body start of a message/rfc822 part holding KIM
-    previous_eol = 0  # length of the line end of the line before
-    while True:
+    position = offset  # where the search goes on: always the start of a line
+    while (line_start := _find_delimiter_line(spool, position, delimiter)) is not None:
+        if kim_part_start is not None and result.forwarded is None:
+            # the line end before a delimiter belongs to the delimiter (RFC 2046 §5.1.1)
+            result.forwarded = (kim_part_start, line_start - _eol_before(spool, line_start, offset))
+        kim_part_start = None
+        spool.seek(line_start)
         line = spool.readline(_SCAN_LINE)
-        if not line:
-            break
-        line_start = position
-        position += len(line)
-        stripped = line.rstrip(b"\r\n")
-        if stripped.startswith(delimiter) and not in_header:
-            if kim_part_start is not None and result.forwarded is None:
-                # the line end before a delimiter belongs to the delimiter (RFC 2046 §5.1.1)
-                result.forwarded = (kim_part_start, line_start - previous_eol)
-            kim_part_start = None
-            if stripped[len(delimiter) :].startswith(b"--"):
-                break  # the closing delimiter
-            in_header, header_lines = True, []
-        elif in_header:
-            if stripped == b"":
-                in_header = False
-                part = _parse_part_header(header_lines)
-                if part is not None:
-                    content_type, disposition = part
-                    result.x_kas = result.x_kas or disposition == "x-kas"
-                    if content_type == "message/rfc822" and _is_kim_message(spool, position):
-                        kim_part_start = position
-                    spool.seek(position)
-            else:
-                header_lines.append(line)
-        previous_eol = len(line) - len(stripped)
+        if line.rstrip(b"\r\n")[len(delimiter) :].startswith(b"--"):
+            break  # the closing delimiter
+        position = line_start + len(line)
+        header_lines: list[bytes] = []
+        while True:
+            line = spool.readline(_SCAN_LINE)
+            if not line:
+                return result  # the mail ended inside a part header
+            position += len(line)
+            if line.rstrip(b"\r\n") == b"":
+                break
+            header_lines.append(line)
+        part = _parse_part_header(header_lines)
+        if part is not None:
+            content_type, disposition = part
+            result.x_kas = result.x_kas or disposition == "x-kas"
+            if content_type == "message/rfc822" and _is_kim_message(spool, position):
+                kim_part_start = position
     return result
+
+
+def _find_delimiter_line(spool: BinaryIO, start: int, delimiter: bytes) -> int | None:
+    """The offset of the first line at or after ``start`` (itself a line start) that begins
+    with ``delimiter``; None at the end of the spool. Reads 1 MiB at a time and keeps the last
+    ``len(delimiter)`` bytes, so a delimiter split across two reads is found."""
+    spool.seek(start)
+    buffer = b""
+    buffer_start = start  # spool offset of buffer[0]
+    search_from = start  # the first offset not yet looked at as a delimiter start
+    while chunk := spool.read(READ_SIZE):
+        buffer += chunk
+        index = search_from - buffer_start
+        while (index := buffer.find(delimiter, index)) >= 0:
+            at = buffer_start + index
+            if at == start or buffer[index - 1] == 0x0A:  # LF before it: a line start
+                return at
+            index += 1
+        # a delimiter starting in the last len(delimiter) - 1 bytes may go on in the next read;
+        # the byte before it is kept to tell whether it starts a line
+        search_from = max(start, buffer_start + len(buffer) - len(delimiter) + 1)
+        keep = buffer_start + len(buffer) - max(start, search_from - 1)
+        buffer_start += len(buffer) - keep
+        buffer = buffer[len(buffer) - keep :]
+    return None
+
+
+def _eol_before(spool: BinaryIO, line_start: int, first_line: int) -> int:
+    """The length of the line end (the LF and the CRs before it) of the line before
+    ``line_start``; 0 for the body's first line."""
+    if line_start <= first_line:
+        return 0
+    back = min(line_start - first_line, _SCAN_LINE)
+    spool.seek(line_start - back)
+    before = spool.read(back)
+    if not before.endswith(b"\n"):
+        return 0
+    line = before[before.rfind(b"\n", 0, len(before) - 1) + 1 :]
+    return len(line) - len(line.rstrip(b"\r\n"))
 
 
 def _parse_part_header(lines: list[bytes]) -> tuple[str, str] | None:
@@ -668,7 +705,7 @@ def _forward(
     body_offset = spool.tell() - len(rest)
     fields = [f for f in header if f.name.lower() != "from"]
     fields.insert(0, HeaderField("From", b" " + account.encode("ascii")))
-    outer = tempfile.TemporaryFile(dir=ctx.spool_dir)  # noqa: SIM115 (handed to the caller)
+    outer = spool_file(ctx.spool_dir)  # handed to the caller
     size = outer.write(HeaderBlock(tuple(fields)).encode() + b"\r\n")
     spool.seek(body_offset)
     remaining = end - body_offset

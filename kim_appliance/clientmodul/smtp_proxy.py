@@ -41,7 +41,6 @@ import io
 import math
 import re
 import ssl
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Final
@@ -54,6 +53,7 @@ from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
 from kim_appliance.clientmodul.large_mail import KasBlob
 from kim_appliance.clientmodul.limits import Limits, get_limits
+from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
 from kim_appliance.clientmodul.versions import compare_versions
 from kim_appliance.konnektor import ContextError, KonnektorError, KonnektorUnreachableError
@@ -130,9 +130,8 @@ class CmSmtpSession:
             return Reply(250, "2.1.5", f"recipient <{event.address}> ok"), False
         if isinstance(event, DataStart):
             spool_dir = self.ctx.spool_dir
-            self.tx.spool = await trio.to_thread.run_sync(
-                lambda: tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by tx)
-            )
+            # in memory up to 1 MiB (no file to create for a small mail); closed by tx
+            self.tx.spool = spool_file(spool_dir)
             return Reply(354, None, "send the message, end with <CR><LF>.<CR><LF>"), False
         if isinstance(event, DataChunk):
             await self._data(event.data)

@@ -57,6 +57,8 @@ TAG_LENGTH: Final = 16  # aes-ICVlen 16 (digest §2.6)
 # Largest small structure the reader captures (recipientInfos, algorithm, unauthAttrs).
 MAX_SMALL_STRUCTURE: Final = 1024 * 1024
 _SPOOL_READ: Final = 1024 * 1024
+#: ciphertext spooled before the content key is known stays in memory up to this size
+_SPOOL_IN_MEMORY: Final = 1024 * 1024
 _EOC: Final = b"\x00\x00"
 
 _U = native.CLASS_UNIVERSAL
@@ -391,7 +393,11 @@ class AuthEnvelopedReader:
             self._decryptor.update(data)
         else:
             if self._spool is None:
-                self._spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
+                # in memory up to 1 MiB: a small message fed in one piece before its key is
+                # known costs no file (the native decryptor spools the plaintext itself)
+                self._spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                    max_size=_SPOOL_IN_MEMORY, dir=self._spool_dir
+                )
             self._spool.write(data)
 
     def _start_decryptor(self) -> None:

@@ -79,7 +79,10 @@ class JwtVerifier(Protocol):
 
 
 def _rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime("%Y"): glibc writes the year 140 as "140", which is no RFC 3339
+    # date-time (found by the stateful contract run)
+    utc = value.astimezone(dt.UTC).replace(tzinfo=None, microsecond=0)
+    return utc.isoformat() + "Z"
 
 
 # --- request parsing ----------------------------------------------------------------------

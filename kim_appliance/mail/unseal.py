@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from kim_appliance import _native
 from kim_appliance.cms.enveloped import AuthEnvelopedReader, find_recipient
@@ -38,6 +38,8 @@ from kim_appliance.mail.outer import check_outer_header, check_signed_entity_hea
 from kim_appliance.pki import CertProfile, PathValidationError, Purpose, TrustStore
 
 READ_SIZE = 1024 * 1024
+#: bytes of eContent kept in memory before the spool moves to a nameless file on disk
+SPOOL_IN_MEMORY = 1024 * 1024
 
 # X-KIM-DecryptionResult (digest §1.6, Tab_Fehlertext_Entschl)
 DECRYPTED = "00"
@@ -144,7 +146,9 @@ def open_message(
         report.problems.append(f"cannot decrypt: {exc}")
         return report
     report.decryption_result = DECRYPTED
-    with entity.plaintext, tempfile.TemporaryFile(dir=spool_dir) as econtent:
+    # a small eContent stays in memory: a file created and deleted per message cost more
+    # than the message (issue 7); a large one moves to a nameless file at 1 MiB
+    with entity.plaintext, _spool(spool_dir) as econtent:
         signature = _verify_entity(entity.plaintext, econtent, report)
         if signature is None:
             return report
@@ -218,6 +222,12 @@ def _decrypt(
     plaintext = reader.finish()
     report.content_algorithm = "AES-256-GCM (tag verified)"
     return _Decrypted(plaintext, reader.recipient_emails)
+
+
+def _spool(spool_dir: str | None) -> BinaryIO:
+    """A read/write spool in memory up to SPOOL_IN_MEMORY bytes, then a nameless file."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b", dir=spool_dir)  # noqa: SIM115
+    return cast(BinaryIO, spool)
 
 
 def _verify_entity(

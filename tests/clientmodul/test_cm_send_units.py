@@ -220,3 +220,67 @@ def test_scan_ignores_a_plain_attached_mail_and_sees_x_kas() -> None:
     scan = _scan_parts(io.BytesIO(body), 0, "XYZ")
     assert scan.forwarded is None
     assert scan.x_kas
+
+
+def _forward_with_attachment(filler: bytes) -> tuple[bytes, bytes]:
+    """A client mail body: a text part with ``filler``, a forwarded KIM message (whose body
+    holds the boundary string, but not at a line start), then an x-kas part."""
+    kim = b"From: x@y.kim.telematik\r\nX-KOM-LE-Version: 1.0\r\n\r\nQUJD --XYZ\r\n\r\nREVG"
+    body = _multipart(
+        b"Content-Type: text/plain\r\n\r\n" + filler,
+        b"Content-Type: message/rfc822\r\n\r\n" + kim,
+        b"Content-Type: text/plain\r\nContent-Disposition: x-kas\r\n\r\n{}",
+    )
+    return body, kim
+
+
+@pytest.mark.parametrize("read_size", [1, 5, 7, 16, 64])
+def test_scan_finds_delimiters_split_across_reads(
+    read_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KOM-LE-A_2029, A_22341: the delimiter search reads in chunks; a delimiter line cut by a
+    chunk edge anywhere is still found, and the forwarded span is exact."""
+    import kim_appliance.clientmodul.send as send_module
+
+    monkeypatch.setattr(send_module, "READ_SIZE", read_size)
+    for filler_size in range(40):
+        body, kim = _forward_with_attachment(b"A" * filler_size)
+        scan = _scan_parts(io.BytesIO(body), 0, "XYZ")
+        assert scan.forwarded is not None, (read_size, filler_size)
+        start, end = scan.forwarded
+        assert body[start:end] == kim, (read_size, filler_size)
+        assert scan.x_kas, (read_size, filler_size)
+
+
+@pytest.mark.parametrize("shift", [-7, -6, -3, -1, 0, 1, 2])
+def test_scan_finds_a_delimiter_across_the_1_mib_read_edge(shift: int) -> None:
+    """KOM-LE-A_2029: a 1 MiB attachment puts the next delimiter line across the edge of the
+    first 1 MiB read (``shift`` bytes from it); the forwarded message behind it is found."""
+    from kim_appliance.clientmodul.send import READ_SIZE
+
+    head = b"--XYZ\r\nContent-Type: text/plain\r\n\r\n"
+    filler_size = READ_SIZE + shift - len(head) - 2  # the CRLF before the delimiter
+    line = b"QUJD" * 19 + b"\r\n"
+    filler = (line * (filler_size // len(line) + 1))[:filler_size]
+    body, kim = _forward_with_attachment(filler)
+    assert body.index(b"\r\n--XYZ\r\nContent-Type: message") + 2 == READ_SIZE + shift
+    scan = _scan_parts(io.BytesIO(body), 0, "XYZ")
+    assert scan.forwarded is not None
+    start, end = scan.forwarded
+    assert body[start:end] == kim
+    assert scan.x_kas
+
+
+def test_scan_body_offset_and_line_ends() -> None:
+    """The scan starts at the body offset; LF-only line ends are line ends too, and the line
+    end before a delimiter (CR CR LF here) is not part of the forwarded message."""
+    kim = b"From: x@y\nX-KOM-LE-Version: 1.0\n\nQUJD"
+    body = (
+        b"Subject: --XYZ\r\n\r\n--XYZ\nContent-Type: message/rfc822\n\n" + kim + b"\r\r\n--XYZ--\n"
+    )
+    offset = body.index(b"\r\n\r\n") + 4
+    scan = _scan_parts(io.BytesIO(body), offset, "XYZ")
+    assert scan.forwarded is not None
+    start, end = scan.forwarded
+    assert body[start:end] == kim
+    assert not scan.x_kas

@@ -529,3 +529,23 @@ def test_account_manager_conforms(case, registered: Env) -> None:  # type: ignor
     # documented 400 "error in the input data": positive_data_acceptance does not apply
     case.validate_response(response, excluded_checks=[positive_data_acceptance, ignored_auth])
     assert response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (dt.datetime(140, 7, 29, 18, 39, 33, tzinfo=dt.UTC), "0140-07-29T18:39:33Z"),
+        (dt.datetime(2026, 11, 29, 4, 0, 0, 123456, tzinfo=dt.UTC), "2026-11-29T04:00:00Z"),
+        (
+            dt.datetime(2026, 1, 1, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "2025-12-31T23:00:00Z",
+        ),
+    ],
+)
+def test_dates_in_answers_are_rfc3339_date_times(value: dt.datetime, expected: str) -> None:
+    """Dates the Account Manager answers with (startDate, endDate, deregDate) are RFC 3339
+    date-times as AccountManager.yaml declares, in UTC, even for years below 1000 (a year the
+    stateful contract run set through updateOutOfOffice came back as "140-07-29...")."""
+    from kim_appliance.fachdienst.account_manager import _rfc3339
+
+    assert _rfc3339(value) == expected

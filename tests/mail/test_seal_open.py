@@ -160,3 +160,22 @@ def test_gematik_sample_opens_with_both_test_keys(gematik_sample: Path) -> None:
         assert report.repaired_crlf
         assert report.integrity_results == ["01"], report.lines()
         assert expected == b"Content-Type: message/rfc822\r\n\r\n" + out.getvalue()
+
+
+@pytest.mark.parametrize("body_mib", [0, 3], ids=["in-memory", "spooled-to-disk"])
+def test_econtent_spool_small_and_large(
+    tmp_path: Path, rsa_signer: Party, rsa_recipient: Party, ecc_recipient: Party, body_mib: int
+) -> None:
+    """KOM-LE-A_2019: the inner mail comes back byte for byte whether its eContent stays in
+    memory (small) or the spool moves to a file past 1 MiB; no file is left in the spool
+    directory afterwards."""
+    body = b"".join(b"%07d Befundzeile\r\n" % i for i in range(body_mib * 1024 * 1024 // 20))
+    inner = INNER + body
+    sealed = _seal(rsa_signer, rsa_recipient, [ecc_recipient], inner)
+    out = io.BytesIO()
+    report = open_message(
+        io.BytesIO(sealed), out, keys=[ecc_recipient.key], spool_dir=str(tmp_path)
+    )
+    assert report.exit_code == 0, report.lines()
+    assert out.getvalue() == inner
+    assert list(tmp_path.iterdir()) == []
