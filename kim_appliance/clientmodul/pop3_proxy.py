@@ -32,9 +32,7 @@ anything upstream on its own: only the PVS's DELE + QUIT do.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -73,13 +71,21 @@ from kim_appliance.protocols.pop3 import (
     Top,
     Uidl,
 )
+from kim_appliance.protocols.session import (
+    NETWORK_ERRORS,
+    SessionIO,
+    peer_name,
+    run_core,
+    serve_session,
+)
 
 #: The greeting of digest §1.5 (Tab_POP3_Ant_Init).
 GREETING = "KOM-LE Clientmodul POP3"
 READ_SIZE = 1024 * 1024
 #: The listing of a mailbox (LIST/UIDL) is small; refuse an upstream that sends more.
 MAX_LISTING = 16 * 1024 * 1024
-_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+RECEIVE_SIZE = 65536
+_NETWORK_ERRORS = NETWORK_ERRORS
 
 
 class UpstreamError(Exception):
@@ -487,59 +493,47 @@ def _line(text: str) -> str:
 async def serve_cm_pop3_connection(
     ctx: ClientmodulContext, stream: trio.SSLStream[trio.SocketStream]
 ) -> None:
-    """Handle one POP3S connection from the PVS until QUIT, EOF, timeout or error."""
-    from kim_appliance.fachdienst.smtp_session import _peer_name
-
-    peer = _peer_name(stream)
+    """Handle one POP3S connection from the PVS until QUIT, EOF, timeout or error; the plumbing
+    (handshake, idle timeout, errors, close) is :mod:`kim_appliance.protocols.session`."""
+    peer = peer_name(stream)
     timeout = ctx.session_timeout_seconds
     core = Pop3Server(hostname="clientmodul")
     session = CmPop3Session(ctx, core, peer, ctx.key_finder)
-    try:
-        with trio.fail_after(timeout):
-            await stream.do_handshake()
+    conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+
+    async def handle(event: Event) -> bool:
+        if isinstance(event, ConnectionClosed):
+            conn.queue(core.data_to_send())
+            return False
+        if isinstance(event, ProtocolViolation):
+            return True  # answered by the core (digest §1.5: anything else -> -ERR)
+        try:
+            return await session.answer(event, stream)
+        except UpstreamError as exc:
+            ctx.log.warning("cm pop3 %s: %s", peer, exc)
+            await conn.send_all(core.data_to_send() + _error_line(str(exc)))
+            return False
+
+    async def run() -> None:
         ctx.log.info("cm pop3 %s connected", peer)
-        await stream.send_all(Response(True, GREETING).render())
-        while True:
-            event = core.next_event()
-            if event is NEED_DATA:
-                out = core.data_to_send()
-                if out:
-                    await stream.send_all(out)
-                with trio.move_on_after(timeout) as idle:
-                    data = await stream.receive_some(65536)
-                if idle.cancelled_caught:
-                    await stream.send_all(b"-ERR idle timeout, closing\r\n")
-                    break
-                core.receive_data(bytes(data))
-                continue
-            assert not isinstance(event, type)
-            if isinstance(event, ConnectionClosed):
-                out = core.data_to_send()
-                if out:
-                    await stream.send_all(out)
-                break
-            if isinstance(event, ProtocolViolation):
-                continue  # answered by the core (digest §1.5: anything else -> -ERR)
-            try:
-                if not await session.answer(event, stream):
-                    break
-            except UpstreamError as exc:
-                ctx.log.warning("cm pop3 %s: %s", peer, exc)
-                await stream.send_all(core.data_to_send() + _error_line(str(exc)))
-                break
-    except _NETWORK_ERRORS as exc:
-        ctx.log.info("cm pop3 %s connection lost: %s", peer, exc.__class__.__name__)
-    except trio.TooSlowError:
-        ctx.log.info("cm pop3 %s TLS handshake timed out", peer)
-    except Exception:
-        ctx.log.exception("cm pop3 %s internal error", peer)
-        with trio.move_on_after(5), contextlib.suppress(*_NETWORK_ERRORS):
-            await stream.send_all(b"-ERR internal error of the Clientmodul, closing\r\n")
-    finally:
+        await conn.send_all(Response(True, GREETING).render())
+        await run_core(conn, core, handle, idle_reply=lambda: b"-ERR idle timeout, closing\r\n")
+
+    async def cleanup() -> None:
         session.close()
         if session.upstream is not None:
             await session.upstream.aclose()
-        await trio.aclose_forcefully(stream)
+
+    await serve_session(
+        stream,
+        name="cm pop3",
+        peer=peer,
+        log=ctx.log,
+        timeout=timeout,
+        run=run,
+        internal_error=b"-ERR internal error of the Clientmodul, closing\r\n",
+        cleanup=cleanup,
+    )
 
 
 def _error_line(text: str) -> bytes:

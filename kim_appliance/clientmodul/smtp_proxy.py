@@ -36,9 +36,7 @@ gives ``421`` and never takes the listener down.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import math
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -59,8 +57,8 @@ from kim_appliance.clientmodul.versions import compare_versions
 from kim_appliance.konnektor import ContextError, KonnektorError, KonnektorUnreachableError
 from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
 from kim_appliance.mail.headers import HeaderBlock
+from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
 from kim_appliance.protocols.smtp import (
-    NEED_DATA,
     AuthAttempt,
     ConnectionClosed,
     DataChunk,
@@ -79,7 +77,6 @@ from kim_appliance.protocols.smtp import (
 
 RECEIVE_SIZE: Final = 256 * 1024
 WRITE_BATCH: Final = 1024 * 1024
-_NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 #: digest §1.3: the greeting must contain "ESMTP"
 GREETING: Final = "ESMTP ready"
 _NOT_IMPLEMENTED: Final = Reply(502, "5.5.1", "command not implemented")
@@ -528,73 +525,65 @@ def _adjust_connect_reply(
 async def serve_cm_smtp_connection(
     ctx: ClientmodulContext, stream: trio.SSLStream[trio.SocketStream]
 ) -> None:
-    """Handle one SMTPS connection of the PVS until QUIT, EOF, timeout or error."""
-    peer = _peer_name(stream)
+    """Handle one SMTPS connection of the PVS until QUIT, EOF, timeout or error; the plumbing
+    (handshake, idle timeout, errors, close) is :mod:`kim_appliance.protocols.session`."""
+    peer = peer_name(stream)
     timeout = ctx.session_timeout_seconds
     session = CmSmtpSession(ctx, peer)
-    try:
-        with trio.fail_after(timeout):
-            await stream.do_handshake()
+
+    async def run() -> None:
         core = SmtpServer(
             hostname=send.CM_HOSTNAME,
             max_message_size=ctx.max_message_size,
             # digest §1.3: EHLO announces "AUTH LOGIN PLAIN" (KOM-LE-A_2009)
             auth_mechanisms=("LOGIN", "PLAIN"),
         )
-        await stream.send_all(core.greeting(GREETING))
-        out = bytearray()
-        with trio.CancelScope() as idle:
-            while True:
-                event = core.next_event()
-                if event is NEED_DATA:
-                    out += core.data_to_send()
-                    if not core.authenticated:
-                        out = bytearray(bytes(out).replace(_HELP_REPLY, _NOT_IMPLEMENTED.encode()))
-                    if out:
-                        await stream.send_all(bytes(out))
-                        out.clear()
-                    idle.deadline = trio.current_time() + timeout
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    idle.deadline = math.inf
-                    core.receive_data(data if isinstance(data, bytes) else bytes(data))
-                    continue
-                assert not isinstance(event, type)
-                before_auth = not core.authenticated
-                decision = await session.decide(event)
-                if decision is not None:
-                    reply, close = decision
-                    out += core.send(reply, close=close)
-                else:
-                    out += _adjust_connect_reply(
-                        event, core.data_to_send(), core, before_auth=before_auth
-                    )
-                if isinstance(event, Quit):
-                    await session.quit_upstream()
-                if isinstance(event, ConnectionClosed):
-                    out += core.data_to_send()
-                    if out:
-                        await stream.send_all(bytes(out))
-                    break
-        if idle.cancelled_caught:
-            await stream.send_all(core.abort(Reply(421, "4.4.2", "idle timeout")))
-    except _NETWORK_ERRORS as exc:
-        ctx.log.info("cm smtp %s connection lost: %s", peer, exc.__class__.__name__)
-    except trio.TooSlowError:
-        ctx.log.info("cm smtp %s TLS handshake timed out", peer)
-    except Exception:
-        ctx.log.exception("cm smtp %s internal error", peer)
-        with trio.move_on_after(5), contextlib.suppress(*_NETWORK_ERRORS):
-            await stream.send_all(b"421 4.3.0 internal error, closing the session\r\n")
-    finally:
+        conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+        await conn.send_all(core.greeting(GREETING))
+
+        async def handle(event: ServerEvent) -> bool:
+            # replies are batched in conn until the next receive
+            before_auth = not core.authenticated
+            decision = await session.decide(event)
+            if decision is not None:
+                reply, close = decision
+                conn.queue(core.send(reply, close=close))
+            else:
+                conn.queue(
+                    _adjust_connect_reply(event, core.data_to_send(), core, before_auth=before_auth)
+                )
+            if isinstance(event, Quit):
+                await session.quit_upstream()
+            if isinstance(event, ConnectionClosed):
+                conn.queue(core.data_to_send())
+                return False
+            return True
+
+        def outgoing(out: bytes) -> bytes:
+            if core.authenticated:
+                return out
+            return out.replace(_HELP_REPLY, _NOT_IMPLEMENTED.encode())
+
+        await run_core(
+            conn,
+            core,
+            handle,
+            idle_reply=lambda: core.abort(Reply(421, "4.4.2", "idle timeout")),
+            outgoing=outgoing,
+        )
+
+    async def cleanup() -> None:
         session.abort_transaction()
         with trio.CancelScope(shield=True):
             await session.close_upstream()
-        await trio.aclose_forcefully(stream)
 
-
-def _peer_name(stream: trio.SSLStream[trio.SocketStream]) -> str:
-    try:
-        host, port = stream.transport_stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+    await serve_session(
+        stream,
+        name="cm smtp",
+        peer=peer,
+        log=ctx.log,
+        timeout=timeout,
+        run=run,
+        internal_error=b"421 4.3.0 internal error, closing the session\r\n",
+        cleanup=cleanup,
+    )

@@ -11,15 +11,12 @@ effect at QUIT only. Messages stream from the store in 1 MiB reads, dot-stuffed 
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 from typing import BinaryIO
 
 import trio
 
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.protocols.pop3 import (
-    NEED_DATA,
     AuthAttempt,
     ConnectionClosed,
     Dele,
@@ -36,10 +33,11 @@ from kim_appliance.protocols.pop3 import (
     Top,
     Uidl,
 )
+from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
 from kim_appliance.store import StoredMessage
 
 READ_SIZE = 1024 * 1024
-_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+RECEIVE_SIZE = 65536
 
 
 class Pop3Session:
@@ -217,50 +215,41 @@ async def _top(source: BinaryIO, lines: int) -> bytes:
 
 
 async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.SocketStream]) -> None:
-    """Handle one POP3S connection until QUIT, EOF, timeout or error (implicit TLS)."""
-    from kim_appliance.fachdienst.smtp_session import _peer_name
-
-    peer = _peer_name(stream)
+    """Handle one POP3S connection until QUIT, EOF, timeout or error (implicit TLS); the
+    plumbing (handshake, idle timeout, errors, close) is :mod:`kim_appliance.protocols.session`."""
+    peer = peer_name(stream)
     timeout = fd.config.session_timeout_seconds
     core = Pop3Server(hostname=fd.hostname)
     session = Pop3Session(fd, core, peer)
-    try:
-        with trio.fail_after(timeout):
-            await stream.do_handshake()
+
+    async def handle(event: Event) -> bool:
+        if isinstance(event, ConnectionClosed):
+            io.queue(core.data_to_send())
+            return False
+        await session.answer(event, stream)
+        return True
+
+    io = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+
+    async def run() -> None:
         fd.log.info("pop3 %s connected", peer)
-        await stream.send_all(core.greeting())
-        while True:
-            event = core.next_event()
-            if event is NEED_DATA:
-                out = core.data_to_send()
-                if out:
-                    await stream.send_all(out)
-                with trio.move_on_after(timeout) as idle:
-                    data = await stream.receive_some(65536)
-                if idle.cancelled_caught:
-                    # RFC 1939 §3: an idle session is closed without entering UPDATE
-                    await stream.send_all(b"-ERR [SYS/TEMP] idle timeout, closing\r\n")
-                    break
-                core.receive_data(bytes(data))
-                continue
-            assert not isinstance(event, type)
-            if isinstance(event, ConnectionClosed):
-                out = core.data_to_send()
-                if out:
-                    await stream.send_all(out)
-                break
-            await session.answer(event, stream)
-    except _NETWORK_ERRORS as exc:
-        fd.log.info("pop3 %s connection lost: %s", peer, exc.__class__.__name__)
-    except trio.TooSlowError:
-        fd.log.info("pop3 %s TLS handshake timed out", peer)
-    except Exception:
-        # a bug in one session must not take the listener (and the appliance) down; nothing is
-        # deleted (UPDATE state not reached)
-        fd.log.exception("pop3 %s internal error", peer)
-        with trio.move_on_after(5):
-            with contextlib.suppress(*_NETWORK_ERRORS):
-                await stream.send_all(b"-ERR [SYS/TEMP] internal error, closing the session\r\n")
-    finally:
+        await io.send_all(core.greeting())
+        # RFC 1939 §3: an idle session is closed without entering UPDATE
+        await run_core(
+            io, core, handle, idle_reply=lambda: b"-ERR [SYS/TEMP] idle timeout, closing\r\n"
+        )
+
+    async def cleanup() -> None:
+        # nothing is deleted unless QUIT reached UPDATE; the maildrop lock goes
         session.release()
-        await trio.aclose_forcefully(stream)
+
+    await serve_session(
+        stream,
+        name="pop3",
+        peer=peer,
+        log=fd.log,
+        timeout=timeout,
+        run=run,
+        internal_error=b"-ERR [SYS/TEMP] internal error, closing the session\r\n",
+        cleanup=cleanup,
+    )

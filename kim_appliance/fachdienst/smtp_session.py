@@ -14,10 +14,7 @@ every refusal is an SMTP reply that says why; a broken connection ends the sessi
 
 from __future__ import annotations
 
-import contextlib
 import io
-import math
-import ssl
 from dataclasses import dataclass, field
 
 import trio
@@ -27,8 +24,8 @@ from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import read_header_block
 from kim_appliance.pki import CertProfile, profile_of
+from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
 from kim_appliance.protocols.smtp import (
-    NEED_DATA,
     AuthAttempt,
     ConnectionClosed,
     DataChunk,
@@ -45,7 +42,6 @@ from kim_appliance.protocols.smtp import (
 from kim_appliance.store import BlobWriter
 
 RECEIVE_SIZE = 256 * 1024
-_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 1024 * 1024
 #: the header is parsed from the first bytes of the body; a longer header is refused
 HEADER_LIMIT = 256 * 1024
@@ -285,70 +281,52 @@ def relay_peer_of(stream: trio.SSLStream[trio.SocketStream]) -> str | None:
 
 
 async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.SocketStream]) -> None:
-    """Handle one SMTPS connection until QUIT, EOF, timeout or error (implicit TLS)."""
-    peer = _peer_name(stream)
+    """Handle one SMTPS connection until QUIT, EOF, timeout or error (implicit TLS); the
+    plumbing (handshake, idle timeout, errors, close) is :mod:`kim_appliance.protocols.session`."""
+    peer = peer_name(stream)
     timeout = fd.config.session_timeout_seconds
     session: SmtpSession | None = None
-    try:
-        with trio.fail_after(timeout):
-            await stream.do_handshake()
+
+    async def run() -> None:
+        nonlocal session
         relay_peer = relay_peer_of(stream)
         core = SmtpServer(
             hostname=fd.hostname,
             max_message_size=fd.config.max_message_size,
             require_auth=relay_peer is None,
         )
-        session = SmtpSession(fd, peer, relay_peer=relay_peer)
+        session = current = SmtpSession(fd, peer, relay_peer=relay_peer)
         fd.log.info(
             "smtp %s connected%s", peer, f" (Fachdienst {relay_peer})" if relay_peer else ""
         )
-        await stream.send_all(core.greeting(f"{fd.domain} KIM Fachdienst ESMTP ready"))
-        # one cancel scope for the session whose deadline is moved before each receive (and
-        # lifted while a decision runs): a new fail_after per TLS record (16 KiB) costs
-        # measurably on a 35 MB DATA (bench/fachdienst.py)
-        with trio.CancelScope() as idle:
-            while True:
-                event = core.next_event()
-                if event is NEED_DATA:
-                    out = core.data_to_send()
-                    if out:
-                        await stream.send_all(out)
-                    idle.deadline = trio.current_time() + timeout
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    idle.deadline = math.inf
-                    core.receive_data(data if isinstance(data, bytes) else bytes(data))
-                    continue
-                assert not isinstance(event, type)
-                reply = await session.decide(event)
-                if reply is not None:
-                    await stream.send_all(core.send(reply))
-                if isinstance(event, ConnectionClosed):
-                    out = core.data_to_send()
-                    if out:
-                        await stream.send_all(out)
-                    break
-        if idle.cancelled_caught:
-            await stream.send_all(core.abort(Reply(421, "4.4.2", "idle timeout")))
-    except _NETWORK_ERRORS as exc:
-        fd.log.info("smtp %s connection lost: %s", peer, exc.__class__.__name__)
-    except trio.TooSlowError:
-        fd.log.info("smtp %s TLS handshake timed out", peer)
-    except Exception:
-        # a bug in one session must not take the listener (and the appliance) down: the client
-        # hears 421 and may try again; nothing unacknowledged was kept (abort below)
-        fd.log.exception("smtp %s internal error", peer)
-        with trio.move_on_after(5):
-            with contextlib.suppress(*_NETWORK_ERRORS):
-                await stream.send_all(b"421 4.3.0 internal error, closing the session\r\n")
-    finally:
+        conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+        await conn.send_all(core.greeting(f"{fd.domain} KIM Fachdienst ESMTP ready"))
+
+        async def handle(event: ServerEvent) -> bool:
+            reply = await current.decide(event)
+            if reply is not None:
+                await conn.send_all(core.send(reply))
+            if isinstance(event, ConnectionClosed):
+                conn.queue(core.data_to_send())
+                return False
+            return True
+
+        await run_core(
+            conn, core, handle, idle_reply=lambda: core.abort(Reply(421, "4.4.2", "idle timeout"))
+        )
+
+    async def cleanup() -> None:
+        # nothing unacknowledged is kept, whatever ended the session
         if session is not None:
             session.abort_transaction()
-        await trio.aclose_forcefully(stream)
 
-
-def _peer_name(stream: trio.SSLStream[trio.SocketStream]) -> str:
-    try:
-        host, port = stream.transport_stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+    await serve_session(
+        stream,
+        name="smtp",
+        peer=peer,
+        log=fd.log,
+        timeout=timeout,
+        run=run,
+        internal_error=b"421 4.3.0 internal error, closing the session\r\n",
+        cleanup=cleanup,
+    )

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import StartKim
+from cm_support import StartKim
 
 from kim_appliance.clientmodul import large_mail
 from kim_appliance.clientmodul.kas_client import delete_mail_data

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import Kim, StartKim, closed_port, with_upstream
+from cm_support import Kim, StartKim, closed_port, with_upstream
 from fd_support import make_message
 
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Kim, StartKim, closed_port, demo_address, with_upstream
+from cm_support import Kim, StartKim, closed_port, demo_address, with_upstream
 
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.directory import DirectoryStore
