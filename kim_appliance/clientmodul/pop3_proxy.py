@@ -85,7 +85,6 @@ READ_SIZE = 1024 * 1024
 #: The listing of a mailbox (LIST/UIDL) is small; refuse an upstream that sends more.
 MAX_LISTING = 16 * 1024 * 1024
 RECEIVE_SIZE = 65536
-_NETWORK_ERRORS = NETWORK_ERRORS
 
 
 class UpstreamError(Exception):
@@ -127,7 +126,7 @@ class _Upstream:
     async def _receive(self) -> bytes | bytearray:
         try:
             return await self.stream.receive_some(65536)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise UpstreamError(f"the Fachdienst connection broke: {exc!r}") from exc
 
     def _timed_out(self) -> UpstreamError:
@@ -142,7 +141,7 @@ class _Upstream:
     async def command(self, data: bytes) -> Pop3Reply:
         try:
             await self.stream.send_all(data)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise UpstreamError(f"the Fachdienst connection broke: {exc!r}") from exc
         return await self.reply()
 
@@ -250,7 +249,7 @@ class CmPop3Session:
             return Response(False, _line(f"no POP3 server for {login.account}: {exc}"))
         try:
             upstream = await self._connect(host, port, login.host or host)
-        except (UpstreamError, trio.TooSlowError, *_NETWORK_ERRORS) as exc:
+        except (UpstreamError, trio.TooSlowError, *NETWORK_ERRORS) as exc:
             self.ctx.log.info("cm pop3 %s: upstream %s:%d: %r", self.peer, host, port, exc)
             return Response(False, _line(f"POP3 server {host}:{port} not reachable: {exc}"))
         try:

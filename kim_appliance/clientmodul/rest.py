@@ -25,10 +25,11 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from kim_appliance.protocols.session import NETWORK_ERRORS
+
 RECEIVE_SIZE: Final = 256 * 1024
 #: the largest error or JSON body read into memory
 MAX_SMALL_BODY: Final = 1024 * 1024
-_NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
 class RestUnavailable(Exception):
@@ -95,7 +96,7 @@ class _Exchange:
             try:
                 with trio.fail_after(self.timeout):
                     await self.stream.send_all(data)
-            except (*_NETWORK_ERRORS, trio.TooSlowError) as exc:
+            except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
                 raise RestUnavailable(f"{self.url}: sending failed: {_describe(exc)}") from exc
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
@@ -109,7 +110,7 @@ class _Exchange:
             try:
                 with trio.fail_after(self.timeout):
                     data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (*_NETWORK_ERRORS, trio.TooSlowError) as exc:
+            except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
                 raise RestUnavailable(f"{self.url}: receiving failed: {_describe(exc)}") from exc
             self.conn.receive_data(bytes(data))
 
@@ -175,7 +176,7 @@ async def https_request(
         try:
             with trio.fail_after(timeout):
                 await stream.do_handshake()
-        except (*_NETWORK_ERRORS, trio.TooSlowError) as exc:
+        except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
             raise RestUnavailable(f"{url}: TLS handshake failed: {_describe(exc)}") from exc
         exchange = _Exchange(stream, timeout, url)
         await exchange.send(h11.Request(method=method, target=target, headers=request_headers))

@@ -44,7 +44,6 @@ import datetime as dt
 import email.utils
 import io
 import re
-import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ from kim_appliance.mail.headers import (
 )
 from kim_appliance.mail.seal import Certified, seal
 from kim_appliance.pki import CertProfile, profile_of
+from kim_appliance.protocols.session import NETWORK_ERRORS
 from kim_appliance.protocols.smtp import (
     NEED_DATA,
     LocalProtocolError,
@@ -103,7 +103,6 @@ _SCAN_LINE: Final = 1000
 MTA_REFUSED: Final = "X01"
 #: the name the Clientmodul gives itself in EHLO/greetings
 CM_HOSTNAME: Final = "KOM-LE-Clientmodul"
-_NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 
 class SendRefused(Exception):
@@ -792,7 +791,7 @@ class Upstream:
                         return event
                     self.closed = True
                     raise UpstreamLost("the MTA closed the connection")
-        except (*_NETWORK_ERRORS, RemoteProtocolError, trio.TooSlowError) as exc:
+        except (*NETWORK_ERRORS, RemoteProtocolError, trio.TooSlowError) as exc:
             self.closed = True
             raise UpstreamLost(f"the MTA connection failed: {type(exc).__name__} {exc}") from exc
 
@@ -804,7 +803,7 @@ class Upstream:
         try:
             with trio.fail_after(self.timeout):
                 await self.stream.send_all(data)
-        except (*_NETWORK_ERRORS, trio.TooSlowError) as exc:
+        except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
             self.closed = True
             raise UpstreamLost(f"the MTA connection failed: {type(exc).__name__} {exc}") from exc
 
