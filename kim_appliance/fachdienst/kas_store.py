@@ -26,13 +26,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from kim_appliance.store.blobs import fsync_dir
+from kim_appliance.store.blobs import SHARDS, TMP_DIR, fsync_dir, make_blob_root
 
 DB_NAME = "kas.sqlite3"
 READ_CHUNK = 1 << 20
-_TMP = "tmp"
 _PART = ".part"
-_SHARDS = tuple(f"{i:02x}" for i in range(256))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS attachments (
@@ -106,7 +104,7 @@ class KasUpload:
         self.id = str(uuid.uuid4())
         self.declared_size = declared_size
         self.size = 0
-        self._tmp = store.root / _TMP / (self.id + _PART)
+        self._tmp = store.root / TMP_DIR / (self.id + _PART)
         self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
 
     def write(self, data: bytes) -> None:
@@ -187,13 +185,7 @@ class KasStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        created = not root.exists()
-        (root / _TMP).mkdir(parents=True, exist_ok=True)
-        for shard in _SHARDS:
-            (root / shard).mkdir(exist_ok=True)
-        if created:
-            fsync_dir(root)
-            fsync_dir(root.parent)
+        make_blob_root(root)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             root / DB_NAME, isolation_level=None, check_same_thread=False
@@ -246,11 +238,11 @@ class KasStore:
 
     def _sweep(self) -> None:
         """Remove temp files and blob files no row references (crash orphans)."""
-        for entry in os.scandir(self.root / _TMP):
+        for entry in os.scandir(self.root / TMP_DIR):
             os.unlink(entry.path)
         with self._tx() as conn:
             known = {row[0] for row in conn.execute("SELECT id FROM attachments")}
-        for shard in _SHARDS:
+        for shard in SHARDS:
             for entry in os.scandir(self.root / shard):
                 if entry.name not in known:
                     os.unlink(entry.path)

@@ -33,10 +33,11 @@ from .base import BlobRef, StoreCorrupted
 
 ZSTD_LEVEL = 3
 READ_CHUNK = 1 << 20
-_TMP = "tmp"
+TMP_DIR = "tmp"
 _PART = ".part"
 _ZST = ".zst"
-_SHARDS = tuple(f"{i:02x}" for i in range(256))
+#: the 256 shard directories ``00`` .. ``ff`` of a blob root
+SHARDS = tuple(f"{i:02x}" for i in range(256))
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,18 +49,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_blob_root(root: Path) -> None:
+    """Create a blob root (``tmp/`` plus the shard directories) if missing; a new root is made
+    durable in its parent. Shared by the mail store's and the KAS's blob files."""
+    created = not root.exists()
+    (root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+    for shard in SHARDS:
+        (root / shard).mkdir(exist_ok=True)
+    if created:
+        fsync_dir(root)
+        fsync_dir(root.parent)
+
+
 class BlobFiles:
     """The blob directory of one store. Thread-safe: every file has its own random name."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        created = not root.exists()
-        (root / _TMP).mkdir(parents=True, exist_ok=True)
-        for shard in _SHARDS:
-            (root / shard).mkdir(exist_ok=True)
-        if created:
-            fsync_dir(root)
-            fsync_dir(root.parent)
+        make_blob_root(root)
 
     def path(self, name: str, compressed: bool) -> Path:
         if len(name) != 32 or not all(c in "0123456789abcdef" for c in name):
@@ -97,10 +104,10 @@ class BlobFiles:
         Only safe while no writer is active (at open). Returns the removed file names.
         """
         removed: list[str] = []
-        for entry in os.scandir(self.root / _TMP):
+        for entry in os.scandir(self.root / TMP_DIR):
             os.unlink(entry.path)
-            removed.append(f"{_TMP}/{entry.name}")
-        for shard in _SHARDS:
+            removed.append(f"{TMP_DIR}/{entry.name}")
+        for shard in SHARDS:
             for entry in os.scandir(self.root / shard):
                 name = entry.name.removesuffix(_ZST)
                 if name not in referenced:
@@ -128,7 +135,7 @@ class FileBlobWriter:
         self._on_commit = on_commit
         self._on_release = on_release
         self.name = secrets.token_hex(16)
-        self._tmp = files.root / _TMP / (self.name + _PART)
+        self._tmp = files.root / TMP_DIR / (self.name + _PART)
         self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         self._zw: zstandard.ZstdCompressionWriter | None = None
         if compress:
