@@ -1,11 +1,14 @@
 """The appliance process: every component as a task of one trio nursery.
 
 :func:`run_appliance` prepares the data dir (the demo setup on first start), opens each
-Fachdienst's store, starts the components in the ``trio.serve_listeners`` shape, and once every
-listener is bound writes ``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling
-it (Ctrl-C, SIGTERM) stops every listener; ``endpoints.json`` is removed and the stores are
-closed on the way out. Messages are durable before they are acknowledged, so a kill at any
-moment loses nothing that was acknowledged.
+Fachdienst's store, starts the components in the ``trio.serve_listeners`` shape under a
+:class:`~kim_appliance.serving.Supervisor` (a component that fails is restarted on its ports
+with backoff while the others serve on; every connection of every listener runs under the
+guard of :mod:`kim_appliance.serving.guard`), and once every listener is bound writes
+``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling it (Ctrl-C, SIGTERM)
+stops every listener; ``endpoints.json`` is removed and the stores are closed on the way out.
+Messages are durable before they are acknowledged, so a kill at any moment loses nothing that
+was acknowledged.
 """
 
 from __future__ import annotations
@@ -14,20 +17,21 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
 from kim_appliance.clientmodul.context import ClientmodulContext
-from kim_appliance.clientmodul.service import serve_clientmodul
+from kim_appliance.clientmodul.service import ClientmodulAddresses, serve_clientmodul
 from kim_appliance.config import Config, DomainConfig
 from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
+from kim_appliance.directory.server import DirectoryAddresses
 from kim_appliance.errors import ConfigError
 from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
 from kim_appliance.fachdienst.account_manager import account_manager_routes
@@ -40,17 +44,51 @@ from kim_appliance.fachdienst.kas_store import KasStore
 from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
 from kim_appliance.konnektor import infomodell as konnektor_infomodell
 from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.konnektor.soap import serve_konnektor
+from kim_appliance.konnektor.soap import KonnektorAddress, serve_konnektor
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.tls import client_context, server_context
+from kim_appliance.serving import ConnectionBudget, Supervisor, raise_nofile_limit
+from kim_appliance.serving.http import serve_asgi
 from kim_appliance.store import Account, MailStore, open_store
 from kim_appliance.store.passwords import hash_password
 from kim_appliance.web.console import ConsoleState, serve_console
-from kim_appliance.web.server import fachdienst_app, serve_https
+from kim_appliance.web.server import fachdienst_app
 
 ENDPOINTS_FILE = "endpoints.json"
 ADMIN_TOKEN_FILE = "admin-token"
 log = logging.getLogger("kim_appliance")
+T = TypeVar("T")
+
+
+class Components:
+    """What every component's start needs: the supervisor, the listeners' connection budget
+    (one for the process), the configuration and the PKI."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        budget: ConnectionBudget,
+        data_dir: Path,
+        config: Config,
+        pki: TestPki,
+    ) -> None:
+        self.supervisor = supervisor
+        self.budget = budget
+        self.data_dir = data_dir
+        self.config = config
+        self.pki = pki
+
+    async def start(self, name: str, make: Callable[[T | None], Any], *, ports: str) -> T:
+        """Start a component under the supervisor; a port that cannot be bound at the first
+        start is a :class:`ConfigError` naming ``ports`` (the config keys to change)."""
+        try:
+            return await self.supervisor.start(name, make)
+        except OSError as exc:
+            # the user must learn which configured port is the problem
+            raise ConfigError(
+                f"{name}: cannot listen on {self.config.bind} {ports}: {exc.strerror or exc}; "
+                "change the ports in config.toml or use --ephemeral-ports"
+            ) from exc
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -84,6 +122,9 @@ async def run_appliance(
     config = config_module.load(data_dir)
     if ephemeral_ports:
         config = config.with_ephemeral_ports()
+    # a server may use what the hard limit allows; the listeners' caps come out of it
+    raise_nofile_limit()
+    budget = ConnectionBudget.from_nofile_limit()
     pki = await trio.to_thread.run_sync(TestPki.load, data_dir / "pki")
     participants = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     endpoints_file = data_dir / ENDPOINTS_FILE
@@ -103,6 +144,7 @@ async def run_appliance(
             await trio.to_thread.run_sync(_seed_accounts, store, participants, domain)
         try:
             async with trio.open_nursery() as nursery:
+                parts = Components(Supervisor(nursery, log), budget, data_dir, config, pki)
                 fachdienste: dict[str, dict[str, str]] = {}
                 bound: dict[str, FachdienstAddresses] = {}
                 directory_store = await trio.to_thread.run_sync(_open_directory, data_dir)
@@ -120,40 +162,22 @@ async def run_appliance(
                             )
                         )
                     )
-                    try:
-                        addresses = await nursery.start(
-                            partial(
-                                serve_fachdienst,
-                                fd,
-                                bind=config.bind,
-                                smtp_port=d.smtp_port,
-                                pop3_port=d.pop3_port,
-                            )
-                        )
-                    except OSError as exc:
-                        # the user must learn which configured port is the problem
-                        raise ConfigError(
-                            f"{d.domain}: cannot listen on {config.bind} smtp_port {d.smtp_port} "
-                            f"/ pop3_port {d.pop3_port}: {exc.strerror or exc}; change the "
-                            "ports in config.toml or use --ephemeral-ports"
-                        ) from exc
-                    bound[d.domain] = addresses
-                    https = await _start_rest(
-                        nursery, data_dir, pki, config, d, fd, directory_store
+                    addresses: FachdienstAddresses = await parts.start(
+                        f"fachdienst {d.domain}",
+                        partial(_fachdienst_task, parts, fd, d),
+                        ports=f"smtp_port {d.smtp_port} / pop3_port {d.pop3_port}",
                     )
+                    bound[d.domain] = addresses
+                    https = await _start_rest(parts, d, fd, directory_store)
                     fachdienste[d.domain] = {
                         "smtp": _join(*addresses.smtp),
                         "pop3": _join(*addresses.pop3),
                         "https": https,
                     }
-                directory, vzd = await _start_directory(
-                    nursery, data_dir, pki, config, directory_store
-                )
-                konnektor, card_service = await _start_konnektor(nursery, data_dir, pki, config)
+                directory, vzd = await _start_directory(parts, directory_store)
+                konnektor, card_service = await _start_konnektor(parts)
                 rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
-                clientmodul = await _start_clientmodul(
-                    nursery, data_dir, pki, config, card_service, vzd, bound, rest_urls
-                )
+                clientmodul = await _start_clientmodul(parts, card_service, vzd, bound, rest_urls)
                 endpoints = {
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
                     "clientmodul": clientmodul,
@@ -163,7 +187,7 @@ async def run_appliance(
                 }
                 # the console keeps this dict: it shows its own entry too
                 endpoints["console"] = await _start_console(
-                    nursery, config, card_service, stores, directory_store, participants, endpoints
+                    parts, card_service, stores, directory_store, participants, endpoints
                 )
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running: %s", endpoints_file)
@@ -172,9 +196,22 @@ async def run_appliance(
             endpoints_file.unlink(missing_ok=True)
 
 
+def _fachdienst_task(
+    parts: Components, fd: Fachdienst, domain: DomainConfig, previous: FachdienstAddresses | None
+) -> Callable[..., Any]:
+    """The Fachdienst's mail listeners and workers; a restart binds the ports of the first."""
+    return partial(
+        serve_fachdienst,
+        fd,
+        bind=parts.config.bind,
+        smtp_port=previous.smtp[1] if previous else domain.smtp_port,
+        pop3_port=previous.pop3[1] if previous else domain.pop3_port,
+        budget=parts.budget,
+    )
+
+
 async def _start_console(
-    nursery: trio.Nursery,
-    config: Config,
+    parts: Components,
     konnektor: Konnektor,
     stores: dict[str, MailStore],
     directory: DirectoryStore,
@@ -189,45 +226,57 @@ async def _start_console(
         demo=participants,
         endpoints=endpoints,
     )
-    try:
-        host, port = await nursery.start(
-            partial(serve_console, state, bind=config.bind, port=config.console.port)
+    config = parts.config
+
+    def make(previous: tuple[str, int] | None) -> Callable[..., Any]:
+        return partial(
+            serve_console,
+            state,
+            bind=config.bind,
+            port=previous[1] if previous else config.console.port,
+            limits=config.limits,
+            budget=parts.budget,
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"console: cannot listen on {config.bind} port {config.console.port}: "
-            f"{exc.strerror or exc}; change [console] port in config.toml or use "
-            "--ephemeral-ports"
-        ) from exc
-    return f"http://{_join(host, port)}/"
+
+    console: tuple[str, int] = await parts.start(
+        "console", make, ports=f"[console] port {config.console.port}"
+    )
+    return f"http://{_join(*console)}/"
 
 
-async def _start_konnektor(
-    nursery: trio.Nursery, data_dir: Path, pki: TestPki, config: Config
-) -> tuple[dict[str, str], Konnektor]:
+async def _start_konnektor(parts: Components) -> tuple[dict[str, str], Konnektor]:
     """The emulated Konnektor: cards from the demo, SOAP over HTTPS with C.AK.AUT (issue 4)."""
+    data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     # the appliance's own PKI: a revocation switched on the Konnektor is seen at once by the
     # Clientmodul, the Fachdienste and the REST services, which validate against the same CRLs
     konnektor = await trio.to_thread.run_sync(partial(Konnektor.from_data_dir, data_dir, pki=pki))
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "konnektor", CertProfile.C_AK_AUT
     )
-    try:
-        address = await nursery.start(
-            partial(
-                serve_konnektor,
-                konnektor,
-                bind=config.bind,
-                port=config.konnektor.port,
-                ssl_context=server_context(chain, key),
-            )
+    ssl_context = server_context(chain, key)
+    admin_token = _admin_token(data_dir)
+
+    def make(previous: KonnektorAddress | None) -> Callable[..., Any]:
+        return partial(
+            serve_konnektor,
+            konnektor,
+            bind=config.bind,
+            port=previous.port if previous else config.konnektor.port,
+            ssl_context=ssl_context,
+            admin_token=admin_token,
+            limits=config.limits,
+            budget=parts.budget,
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"konnektor: cannot listen on {config.bind} port {config.konnektor.port}: "
-            f"{exc.strerror or exc}; change the port in config.toml or use --ephemeral-ports"
-        ) from exc
+
+    address: KonnektorAddress = await parts.start(
+        "konnektor", make, ports=f"[konnektor] port {config.konnektor.port}"
+    )
     return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}, konnektor
+
+
+def _admin_token(data_dir: Path) -> str:
+    """The administrators' token (``DATA_DIR/admin-token``, made by :func:`prepare_data_dir`)."""
+    return (data_dir / ADMIN_TOKEN_FILE).read_text(encoding="ascii").strip()
 
 
 def _open_directory(data_dir: Path) -> DirectoryStore:
@@ -238,16 +287,11 @@ def _open_directory(data_dir: Path) -> DirectoryStore:
 
 
 async def _start_rest(
-    nursery: trio.Nursery,
-    data_dir: Path,
-    pki: TestPki,
-    config: Config,
-    domain: DomainConfig,
-    fd: Fachdienst,
-    directory: DirectoryStore,
+    parts: Components, domain: DomainConfig, fd: Fachdienst, directory: DirectoryStore
 ) -> str:
     """The Fachdienst's REST services over HTTPS (issue 5, digest §3.3-3.5): Account Manager
     2.4, AccountLimit 1.1, ServiceInformation 1.0 and the KAS 2.4, one listener per domain."""
+    data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     trust = pki.trust_store()
 
     def verify(token: str) -> dict[str, Any]:
@@ -263,60 +307,65 @@ async def _start_rest(
     state = await trio.to_thread.run_sync(AccountManagerState.open, fd_dir)
     # the sharedLink names this listener: bind first with a placeholder, then fill in the port
     base: dict[str, str] = {}
-    admin_token = (data_dir / ADMIN_TOKEN_FILE).read_text(encoding="ascii").strip()
     routes = [
         *account_manager_routes(fd, directory=directory, pki=pki, verify_jwt=verify, state=state),
         *kas_routes(fd, base_url=lambda: base["url"], kas=kas),
-        *admin_routes(fd, token=admin_token),
+        *admin_routes(fd, token=_admin_token(data_dir)),
     ]
-    try:
-        host, port = await nursery.start(
-            partial(
-                serve_https,
-                fachdienst_app(fd, extra_routes=routes),
-                bind=config.bind,
-                port=domain.https_port,
-                ssl_context=fd.server_ssl,
-            )
+    app = fachdienst_app(fd, extra_routes=routes)
+
+    def make(previous: tuple[str, int] | None) -> Callable[..., Any]:
+        return partial(
+            serve_asgi,
+            app,
+            name=f"{domain.domain.split('.')[0]} https",
+            bind=config.bind,
+            port=previous[1] if previous else domain.https_port,
+            ssl_context=fd.server_ssl,
+            limits=config.limits,
+            budget=parts.budget,
+            log=fd.log,
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"{domain.domain}: cannot listen on {config.bind} https_port {domain.https_port}: "
-            f"{exc.strerror or exc}; change the port in config.toml or use --ephemeral-ports"
-        ) from exc
-    base["url"] = f"https://{_join(host, port)}"
-    nursery.start_soon(run_kas_expiry, kas)
+
+    bound: tuple[str, int] = await parts.start(
+        f"{domain.domain} REST", make, ports=f"https_port {domain.https_port}"
+    )
+    base["url"] = f"https://{_join(*bound)}"
+    parts.supervisor.start_soon(f"{domain.domain} KAS expiry", partial(run_kas_expiry, kas))
     return base["url"]
 
 
 async def _start_directory(
-    nursery: trio.Nursery,
-    data_dir: Path,
-    pki: TestPki,
-    config: Config,
-    store: DirectoryStore,
+    parts: Components, store: DirectoryStore
 ) -> tuple[dict[str, str], DirectoryStore]:
     """The VZD: read-only LDAP and LDAPS with the demo participants' entries (digest §4.1)."""
+    data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "vzd", CertProfile.C_ZD_TLS_S
     )
-    try:
-        addresses = await nursery.start(
-            partial(
-                serve_directory,
-                store,
-                bind=config.bind,
-                ldap_port=config.directory.ldap_port,
-                ldaps_port=config.directory.ldaps_port,
-                ssl_context=server_context(chain, key),
-            )
+    ssl_context = server_context(chain, key)
+
+    def make(previous: DirectoryAddresses | None) -> Callable[..., Any]:
+        ldap_port, ldaps_port = config.directory.ldap_port, config.directory.ldaps_port
+        if previous is not None:
+            ldap_port = previous.ldap[1] if previous.ldap else ldap_port
+            ldaps_port = previous.ldaps[1] if previous.ldaps else ldaps_port
+        return partial(
+            serve_directory,
+            store,
+            bind=config.bind,
+            ldap_port=ldap_port,
+            ldaps_port=ldaps_port,
+            ssl_context=ssl_context,
+            limits=config.limits,
+            budget=parts.budget,
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"directory: cannot listen on {config.bind} ldap_port {config.directory.ldap_port} "
-            f"/ ldaps_port {config.directory.ldaps_port}: {exc.strerror or exc}; change the "
-            "ports in config.toml or use --ephemeral-ports"
-        ) from exc
+
+    addresses: DirectoryAddresses = await parts.start(
+        "directory",
+        make,
+        ports=f"ldap_port {config.directory.ldap_port} / ldaps_port {config.directory.ldaps_port}",
+    )
     result = {"base_dn": BASE_DN}
     if addresses.ldap is not None:
         result["ldap"] = _join(*addresses.ldap)
@@ -326,10 +375,7 @@ async def _start_directory(
 
 
 async def _start_clientmodul(
-    nursery: trio.Nursery,
-    data_dir: Path,
-    pki: TestPki,
-    config: Config,
+    parts: Components,
     konnektor: Konnektor,
     directory: DirectoryStore,
     fachdienste: dict[str, FachdienstAddresses],
@@ -341,6 +387,7 @@ async def _start_clientmodul(
     client certificate (mutual TLS, KOM-LE-A_2074, digest §1.9).
 
     ``https`` maps each domain to its REST base URL (KAS, AccountLimit, Account Manager)."""
+    data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
     )
@@ -379,23 +426,25 @@ async def _start_clientmodul(
         max_message_size=config.fachdienst.max_message_size,
         data_ttl_days=config.fachdienst.data_ttl_days,
         session_timeout_seconds=config.fachdienst.session_timeout_seconds,
+        listener_limits=config.limits,
     )
-    try:
-        addresses = await nursery.start(
-            partial(
-                serve_clientmodul,
-                context,
-                bind=config.bind,
-                smtp_port=config.clientmodul.smtp_port,
-                pop3_port=config.clientmodul.pop3_port,
-            )
+
+    def make(previous: ClientmodulAddresses | None) -> Callable[..., Any]:
+        return partial(
+            serve_clientmodul,
+            context,
+            bind=config.bind,
+            smtp_port=previous.smtp[1] if previous else config.clientmodul.smtp_port,
+            pop3_port=previous.pop3[1] if previous else config.clientmodul.pop3_port,
+            budget=parts.budget,
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"clientmodul: cannot listen on {config.bind} smtp_port "
-            f"{config.clientmodul.smtp_port} / pop3_port {config.clientmodul.pop3_port}: "
-            f"{exc.strerror or exc}; change the ports in config.toml or use --ephemeral-ports"
-        ) from exc
+
+    addresses: ClientmodulAddresses = await parts.start(
+        "clientmodul",
+        make,
+        ports=f"[clientmodul] smtp_port {config.clientmodul.smtp_port} / pop3_port "
+        f"{config.clientmodul.pop3_port}",
+    )
     return {"smtp": _join(*addresses.smtp), "pop3": _join(*addresses.pop3)}
 
 
@@ -451,6 +500,7 @@ def _build_fachdienst(
         server_ssl=server_context(server_chain, server_key, client_ca=tls_ca),
         client_ssl=client_context(tls_ca, chain=client_chain, key=client_key),
         log=logging.getLogger(f"kim_appliance.fachdienst.{domain.domain.split('.')[0]}"),
+        listener_limits=config.limits,
     )
 
 

@@ -270,10 +270,7 @@ def _fault(args: argparse.Namespace) -> int:
     """POST the requested switches to the Konnektor admin API, print the resulting status."""
     import json
 
-    endpoints_file = args.data_dir / "endpoints.json"
-    if not endpoints_file.exists():
-        raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
-    endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
+    endpoints, token = _running(args.data_dir)
     request: dict[str, object] = {}
     if args.clear:
         request["clear"] = True
@@ -291,7 +288,7 @@ def _fault(args: argparse.Namespace) -> int:
         request["latency_ms"] = args.latency_ms
     from kim_appliance.konnektor.admin_client import switch_faults
 
-    print(json.dumps(switch_faults(endpoints, request or None), indent=2))
+    print(json.dumps(switch_faults(endpoints, request or None, token=token), indent=2))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kim_appliance.errors import ConfigError
+from kim_appliance.serving.guard import ListenerLimits
 
 CONFIG_FILE = "config.toml"
 
@@ -93,6 +94,8 @@ class Config:
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    #: connection cap and deadlines of every listener (kim_appliance.serving.guard)
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
     fachdienst: FachdienstConfig = field(
         default_factory=lambda: FachdienstConfig(
             domains=(
@@ -170,6 +173,14 @@ prefer_ecc = true                 # sign with the SMC-B's ECC key where it has o
 # Konnektor fault switches, directory entries.
 [console]
 port = 4080
+
+# Every listener (SMTP, POP3, LDAP, HTTPS, console): beyond max_connections a client hears
+# 421 / -ERR [SYS/TEMP] / LDAP busy / HTTP 503; a client must finish the TLS handshake and send
+# its first command (request, PDU) within these seconds.
+[limits]
+max_connections = 256             # per listener
+handshake_seconds = 10
+first_command_seconds = 30
 """
 
 
@@ -200,7 +211,37 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     kon_raw = dict(top.pop("konnektor", {}))
     cm_raw = dict(top.pop("clientmodul", {}))
     console_raw = dict(top.pop("console", {}))
+    limits_raw = dict(top.pop("limits", {}))
     _no_more(top, where)
+    limits_where = f"{where} [limits]"
+    limits_defaults = defaults.limits
+    try:
+        limits = ListenerLimits(
+            max_connections=_take(
+                limits_raw, "max_connections", int, limits_defaults.max_connections, limits_where
+            ),
+            handshake_seconds=float(
+                _take(
+                    limits_raw,
+                    "handshake_seconds",
+                    (int, float),
+                    limits_defaults.handshake_seconds,
+                    limits_where,
+                )
+            ),
+            first_command_seconds=float(
+                _take(
+                    limits_raw,
+                    "first_command_seconds",
+                    (int, float),
+                    limits_defaults.first_command_seconds,
+                    limits_where,
+                )
+            ),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{limits_where} {exc}") from None
+    _no_more(limits_raw, limits_where)
     console_where = f"{where} [console]"
     console = ConsoleConfig(
         port=_port(
@@ -286,6 +327,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         konnektor=konnektor,
         clientmodul=clientmodul,
         console=console,
+        limits=limits,
     )
 
 
@@ -313,12 +355,16 @@ def _port(value: int, where: str) -> int:
     return value
 
 
-def _take(raw: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+def _take(
+    raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str
+) -> Any:
     if key not in raw:
         return default
     value = raw.pop(key)
-    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise ConfigError(f"{where} {key}: expected {kind.__name__}, got {value!r}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (int in kinds and isinstance(value, bool)) or not isinstance(value, kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{where} {key}: expected {expected}, got {value!r}")
     return value
 
 

@@ -27,6 +27,7 @@ from kim_appliance.clientmodul.vzd_lookup import VzdLookup
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.pki import TrustStore
+from kim_appliance.serving import ListenerLimits
 
 #: A function mapping the host:port the PVS named in its username (digest §1.2 index 1; None
 #: when it left the field out) and the protocol ("smtp" | "pop3") to the address to connect to.
@@ -79,6 +80,8 @@ class ClientmodulContext:
     #: dataTimeToLive for the Expires header (A_22417), days
     data_ttl_days: int = 90
     session_timeout_seconds: int = 300
+    #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
+    listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
     #: at most this many messages in the CPU-heavy pipelines at a time (2 cores)
     pipeline_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))
     # --- the caches (made from the fields above unless given) ---

@@ -498,7 +498,12 @@ async def serve_cm_pop3_connection(
     timeout = ctx.session_timeout_seconds
     core = Pop3Server(hostname="clientmodul")
     session = CmPop3Session(ctx, core, peer, ctx.key_finder)
-    conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+    conn = SessionIO(
+        stream,
+        timeout=timeout,
+        receive_size=RECEIVE_SIZE,
+        first_timeout=ctx.listener_limits.first_command_seconds,
+    )
 
     async def handle(event: Event) -> bool:
         if isinstance(event, ConnectionClosed):
@@ -524,13 +529,10 @@ async def serve_cm_pop3_connection(
             await session.upstream.aclose()
 
     await serve_session(
-        stream,
         name="cm pop3",
         peer=peer,
         log=ctx.log,
-        timeout=timeout,
         run=run,
-        internal_error=b"-ERR internal error of the Clientmodul, closing\r\n",
         cleanup=cleanup,
     )
 

@@ -538,7 +538,12 @@ async def serve_cm_smtp_connection(
             # digest §1.3: EHLO announces "AUTH LOGIN PLAIN" (KOM-LE-A_2009)
             auth_mechanisms=("LOGIN", "PLAIN"),
         )
-        conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+        conn = SessionIO(
+            stream,
+            timeout=timeout,
+            receive_size=RECEIVE_SIZE,
+            first_timeout=ctx.listener_limits.first_command_seconds,
+        )
         await conn.send_all(core.greeting(GREETING))
 
         async def handle(event: ServerEvent) -> bool:
@@ -578,12 +583,9 @@ async def serve_cm_smtp_connection(
             await session.close_upstream()
 
     await serve_session(
-        stream,
         name="cm smtp",
         peer=peer,
         log=ctx.log,
-        timeout=timeout,
         run=run,
-        internal_error=b"421 4.3.0 internal error, closing the session\r\n",
         cleanup=cleanup,
     )

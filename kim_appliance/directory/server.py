@@ -12,10 +12,15 @@ base/one/sub (other bases: noSuchObject 32), at most ``size_limit`` (100, TIP1-A
 and sizeLimitExceeded 4 after them; entries without a currently valid certificate are not
 found; ``userCertificate;binary`` carries DER. Write operations are refused by the core.
 
-Resource handling: connections idle for ``idle_timeout`` seconds (15 min, digest §4.1) get a
-Notice of Disconnection (unavailable) and are closed; running out of file descriptors is handled
-by ``trio.serve_listeners`` (it pauses accepting and logs). Error handling: a broken connection
-or failed TLS handshake ends that connection only, logged at debug level.
+Resource handling: every connection runs under the listener's guard
+(:mod:`kim_appliance.serving.guard`): a connection cap (beyond it a Notice of Disconnection
+``busy``), a TLS handshake deadline, and a bug in a session answered with a Notice of
+Disconnection ``other`` and logged, never reaching the listener. A client must send its first
+PDU within ``first_command_seconds``; connections idle for ``idle_timeout`` seconds after that
+(15 min, digest §4.1) get a Notice of Disconnection (unavailable) and are closed. A request PDU
+is at most :data:`MAX_REQUEST_PDU` bytes, and the CPU-heavy steps (decoding a large PDU, a
+search's filter evaluation and encoding) run in a worker thread, so no search stalls the other
+listeners of the process. Error handling: a broken connection ends that connection only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import trio
 
@@ -45,7 +50,15 @@ from kim_appliance.protocols.ldap import (
     Scope,
     Search,
     Unbind,
+    encode_notice_of_disconnection,
     filter_to_string,
+)
+from kim_appliance.serving import (
+    ConnectionBudget,
+    Farewells,
+    ListenerGuard,
+    ListenerLimits,
+    serve_guarded,
 )
 
 log = logging.getLogger("kim_appliance.directory")
@@ -55,6 +68,21 @@ SIZE_LIMIT = 100
 #: digest §4.1: idle connections are closed after 15 minutes.
 IDLE_TIMEOUT = 15 * 60.0
 _RECEIVE_SIZE = 65536
+#: The largest request PDU accepted. A search for 100 addresses (an OR of mail= items) is about
+#: 6 KB; 64 KiB leaves room and bounds the decoding work of one request.
+MAX_REQUEST_PDU: Final = 64 * 1024
+#: Buffered request bytes above which a PDU is decoded in a worker thread (pyasn1 decodes about
+#: a megabyte per second; small binds and searches stay on the event loop).
+DECODE_INLINE_MAX: Final = 4096
+#: What the guard says over the connection cap and after a bug in a session (RFC 4511 §4.4.1)
+FAREWELLS: Final = Farewells(
+    busy=encode_notice_of_disconnection(
+        ResultCode.BUSY, "too many connections to the directory; try again later"
+    ),
+    internal_error=encode_notice_of_disconnection(
+        ResultCode.OTHER, "internal error of the directory; connection closed"
+    ),
+)
 #: The directory's own entry at the base DN (the entries sit flat below it).
 _BASE_ENTRY = {"objectClass": [b"top", b"dcObject", b"organization"], "dc": [b"data"]}
 
@@ -73,6 +101,8 @@ class DirectorySettings:
     users: Mapping[str, str] = field(default_factory=dict)
     size_limit: int = SIZE_LIMIT
     idle_timeout: float = IDLE_TIMEOUT
+    #: seconds for the first PDU of a connection (``[limits] first_command_seconds``)
+    first_pdu_timeout: float = ListenerLimits().first_command_seconds
 
 
 def normalise_dn(dn: str) -> str:
@@ -100,19 +130,29 @@ async def serve_directory(
     users: Mapping[str, str] | None = None,
     size_limit: int = SIZE_LIMIT,
     idle_timeout: float = IDLE_TIMEOUT,
+    limits: ListenerLimits | None = None,
+    budget: ConnectionBudget | None = None,
     task_status: trio.TaskStatus[DirectoryAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``store`` over LDAP on ``ldap_port`` and LDAPS on ``ldaps_port`` (0: any free
     port, ``None``: no such listener) until cancelled. ``ssl_context`` is the server context
-    for LDAPS (the C.ZD.TLS-S certificate in the real TI)."""
+    for LDAPS (the C.ZD.TLS-S certificate in the real TI); ``limits`` and ``budget`` those of
+    the guard (:mod:`kim_appliance.serving.guard`)."""
     if ldaps_port is not None and ssl_context is None:
         raise ValueError("serve_directory: ldaps_port given without an ssl_context")
+    limits = limits or ListenerLimits()
+    budget = budget or ConnectionBudget.from_nofile_limit()
     settings = DirectorySettings(
         users={normalise_dn(dn): pw for dn, pw in (users or {}).items()},
         size_limit=size_limit,
         idle_timeout=idle_timeout,
+        first_pdu_timeout=min(limits.first_command_seconds, idle_timeout),
     )
     handler = partial(serve_ldap_connection, store, settings)
+
+    def guard(name: str) -> ListenerGuard:
+        return ListenerGuard(name, log=log, limits=limits, budget=budget, farewells=FAREWELLS)
+
     plain = await trio.open_tcp_listeners(ldap_port, host=bind) if ldap_port is not None else []
     tls = await trio.open_tcp_listeners(ldaps_port, host=bind) if ldaps_port is not None else []
     addresses = DirectoryAddresses(
@@ -120,11 +160,11 @@ async def serve_directory(
     )
     async with trio.open_nursery() as nursery:
         if plain:
-            nursery.start_soon(partial(trio.serve_listeners, handler, plain))
+            nursery.start_soon(partial(serve_guarded, handler, plain, guard=guard("ldap")))
         if tls:
             assert ssl_context is not None
             wrapped = [trio.SSLListener(s, ssl_context, https_compatible=False) for s in tls]
-            nursery.start_soon(partial(trio.serve_listeners, handler, wrapped))
+            nursery.start_soon(partial(serve_guarded, handler, wrapped, guard=guard("ldaps")))
         log.info("directory: ldap %s, ldaps %s, base %s", addresses.ldap, addresses.ldaps, BASE_DN)
         task_status.started(addresses)
 
@@ -132,42 +172,43 @@ async def serve_directory(
 async def serve_ldap_connection(
     store: DirectoryStore, settings: DirectorySettings, stream: trio.abc.Stream
 ) -> None:
-    """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF."""
-    core = LdapServer()
-    try:
-        while True:
+    """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF.
+    Network errors and bugs are the guard's (:func:`serve_directory`)."""
+    core = LdapServer(max_pdu_size=MAX_REQUEST_PDU)
+    timeout = settings.first_pdu_timeout
+    while True:
+        if core.buffered > DECODE_INLINE_MAX:
+            event = await trio.to_thread.run_sync(core.next_event)
+        else:
             event = core.next_event()
-            if event is NEED_DATA:
-                with trio.move_on_after(settings.idle_timeout):
-                    core.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))
-                    continue
-                await stream.send_all(
-                    core.notice_of_disconnection(
-                        ResultCode.UNAVAILABLE,
-                        f"idle for {settings.idle_timeout:.0f} s; connection closed",
-                    )
+        if event is NEED_DATA:
+            with trio.move_on_after(timeout):
+                core.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))
+                continue
+            await stream.send_all(
+                core.notice_of_disconnection(
+                    ResultCode.UNAVAILABLE, f"idle for {timeout:.0f} s; connection closed"
                 )
+            )
+            return
+        timeout = settings.idle_timeout
+        queued = core.data_to_send()
+        if queued:
+            await stream.send_all(queued)
+        match event:
+            case Bind():
+                code, diagnostic = _check_bind(event, settings)
+                await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
+            case Search():
+                answer = await trio.to_thread.run_sync(_search, core, store, settings, event)
+                await stream.send_all(answer)
+            case Refused() | Abandon():
+                log.debug("directory: %r", event)
+            case ProtocolViolation():
+                log.info("directory: protocol violation: %s", event.reason)
                 return
-            queued = core.data_to_send()
-            if queued:
-                await stream.send_all(queued)
-            match event:
-                case Bind():
-                    code, diagnostic = _check_bind(event, settings)
-                    await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
-                case Search():
-                    await _search(core, stream, store, settings, event)
-                case Refused() | Abandon():
-                    log.debug("directory: %r", event)
-                case ProtocolViolation():
-                    log.info("directory: protocol violation: %s", event.reason)
-                    return
-                case Unbind() | ConnectionClosed():
-                    return
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.debug("directory: connection ended: %r", exc)
-    finally:
-        await trio.aclose_forcefully(stream)
+            case Unbind() | ConnectionClosed():
+                return
 
 
 def _check_bind(event: Bind, settings: DirectorySettings) -> tuple[ResultCode, str]:
@@ -188,13 +229,11 @@ def _check_bind(event: Bind, settings: DirectorySettings) -> tuple[ResultCode, s
     return ResultCode.SUCCESS, ""
 
 
-async def _search(
-    core: LdapServer,
-    stream: trio.abc.Stream,
-    store: DirectoryStore,
-    settings: DirectorySettings,
-    search: Search,
-) -> None:
+def _search(
+    core: LdapServer, store: DirectoryStore, settings: DirectorySettings, search: Search
+) -> bytes:
+    """The whole answer to ``search``: entries and SearchResultDone (runs in a worker thread:
+    filter evaluation and BER encoding are the CPU-heavy part of a session)."""
     base = normalise_dn(search.base)
     log.debug("directory: search %r scope %s %s", search.base, search.scope.name,
               filter_to_string(search.filter))  # fmt: skip
@@ -205,40 +244,37 @@ async def _search(
             "supportedLDAPVersion": [b"3"],
             "vendorName": [b"kim-appliance"],
         }
-        await stream.send_all(core.send_entry(search.message_id, "", root_dse))
-        await stream.send_all(core.send_search_done(search.message_id, ResultCode.SUCCESS))
-        return
+        return core.send_entry(search.message_id, "", root_dse) + core.send_search_done(
+            search.message_id, ResultCode.SUCCESS
+        )
     candidates = _candidates(store, base, search.scope)
     if candidates is None:
-        await stream.send_all(
-            core.send_search_done(
-                search.message_id,
-                ResultCode.NO_SUCH_OBJECT,
-                f"search base {search.base!r} does not exist; entries are below {BASE_DN}",
-                matched_dn=BASE_DN if base.endswith("," + BASE_DN) else "",
-            )
+        return core.send_search_done(
+            search.message_id,
+            ResultCode.NO_SUCH_OBJECT,
+            f"search base {search.base!r} does not exist; entries are below {BASE_DN}",
+            matched_dn=BASE_DN if base.endswith("," + BASE_DN) else "",
         )
-        return
     limit = settings.size_limit
     if search.size_limit:
         limit = min(limit, search.size_limit)
+    answer = bytearray()
     sent = 0
     for dn, attributes in candidates:
         if not matches(search.filter, attributes):
             continue
         if sent >= limit:
-            await stream.send_all(
-                core.send_search_done(
-                    search.message_id,
-                    ResultCode.SIZE_LIMIT_EXCEEDED,
-                    f"more than {limit} entries match; narrow the filter (TIP1-A_5552)",
-                )
+            answer += core.send_search_done(
+                search.message_id,
+                ResultCode.SIZE_LIMIT_EXCEEDED,
+                f"more than {limit} entries match; narrow the filter (TIP1-A_5552)",
             )
-            return
+            return bytes(answer)
         selected = select_attributes(attributes, search.attributes, types_only=search.types_only)
-        await stream.send_all(core.send_entry(search.message_id, dn, selected))
+        answer += core.send_entry(search.message_id, dn, selected)
         sent += 1
-    await stream.send_all(core.send_search_done(search.message_id, ResultCode.SUCCESS))
+    answer += core.send_search_done(search.message_id, ResultCode.SUCCESS)
+    return bytes(answer)
 
 
 def _candidates(

@@ -19,6 +19,7 @@ import trio
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.quota import QuotaLedger
+from kim_appliance.serving import ListenerLimits
 from kim_appliance.store import MailStore
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Fachdienst:
     directory: DirectoryStore | None = None
     #: the time for retention and purge decisions (tests inject a clock)
     clock: Callable[[], dt.datetime] = utcnow
+    #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
+    listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
 
     @property
     def hostname(self) -> str:

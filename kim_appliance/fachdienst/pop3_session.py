@@ -229,7 +229,12 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         await session.answer(event, stream)
         return True
 
-    io = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+    io = SessionIO(
+        stream,
+        timeout=timeout,
+        receive_size=RECEIVE_SIZE,
+        first_timeout=fd.listener_limits.first_command_seconds,
+    )
 
     async def run() -> None:
         fd.log.info("pop3 %s connected", peer)
@@ -244,12 +249,9 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         session.release()
 
     await serve_session(
-        stream,
         name="pop3",
         peer=peer,
         log=fd.log,
-        timeout=timeout,
         run=run,
-        internal_error=b"-ERR [SYS/TEMP] internal error, closing the session\r\n",
         cleanup=cleanup,
     )

@@ -1,16 +1,19 @@
 """One Fachdienst as a task: its SMTPS and POP3S listeners, the relay worker and retention.
 
 :func:`serve_fachdienst` has the ``trio.serve_listeners`` shape: it binds, reports the bound
-addresses through ``task_status.started(...)``, serves until cancelled, and each connection
-handler closes its stream in ``finally``. Running out of file descriptors is handled by
-``trio.serve_listeners`` itself (it pauses accepting and logs). Both listeners use implicit TLS
-(SMTPS 465 / POP3S 995 style, digest §3.1) with the C.FD.TLS-S certificate.
+addresses through ``task_status.started(...)`` and serves until cancelled. Every connection runs
+under the listener's guard (:mod:`kim_appliance.serving.guard`: connection cap, TLS handshake
+deadline, a bug in one session answered with the protocol's internal-error line), and the
+relay and retention workers under a supervisor, so that neither a client nor a failing worker
+takes the Fachdienst down. Both listeners use implicit TLS (SMTPS 465 / POP3S 995 style, digest
+§3.1) with the C.FD.TLS-S certificate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Final
 
 import trio
 
@@ -19,6 +22,23 @@ from kim_appliance.fachdienst.pop3_session import serve_pop3_connection
 from kim_appliance.fachdienst.relay import relay_worker
 from kim_appliance.fachdienst.retention import retention_pass
 from kim_appliance.fachdienst.smtp_session import serve_smtp_connection
+from kim_appliance.serving import (
+    ConnectionBudget,
+    Farewells,
+    ListenerGuard,
+    Supervisor,
+    serve_guarded,
+)
+
+#: what the guard says: over the connection cap, and after a bug in a session
+SMTP_FAREWELLS: Final = Farewells(
+    busy=b"421 4.3.2 too many connections, try again later\r\n",
+    internal_error=b"421 4.3.0 internal error, closing the session\r\n",
+)
+POP3_FAREWELLS: Final = Farewells(
+    busy=b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+    internal_error=b"-ERR [SYS/TEMP] internal error, closing the session\r\n",
+)
 
 
 @dataclass(frozen=True)
@@ -38,30 +58,48 @@ async def serve_fachdienst(
     bind: str,
     smtp_port: int,
     pop3_port: int,
+    budget: ConnectionBudget | None = None,
     task_status: trio.TaskStatus[FachdienstAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve ``fd`` on ``bind`` until cancelled; ``budget`` is the process's connection
+    budget (its own one when None)."""
+    budget = budget or ConnectionBudget.from_nofile_limit()
     smtp = await trio.open_tcp_listeners(smtp_port, host=bind)
     pop3 = await trio.open_tcp_listeners(pop3_port, host=bind)
     addresses = FachdienstAddresses(_address(smtp), _address(pop3))
     # another Fachdienst of this process relays to us at the bound port (stands in for MX)
     fd.endpoints.add(fd.domain, *addresses.smtp)
+    name = fd.domain.split(".")[0]
+    guards = {
+        protocol: ListenerGuard(
+            f"{name} {protocol}",
+            log=fd.log,
+            limits=fd.listener_limits,
+            budget=budget,
+            farewells=farewells,
+        )
+        for protocol, farewells in (("smtp", SMTP_FAREWELLS), ("pop3", POP3_FAREWELLS))
+    }
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             partial(
-                trio.serve_listeners,
+                serve_guarded,
                 partial(serve_smtp_connection, fd),
                 [trio.SSLListener(s, fd.server_ssl, https_compatible=False) for s in smtp],
+                guard=guards["smtp"],
             )
         )
         nursery.start_soon(
             partial(
-                trio.serve_listeners,
+                serve_guarded,
                 partial(serve_pop3_connection, fd),
                 [trio.SSLListener(s, fd.server_ssl, https_compatible=False) for s in pop3],
+                guard=guards["pop3"],
             )
         )
-        nursery.start_soon(relay_worker, fd)
-        nursery.start_soon(retention_worker, fd)
+        workers = Supervisor(nursery, fd.log)
+        workers.start_soon(f"{name} relay worker", partial(relay_worker, fd))
+        workers.start_soon(f"{name} retention", partial(retention_worker, fd))
         fd.log.info("fachdienst %s: smtps %s:%d, pop3s %s:%d", fd.domain, *addresses.smtp,
                     *addresses.pop3)  # fmt: skip
         task_status.started(addresses)

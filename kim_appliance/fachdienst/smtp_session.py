@@ -299,7 +299,12 @@ async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         fd.log.info(
             "smtp %s connected%s", peer, f" (Fachdienst {relay_peer})" if relay_peer else ""
         )
-        conn = SessionIO(stream, timeout=timeout, receive_size=RECEIVE_SIZE)
+        conn = SessionIO(
+            stream,
+            timeout=timeout,
+            receive_size=RECEIVE_SIZE,
+            first_timeout=fd.listener_limits.first_command_seconds,
+        )
         await conn.send_all(core.greeting(f"{fd.domain} KIM Fachdienst ESMTP ready"))
 
         async def handle(event: ServerEvent) -> bool:
@@ -321,12 +326,9 @@ async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
             session.abort_transaction()
 
     await serve_session(
-        stream,
         name="smtp",
         peer=peer,
         log=fd.log,
-        timeout=timeout,
         run=run,
-        internal_error=b"421 4.3.0 internal error, closing the session\r\n",
         cleanup=cleanup,
     )

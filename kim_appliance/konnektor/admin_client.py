@@ -1,6 +1,7 @@
 """The client of the Konnektor's fault admin API (``endpoints.json`` ``konnektor.admin``):
-one POST of fault switches, answered with the fault status. Used by ``kim-appliance fault``
-and by ``kim_appliance.testing``; it never talks to anything but the URL endpoints.json names.
+one POST of fault switches, answered with the fault status, with the appliance's admin token
+(``DATA_DIR/admin-token``) as the bearer token. Used by ``kim-appliance fault`` and by
+``kim_appliance.testing``; it never talks to anything but the URL endpoints.json names.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ class FaultSwitchError(KimError):
 
 
 def switch_faults(
-    endpoints: Mapping[str, Any], request: Mapping[str, Any] | None = None, *, timeout: float = 30
+    endpoints: Mapping[str, Any],
+    request: Mapping[str, Any] | None = None,
+    *,
+    token: str,
+    timeout: float = 30,
 ) -> dict[str, Any]:
     """POST ``request`` to the Konnektor's fault admin API (GET the status when None) and
-    return the status it answers. This is the client of ``kim-appliance fault``."""
+    return the status it answers; ``token`` is the admin token of the appliance's data dir.
+    This is the client of ``kim-appliance fault``."""
     url = endpoints["konnektor"]["admin"]
     context = ssl.create_default_context(cafile=endpoints["tls_ca"])
     data = json.dumps(dict(request)).encode() if request else None
@@ -31,7 +37,7 @@ def switch_faults(
         url,
         data=data,
         method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     try:
         with urllib.request.urlopen(http, context=context, timeout=timeout) as response:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 
@@ -28,6 +28,10 @@ from kim_appliance.pki import TestPki
 
 if TYPE_CHECKING:
     from kim_appliance.konnektor.cards import Card, CardSet, Crypt, KeyPurpose
+
+
+#: the slowest card a fault may emulate, per private-key operation
+MAX_LATENCY_SECONDS: Final = 60.0
 
 
 @dataclass
@@ -73,9 +77,10 @@ class FaultAdmin:
         self.state.unreachable = on
 
     def set_latency(self, seconds: float, *, iccsn: str | None = None) -> None:
-        """Latency per private-key operation, for every card or for the card ``iccsn``."""
-        if seconds < 0:
-            raise ValueError(f"latency: must not be negative, got {seconds}")
+        """Latency per private-key operation, for every card or for the card ``iccsn``: 0 to
+        :data:`MAX_LATENCY_SECONDS` (longer only hangs every caller)."""
+        if not 0 <= seconds <= MAX_LATENCY_SECONDS:  # also refuses NaN and infinities
+            raise ValueError(f"latency: must be 0..{MAX_LATENCY_SECONDS} s, got {seconds}")
         if iccsn is None:
             self.state.latency = seconds
         else:

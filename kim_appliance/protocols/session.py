@@ -1,12 +1,15 @@
 """The trio side of one server session: moves bytes between a TLS stream and a sans-IO core.
 
 The four mail servers (the Fachdienst's SMTP and POP3, the Clientmodul's SMTP and POP3 proxies)
-differ only in their decisions; the plumbing is here, once: the TLS handshake under a timeout,
-the receive loop with ONE idle cancel scope per session whose deadline is moved before each
-receive and lifted while a decision runs (a new ``fail_after`` per TLS record costs measurably
-on a 35 MB message, bench/fachdienst.py), reply batching, the idle-timeout reply, a broken
-connection logged as "connection lost", a bug in one session answered with the protocol's
-"internal error" line and logged (never taking the listener down), and the forceful close.
+differ only in their decisions; the plumbing is here, once: the receive loop with ONE idle
+cancel scope per session whose deadline is moved before each receive and lifted while a
+decision runs (a new ``fail_after`` per TLS record costs measurably on a 35 MB message,
+bench/fachdienst.py), a shorter deadline for the client's first bytes, reply batching, the
+idle-timeout reply, a broken connection logged as "connection lost", and the cleanup.
+
+What is not here is the listener's: the TLS handshake deadline, the connection cap and the
+answer to a bug in a session (the protocol's "internal error" line, logged once) belong to the
+guard every connection runs under (:mod:`kim_appliance.serving.guard`).
 
 This module knows nothing of the components above it (DESIGN.md: arrows point one way): it must
 never import from ``fachdienst`` or ``clientmodul``, and never decides anything about a message.
@@ -14,17 +17,15 @@ never import from ``fachdienst`` or ``clientmodul``, and never decides anything 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import trio
 
-#: the errors of a broken or closed peer connection: the session ends quietly
-NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+from kim_appliance.serving.guard import NETWORK_ERRORS as NETWORK_ERRORS  # re-exported
+from kim_appliance.serving.guard import peer_of
 
 
 class ServerCore(Protocol):
@@ -40,14 +41,25 @@ class ServerCore(Protocol):
 
 class SessionIO:
     """The stream of one session: sends (optionally batched) and receives under the session's
-    idle deadline, which :func:`run_core` moves."""
+    idle deadline, which :func:`run_core` moves. Until the client has sent its first bytes the
+    deadline is ``first_timeout`` (seconds, not the minutes of an idle session: a connection
+    that never speaks is closed early), after that ``timeout``."""
 
-    def __init__(self, stream: trio.abc.Stream, *, timeout: float, receive_size: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        timeout: float,
+        receive_size: int,
+        first_timeout: float | None = None,
+    ) -> None:
         self.stream = stream
         self.timeout = timeout
+        self.first_timeout = timeout if first_timeout is None else min(first_timeout, timeout)
         self.receive_size = receive_size
         self._out = bytearray()
         self._idle: trio.CancelScope | None = None
+        self._heard = False
 
     def queue(self, data: bytes) -> None:
         """Add bytes to the batch written before the next receive (or the next send_all)."""
@@ -82,9 +94,12 @@ class SessionIO:
         if idle is None:
             data = await self.stream.receive_some(self.receive_size)
         else:
-            idle.deadline = trio.current_time() + self.timeout
+            wait = self.timeout if self._heard else self.first_timeout
+            idle.deadline = trio.current_time() + wait
             data = await self.stream.receive_some(self.receive_size)
             idle.deadline = math.inf
+        if data:
+            self._heard = True
         return data if isinstance(data, bytes) else bytes(data)
 
 
@@ -124,42 +139,27 @@ async def run_core(
 
 
 async def serve_session(
-    stream: trio.SSLStream[trio.SocketStream],
     *,
     name: str,
     peer: str,
     log: logging.Logger,
-    timeout: float,
     run: Callable[[], Awaitable[None]],
-    internal_error: bytes,
     cleanup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """One connection: TLS handshake within ``timeout``, then ``run()``; whatever happens,
-    ``cleanup()`` and a forceful close. ``name`` starts every log line ("smtp", "cm pop3")."""
+    """One connection's session: ``run()``, a broken peer logged as "connection lost", and
+    ``cleanup()`` whatever happens. ``name`` starts every log line ("smtp", "cm pop3").
+
+    Error handling: any other exception propagates to the listener's guard, which answers the
+    protocol's "internal error" line, logs it once and closes the stream."""
     try:
-        with trio.fail_after(timeout):
-            await stream.do_handshake()
         await run()
     except NETWORK_ERRORS as exc:
         log.info("%s %s connection lost: %s", name, peer, exc.__class__.__name__)
-    except trio.TooSlowError:
-        log.info("%s %s TLS handshake timed out", name, peer)
-    except Exception:
-        # a bug in one session must not take the listener (and the appliance) down: the client
-        # hears the protocol's temporary error and may try again
-        log.exception("%s %s internal error", name, peer)
-        with trio.move_on_after(5), contextlib.suppress(*NETWORK_ERRORS):
-            await stream.send_all(internal_error)
     finally:
         if cleanup is not None:
             await cleanup()
-        await trio.aclose_forcefully(stream)
 
 
-def peer_name(stream: trio.SSLStream[trio.SocketStream]) -> str:
+def peer_name(stream: trio.abc.Stream) -> str:
     """``host:port`` of the peer, or ``?`` when the socket no longer knows."""
-    try:
-        host, port = stream.transport_stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+    return peer_of(stream)

@@ -258,7 +258,8 @@ class KimAppliance:
             )
         if unreachable is not None:
             request["unreachable"] = unreachable
-        return switch_faults(self.endpoints, request or None)
+        token = (self.data_dir / "admin-token").read_text(encoding="ascii").strip()
+        return switch_faults(self.endpoints, request or None, token=token)
 
     def _participant(self, participant: Participant | str) -> Participant:
         if isinstance(participant, Participant):

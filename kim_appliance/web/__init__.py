@@ -1,13 +1,14 @@
-"""HTTPS for the appliance's REST services: Hypercorn's trio worker, the gematik error body.
+"""The appliance's web side: the Fachdienst REST apps with the gematik error body, the console.
 
-``serve_https`` runs an ASGI app on one TLS listener inside the caller's nursery; ``errors``
-turns every failure into the CommonSchemas ``Error`` body (digest §3.3) so that no handler
-leaks a bare 500. The gematik OpenAPI files the services follow are shipped in ``openapi/``
-(Apache-2.0, see ``openapi/LICENSE``). This package holds no KIM policy of its own.
+``errors`` turns every failure into the CommonSchemas ``Error`` body (digest §3.3) so that no
+handler leaks a bare 500; ``server`` assembles the REST apps, which
+:func:`kim_appliance.serving.http.serve_asgi` serves. The gematik OpenAPI files the services
+follow are shipped in ``openapi/`` (Apache-2.0, see ``openapi/LICENSE``). This package holds no
+KIM policy of its own.
 """
 
 from kim_appliance.web.errors import ApiError, error_response, install_error_handlers
-from kim_appliance.web.server import OPENAPI_DIR, fachdienst_app, rest_app, serve_https
+from kim_appliance.web.server import OPENAPI_DIR, fachdienst_app, rest_app
 
 __all__ = [
     "OPENAPI_DIR",
@@ -16,5 +17,4 @@ __all__ = [
     "fachdienst_app",
     "install_error_handlers",
     "rest_app",
-    "serve_https",
 ]

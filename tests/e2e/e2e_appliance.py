@@ -307,15 +307,16 @@ def cm_wait(app: Appliance, who: dict[str, Any], count: int, *, wait: float = 12
 
 
 def konnektor_faults(app: Appliance, **switches: Any) -> dict[str, Any]:
-    """POST ``switches`` to the Konnektor admin API (endpoints.json ``konnektor.admin``); the
-    answer is the fault status. Without switches: GET the status."""
+    """POST ``switches`` to the Konnektor admin API (endpoints.json ``konnektor.admin``, with
+    the data dir's admin token); the answer is the fault status. Without switches: GET it."""
     import urllib.request
 
     url = app.endpoints["konnektor"]["admin"]
+    token = (app.data_dir / "admin-token").read_text(encoding="ascii").strip()
     data = json.dumps(switches).encode() if switches else None
     request = urllib.request.Request(
         url, data=data, method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )  # fmt: skip
     with urllib.request.urlopen(request, context=app.ssl_context(), timeout=30) as response:
         result: dict[str, Any] = json.loads(response.read())

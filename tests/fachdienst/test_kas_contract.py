@@ -2,7 +2,7 @@
 Hypercorn over HTTPS (issue 5, digest §3.5): every answer has a documented status code, content
 type and body schema, and nothing is a 500. Also a streamed upload/download over the real server.
 
-The server runs ``serve_https`` in a trio thread of its own (schemathesis calls block), with a
+The server runs ``serve_asgi`` in a trio thread of its own (schemathesis calls block), with a
 self-signed P-256 certificate made here (the TLS profile is not what these tests check).
 """
 
@@ -47,9 +47,10 @@ from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.kas import KasSettings, kas_routes
 from kim_appliance.fachdienst.kas_store import KasStore
 from kim_appliance.pki.tls import server_context
+from kim_appliance.serving.http import serve_asgi
 from kim_appliance.store import open_store
 from kim_appliance.store.base import Account
-from kim_appliance.web import OPENAPI_DIR, rest_app, serve_https
+from kim_appliance.web import OPENAPI_DIR, rest_app
 
 DOMAIN = "kas.kim.telematik-test"
 SENDER = f"praxis.weber@{DOMAIN}"
@@ -157,7 +158,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     )
                 )
                 _, port = await nursery.start(
-                    partial(serve_https, app, bind="127.0.0.1", port=0, ssl_context=fd.server_ssl)
+                    partial(serve_asgi, app, bind="127.0.0.1", port=0, ssl_context=fd.server_ssl)
                 )
                 base.append(f"https://127.0.0.1:{port}")
                 ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))

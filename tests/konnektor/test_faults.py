@@ -158,11 +158,16 @@ def test_slow_card_latency_is_observable_and_serialised(konnektor: Konnektor) ->
     assert time.monotonic() - start < 0.05
 
 
-def test_admin_refuses_unknown_cards_and_negative_latency(konnektor: Konnektor) -> None:
+def test_admin_refuses_unknown_cards_and_unbounded_latency(konnektor: Konnektor) -> None:
+    """A latency outside 0..60 s (negative, infinite, NaN, an hour) is refused: a card that
+    never answers only hangs every caller (issue 11: latency_ms of 1e999)."""
     with pytest.raises(ValueError, match="no card with ICCSN 123"):
         konnektor.admin.remove_card("123")
-    with pytest.raises(ValueError, match="negative"):
-        konnektor.admin.set_latency(-1)
+    for seconds in (-1, float("inf"), float("nan"), 3600):
+        with pytest.raises(ValueError, match=r"must be 0\.\.60"):
+            konnektor.admin.set_latency(seconds)
+    konnektor.admin.set_latency(60)
+    assert konnektor.admin.state.latency == 60
 
 
 def test_clear_inserts_removed_cards(konnektor: Konnektor) -> None:

@@ -3,7 +3,6 @@ error, handshake timeout, as a client of any of the four mail servers would noti
 
 from __future__ import annotations
 
-import datetime
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -13,14 +12,18 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from selfsigned import tls_contexts
 
 from kim_appliance.protocols.pop3 import Pop3Server
 from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
 from kim_appliance.protocols.smtp import ConnectionClosed, Reply, SmtpServer
+from kim_appliance.serving import (
+    ConnectionBudget,
+    Farewells,
+    ListenerGuard,
+    ListenerLimits,
+    serve_guarded,
+)
 
 LOG = logging.getLogger("test.session_driver")
 
@@ -102,59 +105,29 @@ async def test_pop3_idle_timeout_and_active_client_stays(
     assert rest == b"-ERR idle timeout, closing\r\n"
 
 
-def _tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(cert_file)
-    return server, client
-
-
 Run = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
 
 
 async def _listen(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, run: Run, *, timeout: float
 ) -> int:
-    """A TLS listener whose connections go through serve_session; returns its port."""
+    """A TLS listener whose connections go through the listener guard (as every listener of the
+    appliance) and serve_session; returns its port."""
 
-    async def handler(tcp: trio.SocketStream) -> None:
-        stream = trio.SSLStream(tcp, server_ctx, server_side=True)
-        await serve_session(
-            stream,
-            name="smtp",
-            peer=peer_name(stream),
-            log=LOG,
-            timeout=timeout,
-            run=lambda: run(stream),
-            internal_error=b"421 4.3.0 internal error, closing the session\r\n",
-        )
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await serve_session(name="smtp", peer=peer_name(stream), log=LOG, run=lambda: run(stream))
 
-    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    port: int = listeners[0].socket.getsockname()[1]
+    guard = ListenerGuard(
+        "smtp",
+        log=LOG,
+        limits=ListenerLimits(handshake_seconds=timeout),
+        budget=ConnectionBudget(100),
+        farewells=Farewells(internal_error=b"421 4.3.0 internal error, closing the session\r\n"),
+    )
+    tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listeners = [trio.SSLListener(t, server_ctx, https_compatible=False) for t in tcp]
+    await nursery.start(partial(serve_guarded, handler, listeners, guard=guard))
+    port: int = tcp[0].socket.getsockname()[1]
     return port
 
 
@@ -163,7 +136,7 @@ async def test_internal_error_gives_421_and_the_listener_survives(
 ) -> None:
     """A bug in one session is logged with its traceback, the client hears ``421 4.3.0``, and
     the next connection is served normally."""
-    server_ctx, client_ctx = _tls_contexts(tmp_path)
+    server_ctx, client_ctx = tls_contexts(tmp_path)
     calls = 0
 
     async def run(stream: trio.SSLStream[trio.SocketStream]) -> None:
@@ -187,7 +160,7 @@ async def test_internal_error_gives_421_and_the_listener_survives(
     assert answers == [b"421 4.3.0 internal error, closing the session\r\n", b"220 fine\r\n"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert errors[0].getMessage().endswith("internal error")
+    assert errors[0].getMessage().endswith("internal error, connection closed")
     assert errors[0].exc_info is not None
     assert "bug in the decision code" in str(errors[0].exc_info[1])
 
@@ -195,9 +168,9 @@ async def test_internal_error_gives_421_and_the_listener_survives(
 async def test_handshake_timeout_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A client that opens TCP and never starts TLS is dropped after the session timeout,
+    """A client that opens TCP and never starts TLS is dropped after the handshake deadline,
     logged as a handshake timeout, not as an error."""
-    server_ctx, _ = _tls_contexts(tmp_path)
+    server_ctx, _ = tls_contexts(tmp_path)
     ran = False
 
     async def run(stream: trio.SSLStream[trio.SocketStream]) -> None:
@@ -215,6 +188,43 @@ async def test_handshake_timeout_is_logged(
     assert not ran
     messages = [r.getMessage() for r in caplog.records]
     assert any(
-        m.startswith("smtp 127.0.0.1:") and m.endswith("TLS handshake timed out") for m in messages
+        m.startswith("smtp 127.0.0.1:") and "TLS handshake timed out" in m for m in messages
     ), messages
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_first_command_deadline_is_shorter_than_the_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that connects and never speaks is closed after ``first_timeout`` (seconds),
+    not after the 5-minute session timeout; once it has spoken, the idle timeout applies."""
+    for speaks, expected_wait in ((False, 30), (True, 300)):
+        server_side, client = trio.testing.memory_stream_pair()
+        core = SmtpServer(hostname="mx.test", max_message_size=1000)
+        conn = SessionIO(server_side, timeout=300, receive_size=65536, first_timeout=30)
+
+        async def handle(event: object) -> bool:
+            return not isinstance(event, ConnectionClosed)
+
+        async def server(
+            core: SmtpServer = core,
+            conn: SessionIO = conn,
+            server_side: trio.abc.Stream = server_side,
+        ) -> None:
+            await conn.send_all(core.greeting())
+            await run_core(
+                conn, core, handle, idle_reply=lambda: core.abort(Reply(421, "4.4.2", "idle"))
+            )
+            await server_side.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server)
+            assert (await _read_until(client, b"\r\n")).startswith(b"220")
+            if speaks:
+                await client.send_all(b"NOOP\r\n")
+                assert (await _read_until(client, b"\r\n")).startswith(b"250")
+            before = trio.current_time()
+            rest = await _read_all(client)
+            waited = trio.current_time() - before
+        assert rest == b"421 4.4.2 idle\r\n"
+        assert expected_wait <= waited < expected_wait + 1, (speaks, waited)

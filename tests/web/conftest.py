@@ -21,8 +21,9 @@ from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.pki import Algorithm, CertProfile, TestPki
 from kim_appliance.pki.tls import server_context
+from kim_appliance.serving.http import serve_asgi
 from kim_appliance.store import Account, hash_password, open_store
-from kim_appliance.web import fachdienst_app, serve_https
+from kim_appliance.web import fachdienst_app
 
 DOMAIN = "a.kim.telematik-test"
 ADDRESS = f"weber@{DOMAIN}"
@@ -81,7 +82,7 @@ def fd_and_ca(tmp_path: Path, web_pki: TestPki) -> tuple[Fachdienst, Path]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, web_pki: TestPki) -> Iterator[Live]:
-    """serve_https on port 0 in a thread of its own (schemathesis calls are blocking)."""
+    """serve_asgi on port 0 in a thread of its own (schemathesis calls are blocking)."""
     fd, ca = make_fachdienst(tmp_path_factory.mktemp("live"), web_pki)
     ready: Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException] = Queue()
 
@@ -90,7 +91,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, web_pki: TestPki) -> Iterator
             async with trio.open_nursery() as nursery:
                 _, port = await nursery.start(
                     partial(
-                        serve_https,
+                        serve_asgi,
                         fachdienst_app(fd),
                         bind="127.0.0.1",
                         port=0,

@@ -1,4 +1,4 @@
-"""serve_https over a real socket: port 0, the test PKI's TLS, the Error body on the wire."""
+"""serve_asgi over a real socket: port 0, the test PKI's TLS, the Error body on the wire."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from functools import partial
 import httpx
 import trio
 
-from kim_appliance.web import fachdienst_app, serve_https
+from kim_appliance.serving.http import serve_asgi
+from kim_appliance.web import fachdienst_app
 
 
 async def test_port_zero_serves_https_verified_against_the_test_ca(fd_and_ca) -> None:  # type: ignore[no-untyped-def]
@@ -18,7 +19,7 @@ async def test_port_zero_serves_https_verified_against_the_test_ca(fd_and_ca) ->
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(
             partial(
-                serve_https, fachdienst_app(fd), bind="127.0.0.1", port=0, ssl_context=fd.server_ssl
+                serve_asgi, fachdienst_app(fd), bind="127.0.0.1", port=0, ssl_context=fd.server_ssl
             )
         )
         assert host == "127.0.0.1"
@@ -55,7 +56,7 @@ async def test_client_without_the_test_ca_is_refused(fd_and_ca) -> None:  # type
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(
             partial(
-                serve_https, fachdienst_app(fd), bind="127.0.0.1", port=0, ssl_context=fd.server_ssl
+                serve_asgi, fachdienst_app(fd), bind="127.0.0.1", port=0, ssl_context=fd.server_ssl
             )
         )
 

@@ -9,7 +9,7 @@ The POST body is one JSON object; every key is optional and they are applied in 
      "pin_blocked": "<ICCSN>",            # block its main PIN (PinStatus BLOCKED, 4085)
      "pin_status": {"iccsn": "...", "status": "VERIFIABLE", "pin_type": "PIN.SMC"},
      "revoke": {"iccsn": "...", "purpose": "ENC|OSIG|AUT|C.ENC|...", "crypt": "RSA|ECC"},
-     "latency_ms": 250,                   # every card; or {"iccsn": "...", "ms": 250}
+     "latency_ms": 250,                   # every card; or {"iccsn": "...", "ms": 250}; 0..60000
      "unreachable": true}                 # the SOAP services and connector.sds go silent
 
 The answer is :meth:`FaultAdmin.status` as JSON. A value of the wrong type or an unknown card
@@ -28,6 +28,10 @@ from typing import Any, Final
 from kim_appliance.konnektor.cards import parse_crypt, parse_purpose
 from kim_appliance.konnektor.errors import KonnektorError, ParameterError
 from kim_appliance.konnektor.faults import FaultAdmin
+
+#: the slowest card a test may ask for: a minute per key operation (a real card takes well
+#: under a second; anything longer only hangs every caller)
+MAX_LATENCY_MS: Final = 60_000
 
 KEYS: Final = (
     "clear",
@@ -127,8 +131,14 @@ def _latency(admin: FaultAdmin, value: Any) -> None:
         spec = _object(value, "latency_ms", ("ms",))
         iccsn = _string(spec["iccsn"], "latency_ms.iccsn") if "iccsn" in spec else None
         value = spec["ms"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise AdminRequestError("latency_ms", f"must be a non-negative number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_LATENCY_MS  # also refuses NaN and infinities
+    ):
+        raise AdminRequestError(
+            "latency_ms", f"must be a number of milliseconds 0..{MAX_LATENCY_MS}, got {value!r}"
+        )
     try:
         admin.set_latency(value / 1000, iccsn=iccsn)
     except ValueError as exc:

@@ -5,7 +5,7 @@ touch a socket, trio, the disk or the directory's entries. PDUs are decoded and 
 ldap3's RFC 4511 ASN.1 definitions on pyasn1. This module only re-exports the API.
 """
 
-from ._codec import MAX_FILTER_DEPTH, NOTICE_OF_DISCONNECTION
+from ._codec import MAX_FILTER_DEPTH, NOTICE_OF_DISCONNECTION, encode_notice_of_disconnection
 from ._events import (
     NEED_DATA,
     Abandon,
@@ -61,5 +61,6 @@ __all__ = [
     "Search",
     "Substrings",
     "Unbind",
+    "encode_notice_of_disconnection",
     "filter_to_string",
 ]

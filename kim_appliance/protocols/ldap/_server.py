@@ -72,6 +72,11 @@ class LdapServer:
         self._abandoned: set[int] = set()
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken by an event (how much the next decoding may cost)."""
+        return len(self._buffer)
+
+    @property
     def closed(self) -> bool:
         """True once the session is over (Unbind, protocol violation, peer closed)."""
         return self._closed

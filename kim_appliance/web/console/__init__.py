@@ -9,13 +9,12 @@ change that a web page of another origin could have sent (see :mod:`.guard`).
 """
 
 from kim_appliance.web.console.app import DEFAULT_PORT, STATIC_DIR, console_app, serve_console
-from kim_appliance.web.console.guard import AllowedHosts, ConsoleGuard
+from kim_appliance.web.console.guard import ConsoleGuard
 from kim_appliance.web.console.state import ConsoleState, status
 
 __all__ = [
     "DEFAULT_PORT",
     "STATIC_DIR",
-    "AllowedHosts",
     "ConsoleGuard",
     "ConsoleState",
     "console_app",

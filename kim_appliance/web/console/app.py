@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Final
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kim_appliance.konnektor.soap.admin import AdminRequestError, apply_faults
-from kim_appliance.web.console.guard import AllowedHosts, ConsoleGuard
+from kim_appliance.serving import ConnectionBudget, ListenerLimits
+from kim_appliance.serving.hosts import AllowedHosts
+from kim_appliance.serving.http import serve_asgi
+from kim_appliance.web.console.guard import ConsoleGuard
 from kim_appliance.web.console.state import ConsoleState, status
 
 #: the page's files, shipped in the wheel next to this package
@@ -120,6 +122,8 @@ async def serve_console(
     bind: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     allowed_hosts: Sequence[str] = (),
+    limits: ListenerLimits | None = None,
+    budget: ConnectionBudget | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the console over plain HTTP on ``bind``:``port`` until cancelled.
@@ -130,50 +134,37 @@ async def serve_console(
     loopback addresses with the bound port, and each ``host:port`` of ``allowed_hosts`` (for a
     console bound to another interface and reached by a host name).
 
-    Resource handling: Hypercorn owns the listening socket and the connections; cancelling
-    the surrounding scope closes the listener and gives open requests 1 s to finish.
+    Resource handling: the listener and its guard are :func:`kim_appliance.serving.http.
+    serve_asgi`'s (connection cap, deadlines); cancelling the surrounding scope closes the
+    listener and gives open requests 1 s to finish.
 
     Error handling: an ``OSError`` from binding (port taken) propagates before ``started``;
-    per-connection errors are handled by Hypercorn and never end the server.
+    per-connection errors end that connection only.
     """
     allowed = AllowedHosts()
-    config = Config()
-    config.bind = [f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"]
-    config.insecure_bind = []
-    config.accesslog = None
-    config.errorlog = logging.getLogger("kim_appliance.web.hypercorn")
-    config.graceful_timeout = 1.0
-    config.include_server_header = False
     app = console_app(state, allowed)
-
-    async def _serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
-
-    started = False
-    try:
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(_serve)
-            hostport = binds[0].split("://", 1)[-1]
-            host, _, bound_port = hostport.rpartition(":")
-            bound = (host.strip("[]"), int(bound_port))
-            allowed.set_bound(*bound, extra=allowed_hosts)
-            log.info("console listening on http://%s/", hostport)
-            task_status.started(bound)
-            started = True
-    except BaseExceptionGroup as group:
-        # Hypercorn binds inside nested nurseries: a taken port arrives wrapped; the caller
-        # gets the plain OSError it can name the port with
-        bind_error = None if started else _only_os_error(group)
-        if bind_error is None:
-            raise
-        raise bind_error from None
-
-
-def _only_os_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
-    """The first OSError of ``group`` when it holds nothing but OSErrors."""
-    if group.subgroup(lambda e: not isinstance(e, OSError | BaseExceptionGroup)) is not None:
-        return None
-    leaf: BaseException | None = group.subgroup(lambda e: isinstance(e, OSError))
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf if isinstance(leaf, OSError) else None
+    bind_error: OSError | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            host, bound_port = await nursery.start(
+                partial(
+                    serve_asgi,
+                    app,
+                    name="console",
+                    bind=bind,
+                    port=port,
+                    ssl_context=None,
+                    limits=limits,
+                    budget=budget,
+                    log=log,
+                )
+            )
+        except OSError as exc:
+            # a taken port: the caller gets the plain OSError (not an exception group), so the
+            # appliance can name the configured port
+            bind_error = exc
+        else:
+            allowed.set_bound(host, bound_port, extra=allowed_hosts)
+            task_status.started((host, bound_port))
+    if bind_error is not None:
+        raise bind_error

@@ -21,10 +21,11 @@ must never look at request bodies or know what the routes do.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kim_appliance.serving.hosts import AllowedHosts
 
 #: methods that never change state; everything else is a state-changing request
 SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
@@ -41,32 +42,6 @@ SECURITY_HEADERS: Final = (
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 )
-
-
-class AllowedHosts:
-    """The ``Host`` values (and so origins) that name the console. Filled once the port is
-    known (port 0 binds a free one); until then every request is refused."""
-
-    def __init__(self) -> None:
-        self._hosts: frozenset[str] = frozenset()
-
-    def set_bound(self, host: str, port: int, extra: Iterable[str] = ()) -> None:
-        """Allow ``host:port``, ``localhost:port`` and the loopback addresses with ``port``."""
-        bracketed = f"[{host}]" if ":" in host else host
-        names = {
-            f"{bracketed}:{port}",
-            f"localhost:{port}",
-            f"127.0.0.1:{port}",
-            f"[::1]:{port}",
-            *extra,
-        }
-        self._hosts = frozenset(n.lower() for n in names)
-
-    def __contains__(self, host: object) -> bool:
-        return isinstance(host, str) and host.lower() in self._hosts
-
-    def names(self) -> list[str]:
-        return sorted(self._hosts)
 
 
 class ConsoleGuard:

@@ -26,6 +26,7 @@ import zeep
 import zeep.plugins
 import zeep.transports
 from lxml import etree
+from soap_helpers import ADMIN_HEADERS, ADMIN_TOKEN
 
 from kim_appliance.konnektor import Konnektor
 from kim_appliance.konnektor.soap import (
@@ -145,7 +146,9 @@ class RunningKonnektor:
         return self.address.base_url + path
 
     def admin(self, **switches: Any) -> dict[str, Any]:
-        response = self.http.post(self.url("/admin/faults"), json=switches, timeout=10)
+        response = self.http.post(
+            self.url("/admin/faults"), json=switches, headers=ADMIN_HEADERS, timeout=10
+        )
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -162,7 +165,9 @@ def serving(konnektor: Konnektor, ssl_context: ssl.SSLContext | None) -> Iterato
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(
-                    partial(serve_konnektor, konnektor, ssl_context=ssl_context)
+                    partial(
+                        serve_konnektor, konnektor, ssl_context=ssl_context, admin_token=ADMIN_TOKEN
+                    )
                 )
                 started.put((address, trio.lowlevel.current_trio_token(), scope))
 

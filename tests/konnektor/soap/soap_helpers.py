@@ -15,6 +15,9 @@ from kim_appliance.konnektor import Konnektor
 from kim_appliance.konnektor.soap.services import GERROR
 
 CTX = {"MandantId": "Mandant1", "ClientSystemId": "PVS1", "WorkplaceId": "AP1"}
+#: the admin token every Konnektor of these tests is served with, and the header carrying it
+ADMIN_TOKEN = "test-admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HBA_CTX = {**CTX, "UserId": "dr.meyer"}
 DOCUMENT = b"Content-Type: message/rfc822\r\n\r\nFrom: a@b\r\nSubject: eAU\r\n\r\nHallo\r\n"
 

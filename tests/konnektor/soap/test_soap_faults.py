@@ -13,7 +13,7 @@ import zeep.exceptions
 from conftest import RunningKonnektor, ZeepClient, serving
 from cryptography.hazmat.primitives import serialization
 from konnektor_helpers import CONTEXT, WEBER, handle
-from soap_helpers import CTX, trace
+from soap_helpers import ADMIN_HEADERS, CTX, trace
 
 from kim_appliance.konnektor import Konnektor
 from kim_appliance.pki.tls import server_context
@@ -103,7 +103,12 @@ def test_unreachable_konnektor_does_not_answer(soap: RunningKonnektor) -> None:
     fresh.trust_env = False
     with pytest.raises(requests.exceptions.ConnectionError):
         fresh.get(soap.url("/connector.sds"), verify=str(soap.ca), timeout=10)
-    assert soap.http.get(soap.url("/admin/faults"), timeout=10).json()["unreachable"] is True
+    assert (
+        soap.http.get(soap.url("/admin/faults"), headers=ADMIN_HEADERS, timeout=10).json()[
+            "unreachable"
+        ]
+        is True
+    )
     soap.admin(unreachable=False)
     assert events.GetCards(Context=CTX).Status.Result == "OK"
 
@@ -150,12 +155,24 @@ def test_admin_api_refuses_bad_requests(soap: RunningKonnektor) -> None:
         ({"typo": True}, "typo"),
     ]
     for body, field in cases:
-        response = soap.http.post(soap.url("/admin/faults"), json=body, timeout=10)
+        response = soap.http.post(
+            soap.url("/admin/faults"), json=body, headers=ADMIN_HEADERS, timeout=10
+        )
         assert response.status_code == 400, body
         assert response.json()["error"].startswith(field), response.json()
-    bad_json = soap.http.post(soap.url("/admin/faults"), data=b"{", timeout=10)
+    bad_json = soap.http.post(
+        soap.url("/admin/faults"),
+        data=b"{",
+        headers={**ADMIN_HEADERS, "Content-Type": "application/json"},
+        timeout=10,
+    )
     assert bad_json.status_code == 400
-    assert soap.http.get(soap.url("/admin/faults"), timeout=10).json()["unreachable"] is False
+    assert (
+        soap.http.get(soap.url("/admin/faults"), headers=ADMIN_HEADERS, timeout=10).json()[
+            "unreachable"
+        ]
+        is False
+    )
 
 
 def test_revoke_through_the_admin_api(
@@ -182,6 +199,7 @@ def test_revoke_through_the_admin_api(
         response = session.post(
             f"{address.base_url}/admin/faults",
             json={"revoke": {"iccsn": WEBER, "purpose": "C.ENC", "crypt": "RSA"}},
+            headers=ADMIN_HEADERS,
             timeout=30,
         )
         assert response.status_code == 200, response.text

@@ -1,0 +1,122 @@
+"""An ASGI app on a guarded listener: Hypercorn's HTTP/1.1 protocol, our listener and guard.
+
+The REST services of the Fachdienste (HTTPS) and the console (plain HTTP) are Starlette apps.
+Hypercorn speaks HTTP for them, one ``hypercorn.trio.tcp_server.TCPServer`` per connection, but
+its own ``serve`` owns the accept loop, where no connection cap and no guard can go. So this
+module binds the listeners itself (the ``trio.serve_listeners`` shape: bind, report the bound
+``(host, port)`` through ``task_status.started``, serve until cancelled) and hands each
+connection to Hypercorn's connection server under a :class:`~.guard.ListenerGuard`: a cap with
+``503 Service Unavailable`` beyond it, a TLS handshake deadline, a deadline for the first
+request (Hypercorn's idle timer runs from the accept until a request head is complete, so a
+silent or slow-loris client is closed after it), and no exception past the connection.
+
+This module must never build TLS contexts, hold KIM policy or know the apps it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+from starlette.types import ASGIApp
+
+from kim_appliance.serving.guard import (
+    ConnectionBudget,
+    Farewells,
+    ListenerGuard,
+    ListenerLimits,
+    serve_guarded,
+)
+
+#: what a client over the connection cap reads before the close
+BUSY_RESPONSE: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"retry-after: 5\r\nconnection: close\r\ncontent-length: 46\r\n\r\n"
+    b"too many connections; try again in 5 seconds\r\n"
+)
+
+
+@dataclass(frozen=True)
+class HttpListenerSettings:
+    """The HTTP side's own limits, beside the listener's :class:`ListenerLimits`."""
+
+    #: largest request head (request line and headers) in bytes
+    max_head_bytes: int = 16 * 1024
+    #: seconds open requests get to finish when the listener stops
+    graceful_seconds: float = 1.0
+
+
+async def serve_asgi(
+    app: ASGIApp,
+    *,
+    bind: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    name: str = "https",
+    limits: ListenerLimits | None = None,
+    budget: ConnectionBudget | None = None,
+    log: logging.Logger | None = None,
+    settings: HttpListenerSettings = HttpListenerSettings(),
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``bind``:``port`` (0: a free port) over HTTPS with ``ssl_context``, or
+    plain HTTP when it is None, until cancelled; report the bound ``(host, port)``. ``name``
+    starts the guard's log lines; ``limits`` and ``budget`` are the guard's (defaults: the
+    named defaults, and a budget of this listener's own).
+
+    Error handling: an ``OSError`` from binding (port taken) propagates before ``started``; an
+    exception in the app is Hypercorn's 500; anything else in a connection is the guard's."""
+    limits = limits or ListenerLimits()
+    budget = budget or ConnectionBudget.from_nofile_limit()
+    log = log or logging.getLogger("kim_appliance.web")
+    config = _config(limits, settings)
+    listeners: list[trio.SocketListener] = await trio.open_tcp_listeners(port, host=bind)
+    if port == 0:
+        # "localhost" gives one listener per address, each with its own free port: keep one
+        for extra in listeners[1:]:
+            await extra.aclose()
+        listeners = listeners[:1]
+    host, bound_port = listeners[0].socket.getsockname()[:2]
+    serving: list[trio.abc.Listener[Any]] = list(listeners)
+    if ssl_context is not None:
+        serving = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in listeners]
+    guard = ListenerGuard(
+        name, log=log, limits=limits, budget=budget, farewells=Farewells(busy=BUSY_RESPONSE)
+    )
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    state: dict[str, Any] = {}
+
+    async def connection(stream: trio.abc.Stream) -> None:
+        # the guard did the TLS handshake: Hypercorn's own (under ssl_handshake_timeout) is a
+        # no-op on a finished handshake
+        await TCPServer(wrapped, config, context, ConnectionState(state), stream)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_guarded, connection, serving, guard=guard))
+        task_status.started((str(host), int(bound_port)))
+
+
+def _config(limits: ListenerLimits, settings: HttpListenerSettings) -> Config:
+    config = Config()
+    config.accesslog = None
+    config.errorlog = logging.getLogger("kim_appliance.web.hypercorn")
+    config.include_server_header = False
+    config.graceful_timeout = settings.graceful_seconds
+    # Hypercorn's idle timer starts at the accept and again after each response, and stops once
+    # a request head is complete: the first request (and each next one on a kept-alive
+    # connection) must arrive within the first-command deadline. Not ``read_timeout``: it also
+    # runs while a long response is being sent and would cut a large KAS download.
+    config.keep_alive_timeout = limits.first_command_seconds
+    config.h11_max_incomplete_size = settings.max_head_bytes
+    config.ssl_handshake_timeout = limits.handshake_seconds
+    return config
