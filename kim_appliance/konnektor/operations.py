@@ -42,10 +42,12 @@ from kim_appliance.cms.enveloped import (
 )
 from kim_appliance.cms.errors import (
     CmsError,
+    CmsFormatError,
     DecryptionError,
     NoMatchingRecipientError,
     SignatureError,
 )
+from kim_appliance.cms.generic import CadesSignedDataWriter, CmsSignatureReport, ParsedSignedData
 from kim_appliance.cms.oids import ID_SIGNED_DATA
 from kim_appliance.cms.recipient_emails import decode_recipient_emails
 from kim_appliance.cms.signed import SignatureReport, SignedDataWriter, read_signed_data
@@ -133,7 +135,8 @@ class DocumentVerification:
     code: int | None
     detail: str = ""
     content: bytes | None = field(default=None, repr=False)
-    report: SignatureReport | None = field(default=None, repr=False)
+    #: SignatureReport for a KIM signature, CmsSignatureReport for a generic one
+    report: SignatureReport | CmsSignatureReport | None = field(default=None, repr=False)
 
     @property
     def integrity_check_result(self) -> str:
@@ -370,23 +373,64 @@ class Konnektor:
         card.check_access(KeyPurpose.OSIG)
         return key
 
+    def document_signing_key(
+        self, context: Context, card_handle: str, crypt: str = RSA_ECC
+    ) -> CardKey:
+        """The key SignDocument uses for a document outside KIM (TUC_KON_160, TIP1-A_4653):
+        an SMC-B's C.HCI.OSIG (nonQES), an HBA's C.HP.QES.
+
+        ``crypt`` as for :meth:`signing_key`. The HBA's QES key needs PIN.QES, which the
+        cards module does not emulate: it refuses with 4058 and says so.
+        """
+        card = self._card("SignDocument", context, card_handle)
+        purpose = KeyPurpose.OSIG if card.card_type is CardType.SMC_B else KeyPurpose.QES
+        if crypt == RSA_ECC:
+            chosen = Crypt.ECC if Crypt.ECC in card.algorithms(purpose) else Crypt.RSA
+        else:
+            chosen = parse_crypt(crypt)
+        key = card.key(purpose, chosen, card_handle)
+        card.check_access(purpose)
+        return key
+
     def sign_document(
         self,
         context: Context,
         card_handle: str,
         document: bytes,
-        recipient_emails: bytes,
+        recipient_emails: bytes | None,
         crypt: str = RSA_ECC,
         *,
+        include_content: bool = True,
         signing_time: dt.datetime | None = None,
     ) -> bytes:
-        """SignatureService SignDocument (KOM-LE-A_2190): a DER SignedData with the eContent
-        included and the recipient-emails signed attribute (digest §2.5, §2.7).
+        """SignatureService SignDocument: a DER CMS SignedData of ``document``.
 
-        ``document`` is the eContent (the rfc822-wrapped inner mail); ``recipient_emails`` the
-        DER Attribute that the request carries base64-encoded in ``CMSAttribute``.
+        With ``recipient_emails`` (the DER Attribute a KIM request carries base64-encoded in
+        ``CMSAttribute``) it is a KIM signature (KOM-LE-A_2190): the SMC-B's C.HCI.OSIG, the
+        eContent included, the recipient-emails signed attribute (digest §2.5, §2.7).
+
+        Without, it is the generic CAdES-BES signature a Konnektor makes for any document
+        (eAU, prescriptions, PDFs; TUC_KON_160): contentType, signingTime, messageDigest and
+        signingCertificateV2 signed, enveloping or (``include_content=False``) detached, with
+        the key of :meth:`document_signing_key`.
         """
         self._document(document, "Document")
+        if recipient_emails is None:
+            key = self.document_signing_key(context, card_handle, crypt)
+            writer: CadesSignedDataWriter | SignedDataWriter = CadesSignedDataWriter(
+                key,
+                content_length=len(document),
+                content_digest=hashlib.sha256(document).digest(),
+                detached=not include_content,
+                signing_time=signing_time,
+            )
+            content = document if include_content else b""
+            return writer.prefix() + content + writer.suffix()
+        if not include_content:
+            raise ParameterError(
+                "IncludeEContent",
+                "detached signatures are not supported: KIM includes the eContent (KOM-LE-A_2190)",
+            )
         key = self.signing_key(context, card_handle, crypt)
         try:
             writer = SignedDataWriter(
@@ -401,13 +445,27 @@ class Konnektor:
         return writer.prefix() + document + writer.suffix()
 
     def verify_document(
-        self, context: Context, signature: bytes, *, at: dt.datetime | None = None
+        self,
+        context: Context,
+        signature: bytes,
+        *,
+        document: bytes | None = None,
+        at: dt.datetime | None = None,
     ) -> DocumentVerification:
-        """SignatureService VerifyDocument (nonQES, CMS): the signature and the KIM profile
-        (digest §2.5), the signer's path to the trust anchors as C.HCI.OSIG (KOM-LE-A_2129)
-        with revocation. Codes per Tab_Verm_Sig_Prüf (digest §1.6): 4115 content manipulated,
-        4253 no signature, 4112 wrong format, 4206 path not validatable, INCONCLUSIVE 4264
-        when the certificate status is unknown."""
+        """SignatureService VerifyDocument (nonQES, CMS; TUC_KON_161): enveloping signatures,
+        and detached ones with the signed ``document``.
+
+        A SignedData that signs the KIM recipient-emails attribute and includes its content is
+        checked against the KIM profile (digest §2.5) with the signer as C.HCI.OSIG
+        (KOM-LE-A_2129); any other SignedData as the generic CAdES signature it is, with a
+        signer certificate fit for signatures (nonRepudiation) under the TI trust anchors.
+        Both with revocation. Codes per Tab_Verm_Sig_Prüf (digest §1.6): 4115 content
+        manipulated, 4253 no signature, 4112 wrong format, 4206 path not validatable,
+        INCONCLUSIVE 4264 when the certificate status is unknown.
+
+        A detached signature without ``document`` is a ParameterError (4000): there is nothing
+        to verify it against.
+        """
         self._enter("VerifyDocument", context)
         if not _is_signed_data(signature):
             return DocumentVerification(
@@ -415,6 +473,36 @@ class Konnektor:
                 errors.NO_SIGNATURE,
                 "the document is not a CMS SignedData (no signature found)",
             )
+        if document is not None:
+            self._document(document, "Document")
+        try:
+            parsed: ParsedSignedData | None = ParsedSignedData.load(signature)
+        except CmsError as exc:
+            if document is not None:
+                return DocumentVerification(
+                    HighLevelResult.INVALID, errors.WRONG_SIGNATURE_FORMAT, str(exc)
+                )
+            parsed = None  # the KIM reader says what is wrong, as it always did
+        if parsed is None or (parsed.has_recipient_emails and not parsed.detached):
+            verification = self._verify_kim(signature, at)
+            if document is not None and verification.content not in (None, document):
+                return DocumentVerification(
+                    HighLevelResult.INVALID,
+                    errors.SIGNATURE_CONTENT_MANIPULATED,
+                    "the signed content differs from the document given with the signature",
+                    verification.content,
+                    verification.report,
+                )
+            return verification
+        if parsed.detached and document is None:
+            raise ParameterError(
+                "Document",
+                "the signature is detached (no eContent): send the signed document along "
+                "with it (SIG:Document)",
+            )
+        return self._verify_generic(parsed, document, at)
+
+    def _verify_kim(self, signature: bytes, at: dt.datetime | None) -> DocumentVerification:
         try:
             content, report = read_signed_data(signature)
         except SignatureError as exc:
@@ -440,7 +528,53 @@ class Konnektor:
                 content,
                 report,
             )
-        unchecked = _revocation_unchecked(path.warnings)
+        return self._revocation_result(path.warnings, content, report)
+
+    def _verify_generic(
+        self, parsed: ParsedSignedData, document: bytes | None, at: dt.datetime | None
+    ) -> DocumentVerification:
+        try:
+            content, report = parsed.verify(document)
+        except SignatureError as exc:
+            return DocumentVerification(
+                HighLevelResult.INVALID, errors.SIGNATURE_CONTENT_MANIPULATED, str(exc)
+            )
+        except CmsFormatError as exc:
+            return DocumentVerification(
+                HighLevelResult.INVALID, errors.WRONG_SIGNATURE_FORMAT, str(exc)
+            )
+        except CmsError as exc:  # e.g. the signer certificate is not in the SignedData
+            return DocumentVerification(
+                HighLevelResult.INVALID, errors.CERTIFICATE_PATH_NOT_VALIDATABLE, str(exc)
+            )
+        warnings: list[str] = []
+        for i, signer in enumerate(report.signers):
+            others = [c for c in report.certificates if c != signer.certificate]
+            try:
+                path = self.trust.validate(
+                    signer.certificate,
+                    purpose=Purpose.SIGNATURE,
+                    at=at,
+                    extra_intermediates=others,
+                )
+            except PathValidationError as exc:
+                return DocumentVerification(
+                    HighLevelResult.INVALID,
+                    errors.CERTIFICATE_PATH_NOT_VALIDATABLE,
+                    f"signer certificate of SignerInfo {i}: {exc}",
+                    content,
+                    report,
+                )
+            warnings.extend(path.warnings)
+        return self._revocation_result(warnings, content, report)
+
+    @staticmethod
+    def _revocation_result(
+        warnings: Sequence[str],
+        content: bytes,
+        report: SignatureReport | CmsSignatureReport,
+    ) -> DocumentVerification:
+        unchecked = _revocation_unchecked(warnings)
         if unchecked:
             return DocumentVerification(
                 HighLevelResult.INCONCLUSIVE,
@@ -458,28 +592,56 @@ class Konnektor:
         context: Context,
         certificates: Sequence[x509.Certificate],
         document: bytes,
-        recipient_emails: bytes,
+        recipient_emails: bytes | None,
     ) -> bytes:
-        """EncryptionService EncryptDocument (KOM-LE-A_2191): AuthEnvelopedData for every
-        certificate in RecipientKeys, recipient-emails as unprotected attribute (digest §2.6).
-        Only C.HCI.ENC and C.HP.ENC certificates are accepted (KOM-LE-A_2128)."""
+        """EncryptionService EncryptDocument: AuthEnvelopedData (AES-256-GCM; RSA-OAEP KTRI,
+        brainpoolP256r1 KARI) for every certificate in RecipientKeys. Only C.HCI.ENC and
+        C.HP.ENC certificates are accepted (KOM-LE-A_2128; the TI's encryption certificates).
+
+        With ``recipient_emails`` it is a KIM message (KOM-LE-A_2191): the attribute goes into
+        unauthAttrs and must name every certificate (digest §2.6). Without, it is the hybrid
+        encryption a Konnektor does for any document (TUC_KON_070, TIP1-A_4621): the same
+        AuthEnvelopedData without unauthAttrs, which any CMS implementation (OpenSSL 3 too)
+        reads.
+        """
         self._enter("EncryptDocument", context)
         self._document(document, "Document")
         if not certificates:
             raise ParameterError("RecipientKeys", "at least one certificate is needed")
+        for i, certificate in enumerate(certificates):
+            profile = profile_of(certificate)
+            if profile not in _ENC_PROFILES:
+                kind = profile.value if profile else "no gematik certificate type"
+                rule = "KIM encrypts" if recipient_emails is not None else "the Konnektor encrypts"
+                raise ParameterError(
+                    f"RecipientKeys.Certificate[{i}]",
+                    f"is {kind}: {rule} to C.HCI.ENC or C.HP.ENC only (KOM-LE-A_2128)",
+                )
+        if recipient_emails is None:
+            # the address of an EncryptionRecipient only names it in error messages
+            recipients = [
+                EncryptionRecipient(f"RecipientKeys.Certificate[{i}]", certificate)
+                for i, certificate in enumerate(certificates)
+            ]
+        else:
+            recipients = self._kim_recipients(certificates, recipient_emails)
+        try:
+            writer = AuthEnvelopedWriter(recipients, unauth_recipient_emails=recipient_emails)
+        except CmsError as exc:
+            raise ParameterError(exc.field, exc.reason) from exc
+        return writer.header() + writer.update(document) + writer.finalize()
+
+    @staticmethod
+    def _kim_recipients(
+        certificates: Sequence[x509.Certificate], recipient_emails: bytes
+    ) -> list[EncryptionRecipient]:
+        """Every certificate with its address from recipient-emails (KOM-LE-A_2115-02)."""
         try:
             entries = decode_recipient_emails(recipient_emails)
         except CmsError as exc:
             raise ParameterError(f"UnprotectedProperties.{exc.field}", exc.reason) from exc
         recipients: list[EncryptionRecipient] = []
         for i, certificate in enumerate(certificates):
-            profile = profile_of(certificate)
-            if profile not in _ENC_PROFILES:
-                kind = profile.value if profile else "no gematik certificate type"
-                raise ParameterError(
-                    f"RecipientKeys.Certificate[{i}]",
-                    f"is {kind}: KIM encrypts to C.HCI.ENC or C.HP.ENC only (KOM-LE-A_2128)",
-                )
             address = next((e.address for e in entries if e.matches(certificate)), None)
             if address is None:
                 raise ParameterError(
@@ -488,11 +650,7 @@ class Konnektor:
                     "(KOM-LE-A_2115-02)",
                 )
             recipients.append(EncryptionRecipient(address, certificate))
-        try:
-            writer = AuthEnvelopedWriter(recipients, unauth_recipient_emails=recipient_emails)
-        except CmsError as exc:
-            raise ParameterError(exc.field, exc.reason) from exc
-        return writer.header() + writer.update(document) + writer.finalize()
+        return recipients
 
     def decryption_keys(self, context: Context, card_handle: str) -> list[CardKey]:
         """The card's ENC keys (RSA and/or ECC) for streaming decryption: each unwraps content
@@ -504,7 +662,9 @@ class Konnektor:
         return keys
 
     def decrypt_document(self, context: Context, card_handle: str, document: bytes) -> bytes:
-        """EncryptionService DecryptDocument with the card's C.ENC keys (PrivateKeyOnCard)."""
+        """EncryptionService DecryptDocument with the card's C.ENC keys (PrivateKeyOnCard):
+        KIM messages and generic documents alike (an AuthEnvelopedData with or without the
+        recipient-emails unauthAttrs, ours or any other sender's; TUC_KON_071)."""
         self._document(document, "Document")
         keys = self.decryption_keys(context, card_handle)
         reader = AuthEnvelopedReader()

@@ -97,18 +97,25 @@ def test_transport_pin_state_refuses_decryption(konnektor: Konnektor) -> None:
 
 def test_revoked_certificate_makes_verification_invalid(own_data_dir: Path) -> None:
     """Revoking a card certificate in the test PKI: VerifyCertificate says CERT_REVOKED,
-    VerifyDocument INVALID/4206 (IntegrityCheckResult 05); the CRL on disk lists it."""
+    VerifyDocument INVALID/4206 (IntegrityCheckResult 05) for KIM and generic signatures; the
+    CRL on disk lists it."""
     konnektor = Konnektor.from_data_dir(own_data_dir)
     h = handle(konnektor, KLEIN)
     signed = konnektor.sign_document(CONTEXT, h, DOCUMENT, _emails(konnektor), "ECC")
     assert konnektor.verify_document(CONTEXT, signed).result is HighLevelResult.VALID
+    detached = konnektor.sign_document(CONTEXT, h, DOCUMENT, None, "ECC", include_content=False)
+    generic = konnektor.verify_document(CONTEXT, detached, document=DOCUMENT)
+    assert generic.result is HighLevelResult.VALID
     cert = konnektor.admin.revoke_certificate(KLEIN, KeyPurpose.OSIG, Crypt.ECC)
     result = konnektor.verify_certificate(CONTEXT, cert)
     assert (result.result, result.reason) == (HighLevelResult.INVALID, "CERT_REVOKED")
-    verification = konnektor.verify_document(CONTEXT, signed)
-    assert (verification.result, verification.code) == (HighLevelResult.INVALID, 4206)
-    assert verification.integrity_check_result == "05"
-    assert "revoked" in verification.detail
+    for verification in (
+        konnektor.verify_document(CONTEXT, signed),
+        konnektor.verify_document(CONTEXT, detached, document=DOCUMENT),
+    ):
+        assert (verification.result, verification.code) == (HighLevelResult.INVALID, 4206)
+        assert verification.integrity_check_result == "05"
+        assert "revoked" in verification.detail
     # persisted: a Konnektor started afterwards sees the revocation too
     crls = TestPki.load(own_data_dir / "pki").current_crls()
     assert any(crl.get_revoked_certificate_by_serial_number(cert.serial_number) for crl in crls)
@@ -117,7 +124,8 @@ def test_revoked_certificate_makes_verification_invalid(own_data_dir: Path) -> N
 
 
 def test_missing_crls_make_the_result_inconclusive(demo_dir: Path) -> None:
-    """Without revocation information: INCONCLUSIVE / 4264 (IntegrityCheckResult 07)."""
+    """Without revocation information: INCONCLUSIVE / 4264 (IntegrityCheckResult 07), for KIM
+    and generic signatures alike."""
     pki = TestPki.load(demo_dir / "pki")
     trust = TrustStore(
         anchors=[ca.certificate for ca in pki.roots],
@@ -127,9 +135,13 @@ def test_missing_crls_make_the_result_inconclusive(demo_dir: Path) -> None:
     signed = konnektor.sign_document(
         CONTEXT, handle(konnektor, WEBER), DOCUMENT, _emails(konnektor), "RSA"
     )
-    verification = konnektor.verify_document(CONTEXT, signed)
-    assert (verification.result, verification.code) == (HighLevelResult.INCONCLUSIVE, 4264)
-    assert verification.integrity_check_result == "07"
+    generic = konnektor.sign_document(CONTEXT, handle(konnektor, WEBER), DOCUMENT, None, "RSA")
+    for verification in (
+        konnektor.verify_document(CONTEXT, signed),
+        konnektor.verify_document(CONTEXT, generic),
+    ):
+        assert (verification.result, verification.code) == (HighLevelResult.INCONCLUSIVE, 4264)
+        assert verification.integrity_check_result == "07"
     cert = konnektor.read_card_certificate(CONTEXT, handle(konnektor, WEBER), "C.ENC")
     result = konnektor.verify_certificate(CONTEXT, cert)
     assert (result.result, result.reason) == (HighLevelResult.INCONCLUSIVE, "NO_REVOCATION_CHECK")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import asn1crypto.cms
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -27,6 +29,7 @@ from konnektor_helpers import (
     handle,
 )
 
+from kim_appliance.cms.generic import ParsedSignedData
 from kim_appliance.cms.recipient_emails import RecipientEmail, encode_recipient_emails
 from kim_appliance.cms.signed import SIG_ECDSA_SHA256, SIG_RSASSA_PSS, read_signed_data
 from kim_appliance.konnektor import (
@@ -286,3 +289,157 @@ def test_verify_certificate_foreign_certificate_is_invalid(konnektor: Konnektor)
     result = konnektor.verify_certificate(CONTEXT, cert)
     assert (result.result, result.reason) == (HighLevelResult.INVALID, "BUILD_CHAIN_FAILED")
     assert "outsider" in result.detail
+
+
+# --- documents outside KIM (eAU, prescriptions, PDFs): generic CAdES and hybrid encryption ---
+
+PDF = b"%PDF-1.4\r\n1 0 obj << /Type /Catalog >> endobj\r\n" + bytes(range(256)) * 16
+
+
+@pytest.mark.parametrize(("iccsn", "crypt"), [*SMCB_CARDS, (KLEIN, "RSA_ECC")])
+@pytest.mark.parametrize("include_content", [True, False])
+def test_sign_document_without_kim_properties_is_a_cades_signature(
+    konnektor: Konnektor, iccsn: str, crypt: str, include_content: bool
+) -> None:
+    """TUC_KON_160 (TIP1-A_4653): SignDocument without recipient-emails signs any document
+    with the SMC-B's C.HCI.OSIG, enveloping or detached, with the standard signed attributes
+    only; VerifyDocument says VALID (detached: with the document)."""
+    h = handle(konnektor, iccsn)
+    der = konnektor.sign_document(CONTEXT, h, PDF, None, crypt, include_content=include_content)
+    parsed = ParsedSignedData.load(der)
+    assert (parsed.detached, parsed.has_recipient_emails) == (not include_content, False)
+    content, report = parsed.verify(None if include_content else PDF)
+    assert content == PDF
+    osig = "ECC" if crypt == "RSA_ECC" else crypt
+    assert report.signer_certificate == konnektor.read_card_certificate(CONTEXT, h, "C.SIG", osig)
+    assert set(report.signers[0].signed_attributes) == {
+        "contentType",
+        "signingTime",
+        "messageDigest",
+        "signingCertificateV2",
+    }
+    document = None if include_content else PDF
+    verification = konnektor.verify_document(CONTEXT, der, document=document)
+    assert (verification.result, verification.code) == (HighLevelResult.VALID, None)
+    assert verification.content == PDF
+
+
+def test_generic_verify_document_codes(konnektor: Konnektor) -> None:
+    """Tab_Verm_Sig_Prüf for generic signatures: an altered document is 4115, a detached
+    signature without its document is a request error (4000), a document that is not the
+    eContent of an enveloping signature (KIM or not) is 4115, garbage after a ContentInfo
+    header is 4112."""
+    h = handle(konnektor, WEBER)
+    detached = konnektor.sign_document(CONTEXT, h, PDF, None, "RSA", include_content=False)
+    altered = konnektor.verify_document(CONTEXT, detached, document=PDF + b"\n")
+    assert (altered.result, altered.code, altered.integrity_check_result) == (
+        HighLevelResult.INVALID,
+        4115,
+        "02",
+    )
+    assert "messageDigest" in altered.detail
+    with pytest.raises(ParameterError, match="detached") as missing:
+        konnektor.verify_document(CONTEXT, detached)
+    assert missing.value.code == 4000
+    enveloping = konnektor.sign_document(CONTEXT, h, PDF, None, "RSA")
+    assert konnektor.verify_document(CONTEXT, enveloping, document=b"other").code == 4115
+    kim = konnektor.sign_document(CONTEXT, h, DOCUMENT, _emails(konnektor, (WEBER, "RSA")), "RSA")
+    assert konnektor.verify_document(CONTEXT, kim, document=DOCUMENT).code is None
+    assert konnektor.verify_document(CONTEXT, kim, document=PDF).code == 4115
+    broken = konnektor.verify_document(CONTEXT, detached[:-40], document=PDF)
+    assert (broken.result, broken.code) == (HighLevelResult.INVALID, 4112)
+
+
+OPENSSL_SIGN = ("openssl", "cms", "-sign", "-binary", "-outform", "DER")
+OUTSIDER_CERT = ("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=x")
+
+
+@pytest.mark.openssl
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+@pytest.mark.parametrize(("crypt", "options"), [("RSA", ()), ("ECC", ("-nodetach", "-cades"))])
+def test_verify_document_of_an_openssl_signature(
+    konnektor: Konnektor, demo_dir: Path, tmp_path: Path, crypt: str, options: tuple[str, ...]
+) -> None:
+    """A signature made by someone else (`openssl cms -sign` with the card's exported OSIG
+    key: RSASSA-PKCS1-v1_5 detached, ECDSA enveloping with ESS) is VALID; with a self-signed
+    certificate outside the TI it is INVALID 4206."""
+    demo = json.loads((demo_dir / "demo.json").read_text(encoding="utf-8"))
+    klein = next(p for p in demo["participants"] if p["card"]["iccsn"] == KLEIN)
+    index = 0 if crypt == "RSA" else 1
+    key, cert = klein["export"]["osig_key"][index], klein["export"]["osig_cert"][index]
+    assert crypt.lower() in cert
+    document = tmp_path / "eau.pdf"
+    document.write_bytes(PDF)
+    signed = subprocess.run(
+        [*OPENSSL_SIGN, "-in", str(document), "-signer", cert, "-inkey", key, *options],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    detached = "-nodetach" not in options
+    verification = konnektor.verify_document(CONTEXT, signed, document=PDF if detached else None)
+    assert (verification.result, verification.code) == (HighLevelResult.VALID, None)
+    own_key, own_cert = str(tmp_path / "k.pem"), str(tmp_path / "c.pem")
+    subprocess.run(
+        [*OUTSIDER_CERT, "-keyout", own_key, "-out", own_cert, "-days", "2"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    foreign = subprocess.run(
+        [*OPENSSL_SIGN, "-nodetach", "-in", str(document), "-signer", own_cert, "-inkey", own_key],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    result = konnektor.verify_document(CONTEXT, foreign)
+    assert (result.result, result.code, result.integrity_check_result) == (
+        HighLevelResult.INVALID,
+        4206,
+        "05",
+    )
+
+
+def test_sign_document_with_an_hba_needs_the_qes_pin(konnektor: Konnektor) -> None:
+    """An HBA signs documents with C.HP.QES (its only signature key), which needs PIN.QES;
+    the emulation does not offer it and says so (4058), instead of signing with another
+    key. KIM signatures refuse the HBA outright (KOM-LE-A_2129)."""
+    h = handle(konnektor, MEYER)
+    with pytest.raises(CardError, match=r"PIN\.QES") as generic:
+        konnektor.sign_document(HBA_CONTEXT, h, PDF, None, "ECC")
+    assert generic.value.code == 4058
+    with pytest.raises(CardError, match="KOM-LE-A_2129"):
+        konnektor.sign_document(HBA_CONTEXT, h, DOCUMENT, _emails(konnektor, (WEBER, "RSA")))
+
+
+def test_sign_document_refuses_a_detached_kim_signature(konnektor: Konnektor) -> None:
+    with pytest.raises(ParameterError, match="KOM-LE-A_2190"):
+        konnektor.sign_document(
+            CONTEXT,
+            handle(konnektor, WEBER),
+            DOCUMENT,
+            _emails(konnektor, (WEBER, "RSA")),
+            "RSA",
+            include_content=False,
+        )
+
+
+@pytest.mark.parametrize(("iccsn", "crypt"), [(WEBER, "RSA"), (SONNE, "ECC"), (MEYER, "ECC")])
+def test_encrypt_document_without_kim_properties(
+    konnektor: Konnektor, iccsn: str, crypt: str
+) -> None:
+    """TUC_KON_070/071 (TIP1-A_4621/A_4622): EncryptDocument without recipient-emails makes
+    the same AuthEnvelopedData (AES-256-GCM) without unauthAttrs; DecryptDocument opens it."""
+    context = HBA_CONTEXT if iccsn == MEYER else CONTEXT
+    h = handle(konnektor, iccsn)
+    cert = konnektor.read_card_certificate(context, h, "C.ENC", crypt)
+    der = konnektor.encrypt_document(context, [cert], PDF, None)
+    info = asn1crypto.cms.ContentInfo.load(der)
+    assert info["content_type"].native == "authenticated_enveloped_data"
+    assert info["content"]["unauth_attrs"].native is None
+    algorithm = info["content"]["auth_encrypted_content_info"]["content_encryption_algorithm"]
+    assert algorithm["algorithm"].native == "aes256_gcm"
+    assert konnektor.decrypt_document(context, h, der) == PDF
+    osig = konnektor.read_card_certificate(CONTEXT, handle(konnektor, WEBER), "C.SIG")
+    with pytest.raises(ParameterError, match=r"C\.HCI\.ENC or C\.HP\.ENC"):
+        konnektor.encrypt_document(context, [osig], PDF, None)

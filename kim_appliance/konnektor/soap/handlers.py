@@ -10,15 +10,27 @@ when it is slow, CMS work is CPU work): the HTTP server runs it in a worker thre
 
 Protocol choices the XSDs leave open, written down here:
 
-* SignDocument supports CAdES enveloping signatures (``dss:SignatureType``
-  ``urn:ietf:rfc:5652``, the KIM profile, KOM-LE-A_2190); ``SIG:IncludeEContent`` false
-  (detached) is refused with 4000, an absent IncludeEContent means enveloping. The
-  recipient-emails attribute is the ``dss:Property`` with Identifier
-  ``RecipientEmailsAttribute`` whose ``dss:Value`` holds ``CMSAttribute`` (any namespace) with
-  the base64 DER Attribute (digest §2.7); it is mandatory.
-* VerifyDocument takes the SignedData from ``dss:SignatureObject/dss:Base64Signature``.
-  A non-VALID result is answered with ``Status/Result`` Warning and a ``GERROR:Error`` whose
-  Trace Code is the code of Tab_Verm_Sig_Prüf (4115, 4253, 4112, 4206, 4264; digest §1.6).
+* SignDocument makes CMS signatures (``dss:SignatureType`` ``urn:ietf:rfc:5652``, also the
+  default). With the ``dss:Property`` whose Identifier is ``RecipientEmailsAttribute`` (its
+  ``dss:Value`` holds ``CMSAttribute``, any namespace, with the base64 DER Attribute; digest
+  §2.7) it is a KIM signature (KOM-LE-A_2190): enveloping only, a detached request is 4000.
+  Without it, it is the generic CAdES-BES signature of any document (TUC_KON_160):
+  ``SIG:IncludeEContent`` true (enveloping) or false (detached); absent means enveloping.
+  XAdES (``urn:ietf:rfc:3275``), PAdES (``http://uri.etsi.org/02778/3``) and every other
+  signature type are answered with 4112 "Signaturtyp nicht unterstützt"
+  (:data:`~kim_appliance.konnektor.errors.WRONG_SIGNATURE_FORMAT`, the code of Tab_Verm_Sig_Prüf
+  for a signature format the Konnektor cannot handle). A ``dss:Property`` other than
+  RecipientEmailsAttribute is refused with 4000 rather than silently ignored.
+* VerifyDocument takes the SignedData from ``dss:SignatureObject/dss:Base64Signature`` and,
+  for a detached signature, the signed document from ``SIG:Document``; a request with only
+  ``SIG:Document`` is read as an enveloping CMS signature in the document. A non-VALID result
+  is answered with ``Status/Result`` Warning and a ``GERROR:Error`` whose Trace Code is the
+  code of Tab_Verm_Sig_Prüf (4115, 4253, 4112, 4206, 4264; digest §1.6). An XML signature
+  (``dss:Signature``) is 4112 like an unsupported SignatureType.
+* EncryptDocument: with the RecipientEmailsAttribute in ``CRYPT:UnprotectedProperties`` a KIM
+  message (KOM-LE-A_2191), without it the generic hybrid encryption (TUC_KON_070), both
+  AuthEnvelopedData. ``CRYPT:EncryptionType`` other than CMS (XML encryption, S/MIME) is 4000:
+  no gematik code for it is confirmed in the material at hand.
 * VerifyCertificate: for INVALID/INCONCLUSIVE ``VerificationStatus/GERROR:Error`` carries the
   CheckCertificateDetail name (CERT_REVOKED, ...) as ErrorText and Trace Code 0: no gematik
   code for these outcomes is confirmed in the material at hand. ``RoleList`` needs one
@@ -88,6 +100,13 @@ from kim_appliance.konnektor.soap.services import (
 log = logging.getLogger(__name__)
 
 CMS_SIGNATURE: Final = "urn:ietf:rfc:5652"
+#: Signature types of SignatureService 7.5 this Konnektor does not make (gemSpec_Kon,
+#: TIP1-A_4623), with the name used in the refusal
+UNSUPPORTED_SIGNATURE_TYPES: Final[dict[str, str]] = {
+    "urn:ietf:rfc:3275": "XAdES (XML signature)",
+    "http://uri.etsi.org/02778/3": "PAdES (PDF signature)",
+    "urn:ietf:rfc:5751": "S/MIME",
+}
 RSA_SIGNATURE: Final = "urn:ietf:rfc:3447"
 ECDSA_SIGNATURE: Final = "urn:bsi:tr:03111:ecdsa"
 RECIPIENT_EMAILS_PROPERTY: Final = "RecipientEmailsAttribute"
@@ -254,6 +273,38 @@ def _cms_attribute(properties: etree._Element | None, field: str) -> bytes:
     )
 
 
+def _kim_attribute(properties: etree._Element | None, field: str) -> bytes | None:
+    """The recipient-emails Attribute when ``properties`` carries the KIM property, None for
+    a generic document without properties. Any other ``dss:Property`` is refused: this
+    Konnektor knows no other, and ignoring what a caller asked for would hide the mistake."""
+    if properties is None:
+        return None
+    identifiers = [
+        _text(prop, DSS, "Identifier") or "" for prop in properties.iter(qname(DSS, "Property"))
+    ]
+    for identifier in identifiers:
+        if identifier != RECIPIENT_EMAILS_PROPERTY:
+            raise ParameterError(
+                f"{field}.Property",
+                f"Identifier {identifier!r} is not a property this Konnektor knows (only "
+                f"{RECIPIENT_EMAILS_PROPERTY}, for KIM messages)",
+            )
+    return _cms_attribute(properties, field) if identifiers else None
+
+
+def _unsupported_signature_type(field: str, signature_type: str) -> KonnektorError:
+    """4112 for a signature type this Konnektor does not make or verify (see the module
+    docstring and docs/decisions.md)."""
+    kind = UNSUPPORTED_SIGNATURE_TYPES.get(signature_type, "an unknown signature type")
+    return KonnektorError(
+        errors.WRONG_SIGNATURE_FORMAT,
+        f"{field}: {signature_type!r} is {kind}; this Konnektor supports CMS/CAdES "
+        f"({CMS_SIGNATURE}) only",
+        message="Signaturtyp nicht unterstützt",
+        error_type=errors.ErrorType.TECHNICAL,
+    )
+
+
 # --- writing responses -------------------------------------------------------------------------
 
 
@@ -298,15 +349,20 @@ def get_cards(konnektor: Konnektor, request: etree._Element) -> etree._Element:
             continue
         if slot_id is not None and str(info.slot_id) != slot_id:
             continue
-        card = sub(listing, CARD, "Card")
-        sub(card, CONN, "CardHandle", info.card_handle)
-        sub(card, CARDCMN, "CardType", str(info.card_type))
-        sub(card, CARDCMN, "Iccsn", info.iccsn)
-        sub(card, CARDCMN, "CtId", info.ct_id)
-        sub(card, CARDCMN, "SlotId", str(info.slot_id))
-        sub(card, CARD, "InsertTime", info.insert_time.isoformat(timespec="seconds"))
-        sub(card, CARD, "CardHolderName", info.card_holder_name)
+        _card_info(listing, info)
     return response
+
+
+def _card_info(parent: etree._Element, info: CardInfo) -> None:
+    """``CARD:Card`` (CardInfoType, element order as in the XSD)."""
+    card = sub(parent, CARD, "Card")
+    sub(card, CONN, "CardHandle", info.card_handle)
+    sub(card, CARDCMN, "CardType", str(info.card_type))
+    sub(card, CARDCMN, "Iccsn", info.iccsn)
+    sub(card, CARDCMN, "CtId", info.ct_id)
+    sub(card, CARDCMN, "SlotId", str(info.slot_id))
+    sub(card, CARD, "InsertTime", info.insert_time.isoformat(timespec="seconds"))
+    sub(card, CARD, "CardHolderName", info.card_holder_name)
 
 
 def get_card_terminals(konnektor: Konnektor, request: etree._Element) -> etree._Element:
@@ -316,19 +372,101 @@ def get_card_terminals(konnektor: Konnektor, request: etree._Element) -> etree._
     response = new(EVT, "GetCardTerminalsResponse")
     _status(response)
     terminals = sub(response, CT, "CardTerminals")
-    ct_ids = sorted({card.ct_id for card in konnektor.cards})
-    for index, ct_id in enumerate(ct_ids, start=1):
-        terminal = sub(terminals, CT, "CardTerminal")
-        product_information(terminal, "KT", "EMUKT", "kim-appliance virtual card terminal")
-        sub(terminal, CARDCMN, "CtId", ct_id)
-        workplaces = sub(terminal, CONN, "WorkplaceIds")
-        for workplace in sorted(mandant.workplaces):
-            sub(workplaces, CONN, "WorkplaceId", workplace)
-        sub(terminal, CT, "Name", f"virtual terminal {ct_id}")
-        sub(terminal, CT, "MacAddress", f"02-00-00-00-00-{index:02X}")
-        sub(terminal, CT, "Slots", str(sum(1 for c in konnektor.cards if c.ct_id == ct_id)))
-        sub(terminal, CT, "IS_PHYSICAL", "false")
-        sub(terminal, CT, "Connected", "true")
+    for ct_id in _terminal_ids(konnektor):
+        _card_terminal(terminals, konnektor, sorted(mandant.workplaces), ct_id)
+    return response
+
+
+def _terminal_ids(konnektor: Konnektor) -> list[str]:
+    """The emulator's virtual card terminals: one per CtId its cards name."""
+    return sorted({card.ct_id for card in konnektor.cards})
+
+
+def _card_terminal(
+    parent: etree._Element, konnektor: Konnektor, workplaces: list[str], ct_id: str
+) -> None:
+    """``CT:CardTerminal`` (CardTerminalInfoType) of the virtual terminal ``ct_id``."""
+    index = _terminal_ids(konnektor).index(ct_id) + 1
+    terminal = sub(parent, CT, "CardTerminal")
+    product_information(terminal, "KT", "EMUKT", "kim-appliance virtual card terminal")
+    sub(terminal, CARDCMN, "CtId", ct_id)
+    listing = sub(terminal, CONN, "WorkplaceIds")
+    for workplace in workplaces:
+        sub(listing, CONN, "WorkplaceId", workplace)
+    sub(terminal, CT, "Name", f"virtual terminal {ct_id}")
+    sub(terminal, CT, "MacAddress", f"02-00-00-00-00-{index:02X}")
+    sub(terminal, CT, "Slots", str(sum(1 for c in konnektor.cards if c.ct_id == ct_id)))
+    sub(terminal, CT, "IS_PHYSICAL", "false")
+    sub(terminal, CT, "Connected", "true")
+
+
+#: ``CONN:OperatingState`` conditions reported by GetResourceInformation (gemSpec_Kon
+#: TIP1-A_4509/A_4510 names); the emulated Konnektor has none of them active.
+OPERATING_CONDITIONS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("EC_No_VPN_TI_Connection", "Error", "Infrastructure"),
+    ("EC_Time_Sync_Not_Successful", "Warning", "Operation"),
+    ("EC_TSL_Update_Not_Successful", "Warning", "Infrastructure"),
+    ("EC_CRL_Out_Of_Date", "Error", "Infrastructure"),
+)
+
+
+def get_resource_information(konnektor: Konnektor, request: etree._Element) -> etree._Element:
+    """EventService GetResourceInformation (TIP1-A_4607): the card named by CardHandle,
+    Iccsn or CtId + SlotId (4008 when no such card is visible to the context), its terminal
+    or the one named by CtId, and the Konnektor's own state (VPN to the TI online, no error
+    condition active)."""
+    context = _context(request)
+    mandant = konnektor.infomodell.check(context)
+    ct_id = _text(request, CARDCMN, "CtId")
+    slot_id = _text(request, CARDCMN, "SlotId")
+    iccsn = _text(request, CARDCMN, "Iccsn")
+    card_handle = _text(request, CONN, "CardHandle")
+    card: CardInfo | None = None
+    if card_handle is not None or iccsn is not None or slot_id is not None:
+        wanted = {"CardHandle": card_handle, "Iccsn": iccsn, "CtId": ct_id, "SlotId": slot_id}
+        found = [
+            info
+            for info in konnektor.get_cards(context)
+            if card_handle in (None, info.card_handle)
+            and iccsn in (None, info.iccsn)
+            and ct_id in (None, info.ct_id)
+            and slot_id in (None, str(info.slot_id))
+        ]
+        if not found:
+            named = ", ".join(f"{k} {v}" for k, v in wanted.items() if v is not None)
+            raise CardError(
+                errors.CARD_NOT_INSERTED,
+                f"no inserted card with {named} is visible to Mandant {context.mandant_id!r}, "
+                f"workplace {context.workplace_id!r}",
+            )
+        card = found[0]
+    terminal = card.ct_id if card is not None else ct_id
+    if terminal is not None and terminal not in _terminal_ids(konnektor):
+        raise ParameterError(
+            "CtId",
+            f"{terminal!r} is no card terminal of this Konnektor "
+            f"({', '.join(_terminal_ids(konnektor))})",
+        )
+    response = new(EVT, "GetResourceInformationResponse")
+    _status(response)
+    if card is not None:
+        _card_info(response, card)
+    if terminal is not None:
+        _card_terminal(response, konnektor, sorted(mandant.workplaces), terminal)
+    connector = sub(response, CONN, "Connector")
+    now = _now()
+    for vpn, status in (("VPNTIStatus", "Online"), ("VPNSISStatus", "Offline")):
+        element = sub(connector, CONN, vpn)
+        sub(element, CONN, "ConnectionStatus", status)
+        sub(element, CONN, "Timestamp", now)
+    state = sub(connector, CONN, "OperatingState")
+    for condition, severity, kind in OPERATING_CONDITIONS:
+        error_state = sub(state, CONN, "ErrorState")
+        sub(error_state, CONN, "ErrorCondition", condition)
+        sub(error_state, CONN, "Severity", severity)
+        sub(error_state, CONN, "Type", kind)
+        sub(error_state, CONN, "Value", "false")
+        sub(error_state, CONN, "ValidFrom", now)
     return response
 
 
@@ -439,7 +577,8 @@ def get_job_number(konnektor: Konnektor, request: etree._Element) -> etree._Elem
 
 
 def sign_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
-    """SignatureService SignDocument (KOM-LE-A_2190): one CMS SignedData per SignRequest."""
+    """SignatureService SignDocument: one CMS SignedData per SignRequest, a KIM signature
+    (KOM-LE-A_2190) or a generic CAdES one, enveloping or detached (TUC_KON_160)."""
     context = _context(request)
     card_handle = _need_text(request, CONN, "CardHandle")
     crypt = _text(request, SIG, "Crypt") or "RSA_ECC"
@@ -449,24 +588,30 @@ def sign_document(konnektor: Konnektor, request: etree._Element) -> etree._Eleme
         field = f"SignRequest[{request_id}]"
         inputs = _find(sign_request, SIG, "OptionalInputs")
         properties = None
+        include_content = True
         if inputs is not None:
             signature_type = _text(inputs, DSS, "SignatureType")
             if signature_type not in (None, CMS_SIGNATURE):
-                raise ParameterError(
-                    f"{field}.SignatureType",
-                    f"{signature_type!r}: this Konnektor signs CMS ({CMS_SIGNATURE}) only",
-                )
-            if (_text(inputs, SIG, "IncludeEContent") or "true") in ("false", "0"):
-                raise ParameterError(
-                    f"{field}.IncludeEContent",
-                    "detached signatures are not supported: KIM includes the eContent "
-                    "(KOM-LE-A_2190)",
-                )
+                raise _unsupported_signature_type(f"{field}.SignatureType", signature_type)
+            include = _text(inputs, SIG, "IncludeEContent") or "true"
+            include_content = include not in ("false", "0")
             props = _find(inputs, DSS, "Properties")
             properties = _find(props, DSS, "SignedProperties") if props is not None else None
-        recipient_emails = _cms_attribute(properties, f"{field}.SignedProperties")
+        recipient_emails = _kim_attribute(properties, f"{field}.SignedProperties")
+        if recipient_emails is not None and not include_content:
+            raise ParameterError(
+                f"{field}.IncludeEContent",
+                "detached signatures are not supported: KIM includes the eContent (KOM-LE-A_2190)",
+            )
         document = _document(sign_request, SIG, f"{field}.Document")
-        signed = konnektor.sign_document(context, card_handle, document, recipient_emails, crypt)
+        signed = konnektor.sign_document(
+            context,
+            card_handle,
+            document,
+            recipient_emails,
+            crypt,
+            include_content=include_content,
+        )
         answer = sub(response, SIG, "SignResponse", RequestID=request_id)
         _status(answer)
         signature_object = sub(answer, DSS, "SignatureObject")
@@ -475,7 +620,8 @@ def sign_document(konnektor: Konnektor, request: etree._Element) -> etree._Eleme
 
 
 def verify_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
-    """SignatureService VerifyDocument of an enveloping CMS signature (digest §1.6, §1.8)."""
+    """SignatureService VerifyDocument of a CMS signature, enveloping or detached, KIM or
+    generic (TUC_KON_161; digest §1.6, §1.8)."""
     context = _context(request)
     at: dt.datetime | None = None
     inputs = _find(request, SIG, "OptionalInputs")
@@ -484,24 +630,8 @@ def verify_document(konnektor: Konnektor, request: etree._Element) -> etree._Ele
         specific = _text(use_time, DSS, "SpecificTime") if use_time is not None else None
         if specific:
             at = _datetime(specific, "UseVerificationTime.SpecificTime")
-    signature_object = _find(request, DSS, "SignatureObject")
-    holder = (
-        _find(signature_object, DSS, "Base64Signature") if signature_object is not None else None
-    )
-    if holder is None:
-        raise ParameterError(
-            "SignatureObject",
-            "needs dss:Base64Signature with the CMS SignedData (enveloping signature)",
-        )
-    signature_type = holder.get("Type")
-    if signature_type not in (None, CMS_SIGNATURE):
-        raise ParameterError(
-            "SignatureObject.Base64Signature@Type",
-            f"{signature_type!r}: this Konnektor verifies CMS ({CMS_SIGNATURE}) only",
-        )
-    result = konnektor.verify_document(
-        context, _base64(holder, "SignatureObject.Base64Signature"), at=at
-    )
+    signature, document = _signature_and_document(request)
+    result = konnektor.verify_document(context, signature, document=document, at=at)
     response = new(SIG, "VerifyDocumentResponse")
     problem = None
     if result.code is not None:
@@ -522,6 +652,35 @@ def verify_document(konnektor: Konnektor, request: etree._Element) -> etree._Ele
     return response
 
 
+def _signature_and_document(request: etree._Element) -> tuple[bytes, bytes | None]:
+    """(signature, detached document or None) of a VerifyDocument request."""
+    signature_object = _find(request, DSS, "SignatureObject")
+    has_document = _find(request, SIG, "Document") is not None
+    if signature_object is None:
+        if not has_document:
+            raise ParameterError(
+                "VerifyDocument",
+                "needs dss:SignatureObject/dss:Base64Signature (the CMS SignedData) or "
+                "SIG:Document holding an enveloping CMS signature",
+            )
+        return _document(request, SIG, "Document"), None
+    holder = _find(signature_object, DSS, "Base64Signature")
+    if holder is None:
+        if _find(signature_object, "http://www.w3.org/2000/09/xmldsig#", "Signature") is not None:
+            raise _unsupported_signature_type("SignatureObject.Signature", "urn:ietf:rfc:3275")
+        raise ParameterError(
+            "SignatureObject",
+            "needs dss:Base64Signature with the CMS SignedData (SignaturePtr, Timestamp and "
+            "Other are not supported)",
+        )
+    signature_type = holder.get("Type")
+    if signature_type not in (None, CMS_SIGNATURE):
+        raise _unsupported_signature_type("SignatureObject.Base64Signature@Type", signature_type)
+    signature = _base64(holder, "SignatureObject.Base64Signature")
+    document = _document(request, SIG, "Document") if has_document else None
+    return signature, document
+
+
 #: ErrorTexts of the VerifyDocument codes (Tab_Verm_Sig_Prüf, digest §1.6)
 _VERIFY_TEXTS: Final[dict[int, str]] = {
     errors.SIGNATURE_CONTENT_MANIPULATED: "Signatur oder Inhalt manipuliert",
@@ -536,8 +695,10 @@ _VERIFY_TEXTS: Final[dict[int, str]] = {
 
 
 def encrypt_document(konnektor: Konnektor, request: etree._Element) -> etree._Element:
-    """EncryptionService EncryptDocument (KOM-LE-A_2191): AuthEnvelopedData for every
-    ``Certificate`` and, with ``CertificateOnCard``, the card's own ENC certificate(s)."""
+    """EncryptionService EncryptDocument: AuthEnvelopedData for every ``Certificate`` and,
+    with ``CertificateOnCard``, the card's own ENC certificate(s); a KIM message
+    (KOM-LE-A_2191) with the RecipientEmailsAttribute, a generic document (TUC_KON_070)
+    without."""
     context = _context(request)
     keys = _need(request, CRYPT, "RecipientKeys")
     certificates = [
@@ -557,7 +718,7 @@ def encrypt_document(konnektor: Konnektor, request: etree._Element) -> etree._El
                 f"{encryption_type!r}: this Konnektor encrypts CMS ({CMS_SIGNATURE}) only",
             )
         properties = _find(inputs, CRYPT, "UnprotectedProperties")
-    recipient_emails = _cms_attribute(properties, "OptionalInputs.UnprotectedProperties")
+    recipient_emails = _kim_attribute(properties, "OptionalInputs.UnprotectedProperties")
     document = _document(request, CONN, "Document")
     encrypted = konnektor.encrypt_document(context, certificates, document, recipient_emails)
     response = new(CRYPT, "EncryptDocumentResponse")
@@ -643,6 +804,7 @@ def external_authenticate(konnektor: Konnektor, request: etree._Element) -> etre
 _HANDLERS: Final[dict[str, Handler]] = {
     qname(EVT, "GetCards"): get_cards,
     qname(EVT, "GetCardTerminals"): get_card_terminals,
+    qname(EVT, "GetResourceInformation"): get_resource_information,
     qname(CARD, "GetPinStatus"): get_pin_status,
     qname(CARD, "VerifyPin"): verify_pin,
     qname(CERT, "ReadCardCertificate"): read_card_certificate,

@@ -105,7 +105,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         "conn/EventService.wsdl",
         "conn/EventService.xsd",
         EVT,
-        "Ereignisdienst: GetCards, GetCardTerminals",
+        "Ereignisdienst: GetCards, GetCardTerminals, GetResourceInformation",
     ),
     ServiceSpec(
         "CardService",

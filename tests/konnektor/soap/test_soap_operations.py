@@ -10,13 +10,14 @@ import hashlib
 
 import pytest
 import zeep
+import zeep.exceptions
 from conftest import RunningKonnektor
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from konnektor_helpers import CONTEXT, HBA_CONTEXT, KLEIN, MEYER, SONNE, WEBER, handle
-from soap_helpers import CTX, DOCUMENT, HBA_CTX, cms_attribute_property, recipient_emails
+from soap_helpers import CTX, DOCUMENT, HBA_CTX, cms_attribute_property, recipient_emails, trace
 
 from kim_appliance.cms.signed import read_signed_data
 from kim_appliance.konnektor.soap import OPERATIONS
@@ -47,6 +48,36 @@ def test_get_card_terminals_names_the_virtual_terminal(soap: RunningKonnektor) -
     assert terminals[0].Connected is True
     assert terminals[0].Slots >= 5
     assert "AP1" in terminals[0].WorkplaceIds.WorkplaceId
+
+
+def test_get_resource_information_names_card_terminal_and_konnektor(
+    soap: RunningKonnektor,
+) -> None:
+    """EventService GetResourceInformation (TIP1-A_4607): the card by CardHandle or Iccsn
+    with its terminal, a terminal by CtId, always the Konnektor's state; a card the context
+    cannot see is 4008, an unknown terminal 4000."""
+    events = soap.service("EventService")
+    card_handle = handle(soap.konnektor, WEBER)
+    by_handle = events.GetResourceInformation(Context=CTX, CardHandle=card_handle)
+    assert by_handle.Status.Result == "OK"
+    assert (by_handle.Card.Iccsn, by_handle.Card.CardType) == (WEBER, "SMC-B")
+    assert by_handle.CardTerminal.CtId == by_handle.Card.CtId == "CT1"
+    assert by_handle.Connector.VPNTIStatus.ConnectionStatus == "Online"
+    # the XSD repeats the sequence, so zeep lists it as _value_1: [{"ErrorState": ...}]
+    states = [item["ErrorState"] for item in by_handle.Connector.OperatingState._value_1]
+    assert "EC_No_VPN_TI_Connection" in {state.ErrorCondition for state in states}
+    assert not any(state.Value for state in states)
+    by_iccsn = events.GetResourceInformation(Context=HBA_CTX, Iccsn=MEYER)
+    assert by_iccsn.Card.CardHandle == handle(soap.konnektor, MEYER)
+    terminal_only = events.GetResourceInformation(Context=CTX, CtId="CT1")
+    assert terminal_only.Card is None
+    assert terminal_only.CardTerminal.Connected is True
+    with pytest.raises(zeep.exceptions.Fault) as hidden:
+        events.GetResourceInformation(Context=CTX, Iccsn=MEYER)  # the HBA needs its UserId
+    assert trace(hidden.value)["Code"] == "4008"
+    with pytest.raises(zeep.exceptions.Fault) as unknown:
+        events.GetResourceInformation(Context=CTX, CtId="CT9")
+    assert trace(unknown.value)["Code"] == "4000"
 
 
 def test_pin_status_and_verify_pin(soap: RunningKonnektor) -> None:
