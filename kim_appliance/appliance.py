@@ -146,6 +146,8 @@ async def run_appliance(
                         "pop3": _join(*addresses.pop3),
                         "https": https,
                     }
+                # every domain is registered now: the relay workers may start (issue 11)
+                relay.complete.set()
                 directory, vzd = await _start_directory(
                     nursery, data_dir, pki, config, directory_store
                 )
