@@ -174,6 +174,8 @@ async def run_appliance(
                         "pop3": _join(*addresses.pop3),
                         "https": https,
                     }
+                # every domain is registered now: the relay workers may start (issue 11)
+                relay.complete.set()
                 directory, vzd = await _start_directory(parts, directory_store)
                 konnektor, card_service = await _start_konnektor(parts)
                 rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,9 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the umask of ``init`` and ``run``: whatever the appliance creates in the data dir (stores,
+#: keys, demo.json with passwords, spools) is for this user only (issue 11)
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("init", "run"):
+            os.umask(PRIVATE_UMASK)
+            from kim_appliance.demo import secure_data_dir
+
+            secure_data_dir(args.data_dir)
         if args.command == "init":
             return _init(args.data_dir)
         if args.command == "run":
@@ -237,12 +248,10 @@ def _run(args: argparse.Namespace) -> int:
     import trio
 
     from kim_appliance.appliance import run_appliance
+    from kim_appliance.logs import configure
 
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # one line per event: control characters from clients are escaped (kim_appliance.logs)
+    configure(args.log_level, stream=sys.stderr)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -38,8 +38,9 @@ class FachdienstConfig:
     max_message_size: int = MAX_MAIL_SIZE
     #: dataTimeToLive default in days (digest §3.2: 10-365, default 90)
     data_ttl_days: int = 90
-    #: failed logins before an account is locked (KOM-LE-A_2167; the threshold is not published,
-    #: digest §7.1), and for how long
+    #: failed logins in a row from one client address before the account is locked for that
+    #: address (KOM-LE-A_2167; the threshold is not published, digest §7.1), and for how long
+    #: the first time (each further lock doubles, fachdienst.accounts)
     max_failed_logins: int = 5
     lockout_seconds: int = 900
     #: relay retries: delays between attempts, then a bounce after ``relay_give_up_seconds``
@@ -128,8 +129,8 @@ bind = "127.0.0.1"
 [fachdienst]
 max_message_size = 734003200      # bytes; maxMailSize (700 MiB)
 data_ttl_days = 90                # retention of delivered mail (dataTimeToLive)
-max_failed_logins = 5             # then the account is locked ...
-lockout_seconds = 900             # ... for this long
+max_failed_logins = 5             # failures in a row from one client address lock ...
+lockout_seconds = 900             # ... the account for that address this long (then doubling)
 relay_retry_seconds = [30, 120, 600, 1800, 3600]  # waits between relay attempts
 relay_give_up_seconds = 172800    # then the sender gets a bounce (RFC 3464)
 retention_interval_seconds = 3600

@@ -4,7 +4,9 @@
 test PKI (``pki/``), one directory per participant under ``cards/`` with the certificates and
 PKCS#8 keys of its emulated card (SMC-B or HBA), and ``demo.json`` as the contract in DESIGN.md
 describes. The keys are test keys of emulated cards, exported on purpose so that interop tools
-can check messages. This module writes files only; it never starts a component.
+can check messages. The data dir is 0700 and ``demo.json`` (it holds the passwords) 0600;
+:func:`secure_data_dir` narrows a data dir made before that (issue 11). This module writes files
+only; it never starts a component.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from kim_appliance.pki import oids as pki_oids
 DOMAINS = ("fd1.kim.telematik-test", "fd2.kim.telematik-test")
 #: The Konnektor call context every demo username carries (digest §1.2).
 MANDANT, CLIENT_SYSTEM, WORKPLACE = "Mandant1", "PVS1", "AP1"
+#: the data dir and the files in it that hold secrets or state (issue 11): passwords, the
+#: administrators' token, the Konnektor's card state, the directory
+DIR_MODE, FILE_MODE = 0o700, 0o600
+PRIVATE_FILES = ("demo.json", "admin-token", "konnektor.json", "directory.json")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ def initialise(data_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"data dir {data_dir} is not empty; initialise an empty or missing directory"
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(data_dir, DIR_MODE)
     pki = TestPki.generate()
     pki.save(data_dir / "pki")
     entries = [issue_participant(pki, p, data_dir / "cards" / p.local_part) for p in PARTICIPANTS]
@@ -210,6 +217,23 @@ def _file_stem(certificate: Any) -> str:
 
 
 def write_json_atomically(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` (0600) through a temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Make the data dir 0700 and its secret files (PRIVATE_FILES) 0600, if they exist and are
+    wider: a data dir made before issue 11 had 0755 and 0644. The stores narrow their own files
+    when they open; keys were always written 0600."""
+    if not data_dir.is_dir():
+        return
+    if os.stat(data_dir).st_mode & 0o077:
+        os.chmod(data_dir, DIR_MODE)
+    for name in PRIVATE_FILES:
+        path = data_dir / name
+        if path.is_file() and os.stat(path).st_mode & 0o077:
+            os.chmod(path, FILE_MODE)

@@ -16,6 +16,7 @@ import binascii
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from kim_appliance.config import MAX_MAIL_SIZE
 from kim_appliance.fachdienst import quota
-from kim_appliance.fachdienst.accounts import AuthResult
+from kim_appliance.fachdienst.accounts import AuthResult, client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.store import MailStore
 from kim_appliance.store.base import UNLIMITED, Account
@@ -124,7 +125,8 @@ def account_limit_routes(fd: Fachdienst) -> list[BaseRoute]:
     async def get_limits(request: Request) -> Response:
         username, password = basic_credentials(request.headers.get("authorization"))
         result: AuthResult = await trio.to_thread.run_sync(
-            fd.auth.authenticate, username, password, limiter=fd.auth_limiter
+            partial(fd.auth.authenticate, username, password, client=client_of_request(request)),
+            limiter=fd.auth_limiter,
         )
         if not result.ok:
             fd.log.info("AccountLimit: %s", result.text)

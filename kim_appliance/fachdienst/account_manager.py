@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from kim_appliance.directory.entries import KimAddress
 from kim_appliance.directory.store import DirectoryError, DirectoryStore
 from kim_appliance.fachdienst.account_lifecycle import AccountManagerState, OtpCheck
-from kim_appliance.fachdienst.accounts import AuthOutcome
+from kim_appliance.fachdienst.accounts import AuthOutcome, client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.pki.profiles import Algorithm, CertProfile
 from kim_appliance.pki.testpki import TestPki
@@ -242,7 +242,9 @@ class _AccountManager:
         account = await run_in_threadpool(self.fd.store.get_account, username)
         if account is None or not self._ours(username):
             raise ApiError(404, f"account {username}: no such account at {self.fd.domain}")
-        result = await run_in_threadpool(self.fd.auth.authenticate, username, password)
+        result = await run_in_threadpool(
+            self.fd.auth.authenticate, username, password, client=client_of_request(request)
+        )
         if result.outcome is not AuthOutcome.OK:
             raise ApiError(401, result.text)
         return account, claims

@@ -1,21 +1,42 @@
 """Authentication of KIM participants at the Fachdienst, with lockout after failed logins.
 
 The username is the plain KIM address (KOM-LE-A_2161); passwords are compared against the
-stored salted hash only (KOM-LE-A_2164). After ``max_failed_logins`` failures in a row the
-account is locked for ``lockout_seconds`` (KOM-LE-A_2167; gematik publishes no threshold, digest
-§7.1, so both are configuration values), and a successful login resets the count. Every outcome
-comes back as an :class:`AuthResult` whose text tells the user what happened, never the
-password. Blocking (store, scrypt): callers run it in a worker thread.
+stored salted hash only (KOM-LE-A_2164). Lockout (KOM-LE-A_2167; gematik publishes no numbers,
+digest §7.1) is kept per (account, client address), never per account alone: a stranger who
+guesses passwords locks out only himself, and the practice logs in from its own address as
+before. After ``max_failed_logins`` failures in a row from one client the account is locked for
+that client for ``lockout_seconds``, each further lock of the same client twice as long, up to
+``max_lockout_seconds``; a successful login from that client starts again at zero. The counters
+are in the store (durable, shared by every node and protocol: SMTP, POP3, AccountLimit, KAS,
+Account Manager). An IPv6 client counts by its /64 prefix (one host has a whole /64).
+
+No account enumeration: an unknown account, a wrong password and a running lock give the SAME
+answer text, and the same work (one scrypt check; an unknown account's failures are counted
+like any other). The outcome in :class:`AuthResult` tells the log which one it was; the text is
+what the client sees. Blocking (store, scrypt): callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from kim_appliance.store import MailStore
-from kim_appliance.store.passwords import dummy_verify, verify_password
+from kim_appliance.store import LockoutPolicy, MailStore
+from kim_appliance.store.passwords import dummy_verify, prepare_dummy, verify_password
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
+#: the longest a lock of one client grows to by doubling (and at least ``lockout_seconds``)
+MAX_LOCKOUT_SECONDS = 4 * 3600
+#: failed logins on one SMTP/POP3 connection before the server closes it (after its answer)
+MAX_AUTH_FAILURES_PER_CONNECTION = 3
+#: a username longer than this is never an account; its counter key is cut to this length
+_MAX_KEY = 320
+_SHOWN_MAX = 120
 
 
 class AuthOutcome(Enum):
@@ -27,62 +48,109 @@ class AuthOutcome(Enum):
 
 @dataclass(frozen=True)
 class AuthResult:
+    """``address`` is the account's address when ``ok``, else the username as given;
+    ``locked`` says that this client is locked out now (for the log only, never the client)."""
+
     outcome: AuthOutcome
     address: str
     text: str
+    locked: bool = False
 
     @property
     def ok(self) -> bool:
         return self.outcome is AuthOutcome.OK
 
+    @property
+    def for_log(self) -> str:
+        """The outcome for the operator's log: ``wrong-password, locked`` and the like."""
+        if self.locked and self.outcome is not AuthOutcome.LOCKED:
+            return f"{self.outcome.value}, now locked for this client"
+        return self.outcome.value
+
+
+def client_key(host: str) -> str:
+    """The client part of the lockout key: an IPv4 address as is, an IPv6 address as its /64
+    (an IPv4-mapped one as the IPv4 address), anything else (``?``) as given."""
+    host = host.strip().strip("[]")
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host[:_MAX_KEY]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def client_of_peer(peer: str) -> str:
+    """:func:`client_key` of a session's ``host:port`` peer name (``?`` when unknown)."""
+    host, colon, _ = peer.rpartition(":")
+    return client_key(host if colon else peer)
+
+
+def client_of_request(request: HTTPConnection) -> str:
+    """:func:`client_key` of an HTTP request's peer (AccountLimit, KAS, Account Manager)."""
+    return client_key(request.client.host) if request.client is not None else "?"
+
+
+def failure_text(username: str, max_failures: int) -> str:
+    """The one answer to every failed login: it names the username (printable, cut short) and
+    explains a lock without saying whether one runs (no account enumeration)."""
+    shown = "".join(c if " " <= c <= "~" else "?" for c in username)
+    if len(shown) > _SHOWN_MAX:
+        shown = shown[: _SHOWN_MAX - 3] + "..."
+    return (
+        f"authentication failed for {shown}: wrong username or password; after {max_failures} "
+        "failures in a row the account is locked for this client for a while (KOM-LE-A_2167)"
+    )
+
 
 class Authenticator:
-    """Checks credentials against one Fachdienst's accounts."""
+    """Checks credentials against one Fachdienst's accounts (see the module docstring)."""
 
-    def __init__(self, store: MailStore, *, max_failed_logins: int, lockout_seconds: int) -> None:
+    def __init__(
+        self,
+        store: MailStore,
+        *,
+        max_failed_logins: int,
+        lockout_seconds: int,
+        max_lockout_seconds: int = MAX_LOCKOUT_SECONDS,
+    ) -> None:
         self._store = store
-        self._max_failed = max_failed_logins
-        self._lockout = dt.timedelta(seconds=lockout_seconds)
+        self.policy = LockoutPolicy(
+            max_failures=max_failed_logins,
+            first_lockout=dt.timedelta(seconds=lockout_seconds),
+            max_lockout=dt.timedelta(seconds=max(lockout_seconds, max_lockout_seconds)),
+        )
+        prepare_dummy()
 
     def authenticate(
-        self, username: str, password: str, *, now: dt.datetime | None = None
+        self, username: str, password: str, *, client: str, now: dt.datetime | None = None
     ) -> AuthResult:
+        """Check ``username``/``password`` from ``client`` (a :func:`client_key`)."""
         now = now or dt.datetime.now(dt.UTC)
+        key = username.lower()[:_MAX_KEY]
+        state = self._store.login_state(key, client)
         account = self._store.get_account(username)
+        # exactly one scrypt check on every path, so that the time taken tells nothing either
         if account is None:
-            # same text and the same scrypt work as a wrong password: no account enumeration
             dummy_verify(password)
-            return AuthResult(
-                AuthOutcome.UNKNOWN_ACCOUNT,
-                username,
-                f"authentication failed for {username}: wrong username or password",
-            )
-        if account.locked_until is not None and account.locked_until > now:
-            until = account.locked_until.strftime("%Y-%m-%d %H:%M:%S UTC")
-            return AuthResult(
-                AuthOutcome.LOCKED,
-                account.address,
-                f"account {account.address} is locked until {until} after "
-                f"{self._max_failed} failed logins",
-            )
-        if verify_password(password, account.password_hash):
-            if account.failed_logins or account.locked_until is not None:
-                self._store.update_account(account.address, failed_logins=0, locked_until=None)
-            return AuthResult(AuthOutcome.OK, account.address, "authentication successful")
-        failed = account.failed_logins + 1
-        if failed >= self._max_failed:
-            self._store.update_account(
-                account.address, failed_logins=0, locked_until=now + self._lockout
-            )
-            return AuthResult(
-                AuthOutcome.LOCKED,
-                account.address,
-                f"authentication failed for {account.address}: wrong password; the account is "
-                f"now locked for {int(self._lockout.total_seconds())} s after {failed} failures",
-            )
-        self._store.update_account(account.address, failed_logins=failed)
-        return AuthResult(
-            AuthOutcome.WRONG_PASSWORD,
-            account.address,
-            f"authentication failed for {account.address}: wrong username or password",
+            right = False
+        else:
+            right = verify_password(password, account.password_hash)
+        failed = AuthResult(
+            AuthOutcome.UNKNOWN_ACCOUNT if account is None else AuthOutcome.WRONG_PASSWORD,
+            username,
+            failure_text(username, self.policy.max_failures),
         )
+        if state is not None and state.locked(now):
+            # refused without looking at the result, and not counted: counting would only make
+            # the lock the attacker chose longer
+            return AuthResult(AuthOutcome.LOCKED, username, failed.text, locked=True)
+        if right and account is not None:
+            if state is not None:
+                self._store.clear_login_failures(key, client)
+            return AuthResult(AuthOutcome.OK, account.address, "authentication successful")
+        after = self._store.record_login_failure(key, client, now, self.policy)
+        return AuthResult(failed.outcome, username, failed.text, locked=after.locked(now))

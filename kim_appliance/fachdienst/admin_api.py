@@ -94,10 +94,10 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
         password = text(await body(request), "password") or ""
         hashed = await trio.to_thread.run_sync(hash_password, password)
         await trio.to_thread.run_sync(
-            lambda: fd.store.update_account(
-                account.address, password_hash=hashed, failed_logins=0, locked_until=None
-            )
+            lambda: fd.store.update_account(account.address, password_hash=hashed)
         )
+        # a new password unlocks the account for every client (KOM-LE-A_2168)
+        await trio.to_thread.run_sync(fd.store.clear_login_failures, account.address)
         fd.log.info("admin: password of %s set", account.address)
         return Response(status_code=204)
 

@@ -36,10 +36,14 @@ class RelayEndpoints:
     """Where the Fachdienst of a domain listens for SMTP: stands in for MX + port 465.
 
     Filled with the bound ports of the Fachdienste of this process as they start, and with the
-    ``relay_map`` of the configuration for the others.
+    ``relay_map`` of the configuration for the others. ``complete`` is set by whoever starts
+    the Fachdienste once every one of them has registered (the appliance, after binding them
+    all); the relay workers wait for it, so that none looks up a sibling that has not bound yet
+    (issue 11: after a restart fd1's worker bounced fd2's queued mail).
     """
 
     by_domain: dict[str, tuple[str, int]] = field(default_factory=dict)
+    complete: trio.Event = field(default_factory=trio.Event)
 
     def add(self, domain: str, host: str, port: int) -> None:
         self.by_domain[domain.lower()] = (host, port)

@@ -7,12 +7,20 @@ worker, and writes the delivery confirmations asked for with NOTIFY=SUCCESS (RFC
 receiving Fachdienst reports, with In-Reply-To = the outer Message-ID, digest §3.2). Only when
 it returns does the SMTP session answer 250: an acknowledged message is durable.
 
+Exactly once between Fachdienste: the relay worker puts a ``KIM-Relay-ID`` field first in every
+message it relays, random per queue entry and the same on every attempt. A message from another
+Fachdienst (no AUTH: its C.FD.TLS-C identified it) that carries one is delivered to each
+mailbox at most once per relay id (the store remembers them, ``deliver(relay_id=...)``): if
+the sender crashed after our ``250`` and before removing its queue entry, its repeat is
+answered ``250`` again and stored nowhere (docs/decisions.md).
+
 It must never be called from the trio thread (it blocks on disk) and never reads the body.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +34,11 @@ from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.mail.trace import trace_prefix
 from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient
+
+#: the header field that carries the relay id (see the module docstring); not ``X-`` (RFC 6648)
+#: and not ``X-KIM-`` (gematik's, copied by Clientmodule)
+RELAY_ID_FIELD = "KIM-Relay-ID"
+_RELAY_ID = re.compile(rb"KIM-Relay-ID:[ \t]*(<[0-9a-f]{32}@[A-Za-z0-9.-]{1,253}>)\r\n", re.I)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,22 @@ def new_queue_id() -> str:
     return secrets.token_hex(8).upper()
 
 
+def relay_id_field(relay_id: str, domain: str) -> bytes:
+    """The ``KIM-Relay-ID`` line the relay puts before a message (``relay_id``: 32 hex)."""
+    return f"{RELAY_ID_FIELD}: <{relay_id}@{domain}>\r\n".encode("ascii")
+
+
+def relay_id_of(envelope: Envelope) -> str | None:
+    """The relay id of a message another Fachdienst relayed, or None. Only the first header
+    field counts, and only from a relaying Fachdienst (no AUTH: participants must AUTH, so an
+    unauthenticated session is one whose C.FD.TLS-C was verified): a participant cannot make
+    us drop a message by writing the field itself."""
+    if envelope.authenticated:
+        return None
+    match = _RELAY_ID.match(envelope.original_header)
+    return match.group(1).decode("ascii").lower() if match else None
+
+
 def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult:
     """Commit, deliver, queue and report one message; QuotaExceeded (552 5.2.2) if a local
     mailbox has no room: then nothing is delivered or queued.
@@ -73,11 +102,12 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
     queue_id = new_queue_id()
     local = [r for r in envelope.recipients if domain_of(r.address) == fd.domain]
     remote = [r for r in envelope.recipients if domain_of(r.address) != fd.domain]
+    relay_id = relay_id_of(envelope)
     # leaving the block releases the blob: removed unless a delivery or queue entry holds it
     with blob:
         ref = blob.commit()  # the fsync outside the mailbox locks; refused -> released below
         with quota.room_for_delivery(fd, [r.address for r in local], blob.size):
-            _deliver_local(fd, envelope, ref, local, queue_id, now)
+            local = _deliver_local(fd, envelope, ref, local, queue_id, now, relay_id)
         by_domain: dict[str, list[Recipient]] = {}
         for r in remote:
             by_domain.setdefault(domain_of(r.address), []).append(r)
@@ -120,10 +150,12 @@ def _deliver_local(
     local: Sequence[Recipient],
     queue_id: str,
     now: dt.datetime,
-) -> None:
-    """Store the committed body in each local mailbox with its own trace prefix."""
+    relay_id: str | None,
+) -> list[Recipient]:
+    """Store the committed body in each local mailbox with its own trace prefix; returns the
+    recipients stored now (with a relay id: not those an earlier attempt delivered)."""
     if not local:
-        return
+        return []
     protocol = "ESMTPSA" if envelope.authenticated else "ESMTPS"
     deliveries = [
         (
@@ -142,7 +174,12 @@ def _deliver_local(
         )
         for r in local
     ]
-    fd.store.deliver(ref, deliveries)
+    stored = {m.mailbox for m in fd.store.deliver(ref, deliveries, relay_id=relay_id)}
+    fresh = [r for r in local if r.address.lower() in stored]
+    if len(fresh) < len(local):
+        repeated = [r.address for r in local if r.address.lower() not in stored]
+        fd.log.info("relay %s repeated: already delivered to %s", relay_id, ", ".join(repeated))
+    return fresh
 
 
 def _report_quietly(

@@ -21,6 +21,7 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from kim_appliance.fachdienst import quota
+from kim_appliance.fachdienst.accounts import client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.kas_store import (
     AttachmentNotFound,
@@ -127,7 +129,8 @@ async def _authenticate(state: _KasState, request: Request) -> str:
         )
     fd = state.fd
     result = await trio.to_thread.run_sync(
-        fd.auth.authenticate, username, password, limiter=fd.auth_limiter
+        partial(fd.auth.authenticate, username, password, client=client_of_request(request)),
+        limiter=fd.auth_limiter,
     )
     if not result.ok:
         raise ApiError(401, result.text, headers=challenge)

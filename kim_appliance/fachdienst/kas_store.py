@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from kim_appliance.store.blobs import SHARDS, TMP_DIR, fsync_dir, make_blob_root
+from kim_appliance.store.private import create_private, private_database
 
 DB_NAME = "kas.sqlite3"
 READ_CHUNK = 1 << 20
@@ -105,7 +106,7 @@ class KasUpload:
         self.declared_size = declared_size
         self.size = 0
         self._tmp = store.root / TMP_DIR / (self.id + _PART)
-        self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._fh: BinaryIO | None = create_private(self._tmp)  # closed in commit/abort
 
     def write(self, data: bytes) -> None:
         if self._fh is None:
@@ -186,6 +187,7 @@ class KasStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         make_blob_root(root)
+        private_database(root / DB_NAME)  # 0600, and so its -wal/-shm (issue 11)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             root / DB_NAME, isolation_level=None, check_same_thread=False

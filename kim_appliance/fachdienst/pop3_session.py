@@ -11,10 +11,12 @@ effect at QUIT only. Messages stream from the store in 1 MiB reads, dot-stuffed 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import BinaryIO
 
 import trio
 
+from kim_appliance.fachdienst.accounts import MAX_AUTH_FAILURES_PER_CONNECTION, client_of_peer
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.protocols.pop3 import (
     AuthAttempt,
@@ -48,6 +50,10 @@ class Pop3Session:
         self.mailbox: str | None = None
         self.messages: list[StoredMessage] = []
         self.deleted: set[int] = set()
+        #: failed logins on this connection; at MAX_AUTH_FAILURES_PER_CONNECTION the -ERR is
+        #: the last line and the connection closes (``closing``)
+        self.auth_failures = 0
+        self.closing = False
 
     def release(self) -> None:
         if self.mailbox is not None:
@@ -92,10 +98,21 @@ class Pop3Session:
                 False, "APOP is not offered: passwords are stored hashed only", RespCode.AUTH
             )
         result = await trio.to_thread.run_sync(
-            self.fd.auth.authenticate, event.username, event.password, limiter=self.fd.auth_limiter
+            partial(
+                self.fd.auth.authenticate,
+                event.username,
+                event.password,
+                client=client_of_peer(self.peer),
+            ),
+            limiter=self.fd.auth_limiter,
         )
-        self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.outcome.value)
+        self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.for_log)
         if not result.ok:
+            self.auth_failures += 1
+            if self.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION:
+                self.closing = True
+                text = f"{result.text}; {self.auth_failures} failures, closing the connection"
+                return Response(False, text, RespCode.AUTH)
             return Response(False, result.text, RespCode.AUTH)
         account = await trio.to_thread.run_sync(self.fd.store.get_account, result.address)
         # KOM-LE-A_2149/2150 (digest §3.2): a deregistered account reads its mailbox by POP3
@@ -227,7 +244,7 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
             io.queue(core.data_to_send())
             return False
         await session.answer(event, stream)
-        return True
+        return not session.closing
 
     io = SessionIO(
         stream,

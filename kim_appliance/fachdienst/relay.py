@@ -7,7 +7,14 @@ recipient: accepted -> done; refused 5xx -> a bounce to the sender (RFC 3464, if
 it); 4xx or no connection -> tried again after the configured waits, and bounced when
 ``relay_give_up_seconds`` have passed. An entry is removed from the queue only after the other
 Fachdienst has acknowledged or the sender has been told, so a crash repeats a delivery rather
-than losing it.
+than losing it; the repeat carries the entry's relay id (``KIM-Relay-ID``, first field), by
+which the other Fachdienst recognises what it already delivered (fachdienst.delivery), so a
+repeat is never a second copy.
+
+Restarts: the workers of an appliance start working only once every Fachdienst of the
+appliance has registered its endpoint (``RelayEndpoints.complete``), and a domain without a
+known endpoint is a temporary failure for a TI domain (see :func:`no_route_reply`): a queued
+message is never bounced because its Fachdienst had not bound yet (issue 11).
 
 Connections are reused (issue 7: a mutual-TLS handshake per message cost more than the
 message): after a transaction the connection goes back to :class:`RelayConnections`, idle,
@@ -29,7 +36,8 @@ from types import TracebackType
 import trio
 
 from kim_appliance.fachdienst.context import Fachdienst
-from kim_appliance.fachdienst.delivery import send_report
+from kim_appliance.fachdienst.delivery import relay_id_field, send_report
+from kim_appliance.fachdienst.rules import is_ti_address
 from kim_appliance.mail.dsn import DsnRecipient
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
@@ -208,12 +216,33 @@ class _Outcome:
     error: str | None = None
 
 
+def no_route_reply(domain: str) -> ServerReply:
+    """The outcome for a queued entry whose domain has no known Fachdienst endpoint.
+
+    Digest §3.2 (mail for another provider is relayed by MX): a real MTA treats an MX lookup
+    that fails or has no answer (SERVFAIL, timeout) as temporary and tries again, and only a
+    name that does not exist (NXDOMAIN) as permanent. Here the endpoint table stands in for
+    DNS: a TI domain (``*.kim.telematik[-test]``, KOM-LE-A_2185) that is not (yet) in it is
+    temporary, ``451 4.4.3``, retried per ``relay_retry_seconds`` and reported as failed only
+    at ``not_after`` (the Fachdienst may come up, or the configuration may be completed); a
+    domain outside the TI can never be reached: ``550 5.1.2`` at once.
+    """
+    if is_ti_address(f"postmaster@{domain}"):
+        return ServerReply(
+            451, "4.4.3", (f"no Fachdienst known for domain {domain} yet; will try again",)
+        )
+    return ServerReply(550, "5.1.2", (f"no Fachdienst known for domain {domain}: not a TI domain",))
+
+
 async def relay_worker(fd: Fachdienst) -> None:
     """Run forever (until cancelled): attempt every due queue entry.
 
+    Starts working once every Fachdienst of the process has registered its endpoint
+    (``fd.endpoints.complete``): before that a due entry for a sibling would find no route.
     Between rounds it sleeps until woken, until the earliest retry it scheduled, or at most
     ``POLL_SECONDS`` (so a retry wait shorter than the poll interval is kept).
     """
+    await fd.endpoints.complete.wait()
     limiter = trio.CapacityLimiter(PARALLEL_ATTEMPTS)
     async with RelayConnections(fd) as connections:
         while True:
@@ -274,8 +303,12 @@ async def attempt(
     target = fd.endpoints.lookup(entry.domain)
     outcome = _Outcome()
     if target is None:
-        reply = ServerReply(550, "5.1.2", (f"no Fachdienst known for domain {entry.domain}",))
-        outcome.failed = [(r, reply) for r in entry.recipients]
+        reply = no_route_reply(entry.domain)
+        if reply.code >= 500:
+            outcome.failed = [(r, reply) for r in entry.recipients]
+        else:
+            outcome.deferred = list(entry.recipients)
+            outcome.error = f"{reply.code} {reply.enhanced} {reply.text}"
         return outcome
     host, port = target
     try:
@@ -300,7 +333,8 @@ async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _
     """One transaction on ``conn`` (greeted, past EHLO or RSET); True if it ended in a state
     where the connection may carry the next message."""
     stream, client = conn.stream, conn.client
-    size = entry.blob.size
+    relay_id = relay_id_field(entry.relay_id, fd.domain)
+    size = len(relay_id) + entry.blob.size
     await stream.send_all(
         client.mail(
             entry.sender,
@@ -337,6 +371,7 @@ async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _
         raise _TemporaryFailure(f"DATA {go.code} {go.text}")
     blob = await trio.to_thread.run_sync(fd.store.open_blob, entry.blob)
     try:
+        await stream.send_all(client.body(relay_id))
         while chunk := await trio.to_thread.run_sync(blob.read, READ_SIZE):
             await stream.send_all(client.body(chunk))
     finally:
@@ -412,24 +447,20 @@ def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime
                 arrival=entry.not_after - dt.timedelta(seconds=fd.config.relay_give_up_seconds),
                 recipients=reports,
             )
-    if deferred and len(deferred) < len(entry.recipients):
-        # some recipients are done: queue the rest as a new entry, finish this one
-        fd.store.enqueue_relay(
-            entry.blob,
-            sender=entry.sender,
-            recipients=deferred,
-            envid=entry.envid,
-            ret=entry.ret,
-            domain=entry.domain,
-            not_after=entry.not_after,
-        )
-        fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
-        return now
     if deferred:
+        # the recipients that are done leave the entry in the same transaction as the
+        # reschedule; the rest keeps the entry and its relay id, so that the other Fachdienst
+        # still recognises a repeat of what it got in this attempt
         waits = fd.config.relay_retry_seconds
         wait = waits[min(entry.attempts, len(waits) - 1)]
         next_attempt = now + dt.timedelta(seconds=wait)
-        fd.store.relay_attempted(entry.id, next_attempt=next_attempt, error=outcome.error)
+        pending = {r.address.lower() for r in deferred}
+        fd.store.relay_attempted(
+            entry.id,
+            next_attempt=next_attempt,
+            error=outcome.error,
+            done=[r.address for r in entry.recipients if r.address.lower() not in pending],
+        )
         return next_attempt
     fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
     return None

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from kim_appliance.fachdienst import delivery, quota, rules
+from kim_appliance.fachdienst.accounts import MAX_AUTH_FAILURES_PER_CONNECTION, client_of_peer
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import read_header_block
@@ -70,6 +72,10 @@ class SmtpSession:
         self.login: str | None = None
         self.helo = ""
         self.tx = _Transaction()
+        #: failed AUTHs on this connection; at MAX_AUTH_FAILURES_PER_CONNECTION the answer
+        #: closes the connection (``closing``), whatever the lockout of the account says
+        self.auth_failures = 0
+        self.closing = False
 
     async def decide(self, event: ServerEvent) -> Reply | None:
         """The reply to a decision event (None for events that need none)."""
@@ -96,12 +102,23 @@ class SmtpSession:
         if self.relay_peer is not None:
             return Reply(503, "5.5.1", "already identified by the Fachdienst client certificate")
         result = await trio.to_thread.run_sync(
-            self.fd.auth.authenticate, event.username, event.password, limiter=self.fd.auth_limiter
+            partial(
+                self.fd.auth.authenticate,
+                event.username,
+                event.password,
+                client=client_of_peer(self.peer),
+            ),
+            limiter=self.fd.auth_limiter,
         )
-        self.fd.log.info("smtp %s AUTH %s %s", self.peer, event.username, result.outcome.value)
+        self.fd.log.info("smtp %s AUTH %s %s", self.peer, event.username, result.for_log)
         if result.ok:
             self.login = result.address
             return Reply(235, "2.7.0", result.text)
+        self.auth_failures += 1
+        if self.auth_failures >= MAX_AUTH_FAILURES_PER_CONNECTION:
+            self.closing = True
+            text = f"{result.text}; {self.auth_failures} failures, closing the connection"
+            return Reply(535, "5.7.8", text)
         return Reply(535, "5.7.8", result.text)
 
     async def _mail_from(self, event: MailFrom) -> Reply:
@@ -310,7 +327,7 @@ async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         async def handle(event: ServerEvent) -> bool:
             reply = await current.decide(event)
             if reply is not None:
-                await conn.send_all(core.send(reply))
+                await conn.send_all(core.send(reply, close=current.closing))
             if isinstance(event, ConnectionClosed):
                 conn.queue(core.data_to_send())
                 return False

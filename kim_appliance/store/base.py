@@ -7,15 +7,16 @@ or the network, and never know about SMTP, POP3 or trio.
 
 The promise every backend keeps: once `deliver` or `enqueue_relay` has returned, the message
 survives a crash or `kill -9` (so the mail server may answer `250`), and a crash at any other
-moment leaves no partial message visible. The API is synchronous and thread-safe; trio code
-calls it through `trio.to_thread.run_sync`.
+moment leaves no partial message visible. Every method is one atomic step (one transaction), so
+that a backend shared by several nodes gives the same answers as the embedded one. The API is
+synchronous and thread-safe; trio code calls it through `trio.to_thread.run_sync`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
@@ -90,8 +91,6 @@ class Account:
     status: str = "active"
     quota_bytes: int = UNLIMITED
     data_ttl_days: int = DEFAULT_DATA_TTL_DAYS
-    failed_logins: int = 0
-    locked_until: datetime | None = None
     kim_version: str = "1.5+"
     dereg_date: datetime | None = None
     no_vzd_mail_entry: bool = False
@@ -112,8 +111,6 @@ class Account:
             )
         if self.quota_bytes < UNLIMITED:
             raise ValueError(f"quota_bytes: {self.quota_bytes} is below -1 (= unlimited)")
-        if self.failed_logins < 0:
-            raise ValueError(f"failed_logins: {self.failed_logins} is negative")
         if self.kim_version not in KIM_VERSIONS:
             raise ValueError(
                 f"kim_version: {self.kim_version!r} is not one of {sorted(KIM_VERSIONS)}"
@@ -164,7 +161,13 @@ class RelayRecipient:
 
 @dataclass(frozen=True)
 class RelayEntry:
-    """A message waiting in the relay queue for another Fachdienst (`domain`)."""
+    """A message waiting in the relay queue for another Fachdienst (`domain`).
+
+    `relay_id` is random (128 bits), made at `enqueue_relay` and kept for the entry's life: the
+    receiving Fachdienst remembers (relay_id, mailbox) of what it delivered, so an attempt
+    repeated after a crash between its `250` and `relay_attempted` is not delivered twice
+    (`deliver(..., relay_id=...)`, docs/decisions.md "exactly once between Fachdienste").
+    """
 
     id: int
     blob: BlobRef
@@ -177,6 +180,70 @@ class RelayEntry:
     next_attempt: datetime
     not_after: datetime
     last_error: str | None
+    relay_id: str
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Failed logins of one account from one client address (KOM-LE-A_2167).
+
+    `failures` counts the failures in a row since the last lock, success or quiet period;
+    `locks` how often this client has been locked out (the backoff level); `locked_until` the
+    end of the current or last lock; `last_failure` when the last failure was recorded.
+    """
+
+    failures: int = 0
+    locks: int = 0
+    locked_until: datetime | None = None
+    last_failure: datetime | None = None
+
+    def locked(self, now: datetime) -> bool:
+        return self.locked_until is not None and self.locked_until > now
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    """When failed logins lock an account for one client address, and for how long.
+
+    After `max_failures` failures in a row from one client the account is locked for that
+    client for `first_lockout`; every further lock of the same client doubles the time, up to
+    `max_lockout`. A client with no failure for `forget_after` (and no lock running) starts
+    again at zero. Pure policy: the store applies it atomically in `record_login_failure`.
+    """
+
+    max_failures: int = 5
+    first_lockout: timedelta = timedelta(seconds=900)
+    max_lockout: timedelta = timedelta(hours=4)
+    forget_after: timedelta = timedelta(hours=24)
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1:
+            raise ValueError(f"max_failures: {self.max_failures}; at least 1")
+        if not timedelta(0) < self.first_lockout <= self.max_lockout:
+            raise ValueError(
+                f"lockout: first {self.first_lockout} must be positive and at most the "
+                f"maximum {self.max_lockout}"
+            )
+
+    def lockout(self, locks_before: int) -> timedelta:
+        """The length of a lock after ``locks_before`` earlier locks: doubling, capped."""
+        doubled = self.first_lockout.total_seconds() * 2.0 ** min(locks_before, 64)
+        return timedelta(seconds=min(doubled, self.max_lockout.total_seconds()))
+
+    def after_failure(self, state: LockState | None, now: datetime) -> LockState:
+        """The state after one more failure at ``now``. A failure while a lock runs changes
+        nothing (the caller refuses without checking; counting it would only extend the lock
+        an attacker chose)."""
+        if state is not None and state.locked(now):
+            return state
+        if state is None or (
+            state.last_failure is not None and now - state.last_failure >= self.forget_after
+        ):
+            state = LockState()
+        failures = state.failures + 1
+        if failures >= self.max_failures:
+            return LockState(0, state.locks + 1, now + self.lockout(state.locks), now)
+        return LockState(failures, state.locks, state.locked_until, now)
 
 
 class BlobWriter(Protocol):
@@ -226,6 +293,7 @@ class MailStore(Protocol):
         deliveries: Sequence[tuple[str, bytes]],
         *,
         now: datetime | None = None,
+        relay_id: str | None = None,
     ) -> list[StoredMessage]: ...
     def list_messages(self, mailbox: str) -> list[StoredMessage]: ...
     def get_message(self, message_id: int) -> StoredMessage | None: ...
@@ -249,8 +317,20 @@ class MailStore(Protocol):
     ) -> RelayEntry: ...
     def due_relays(self, now: datetime, limit: int = 100) -> list[RelayEntry]: ...
     def relay_attempted(
-        self, entry_id: int, *, next_attempt: datetime | None, error: str | None
+        self,
+        entry_id: int,
+        *,
+        next_attempt: datetime | None,
+        error: str | None,
+        done: Sequence[str] = (),
     ) -> None: ...
     def open_blob(self, blob: BlobRef) -> BinaryIO: ...
+
+    # failed logins (KOM-LE-A_2167), per account key (lower-cased username) and client address
+    def login_state(self, account_key: str, client: str) -> LockState | None: ...
+    def record_login_failure(
+        self, account_key: str, client: str, now: datetime, policy: LockoutPolicy
+    ) -> LockState: ...
+    def clear_login_failures(self, account_key: str, client: str | None = None) -> None: ...
 
     def close(self) -> None: ...

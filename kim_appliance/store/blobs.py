@@ -30,6 +30,7 @@ from typing import BinaryIO
 import zstandard
 
 from .base import BlobRef, StoreCorrupted
+from .private import DIR_MODE, create_private, private_dir
 
 ZSTD_LEVEL = 3
 READ_CHUNK = 1 << 20
@@ -50,12 +51,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_blob_root(root: Path) -> None:
-    """Create a blob root (``tmp/`` plus the shard directories) if missing; a new root is made
-    durable in its parent. Shared by the mail store's and the KAS's blob files."""
+    """Create a blob root (``tmp/`` plus the shard directories, 0700) if missing; a new root is
+    made durable in its parent. Shared by the mail store's and the KAS's blob files."""
     created = not root.exists()
-    (root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+    private_dir(root)
+    (root / TMP_DIR).mkdir(mode=DIR_MODE, exist_ok=True)
     for shard in SHARDS:
-        (root / shard).mkdir(exist_ok=True)
+        (root / shard).mkdir(mode=DIR_MODE, exist_ok=True)
     if created:
         fsync_dir(root)
         fsync_dir(root.parent)
@@ -136,7 +138,7 @@ class FileBlobWriter:
         self._on_release = on_release
         self.name = secrets.token_hex(16)
         self._tmp = files.root / TMP_DIR / (self.name + _PART)
-        self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._fh: BinaryIO | None = create_private(self._tmp)  # closed in commit/abort
         self._zw: zstandard.ZstdCompressionWriter | None = None
         if compress:
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)

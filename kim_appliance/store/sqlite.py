@@ -1,9 +1,11 @@
 """The default `MailStore`: one SQLite database plus blob files in the data directory.
 
-`DIR/mail.sqlite3` holds accounts, message rows (mailbox, trace prefix, blob name), blob rows
-and the relay queue; `DIR/blobs/` holds the bodies (see `store.blobs`). SQLite runs in WAL mode
-with `synchronous=FULL`, `busy_timeout` and foreign keys, so a committed transaction survives a
-crash or `kill -9`.
+`DIR/mail.sqlite3` holds accounts, message rows (mailbox, trace prefix, blob name), blob rows,
+the relay queue, the relay ids already delivered and the failed-login counters; `DIR/blobs/`
+holds the bodies (see `store.blobs`). SQLite runs in WAL mode with `synchronous=FULL`,
+`busy_timeout` and foreign keys, so a committed transaction survives a crash or `kill -9`.
+The directory is 0700 and every file in it 0600 (the database with its -wal/-shm, the blobs):
+mail and password hashes are for this process only.
 
 Crash-safety rules:
 1. A body becomes a blob file first (temp file, fsync, rename, fsync of the directory); a row
@@ -45,6 +47,8 @@ from .base import (
     AccountNotFound,
     BlobRef,
     BlobUnavailable,
+    LockoutPolicy,
+    LockState,
     MessageNotFound,
     OutOfOffice,
     RelayEntry,
@@ -55,14 +59,23 @@ from .base import (
     StoreError,
 )
 from .blobs import BlobFiles, FileBlobWriter, open_chain
+from .private import FILE_MODE, private_database, private_dir
 
 DB_NAME = "mail.sqlite3"
 BLOB_DIR = "blobs"
 LOCK_NAME = "store.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the oldest SQLite that can run the migrations (ALTER TABLE DROP COLUMN)
+MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
 MAX_IDLE_CONNECTIONS = 8
 _US_PER_DAY = 86_400 * 1_000_000
+#: how long a receiving Fachdienst remembers a delivered relay id: far longer than any sender
+#: keeps retrying (relay_give_up_seconds, default 2 days), so a repeat is always recognised
+RELAY_ID_KEEP = timedelta(days=14)
+#: a failed-login counter with no failure for this long and no lock running is forgotten by
+#: `expire` (the policy itself starts again at zero after its `forget_after`)
+LOGIN_FAILURE_KEEP = timedelta(days=2)
 # RFC 3461 NOTIFY values and RET values.
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY", "NEVER"})
 _RET = frozenset({"HDRS", "FULL"})
@@ -131,6 +144,38 @@ CREATE TABLE relay_recipients (
 );
 """
 
+#: schema steps after version 1, applied in order by every open (a new database is made at
+#: version 1 and migrated too, so new and migrated databases have the same tables)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        # exactly-once relay: the sender's random id per queue entry ...
+        "ALTER TABLE relay_entries ADD COLUMN relay_id TEXT",
+        "UPDATE relay_entries SET relay_id = lower(hex(randomblob(16))) WHERE relay_id IS NULL",
+        # ... and, on the receiving side, which (relay id, mailbox) were delivered
+        """CREATE TABLE relay_deliveries (
+            relay_id TEXT NOT NULL,
+            mailbox TEXT NOT NULL,
+            delivered_at INTEGER NOT NULL,
+            PRIMARY KEY (relay_id, mailbox)
+        )""",
+        "CREATE INDEX relay_deliveries_by_time ON relay_deliveries(delivered_at)",
+        # failed logins per (account, client address) (KOM-LE-A_2167); the per-account
+        # counter of version 1 let anyone lock out a practice
+        """CREATE TABLE login_failures (
+            account TEXT NOT NULL,
+            client TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            locks INTEGER NOT NULL,
+            locked_until INTEGER,
+            last_failure INTEGER NOT NULL,
+            PRIMARY KEY (account, client)
+        )""",
+        "CREATE INDEX login_failures_by_time ON login_failures(last_failure)",
+        "ALTER TABLE accounts DROP COLUMN failed_logins",
+        "ALTER TABLE accounts DROP COLUMN locked_until",
+    ),
+}
+
 #: addresses of purged accounts (KOM-LE-A_2155): the address is never given out again, except
 #: to the same Telematik-ID (A_19464-02). Created with IF NOT EXISTS on every open, so data dirs
 #: made before it existed get it without a schema version step.
@@ -145,9 +190,10 @@ CREATE TABLE IF NOT EXISTS retired_addresses (
 
 _ACCOUNT_COLUMNS = (
     "key, address, password_hash, telematik_id, display_name, status, quota_bytes, "
-    "data_ttl_days, failed_logins, locked_until, kim_version, dereg_date, no_vzd_mail_entry, "
+    "data_ttl_days, kim_version, dereg_date, no_vzd_mail_entry, "
     "ooo_active, ooo_start, ooo_end, ooo_message"
 )
+_ACCOUNT_VALUES = ",".join("?" * 15)
 _UPDATABLE = frozenset(f.name for f in dataclasses.fields(Account)) - {"address"}
 
 
@@ -182,8 +228,6 @@ def _account_row(a: Account) -> tuple[Any, ...]:
         a.status,
         a.quota_bytes,
         a.data_ttl_days,
-        a.failed_logins,
-        _opt_us(a.locked_until, "locked_until"),
         a.kim_version,
         _opt_us(a.dereg_date, "dereg_date"),
         int(a.no_vzd_mail_entry),
@@ -203,8 +247,6 @@ def _account(row: sqlite3.Row) -> Account:
         status=row["status"],
         quota_bytes=row["quota_bytes"],
         data_ttl_days=row["data_ttl_days"],
-        failed_logins=row["failed_logins"],
-        locked_until=_opt_dt(row["locked_until"]),
         kim_version=row["kim_version"],
         dereg_date=_opt_dt(row["dereg_date"]),
         no_vzd_mail_entry=bool(row["no_vzd_mail_entry"]),
@@ -214,6 +256,19 @@ def _account(row: sqlite3.Row) -> Account:
             end=_opt_dt(row["ooo_end"]),
             message=row["ooo_message"],
         ),
+    )
+
+
+def _lock_state(conn: sqlite3.Connection, key: str, client: str) -> LockState | None:
+    row = conn.execute(
+        "SELECT failures, locks, locked_until, last_failure FROM login_failures "
+        "WHERE account = ? AND client = ?",
+        (key, client),
+    ).fetchone()
+    if row is None:
+        return None
+    return LockState(
+        row["failures"], row["locks"], _opt_dt(row["locked_until"]), _dt(row["last_failure"])
     )
 
 
@@ -227,8 +282,8 @@ class SQLiteMailStore:
     def __init__(self, data_dir: Path, *, compress: bool = False) -> None:
         self.data_dir = data_dir
         self.compress = compress
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(data_dir)
+        self._lock_fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -243,6 +298,7 @@ class SQLiteMailStore:
         self._pins: set[str] = set()
         self._closed = False
         try:
+            private_database(data_dir / DB_NAME)
             self._init_schema()
             self.files = BlobFiles(data_dir / BLOB_DIR)
             self.swept = self._sweep()
@@ -309,6 +365,8 @@ class SQLiteMailStore:
                 conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
+        """Create the version 1 schema in a new database, then run the migrations up to
+        SCHEMA_VERSION, each step in the same transaction as its version number."""
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -318,12 +376,24 @@ class SQLiteMailStore:
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('instance', ?)", (secrets.token_hex(4),)
                 )
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+                version = 1
+                conn.execute(f"PRAGMA user_version = {version}")
+            if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.data_dir / DB_NAME}: schema version {version}, this code knows "
-                    f"{SCHEMA_VERSION}"
+                    f"{SCHEMA_VERSION}; use the kim-appliance that wrote it"
                 )
+            if version < SCHEMA_VERSION and sqlite3.sqlite_version_info < MIN_SQLITE:
+                raise StoreError(
+                    f"{self.data_dir / DB_NAME}: migrating schema {version} needs SQLite "
+                    f"{'.'.join(map(str, MIN_SQLITE))} or newer, Python uses "
+                    f"{sqlite3.sqlite_version}"
+                )
+            while version < SCHEMA_VERSION:
+                version += 1
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version}")
             conn.execute(_RETIRED_SCHEMA)
             self._instance: str = conn.execute(
                 "SELECT value FROM meta WHERE key = 'instance'"
@@ -360,7 +430,7 @@ class SQLiteMailStore:
         with self._write() as conn:
             try:
                 conn.execute(
-                    f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                    f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES ({_ACCOUNT_VALUES})",
                     _account_row(account),
                 )
             except sqlite3.IntegrityError:
@@ -394,7 +464,7 @@ class SQLiteMailStore:
             old = _account(row)
             new = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
             conn.execute(
-                f"UPDATE accounts SET ({_ACCOUNT_COLUMNS}) = ({','.join('?' * 17)}) WHERE key = ?",
+                f"UPDATE accounts SET ({_ACCOUNT_COLUMNS}) = ({_ACCOUNT_VALUES}) WHERE key = ?",
                 (*_account_row(new), key),
             )
             if new.data_ttl_days != old.data_ttl_days:
@@ -544,12 +614,18 @@ class SQLiteMailStore:
         deliveries: Sequence[tuple[str, bytes]],
         *,
         now: datetime | None = None,
+        relay_id: str | None = None,
     ) -> list[StoredMessage]:
         """Store `blob` in each mailbox, each with its own trace prefix, in one transaction.
 
         When this returns the messages are durable and visible (crash-safety rule 1). Quota and
         account status are the caller's policy; an unknown mailbox raises AccountNotFound and
         stores nothing.
+
+        With `relay_id` (a message relayed by another Fachdienst, `RelayEntry.relay_id`) a
+        mailbox that already got this relay id is skipped, and the others are remembered in
+        the same transaction: a relay attempt repeated after the sender crashed between our
+        `250` and its bookkeeping delivers nothing twice. Returns the messages stored now.
         """
         if not deliveries:
             raise ValueError("deliveries: empty; give at least one (mailbox, trace_prefix)")
@@ -562,6 +638,14 @@ class SQLiteMailStore:
             self._claim_blob(conn, blob)
             for mailbox, prefix in deliveries:
                 account = self._require_account(conn, mailbox)
+                if relay_id is not None:
+                    seen = conn.execute(
+                        "INSERT INTO relay_deliveries (relay_id, mailbox, delivered_at) "
+                        "VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+                        (relay_id, account["key"], received),
+                    ).fetchone()
+                    if seen is None:
+                        continue  # delivered by an earlier attempt of the same relay entry
                 cur = conn.execute(
                     "INSERT INTO messages (mailbox, blob, prefix, size, received_at, expires_at) "
                     "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
@@ -575,6 +659,11 @@ class SQLiteMailStore:
                     ),
                 )
                 stored.append(self._message(cur.fetchone()))
+            # every mailbox had it already: the blob row claimed above must not outlive this
+            # transaction unreferenced (rule 2); an earlier delivery keeps its own blob
+            dead = self._collect_garbage(conn, {blob.name}) if not stored else []
+        with self._write_lock:
+            self._unlink(dead)
         return stored
 
     def list_messages(self, mailbox: str) -> list[StoredMessage]:
@@ -637,13 +726,24 @@ class SQLiteMailStore:
             return int(row.fetchone()[0])
 
     def expire(self, now: datetime) -> int:
-        """Delete every message whose `expires_at` is not after `now` (dataTimeToLive, §3.2)."""
+        """Delete every message whose `expires_at` is not after `now` (dataTimeToLive, §3.2);
+        returns how many. Also forgets relay ids older than RELAY_ID_KEEP and failed-login
+        counters idle for LOGIN_FAILURE_KEEP (no lock running): bookkeeping, not mail."""
         limit = _us(now, "now")
         with self._write() as conn:
             rows = conn.execute(
                 "DELETE FROM messages WHERE expires_at <= ? RETURNING blob", (limit,)
             ).fetchall()
             dead = self._collect_garbage(conn, {row[0] for row in rows})
+            conn.execute(
+                "DELETE FROM relay_deliveries WHERE delivered_at < ?",
+                (_us(now - RELAY_ID_KEEP, "now"),),
+            )
+            conn.execute(
+                "DELETE FROM login_failures WHERE last_failure < ? "
+                "AND (locked_until IS NULL OR locked_until <= ?)",
+                (_us(now - LOGIN_FAILURE_KEEP, "now"), limit),
+            )
         with self._write_lock:
             self._unlink(dead)
         return len(rows)
@@ -675,13 +775,24 @@ class SQLiteMailStore:
             raise ValueError(f"ret: {ret!r} is not HDRS or FULL (RFC 3461)")
         created = _us(now or datetime.now(UTC), "now")
         deadline = _us(not_after, "not_after")
+        relay_id = secrets.token_hex(16)
         with self._write() as conn:
             self._claim_blob(conn, blob)
             entry_id: int = conn.execute(
                 "INSERT INTO relay_entries (blob, sender, envid, ret, domain, attempts, "
-                "next_attempt, not_after, last_error, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, NULL, ?) RETURNING id",
-                (blob.name, sender, envid, ret, domain.lower(), created, deadline, created),
+                "next_attempt, not_after, last_error, created_at, relay_id) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, NULL, ?, ?) RETURNING id",
+                (
+                    blob.name,
+                    sender,
+                    envid,
+                    ret,
+                    domain.lower(),
+                    created,
+                    deadline,
+                    created,
+                    relay_id,
+                ),
             ).fetchone()[0]
             conn.executemany(
                 "INSERT INTO relay_recipients (entry_id, position, address, notify, orcpt) "
@@ -709,6 +820,7 @@ class SQLiteMailStore:
             next_attempt=_dt(created),
             not_after=_dt(deadline),
             last_error=None,
+            relay_id=relay_id,
         )
 
     def due_relays(self, now: datetime, limit: int = 100) -> list[RelayEntry]:
@@ -746,15 +858,23 @@ class SQLiteMailStore:
                         next_attempt=_dt(row["next_attempt"]),
                         not_after=_dt(row["not_after"]),
                         last_error=row["last_error"],
+                        relay_id=row["relay_id"],
                     )
                 )
             return entries
 
     def relay_attempted(
-        self, entry_id: int, *, next_attempt: datetime | None, error: str | None
+        self,
+        entry_id: int,
+        *,
+        next_attempt: datetime | None,
+        error: str | None,
+        done: Sequence[str] = (),
     ) -> None:
         """Record an attempt: `next_attempt=None` removes the entry (delivered or bounced);
-        otherwise count the attempt and reschedule it with the error text."""
+        otherwise count the attempt and reschedule it with the error text, dropping the
+        recipients in `done` (delivered or bounced by this attempt) in the same transaction.
+        The entry keeps its `relay_id`, so the receiving side still recognises a repeat."""
         dead: list[BlobRef] = []
         with self._write() as conn:
             if next_attempt is None:
@@ -772,8 +892,68 @@ class SQLiteMailStore:
                 )
                 if cur.rowcount == 0:
                     raise RelayEntryNotFound(f"relay entry {entry_id}: no such entry")
+                left = {
+                    row[0].lower()
+                    for row in conn.execute(
+                        "SELECT address FROM relay_recipients WHERE entry_id = ?", (entry_id,)
+                    )
+                }
+                gone = {address.lower() for address in done}
+                if left and left <= gone:
+                    raise ValueError(
+                        f"relay entry {entry_id}: every recipient is done; remove the entry "
+                        "(next_attempt=None) instead of rescheduling it"
+                    )
+                conn.executemany(
+                    "DELETE FROM relay_recipients WHERE entry_id = ? AND lower(address) = ?",
+                    [(entry_id, address) for address in gone],
+                )
         with self._write_lock:
             self._unlink(dead)
+
+    # -- failed logins (KOM-LE-A_2167) --------------------------------------------------------
+
+    def login_state(self, account_key: str, client: str) -> LockState | None:
+        """The failed logins of `account_key` from `client` (None: none recorded); whether a
+        lock runs is `LockState.locked(now)`."""
+        with self._connection() as conn:
+            return _lock_state(conn, account_key.lower(), client)
+
+    def record_login_failure(
+        self, account_key: str, client: str, now: datetime, policy: LockoutPolicy
+    ) -> LockState:
+        """Count one failed login of `account_key` from `client` (read, `policy`, write: one
+        transaction) and return the new state; it is locked if this failure reached the limit."""
+        key = account_key.lower()
+        with self._write() as conn:
+            new = policy.after_failure(_lock_state(conn, key, client), now)
+            assert new.last_failure is not None
+            conn.execute(
+                "INSERT OR REPLACE INTO login_failures "
+                "(account, client, failures, locks, locked_until, last_failure) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    client,
+                    new.failures,
+                    new.locks,
+                    _opt_us(new.locked_until, "locked_until"),
+                    _us(new.last_failure, "now"),
+                ),
+            )
+        return new
+
+    def clear_login_failures(self, account_key: str, client: str | None = None) -> None:
+        """Forget the failed logins of `account_key` from `client` (a successful login), or
+        from every client (the operator sets a new password: KOM-LE-A_2168 unlock)."""
+        with self._write() as conn:
+            if client is None:
+                conn.execute("DELETE FROM login_failures WHERE account = ?", (account_key.lower(),))
+            else:
+                conn.execute(
+                    "DELETE FROM login_failures WHERE account = ? AND client = ?",
+                    (account_key.lower(), client),
+                )
 
     # -- checks -----------------------------------------------------------------------------
 

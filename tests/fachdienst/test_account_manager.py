@@ -169,7 +169,7 @@ def test_register_creates_account_and_vzd_entry(env: Env) -> None:
     assert entry is not None
     assert entry.telematik_id == TID
     # the password works, the initial password is used up
-    assert env.fd.auth.authenticate(USER, PASSWORD).ok
+    assert env.fd.auth.authenticate(USER, PASSWORD, client="127.0.0.1").ok
     again = register(env, address=f"zweite@{DOMAIN}")
     assert_error(again, 401, "referenceID")
 
@@ -264,7 +264,7 @@ def test_set_account_changes_only_writable_fields(registered: Env) -> None:
     assert put(url, json=body, headers=auth()).status_code == 204
     account = registered.account()
     assert (account.kim_version, account.data_ttl_days, account.status) == ("1.0", 20, "active")
-    assert registered.fd.auth.authenticate(USER, NEW_PASSWORD).ok
+    assert registered.fd.auth.authenticate(USER, NEW_PASSWORD, client="127.0.0.1").ok
     entry = registered.directory.find_by_mail(USER)
     assert entry is not None
     assert entry.fachdaten[DOMAIN][0].version == "1.0"

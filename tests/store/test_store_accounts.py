@@ -40,7 +40,7 @@ def test_list_accounts(plain_store: SQLiteMailStore) -> None:
 
 
 def test_update_fields_roundtrip(plain_store: SQLiteMailStore) -> None:
-    """KOM-LE-A_2149/2150 status, quota, lock state and the absence note survive a reread."""
+    """KOM-LE-A_2149/2150 status, quota, deregDate and the absence note survive a reread."""
     until = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     note = OutOfOffice(True, until, until + timedelta(days=7), "Urlaub")
     new = plain_store.update_account(
@@ -48,15 +48,13 @@ def test_update_fields_roundtrip(plain_store: SQLiteMailStore) -> None:
         status="deregistered",
         dereg_date=until,
         quota_bytes=1_000_000,
-        failed_logins=3,
-        locked_until=until,
         out_of_office=note,
     )
     assert new.status == "deregistered"
     again = plain_store.get_account(address("alice"))
     assert again == new
     assert again is not None
-    assert again.locked_until == until
+    assert again.dereg_date == until
     assert again.out_of_office == note
 
 
@@ -84,12 +82,12 @@ def test_update_rejects_bad_values(
 
 def test_update_unknown_account(plain_store: SQLiteMailStore) -> None:
     with pytest.raises(AccountNotFound, match="nobody"):
-        plain_store.update_account(address("nobody"), failed_logins=1)
+        plain_store.update_account(address("nobody"), quota_bytes=1)
 
 
 def test_naive_datetime_is_refused(plain_store: SQLiteMailStore) -> None:
-    with pytest.raises(ValueError, match=r"locked_until.*time zone"):
-        plain_store.update_account(address("alice"), locked_until=datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match=r"dereg_date.*time zone"):
+        plain_store.update_account(address("alice"), dereg_date=datetime(2030, 1, 1))
 
 
 def test_new_ttl_applies_to_stored_messages(plain_store: SQLiteMailStore) -> None:

@@ -1,0 +1,144 @@
+"""The Fachdienst's Authenticator (KOM-LE-A_2167, issue 11) against a real store: lockout per
+(account, client address) with a doubling lock, one answer and one scrypt check for unknown,
+wrong and locked, and the client keys (IPv4, IPv6 /64)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kim_appliance.fachdienst.accounts import (
+    Authenticator,
+    AuthOutcome,
+    client_key,
+    client_of_peer,
+    failure_text,
+)
+from kim_appliance.store import Account, SQLiteMailStore, open_store, passwords
+from kim_appliance.store.passwords import hash_password
+
+T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+USER = "praxis.weber@fd1.kim.telematik-test"
+PASSWORD = "Richtig-Passw0rt!"
+PRAXIS, STRANGER = "192.0.2.10", "198.51.100.66"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteMailStore]:
+    with open_store(tmp_path / "fd") as s:
+        s.create_account(Account(USER, hash_password(PASSWORD), "1-SMC-B-1", "Praxis Weber"))
+        yield s
+
+
+@pytest.fixture
+def auth(store: SQLiteMailStore) -> Authenticator:
+    return Authenticator(store, max_failed_logins=3, lockout_seconds=60, max_lockout_seconds=300)
+
+
+def test_a_stranger_locks_out_only_himself(auth: Authenticator) -> None:
+    """KOM-LE-A_2167: three failures from the stranger's address lock the account for that
+    address; the practice logs in from its own address at the same moment."""
+    for _ in range(3):
+        assert not auth.authenticate(USER, "geraten", client=STRANGER, now=T0).ok
+    refused = auth.authenticate(USER, PASSWORD, client=STRANGER, now=T0)
+    assert refused.outcome is AuthOutcome.LOCKED
+    assert auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0).ok
+
+
+def test_the_lock_doubles_while_no_login_succeeds(store: SQLiteMailStore) -> None:
+    """Backoff as the store keeps it: a client that only fails is locked 60, 120, 240, 300,
+    300 s; a success would clear it."""
+    auth = Authenticator(store, max_failed_logins=3, lockout_seconds=60, max_lockout_seconds=300)
+    now = T0
+    lengths = []
+    for _ in range(5):
+        for _ in range(3):
+            auth.authenticate(USER, "geraten", client=STRANGER, now=now)
+        state = store.login_state(USER, STRANGER)
+        assert state is not None
+        assert state.locked_until is not None
+        lengths.append(int((state.locked_until - now).total_seconds()))
+        now = state.locked_until
+    assert lengths == [60, 120, 240, 300, 300]
+
+
+def test_unknown_wrong_and_locked_give_one_answer_and_one_scrypt(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No account enumeration: the same text (but for the username) and exactly one scrypt
+    check for an unknown account, a wrong password and a locked account, so neither the answer
+    nor the time taken tells them apart; the outcome for the log still does."""
+    calls: list[int] = []
+    real = passwords._scrypt
+
+    def counting(*args: object) -> bytes:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(passwords, "_scrypt", counting)
+    nobody = USER.replace("praxis.weber", "niemand")
+    results = []
+    attempts = [(nobody, "x"), (USER, "x"), (USER, "x"), (USER, "x"), (USER, PASSWORD)]
+    for username, password in attempts:
+        calls.clear()
+        results.append(auth.authenticate(username, password, client=STRANGER, now=T0))
+        assert len(calls) == 1, (username, password)
+    outcomes = [r.outcome for r in results]
+    assert outcomes == [
+        AuthOutcome.UNKNOWN_ACCOUNT,
+        AuthOutcome.WRONG_PASSWORD,
+        AuthOutcome.WRONG_PASSWORD,
+        AuthOutcome.WRONG_PASSWORD,
+        AuthOutcome.LOCKED,
+    ]
+    texts = {r.text.replace(nobody, USER) for r in results}
+    assert texts == {failure_text(USER, 3)}
+    assert "locked for this client" in next(iter(texts))  # explains, without saying it is
+
+
+def test_unknown_accounts_lock_like_known_ones(auth: Authenticator) -> None:
+    """Before issue 11 unknown accounts never locked, which told a prober which exist."""
+    nobody = "niemand@fd1.kim.telematik-test"
+    for _ in range(3):
+        auth.authenticate(nobody, "x", client=STRANGER, now=T0)
+    assert auth.authenticate(nobody, "x", client=STRANGER, now=T0).locked
+
+
+def test_success_clears_the_clients_count(auth: Authenticator, store: SQLiteMailStore) -> None:
+    for _ in range(2):
+        auth.authenticate(USER, "x", client=PRAXIS, now=T0)
+    assert auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0).ok
+    assert store.login_state(USER, PRAXIS) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.10", "192.0.2.10"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2:bbbb::7]", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.10", "192.0.2.10"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("?", "?"),
+    ],
+)
+def test_client_keys(host: str, key: str) -> None:
+    """An IPv6 host owns its /64: counting per address would give it 2**64 tries."""
+    assert client_key(host) == key
+
+
+def test_client_of_peer() -> None:
+    assert client_of_peer("127.0.0.1:5123") == "127.0.0.1"
+    assert client_of_peer("2001:db8::1:5123") == client_key("2001:db8::1")
+    assert client_of_peer("?") == "?"
+
+
+def test_failure_text_shows_no_control_characters() -> None:
+    """The username comes from the client: it goes into a one-line reply printable only."""
+    text = failure_text("evil\r\n250 ok\x1b[31m@x", 5)
+    assert "\r" not in text
+    assert "\n" not in text
+    assert "\x1b" not in text
