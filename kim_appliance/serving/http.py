@@ -49,6 +49,9 @@ BUSY_RESPONSE: Final = (
 class HttpListenerSettings:
     """The HTTP side's own limits, beside the listener's :class:`ListenerLimits`."""
 
+    #: seconds an idle kept-alive connection stays open (Hypercorn's default): clients that
+    #: open a connection per request must not fill the connection cap with idle ones
+    keep_alive_seconds: float = 5.0
     #: largest request head (request line and headers) in bytes
     max_head_bytes: int = 16 * 1024
     #: seconds open requests get to finish when the listener stops
@@ -114,9 +117,10 @@ def _config(limits: ListenerLimits, settings: HttpListenerSettings) -> Config:
     config.graceful_timeout = settings.graceful_seconds
     # Hypercorn's idle timer starts at the accept and again after each response, and stops once
     # a request head is complete: the first request (and each next one on a kept-alive
-    # connection) must arrive within the first-command deadline. Not ``read_timeout``: it also
-    # runs while a long response is being sent and would cut a large KAS download.
-    config.keep_alive_timeout = limits.first_command_seconds
+    # connection) must arrive within it, so it is also the first-command deadline. Not
+    # ``read_timeout``: that also runs while a long response is being sent and would cut a
+    # large KAS download.
+    config.keep_alive_timeout = min(settings.keep_alive_seconds, limits.first_command_seconds)
     config.h11_max_incomplete_size = settings.max_head_bytes
     config.ssl_handshake_timeout = limits.handshake_seconds
     return config
