@@ -1,8 +1,9 @@
 """Type stubs for the Rust extension ``kim_appliance._native``.
 
-The native module owns the byte hot path of a 25 MB KIM message: SHA-256, AES-256-GCM, the BER
-streaming of constructed OCTET STRINGs, base64 with 76-column CRLF lines, and SMTP/POP3
-dot-stuffing. Every object is a streaming object shaped ``update(chunk) -> bytes`` /
+The native module owns the byte hot path of a 25 MB KIM message: SHA-256 (the ``sha2`` crate),
+AES-256-GCM (OpenSSL's EVP on the system's libssl, through the ``openssl`` crate), the BER
+streaming of constructed OCTET STRINGs, base64 (``base64-simd``) with 76-column CRLF lines, and
+SMTP/POP3 dot-stuffing. Every object is a streaming object shaped ``update(chunk) -> bytes`` /
 ``finalize()``. Calls on large chunks release the GIL, so callers may run them through
 ``trio.to_thread.run_sync`` and use both cores.
 
@@ -39,6 +40,9 @@ def sha256(data: bytes) -> bytes:
     """One-shot SHA-256 (releases the GIL for large inputs)."""
 
 # --- AES-256-GCM -----------------------------------------------------------------------------
+
+OPENSSL_VERSION: Final[str]
+"""The OpenSSL release that runs AES-256-GCM (the system's libssl), e.g. "OpenSSL 3.0.17 ..."."""
 
 class AesGcmEncryptor:
     """AES-256-GCM encryption, 32-byte key, 12-byte nonce, 16-byte tag."""

@@ -15,6 +15,9 @@ pub enum Error {
     Base64 { offset: u64, reason: String },
     /// An I/O failure of the spool file (-> `OSError`).
     Io(String),
+    /// OpenSSL refused an operation that valid arguments never make it refuse, e.g. it could not
+    /// allocate a context (-> `NativeError`); the message carries OpenSSL's error stack.
+    Crypto(String),
 }
 
 impl Error {
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
                 write!(f, "base64 error at offset {offset}: {reason}")
             }
             Error::Io(m) => write!(f, "spool file I/O failed: {m}"),
+            Error::Crypto(m) => write!(f, "OpenSSL failed: {m}"),
         }
     }
 }

@@ -1,14 +1,15 @@
-//! Streaming AES-256-GCM per NIST SP 800-38D. On x86-64 with AES-NI and PCLMULQDQ it runs the
-//! kernel in `gcm_x86.rs` (picked at run time); elsewhere the RustCrypto `aes` block cipher,
-//! `ctr` (32-bit big-endian counter) and `ghash`. The one-shot AEAD crates
-//! cannot stream a 25 MB message; this can, in constant memory. Only 96-bit nonces (what
-//! KOM-LE/KIM use, digest §2.6) and 128-bit tags. It must never release a tag for more plaintext
-//! than SP 800-38D allows (2^39 - 256 bits), and never compare tags in variable time.
-use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
-use aes::Aes256;
-use ghash::universal_hash::UniversalHash;
-use ghash::GHash;
-use subtle::ConstantTimeEq;
+//! Streaming AES-256-GCM (NIST SP 800-38D) on OpenSSL's EVP interface through the `openssl`
+//! crate, linked against the system's libssl: the implementation auditors already know, with
+//! its AES-NI/VAES and carry-less-multiply code. One-shot AEAD crates (RustCrypto `aes-gcm`,
+//! ring, aws-lc-rs) cannot stream a 25 MB message; EVP can, in constant memory. This module only
+//! frames the EVP calls: it must never implement any part of the cipher itself, never release a
+//! tag for more plaintext than SP 800-38D allows (2^39 - 256 bits), and never hand out decrypted
+//! bytes as authenticated before `EVP_DecryptFinal_ex` has checked the tag (which OpenSSL
+//! compares in constant time, `CRYPTO_memcmp`). Only 96-bit nonces (what KOM-LE/KIM use,
+//! digest §2.6) and 128-bit tags.
+use openssl::cipher::Cipher;
+use openssl::cipher_ctx::CipherCtx;
+use openssl::error::ErrorStack;
 
 use crate::error::{Error, Result};
 
@@ -17,48 +18,23 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// SP 800-38D §5.2.1.1: len(P) <= 2^39 - 256 bits.
 pub const MAX_PLAINTEXT: u64 = (1 << 36) - 32;
+/// Largest input handed to one `EVP_CipherUpdate` (its length is a C `int`); longer slices are
+/// fed in pieces of this size.
+const MAX_EVP_UPDATE: usize = 1 << 30;
 
-type Ctr = ctr::Ctr32BE<Aes256>;
-
-/// Bytes processed per CTR pass before they are hashed, so that the data is still in L1 when
-/// GHASH reads it (encrypt: CTR then GHASH; decrypt: GHASH then CTR).
-const STRIPE: usize = 4096;
-
-/// The keystream and GHASH engine: the x86-64 AES-NI/PCLMULQDQ kernel when the CPU has it,
-/// else the portable RustCrypto crates.
-enum Engine {
-    #[cfg(target_arch = "x86_64")]
-    Fast {
-        k: Box<crate::gcm_x86::Kernel>,
-        /// Keystream of the current partial block; `ks_used == 16` means none is left.
-        ks: [u8; 16],
-        ks_used: usize,
-    },
-    Soft {
-        ctr: Box<Ctr>,
-        ghash: Box<GHash>,
-    },
+fn openssl_error(what: &str, e: ErrorStack) -> Error {
+    Error::Crypto(format!("{what}: {e}"))
 }
 
-/// The GCM state shared by encryption and decryption.
-pub struct Gcm {
-    engine: Engine,
-    /// Ciphertext bytes not yet hashed because they do not fill a 16-byte GHASH block.
-    partial: [u8; 16],
-    partial_len: usize,
-    aad_len: u64,
-    ct_len: u64,
-    /// E(K, J0), XORed onto GHASH to form the tag.
-    tag_mask: [u8; 16],
+/// An EVP context for AES-256-GCM in one direction, keyed, with the AAD already absorbed, and
+/// the count of payload bytes seen (for the SP 800-38D limit).
+struct Evp {
+    ctx: CipherCtx,
+    len: u64,
 }
 
-impl Gcm {
-    pub fn new(key: &[u8], nonce: &[u8], aad: &[u8]) -> Result<Self> {
-        Self::with_engine(key, nonce, aad, true)
-    }
-
-    /// `fast = false` forces the portable engine (tests compare both).
-    pub fn with_engine(key: &[u8], nonce: &[u8], aad: &[u8], fast: bool) -> Result<Self> {
+impl Evp {
+    fn new(key: &[u8], nonce: &[u8], aad: &[u8], encrypt: bool) -> Result<Self> {
         if key.len() != KEY_LEN {
             return Err(Error::usage(format!(
                 "key: AES-256-GCM needs a 32-byte key, got {} bytes",
@@ -71,295 +47,169 @@ impl Gcm {
                 nonce.len()
             )));
         }
-        #[cfg(target_arch = "x86_64")]
-        if fast && crate::gcm_x86::Kernel::available() {
-            let key: &[u8; 32] = key
-                .try_into()
-                .map_err(|_| Error::usage("key: bad length"))?;
-            let nonce: &[u8; 12] = nonce
-                .try_into()
-                .map_err(|_| Error::usage("nonce: bad length"))?;
-            let (k, mask) = crate::gcm_x86::Kernel::new(key, nonce);
-            let mut g = Gcm {
-                engine: Engine::Fast {
-                    k: Box::new(k),
-                    ks: [0; 16],
-                    ks_used: 16,
-                },
-                partial: [0; 16],
-                partial_len: 0,
-                aad_len: aad.len() as u64,
-                ct_len: 0,
-                tag_mask: mask,
-            };
-            g.hash_padded(aad);
-            return Ok(g);
+        let init = || -> std::result::Result<CipherCtx, ErrorStack> {
+            let mut ctx = CipherCtx::new()?;
+            let cipher = Cipher::aes_256_gcm();
+            // The default GCM IV length of EVP is 12 bytes, the only one allowed here.
+            if encrypt {
+                ctx.encrypt_init(Some(cipher), Some(key), Some(nonce))?;
+            } else {
+                ctx.decrypt_init(Some(cipher), Some(key), Some(nonce))?;
+            }
+            for piece in aad.chunks(MAX_EVP_UPDATE) {
+                // No output buffer: EVP takes the input as AAD.
+                ctx.cipher_update(piece, None)?;
+            }
+            Ok(ctx)
+        };
+        let ctx = init().map_err(|e| openssl_error("AES-256-GCM init", e))?;
+        Ok(Evp { ctx, len: 0 })
+    }
+
+    fn update(&mut self, inp: &[u8], out: &mut [u8]) -> Result<()> {
+        if inp.len() != out.len() {
+            return Err(Error::usage(format!(
+                "out: output buffer of {} bytes for {} bytes of input",
+                out.len(),
+                inp.len()
+            )));
         }
-        let _ = fast;
-        let cipher = Aes256::new_from_slice(key).map_err(|_| Error::usage("key: bad length"))?;
-        // H = E(K, 0^128)
-        let mut h = ghash::Key::default();
-        cipher.encrypt_block(&mut h);
-        let mut ghash = GHash::new(&h);
-        ghash.update_padded(aad);
-        // J0 = IV || 0^31 || 1 for a 96-bit IV.
-        let mut j0 = aes::Block::default();
-        j0[..12].copy_from_slice(nonce);
-        j0[15] = 1;
-        let mut mask = j0;
-        cipher.encrypt_block(&mut mask);
-        // The payload's counter starts at inc32(J0).
-        let mut icb = j0;
-        icb[15] = 2;
-        let ctr = Ctr::from_core(ctr::CtrCore::inner_iv_init(cipher, &icb));
-        Ok(Gcm {
-            engine: Engine::Soft {
-                ctr: Box::new(ctr),
-                ghash: Box::new(ghash),
-            },
-            partial: [0; 16],
-            partial_len: 0,
-            aad_len: aad.len() as u64,
-            ct_len: 0,
-            tag_mask: mask.into(),
-        })
-    }
-
-    /// Whether the x86-64 kernel is in use.
-    pub fn is_fast(&self) -> bool {
-        !matches!(self.engine, Engine::Soft { .. })
-    }
-
-    /// Turn off the 256-bit VAES lanes (tests cover the 128-bit AES-NI path with this).
-    pub fn disable_vaes(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        if let Engine::Fast { k, .. } = &mut self.engine {
-            k.disable_vaes();
-        }
-    }
-
-    fn account(&mut self, n: usize) -> Result<()> {
-        let total = self.ct_len.saturating_add(n as u64);
+        let total = self.len.saturating_add(inp.len() as u64);
         if total > MAX_PLAINTEXT {
             return Err(Error::usage(
                 "data: AES-GCM message longer than 2^36 - 32 bytes (SP 800-38D limit)",
             ));
         }
-        self.ct_len = total;
+        for (i, o) in inp
+            .chunks(MAX_EVP_UPDATE)
+            .zip(out.chunks_mut(MAX_EVP_UPDATE))
+        {
+            // GCM is a stream mode in EVP (block size 1): every input byte comes out at once,
+            // so the output of each call is exactly as long as its input.
+            let n = self
+                .ctx
+                .cipher_update(i, Some(o))
+                .map_err(|e| openssl_error("AES-256-GCM update", e))?;
+            if n != i.len() {
+                return Err(Error::Crypto(format!(
+                    "AES-256-GCM update: OpenSSL wrote {n} bytes for {} bytes of input",
+                    i.len()
+                )));
+            }
+        }
+        self.len = total;
         Ok(())
     }
+}
 
-    /// GHASH `data`, zero-padded to a whole block (AAD, the final partial block, lengths).
-    fn hash_padded(&mut self, data: &[u8]) {
-        match &mut self.engine {
-            #[cfg(target_arch = "x86_64")]
-            Engine::Fast { k, .. } => {
-                let whole = data.len() & !15;
-                // SAFETY: `whole` bytes of `data` are readable.
-                unsafe { k.ghash(data.as_ptr(), whole) };
-                if whole < data.len() {
-                    let mut last = [0u8; 16];
-                    last[..data.len() - whole].copy_from_slice(&data[whole..]);
-                    // SAFETY: 16 readable bytes.
-                    unsafe { k.ghash(last.as_ptr(), 16) };
-                }
-            }
-            Engine::Soft { ghash, .. } => ghash.update_padded(data),
-        }
+/// Streaming AES-256-GCM encryption: ciphertext as the plaintext arrives, the tag at the end.
+pub struct Encryptor {
+    evp: Evp,
+}
+
+impl Encryptor {
+    pub fn new(key: &[u8], nonce: &[u8], aad: &[u8]) -> Result<Self> {
+        Ok(Encryptor {
+            evp: Evp::new(key, nonce, aad, true)?,
+        })
     }
 
-    fn hash_ciphertext(&mut self, mut ct: &[u8]) {
-        if self.partial_len > 0 {
-            let take = (16 - self.partial_len).min(ct.len());
-            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&ct[..take]);
-            self.partial_len += take;
-            ct = &ct[take..];
-            if self.partial_len < 16 {
-                return;
-            }
-            let block = self.partial;
-            self.hash_padded(&block);
-            self.partial_len = 0;
-        }
-        let whole = ct.len() & !15;
-        self.hash_padded(&ct[..whole]);
-        let tail = &ct[whole..];
-        self.partial[..tail.len()].copy_from_slice(tail);
-        self.partial_len = tail.len();
+    /// Encrypt `inp` into `out` (same length, else a usage error); calls may split the stream
+    /// anywhere.
+    pub fn update(&mut self, inp: &[u8], out: &mut [u8]) -> Result<()> {
+        self.evp.update(inp, out)
     }
 
-    /// out = inp XOR keystream, hashing the ciphertext (`encrypt`: the output; else the input).
-    ///
-    /// # Safety
-    /// `inp` readable and `out` writable for `len` bytes; the two are the same or disjoint.
-    unsafe fn crypt(&mut self, inp: *const u8, out: *mut u8, len: usize, encrypt: bool) {
-        match &mut self.engine {
-            #[cfg(target_arch = "x86_64")]
-            Engine::Fast { .. } => self.crypt_fast(inp, out, len, encrypt),
-            Engine::Soft { .. } => {
-                if !encrypt {
-                    self.hash_ciphertext(std::slice::from_raw_parts(inp, len));
-                }
-                if let Engine::Soft { ctr, .. } = &mut self.engine {
-                    std::ptr::copy(inp, out, len);
-                    ctr.apply_keystream(std::slice::from_raw_parts_mut(out, len));
-                }
-                if encrypt {
-                    self.hash_ciphertext(std::slice::from_raw_parts(out, len));
-                }
-            }
-        }
+    /// Bytes encrypted so far.
+    pub fn len(&self) -> u64 {
+        self.evp.len
     }
 
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn crypt_fast(&mut self, inp: *const u8, out: *mut u8, len: usize, encrypt: bool) {
-        let mut i = 0;
-        // Use up the keystream of a partial block left by the previous call.
-        if let Engine::Fast { ks, ks_used, .. } = &mut self.engine {
-            while *ks_used < 16 && i < len {
-                let c = *inp.add(i);
-                let p = c ^ ks[*ks_used];
-                *out.add(i) = p;
-                let ct = if encrypt { p } else { c };
-                self.partial[self.partial_len] = ct;
-                self.partial_len += 1;
-                *ks_used += 1;
-                i += 1;
-            }
-        }
-        if self.partial_len == 16 {
-            let block = self.partial;
-            self.hash_padded(&block);
-            self.partial_len = 0;
-        }
-        let whole = (len - i) & !15;
-        let Engine::Fast { k, ks, ks_used } = &mut self.engine else {
-            return;
-        };
-        // Here the stream is block-aligned, so `partial` is empty.
-        let end = i + whole;
-        while i < end {
-            let n = STRIPE.min(end - i);
-            if encrypt {
-                k.ctr_xor(inp.add(i), out.add(i), n);
-                k.ghash(out.add(i), n);
-            } else {
-                k.ghash(inp.add(i), n);
-                k.ctr_xor(inp.add(i), out.add(i), n);
-            }
-            i += n;
-        }
-        if i < len {
-            *ks = k.keystream_block();
-            let rest = len - i;
-            for (j, kj) in ks.iter().enumerate().take(rest) {
-                let c = *inp.add(i + j);
-                let p = c ^ kj;
-                *out.add(i + j) = p;
-                self.partial[j] = if encrypt { p } else { c };
-            }
-            *ks_used = rest;
-            self.partial_len = rest;
-        }
+    pub fn is_empty(&self) -> bool {
+        self.evp.len == 0
     }
 
-    /// Encrypt `buf` in place (any length; calls may split the stream anywhere).
-    pub fn encrypt_in_place(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.account(buf.len())?;
-        // SAFETY: in place, same pointer for input and output.
-        unsafe { self.crypt(buf.as_ptr(), buf.as_mut_ptr(), buf.len(), true) };
-        Ok(())
+    /// Finish and return the 16-byte tag.
+    pub fn finalize(mut self) -> Result<[u8; TAG_LEN]> {
+        let mut none = [0u8; 0];
+        let n = self
+            .evp
+            .ctx
+            .cipher_final(&mut none)
+            .map_err(|e| openssl_error("AES-256-GCM final", e))?;
+        debug_assert_eq!(n, 0);
+        let mut tag = [0u8; TAG_LEN];
+        self.evp
+            .ctx
+            .tag(&mut tag)
+            .map_err(|e| openssl_error("AES-256-GCM tag", e))?;
+        Ok(tag)
+    }
+}
+
+/// Streaming AES-256-GCM decryption. What [`Decryptor::update`] writes is unauthenticated
+/// until [`Decryptor::verify`] has returned `Ok`: callers must keep it from anyone until then
+/// (as [`SpoolingDecryptor`] does).
+pub struct Decryptor {
+    evp: Evp,
+}
+
+impl Decryptor {
+    pub fn new(key: &[u8], nonce: &[u8], aad: &[u8]) -> Result<Self> {
+        Ok(Decryptor {
+            evp: Evp::new(key, nonce, aad, false)?,
+        })
     }
 
-    /// Encrypt `inp` into `out` (same length, else a usage error).
-    pub fn encrypt(&mut self, inp: &[u8], out: &mut [u8]) -> Result<()> {
-        check_len(inp, out)?;
-        self.account(inp.len())?;
-        // SAFETY: distinct borrows, equal lengths.
-        unsafe { self.crypt(inp.as_ptr(), out.as_mut_ptr(), inp.len(), true) };
-        Ok(())
+    /// Decrypt `inp` into `out` (same length). Unauthenticated until `verify` succeeds.
+    pub fn update(&mut self, inp: &[u8], out: &mut [u8]) -> Result<()> {
+        self.evp.update(inp, out)
     }
 
-    /// Decrypt `buf` in place. The result is unauthenticated until [`Gcm::verify`] succeeds.
-    pub fn decrypt_in_place(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.account(buf.len())?;
-        // SAFETY: in place, same pointer for input and output.
-        unsafe { self.crypt(buf.as_ptr(), buf.as_mut_ptr(), buf.len(), false) };
-        Ok(())
+    /// Bytes decrypted so far.
+    pub fn len(&self) -> u64 {
+        self.evp.len
     }
 
-    /// Decrypt `inp` into `out` (same length). Unauthenticated until [`Gcm::verify`] succeeds.
-    pub fn decrypt(&mut self, inp: &[u8], out: &mut [u8]) -> Result<()> {
-        check_len(inp, out)?;
-        self.account(inp.len())?;
-        // SAFETY: distinct borrows, equal lengths.
-        unsafe { self.crypt(inp.as_ptr(), out.as_mut_ptr(), inp.len(), false) };
-        Ok(())
+    pub fn is_empty(&self) -> bool {
+        self.evp.len == 0
     }
 
-    /// The tag: GHASH over AAD, ciphertext and the bit lengths, XOR E(K, J0).
-    pub fn tag(mut self) -> [u8; TAG_LEN] {
-        if self.partial_len > 0 {
-            let tail = self.partial;
-            self.hash_padded(&tail[..self.partial_len]);
-        }
-        let mut lengths = [0u8; 16];
-        lengths[..8].copy_from_slice(&(self.aad_len * 8).to_be_bytes());
-        lengths[8..].copy_from_slice(&(self.ct_len * 8).to_be_bytes());
-        self.hash_padded(&lengths);
-        let s: [u8; 16] = match self.engine {
-            #[cfg(target_arch = "x86_64")]
-            Engine::Fast { k, .. } => k.ghash_value(),
-            Engine::Soft { ghash, .. } => ghash.finalize().into(),
-        };
-        let mut tag = [0u8; 16];
-        for i in 0..16 {
-            tag[i] = s[i] ^ self.tag_mask[i];
-        }
-        tag
-    }
-
-    /// Compare the computed tag with `tag` in constant time.
-    pub fn verify(self, tag: &[u8]) -> Result<()> {
+    /// Check `tag` against the stream (OpenSSL compares in constant time).
+    pub fn verify(mut self, tag: &[u8]) -> Result<()> {
         if tag.len() != TAG_LEN {
             return Err(Error::usage(format!(
                 "tag: AES-GCM tag must be 16 bytes, got {} bytes",
                 tag.len()
             )));
         }
-        let computed = self.tag();
-        if bool::from(computed.ct_eq(tag)) {
-            Ok(())
-        } else {
-            Err(Error::TagMismatch)
+        self.evp
+            .ctx
+            .set_tag(tag)
+            .map_err(|e| openssl_error("AES-256-GCM set tag", e))?;
+        let mut none = [0u8; 0];
+        // EVP_DecryptFinal_ex fails exactly when the tag does not match (GCM has no padding
+        // and nothing buffered to fail on otherwise).
+        match self.evp.ctx.cipher_final(&mut none) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::TagMismatch),
         }
     }
 }
 
-fn check_len(inp: &[u8], out: &[u8]) -> Result<()> {
-    if inp.len() != out.len() {
-        return Err(Error::usage(format!(
-            "out: output buffer of {} bytes for {} bytes of input",
-            out.len(),
-            inp.len()
-        )));
-    }
-    Ok(())
-}
-
 /// One-shot encryption: ciphertext || tag.
 pub fn seal(key: &[u8], nonce: &[u8], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
-    let mut g = Gcm::new(key, nonce, aad)?;
+    let mut e = Encryptor::new(key, nonce, aad)?;
     let mut out = vec![0u8; plaintext.len() + TAG_LEN];
     let (ct, tag) = out.split_at_mut(plaintext.len());
-    g.encrypt(plaintext, ct)?;
-    tag.copy_from_slice(&g.tag());
+    e.update(plaintext, ct)?;
+    tag.copy_from_slice(&e.finalize()?);
     Ok(out)
 }
 
 /// One-shot decryption of ciphertext || tag; nothing is returned unless the tag verifies.
 pub fn open(key: &[u8], nonce: &[u8], ct_and_tag: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
-    let mut g = Gcm::new(key, nonce, aad)?;
+    let mut d = Decryptor::new(key, nonce, aad)?;
     if ct_and_tag.len() < TAG_LEN {
         return Err(Error::usage(format!(
             "ciphertext_and_tag: shorter than the 16-byte tag ({} bytes)",
@@ -368,8 +218,8 @@ pub fn open(key: &[u8], nonce: &[u8], ct_and_tag: &[u8], aad: &[u8]) -> Result<V
     }
     let (ct, tag) = ct_and_tag.split_at(ct_and_tag.len() - TAG_LEN);
     let mut out = vec![0u8; ct.len()];
-    g.decrypt(ct, &mut out)?;
-    g.verify(tag)?;
+    d.update(ct, &mut out)?;
+    d.verify(tag)?;
     Ok(out)
 }
 
@@ -379,7 +229,7 @@ pub const SPOOL_BUFFER: usize = 256 * 1024;
 /// Decryption that spools the (still unauthenticated) plaintext to an anonymous file and hands
 /// the file out only after the tag has verified.
 pub struct SpoolingDecryptor {
-    gcm: Gcm,
+    dec: Decryptor,
     file: std::fs::File,
     /// Plaintext waiting to be written: `buf[..fill]`.
     buf: Vec<u8>,
@@ -393,10 +243,10 @@ impl SpoolingDecryptor {
         aad: &[u8],
         dir: Option<&std::path::Path>,
     ) -> Result<Self> {
-        let gcm = Gcm::new(key, nonce, aad)?;
+        let dec = Decryptor::new(key, nonce, aad)?;
         let file = crate::spool::anonymous(dir)?;
         Ok(SpoolingDecryptor {
-            gcm,
+            dec,
             file,
             buf: vec![0; SPOOL_BUFFER],
             fill: 0,
@@ -408,7 +258,7 @@ impl SpoolingDecryptor {
         while !data.is_empty() {
             let take = (SPOOL_BUFFER - self.fill).min(data.len());
             let dst = &mut self.buf[self.fill..self.fill + take];
-            self.gcm.decrypt(&data[..take], dst)?;
+            self.dec.update(&data[..take], dst)?;
             self.fill += take;
             data = &data[take..];
             if self.fill == SPOOL_BUFFER {
@@ -423,8 +273,8 @@ impl SpoolingDecryptor {
     /// dropped (closed, and being anonymous, gone).
     pub fn finalize(mut self, tag: &[u8]) -> Result<(std::fs::File, u64)> {
         use std::io::{Seek, SeekFrom, Write};
-        let size = self.gcm.ct_len;
-        self.gcm.verify(tag)?;
+        let size = self.dec.len();
+        self.dec.verify(tag)?;
         self.file.write_all(&self.buf[..self.fill])?;
         self.file.flush()?;
         self.file.seek(SeekFrom::Start(0))?;
@@ -435,7 +285,6 @@ impl SpoolingDecryptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aes::cipher::KeyIvInit;
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -506,17 +355,27 @@ mod tests {
     fn nist_vectors_every_split() {
         for v in VECTORS {
             let pt = unhex(v.pt);
+            let ct = unhex(v.ct);
             for split in 0..=pt.len() {
                 for step in [1usize, 3, 7, 16, 17] {
-                    let mut g = Gcm::new(&unhex(v.key), &unhex(v.iv), &unhex(v.aad)).unwrap();
-                    let mut buf = pt.clone();
-                    let (a, b) = buf.split_at_mut(split);
-                    g.encrypt_in_place(a).unwrap();
-                    for c in b.chunks_mut(step) {
-                        g.encrypt_in_place(c).unwrap();
+                    let mut e = Encryptor::new(&unhex(v.key), &unhex(v.iv), &unhex(v.aad)).unwrap();
+                    let mut d = Decryptor::new(&unhex(v.key), &unhex(v.iv), &unhex(v.aad)).unwrap();
+                    let mut out = vec![0u8; pt.len()];
+                    let mut back = vec![0u8; pt.len()];
+                    let (a, b) = out.split_at_mut(split);
+                    e.update(&pt[..split], a).unwrap();
+                    d.update(&ct[..split], &mut back[..split]).unwrap();
+                    for (i, (c, o)) in pt[split..].chunks(step).zip(b.chunks_mut(step)).enumerate()
+                    {
+                        e.update(c, o).unwrap();
+                        let at = split + i * step;
+                        let n = c.len();
+                        d.update(&ct[at..at + n], &mut back[at..at + n]).unwrap();
                     }
-                    assert_eq!(buf, unhex(v.ct));
-                    assert_eq!(g.tag().to_vec(), unhex(v.tag));
+                    assert_eq!(out, ct);
+                    assert_eq!(e.finalize().unwrap().to_vec(), unhex(v.tag));
+                    d.verify(&unhex(v.tag)).unwrap();
+                    assert_eq!(back, pt);
                 }
             }
         }
@@ -539,20 +398,38 @@ mod tests {
             Err(Error::TagMismatch)
         );
         assert!(matches!(
-            Gcm::new(&[0; 16], &[0; 12], b""),
+            Encryptor::new(&[0; 16], &[0; 12], b""),
             Err(Error::Usage(_))
         ));
         assert!(matches!(
-            Gcm::new(&[0; 32], &[0; 16], b""),
+            Decryptor::new(&[0; 32], &[0; 16], b""),
             Err(Error::Usage(_))
         ));
         assert!(matches!(
             open(&[0; 32], &[0; 12], &[0; 15], b""),
             Err(Error::Usage(_))
         ));
+        let d = Decryptor::new(&[0; 32], &[0; 12], b"").unwrap();
+        assert!(matches!(d.verify(&[0; 12]), Err(Error::Usage(_))));
+        let mut e = Encryptor::new(&[0; 32], &[0; 12], b"").unwrap();
+        assert!(matches!(
+            e.update(&[0; 4], &mut [0; 5]),
+            Err(Error::Usage(_))
+        ));
     }
 
-    /// Deterministic pseudo-random bytes (xorshift) for the engine comparisons.
+    /// The SP 800-38D length limit is enforced before OpenSSL sees the bytes.
+    #[test]
+    fn length_limit() {
+        let mut e = Encryptor::new(&[0; 32], &[0; 12], b"").unwrap();
+        // Pretend the stream is already at the limit (feeding 64 GiB is not a unit test).
+        e.evp.len = MAX_PLAINTEXT - 1;
+        e.update(&[0], &mut [0]).unwrap();
+        let err = e.update(&[0], &mut [0]).unwrap_err();
+        assert!(err.to_string().contains("SP 800-38D"), "{err}");
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift).
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
@@ -565,151 +442,74 @@ mod tests {
             .collect()
     }
 
-    /// Every engine (VAES lanes, 128-bit AES-NI, portable) gives the same ciphertext and tag for
-    /// the same stream cut at awkward places, and each decrypts the others' output.
+    /// Streams cut at awkward places match ring, an independent AES-GCM implementation, and
+    /// decrypt back.
     #[test]
-    fn engines_agree_on_any_split() {
+    fn any_split_matches_ring() {
+        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
         let key = noise(32, 1);
         let nonce = noise(12, 2);
+        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
         for (len, aad_len) in [
             (0usize, 0usize),
             (1, 1),
             (15, 16),
             (16, 17),
             (127, 3),
-            (128, 0),
             (255, 5),
-            (256, 0),
-            (4095, 1),
             (4096, 31),
-            (9000, 100),
             (70_001, 7),
         ] {
             let pt = noise(len, len as u64 + 3);
             let aad = noise(aad_len, 9);
-            let mut results = Vec::new();
-            for mode in 0..3 {
-                for step in [1usize, 13, 16, 300, 4097, usize::MAX] {
-                    if step < 16 && len > 5000 {
-                        continue;
-                    }
-                    let mut g = Gcm::with_engine(&key, &nonce, &aad, mode != 2).unwrap();
-                    if mode == 1 {
-                        g.disable_vaes();
-                    }
-                    assert_eq!(g.is_fast(), mode != 2 && cfg!(target_arch = "x86_64"));
-                    let mut ct = vec![0u8; len];
-                    let mut off = 0;
-                    while off < len {
-                        let n = step.min(len - off);
-                        if off % 2 == 0 {
-                            g.encrypt(&pt[off..off + n], &mut ct[off..off + n]).unwrap();
-                        } else {
-                            ct[off..off + n].copy_from_slice(&pt[off..off + n]);
-                            g.encrypt_in_place(&mut ct[off..off + n]).unwrap();
-                        }
-                        off += n;
-                    }
-                    let tag = g.tag();
-                    let mut d = Gcm::with_engine(&key, &nonce, &aad, mode == 2).unwrap();
-                    let mut back = vec![0u8; len];
-                    let mut off = 0;
-                    while off < len {
-                        let n = step.min(len - off).min(777);
-                        d.decrypt(&ct[off..off + n], &mut back[off..off + n])
-                            .unwrap();
-                        off += n;
-                    }
-                    d.verify(&tag).unwrap();
-                    assert_eq!(back, pt);
-                    results.push((ct, tag));
+            let mut expect = pt.clone();
+            let n = Nonce::try_assume_unique_for_key(&nonce).unwrap();
+            let tag = k
+                .seal_in_place_separate_tag(n, Aad::from(&aad), &mut expect)
+                .unwrap();
+            for step in [1usize, 13, 16, 300, 4097, usize::MAX] {
+                if step < 16 && len > 5000 {
+                    continue;
                 }
+                let mut e = Encryptor::new(&key, &nonce, &aad).unwrap();
+                let mut ct = vec![0u8; len];
+                for (i, o) in pt.chunks(step).zip(ct.chunks_mut(step)) {
+                    e.update(i, o).unwrap();
+                }
+                assert_eq!(ct, expect, "len {len} step {step}");
+                assert_eq!(e.finalize().unwrap(), tag.as_ref(), "len {len} step {step}");
+                let mut d = Decryptor::new(&key, &nonce, &aad).unwrap();
+                let mut back = vec![0u8; len];
+                for (i, o) in ct.chunks(step.min(777)).zip(back.chunks_mut(step.min(777))) {
+                    d.update(i, o).unwrap();
+                }
+                d.verify(tag.as_ref()).unwrap();
+                assert_eq!(back, pt);
             }
-            assert!(
-                results.windows(2).all(|w| w[0] == w[1]),
-                "len {len}: engines differ"
-            );
         }
     }
 
-    /// A long stream with AAD matches ring, an independent AES-GCM implementation.
     #[test]
-    fn long_stream_matches_ring() {
-        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-        let key = noise(32, 5);
-        let nonce = noise(12, 6);
-        let pt = noise(100_003, 7);
-        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
-        let mut expect = pt.clone();
-        let n = Nonce::try_assume_unique_for_key(&nonce).unwrap();
-        let tag = k
-            .seal_in_place_separate_tag(n, Aad::from(b"hdr"), &mut expect)
-            .unwrap();
-        expect.extend_from_slice(tag.as_ref());
-        assert_eq!(seal(&key, &nonce, &pt, b"hdr").unwrap(), expect);
-    }
-
-    /// `cargo test --release -- --ignored --nocapture bench_gcm`
-    #[test]
-    #[ignore]
-    fn bench_gcm() {
-        let mut data = vec![0x5au8; 25 * 1024 * 1024];
-        for _ in 0..2 {
-            let mut g = Gcm::new(&[1; 32], &[2; 12], b"").unwrap();
-            g.encrypt_in_place(&mut data).unwrap();
+    fn spooling_decryptor_releases_only_after_the_tag() {
+        use std::io::Read;
+        let key = noise(32, 4);
+        let nonce = noise(12, 5);
+        let pt = noise(SPOOL_BUFFER * 2 + 17, 6);
+        let sealed = seal(&key, &nonce, &pt, b"hdr").unwrap();
+        let (ct, tag) = sealed.split_at(pt.len());
+        let mut s = SpoolingDecryptor::new(&key, &nonce, b"hdr", None).unwrap();
+        for c in ct.chunks(100_000) {
+            s.update(c).unwrap();
         }
-        let t = std::time::Instant::now();
-        let mut g = Gcm::new(&[1; 32], &[2; 12], b"").unwrap();
-        for c in data.chunks_mut(65536) {
-            g.encrypt_in_place(c).unwrap();
-        }
-        let _ = g.tag();
-        println!("gcm encrypt {:.0} MB/s", 25.0 / t.elapsed().as_secs_f64());
-        let mut out = vec![1u8; data.len()];
-        for (name, fast) in [("fast", true), ("portable", false)] {
-            let t = std::time::Instant::now();
-            let mut g = Gcm::with_engine(&[1; 32], &[2; 12], b"", fast).unwrap();
-            for (i, o) in data.chunks(1 << 20).zip(out.chunks_mut(1 << 20)) {
-                g.encrypt(i, o).unwrap();
-            }
-            let _ = g.tag();
-            let s1 = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            let mut g = Gcm::with_engine(&[1; 32], &[2; 12], b"", fast).unwrap();
-            for (i, o) in out.chunks(1 << 20).zip(data.chunks_mut(1 << 20)) {
-                g.decrypt(i, o).unwrap();
-            }
-            let _ = g.tag();
-            let s2 = t.elapsed().as_secs_f64();
-            println!(
-                "  {name} b2b encrypt {:.0} MB/s, decrypt {:.0} MB/s",
-                25.0 / s1,
-                25.0 / s2
-            );
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (mut k, _) = crate::gcm_x86::Kernel::new(&[1; 32], &[2; 12]);
-            let t = std::time::Instant::now();
-            unsafe { k.ctr_xor(data.as_ptr(), out.as_mut_ptr(), data.len()) };
-            println!("  kernel ctr {:.0} MB/s", 25.0 / t.elapsed().as_secs_f64());
-            let t = std::time::Instant::now();
-            unsafe { k.ghash(data.as_ptr(), data.len()) };
-            println!(
-                "  kernel ghash {:.0} MB/s",
-                25.0 / t.elapsed().as_secs_f64()
-            );
-        }
-        let t = std::time::Instant::now();
-        let mut c = Ctr::new(&[1u8; 32].into(), &[2u8; 16].into());
-        for ch in data.chunks_mut(65536) {
-            c.apply_keystream(ch);
-        }
-        println!("  ctr alone {:.0} MB/s", 25.0 / t.elapsed().as_secs_f64());
-        let t = std::time::Instant::now();
-        let mut h = GHash::new(&[3u8; 16].into());
-        h.update_padded(&data);
-        std::hint::black_box(h.finalize());
-        println!("  ghash alone {:.0} MB/s", 25.0 / t.elapsed().as_secs_f64());
+        let (mut f, size) = s.finalize(tag).unwrap();
+        assert_eq!(size, pt.len() as u64);
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, pt);
+        let mut s = SpoolingDecryptor::new(&key, &nonce, b"hdr", None).unwrap();
+        s.update(ct).unwrap();
+        let mut bad = tag.to_vec();
+        bad[0] ^= 0x80;
+        assert!(matches!(s.finalize(&bad), Err(Error::TagMismatch)));
     }
 }

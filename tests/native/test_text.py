@@ -7,6 +7,7 @@ SMTP smuggling sequences, which must never end a message body.
 from __future__ import annotations
 
 import base64
+import random
 import smtplib
 
 import pytest
@@ -41,6 +42,92 @@ def test_base64_other_line_lengths(data: bytes, line_length: int, step: int) -> 
     assert b"".join(lines) == base64.b64encode(data)
 
 
+def random_chunks(data: bytes, rng: random.Random) -> list[bytes]:
+    """``data`` cut at random places, piece sizes from 0 to about 100 KB."""
+    sizes = [0, 1, 2, 3, 4, 5, 77, 78]
+    out, i = [], 0
+    while i < len(data):
+        size = rng.choice([*sizes, rng.randrange(1, 1000), rng.randrange(1, 100_000)])
+        out.append(data[i : i + size])
+        i += size
+    return out
+
+
+def rewrap(text: bytes, rng: random.Random) -> bytes:
+    """The base64 characters of ``text`` in lines of random lengths, ended by CRLF, LF or a CR,
+    with spaces and tabs here and there: everything RFC 2045 readers skip."""
+    chars = text.replace(b"\r", b"").replace(b"\n", b"")
+    out, i = [], 0
+    while i < len(chars):
+        size = rng.randrange(1, 120)
+        out.append(chars[i : i + size])
+        out.append(rng.choice([b"\r\n", b"\r\n", b"\n", b"\r", b" ", b"\t", b"\r\n ", b""]))
+        i += size
+    return b"".join(out)
+
+
+@given(st.integers(0, 2**32), st.integers(0, 120_000), st.integers(1, 200))
+def test_base64_matches_python_over_random_lengths_lines_and_chunkings(
+    seed: int, length: int, line_length: int
+) -> None:
+    """Encoder and decoder against Python's base64, any line length, any chunking."""
+    rng = random.Random(seed)
+    data = rng.randbytes(length)
+    enc = n.Base64Encoder(line_length)
+    out = b"".join(enc.update(c) for c in random_chunks(data, rng)) + enc.finalize()
+    plain = base64.b64encode(data)
+    wrapped = b"".join(
+        plain[i : i + line_length] + b"\r\n" for i in range(0, len(plain), line_length)
+    )
+    assert out == wrapped
+    for text in (out, base64.encodebytes(data), rewrap(out, rng)):
+        dec = n.Base64Decoder()
+        assert b"".join(dec.update(c) for c in random_chunks(text, rng)) + dec.finalize() == data
+
+
+@pytest.mark.parametrize("length", [3 * (1 << 20), 5 * 1000 * 1000 + 1, 5 * 1000 * 1000 + 2])
+def test_base64_matches_python_over_megabytes(length: int) -> None:
+    rng = random.Random(length)
+    data = rng.randbytes(length)
+    enc = n.Base64Encoder(76)
+    text = b"".join(enc.update(c) for c in random_chunks(data, rng)) + enc.finalize()
+    assert text == base64.encodebytes(data).replace(b"\n", b"\r\n")
+    dec = n.Base64Decoder()
+    assert b"".join(dec.update(c) for c in random_chunks(text, rng)) + dec.finalize() == data
+
+
+@given(st.integers(0, 2**32), st.integers(4, 3000), st.sampled_from(b"!-_.=:\x00\x0c\x80\xff"))
+def test_base64_decoder_names_the_offset_of_a_bad_byte_anywhere(
+    seed: int, length: int, bad: int
+) -> None:
+    """A byte outside the alphabet (or a misplaced '=') anywhere in a long text is reported at its
+    exact offset, however the text is chunked. A '=' that could be padding (third or fourth
+    character of a quantum) is not itself an error: the next character after it is."""
+    rng = random.Random(seed)
+    text = base64.encodebytes(rng.randbytes(length)).replace(b"\n", b"\r\n")
+    # A character position of a complete quantum that is not the last one.
+    positions = [i for i, b in enumerate(text[:-8]) if b not in b"\r\n="]
+    pos = rng.choice(positions)
+    broken = text[:pos] + bytes([bad]) + text[pos + 1 :]
+    expected = pos
+    if bad == ord("="):
+        index = len(text[:pos].replace(b"\r\n", b"")) % 4
+        if index >= 2:
+            # padding; the error is the next alphabet character (skipping a CRLF)
+            expected = pos + 1
+            while broken[expected] in b"\r\n":
+                expected += 1
+    dec = n.Base64Decoder()
+
+    def decode_all() -> None:
+        for c in random_chunks(broken, rng):
+            dec.update(c)
+        dec.finalize()
+
+    with pytest.raises(n.Base64Error, match=rf"offset {expected}: "):
+        decode_all()
+
+
 @pytest.mark.parametrize(
     ("text", "offset", "reason"),
     [
@@ -49,6 +136,9 @@ def test_base64_other_line_lengths(data: bytes, line_length: int, step: int) -> 
         (b"Zm9", 3, "inside a quantum"),
         (b"Z===", 1, "'=' at position 2"),
         (b"Zm9v\x00", 4, "byte 0x00"),
+        (b"Zm9v\x0c", 4, "byte 0x0c outside"),
+        (b"Zg=a", 3, "character 'a' after padding"),
+        (b"Zg===", 4, "'=' after the final quantum"),
     ],
 )
 def test_base64_decoder_errors_name_offset(text: bytes, offset: int, reason: str) -> None:
