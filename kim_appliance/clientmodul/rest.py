@@ -179,23 +179,37 @@ async def https_request(
         except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
             raise RestUnavailable(f"{url}: TLS handshake failed: {_describe(exc)}") from exc
         exchange = _Exchange(stream, timeout, url)
+        streamed = body is not None and not isinstance(body, bytes)
+        if streamed:
+            # RFC 9110 §10.1.1: a large body waits for "100 Continue", so a server that refuses
+            # it at once (401, 413, 507) answers before a byte of it is sent; a server that
+            # closes early after reading part of a body makes the kernel reset the connection,
+            # and the reset can swallow the answer the client must see
+            request_headers.append(("Expect", "100-continue"))
         await exchange.send(h11.Request(method=method, target=target, headers=request_headers))
-        try:
-            await _send_body(exchange, body)
-        except RestUnavailable as exc:
-            # a server may answer (401, 413, 507) and close before the body is complete: its
-            # answer is still in the stream, and it is what the caller must see
-            send_error: RestUnavailable | None = exc
-        else:
-            send_error = None
-        while True:
+        event: h11.Event | type[h11.PAUSED] | None = None
+        if streamed:
+            event = await exchange.next_event()
+            if isinstance(event, h11.InformationalResponse) and event.status_code == 100:
+                event = None
+        send_error: RestUnavailable | None = None
+        if event is None:
             try:
-                event = await exchange.next_event()
-            except RestUnavailable:
-                if send_error is not None:
-                    raise send_error from None
-                raise
+                await _send_body(exchange, body)
+            except RestUnavailable as exc:
+                # a server may answer and close before the body is complete: its answer is
+                # still in the stream, and it is what the caller must see
+                send_error = exc
+        while True:
+            if event is None:
+                try:
+                    event = await exchange.next_event()
+                except RestUnavailable:
+                    if send_error is not None:
+                        raise send_error from None
+                    raise
             if isinstance(event, h11.InformationalResponse):
+                event = None
                 continue
             if not isinstance(event, h11.Response):
                 raise RestUnavailable(f"{url}: expected a response, got {type(event).__name__}")
