@@ -35,6 +35,7 @@ from typing import IO, BinaryIO, Final
 from kim_appliance import _native
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import HeaderBlock, HeaderField, read_header_block
+from kim_appliance.protocols.jsonbody import load_json_body
 
 READ_SIZE: Final = 1024 * 1024
 NONCE_SIZE: Final = 12
@@ -146,7 +147,7 @@ def kas_reference(inner: BinaryIO) -> KasReference | None:
     if len(body) > MAX_REFERENCE:
         raise KasDataError("4007", f"the x-kas part is larger than {MAX_REFERENCE} bytes")
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = load_json_body(body, max_bytes=MAX_REFERENCE)
         link, key, digest, size = data["link"], data["k"], data["hash"], data["size"]
         key_bytes = base64.b64decode(key, validate=True)
         digest_bytes = base64.b64decode(digest, validate=True)

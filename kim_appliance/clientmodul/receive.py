@@ -128,79 +128,108 @@ def process_message(
         version = header.get("X-KOM-LE-Version")
         if version is None:
             return _passthrough(raw)  # A_21390
-        if not _supported(version):
-            return _version_error(raw, header, version, spool_dir)
         try:
-            raw.seek(0)
-            entries = scan_recipient_emails(raw)
-            entry = ctx.directory.find_by_mail(login.account)
-            keys = finder.keys_for(
-                login.context(),
-                login.account,
-                entries,
-                telematik_id=entry.telematik_id if entry is not None else None,
+            return _process_kim_message(
+                raw, header, version, login=login, finder=finder, ctx=ctx, fetch_kas=fetch_kas
             )
-        except KeySelectionError as exc:
-            return _decryption_error(raw, header, exc.decryption_result, exc.reason, spool_dir)
-        with spool_file(spool_dir) as decrypted:
-            raw.seek(0)
+        except OSError:
+            raise  # the spool's disk, not the message: a temporary error of this session
+        except Exception as exc:
+            # issue 11: a message that makes any step fail in a way nobody foresaw must still
+            # arrive as an error mail (digest §1.7: 02/4010, the original attached), or it
+            # would fail STAT/LIST/RETR of the whole mailbox on every fetch
+            ctx.log.exception("receive pipeline failed on a message; delivering an error mail")
+            reason = f"the message could not be read ({type(exc).__name__}: {exc})"
+            return _decryption_error(raw, header, WRONG_FORMAT[0], reason, spool_dir)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _process_kim_message(
+    raw: BinaryIO,
+    header: HeaderBlock,
+    version: str,
+    *,
+    login: CmLogin,
+    finder: DecryptionKeyFinder,
+    ctx: ClientmodulContext,
+    fetch_kas: KasFetcher | None,
+) -> ReceivedMessage:
+    """Steps 2-5 of the module docstring for a message with ``X-KOM-LE-Version``; ``raw``
+    stays open when this raises (the caller then attaches it to an error mail)."""
+    spool_dir = str(ctx.spool_dir)
+    if not _supported(version):
+        return _version_error(raw, header, version, spool_dir)
+    try:
+        raw.seek(0)
+        entries = scan_recipient_emails(raw)
+        entry = ctx.directory.find_by_mail(login.account)
+        keys = finder.keys_for(
+            login.context(),
+            login.account,
+            entries,
+            telematik_id=entry.telematik_id if entry is not None else None,
+        )
+    except KeySelectionError as exc:
+        return _decryption_error(raw, header, exc.decryption_result, exc.reason, spool_dir)
+    with spool_file(spool_dir) as decrypted:
+        raw.seek(0)
+        try:
+            report = open_message(raw, decrypted, keys=keys, trust=ctx.trust, spool_dir=spool_dir)
+        except KonnektorUnreachableError as exc:
+            # the card unwraps the content key: the Konnektor went away meanwhile
+            return _decryption_error(raw, header, KONNEKTOR_UNREACHABLE[0], str(exc), spool_dir)
+        except KonnektorError as exc:  # card pulled, PIN reset: key not available
+            detail = f"Konnektor: {exc}"
+            return _decryption_error(raw, header, KEY_NOT_AVAILABLE[0], detail, spool_dir)
+        if report.decryption_result != DECRYPTED:
+            reason = "; ".join(report.problems) or "cannot decrypt"
+            result = report.decryption_result
+            if result not in _ERROR_CODES:
+                result = WRONG_FORMAT[0]
+            return _decryption_error(raw, header, result, reason, spool_dir)
+        integrity = list(report.integrity_results)
+        if integrity == [VALID]:
             try:
-                report = open_message(
-                    raw, decrypted, keys=keys, trust=ctx.trust, spool_dir=spool_dir
+                reference = large_mail.kas_reference(_rewound(decrypted))
+            except large_mail.KasDataError as exc:
+                return _kas_error(raw, header, exc.code, str(exc), spool_dir)
+            if reference is not None:
+                return _large_mail(
+                    raw, header, reference, integrity, login, ctx, fetch_kas, spool_dir
                 )
-            except KonnektorUnreachableError as exc:
-                # the card unwraps the content key: the Konnektor went away meanwhile
-                return _decryption_error(raw, header, KONNEKTOR_UNREACHABLE[0], str(exc), spool_dir)
-            except KonnektorError as exc:  # card pulled, PIN reset: key not available
-                detail = f"Konnektor: {exc}"
-                return _decryption_error(raw, header, KEY_NOT_AVAILABLE[0], detail, spool_dir)
-            if report.decryption_result != DECRYPTED:
-                reason = "; ".join(report.problems) or "cannot decrypt"
-                result = report.decryption_result
-                if result not in _ERROR_CODES:
-                    result = WRONG_FORMAT[0]
-                return _decryption_error(raw, header, result, reason, spool_dir)
-            integrity = list(report.integrity_results)
-            if integrity == [VALID]:
-                try:
-                    reference = large_mail.kas_reference(_rewound(decrypted))
-                except large_mail.KasDataError as exc:
-                    return _kas_error(raw, header, exc.code, str(exc), spool_dir)
-                if reference is not None:
-                    return _large_mail(
-                        raw, header, reference, integrity, login, ctx, fetch_kas, spool_dir
-                    )
-            raw.close()
-            received = ReceivedMessage(
-                decrypted, 0, "delivered", DECRYPTED, integrity, problems=list(report.problems)
-            )
-            if integrity == [VALID]:
-                return _result(
-                    received,
-                    lambda out: notes.write_delivered_mail(
-                        out,
-                        _rewound(decrypted),
-                        outer_header=header,
-                        decryption_result=DECRYPTED,
-                        integrity_results=integrity,
-                    ),
-                    spool_dir,
-                )
-            # A_23165: a security violation; the decrypted original goes along
-            received.kind = "integrity-error"
-            return _result(
+        received = ReceivedMessage(
+            decrypted, 0, "delivered", DECRYPTED, integrity, problems=list(report.problems)
+        )
+        if integrity == [VALID]:
+            delivered = _result(
                 received,
-                lambda out: errormail.write_integrity_error_mail(
+                lambda out: notes.write_delivered_mail(
                     out,
-                    original_header=header,
-                    decrypted=_rewound(decrypted),
+                    _rewound(decrypted),
+                    outer_header=header,
+                    decryption_result=DECRYPTED,
                     integrity_results=integrity,
                 ),
                 spool_dir,
             )
-    except BaseException:
+            raw.close()
+            return delivered
+        # A_23165: a security violation; the decrypted original goes along
+        received.kind = "integrity-error"
+        integrity_error = _result(
+            received,
+            lambda out: errormail.write_integrity_error_mail(
+                out,
+                original_header=header,
+                decrypted=_rewound(decrypted),
+                integrity_results=integrity,
+            ),
+            spool_dir,
+        )
         raw.close()
-        raise
+        return integrity_error
 
 
 def _large_mail(

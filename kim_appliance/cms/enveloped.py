@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kim_appliance import _native as native
 from kim_appliance.cms import oids
-from kim_appliance.cms.errors import CmsError, CmsFormatError, DecryptionError
+from kim_appliance.cms.errors import PARSER_FAILURES, CmsError, CmsFormatError, DecryptionError
 from kim_appliance.cms.recipient_info import (
     CONTENT_KEY_LENGTH,
     RecipientInfo,
@@ -117,7 +117,7 @@ def _check_recipient_emails(der: bytes, field: str) -> None:
         attr = cms.CMSAttribute.load(der, strict=True)
         oid = attr["type"].dotted
         count = len(attr["values"])
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsError(field, f"not a DER Attribute: {exc}") from exc
     if oid != oids.ID_RECIPIENT_EMAILS:
         raise CmsError(field, f"attribute type is {oid}, expected recipient-emails")
@@ -242,7 +242,7 @@ def _is_start(ev: native.BerEvent, tag_class: int, number: int) -> bool:
 def _oid_name(content: bytes) -> str:
     try:
         return str(core.ObjectIdentifier(contents=content).dotted)
-    except (ValueError, TypeError):
+    except PARSER_FAILURES:
         return f"an unparseable OID ({content[:16].hex()})"
 
 
@@ -589,7 +589,7 @@ def _parse_gcm(raw: bytes, field: str) -> bytes:
         icvlen = int(params["aes_icvlen"].native)
     except CmsError:
         raise
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     if len(nonce) != NONCE_LENGTH:
         raise CmsFormatError(f"{field}.parameters.aes-nonce", f"must be 12 bytes, got {len(nonce)}")
@@ -615,6 +615,6 @@ def _parse_unauth_attrs(raw: bytes, field: str) -> bytes | None:
             found = bytes(attr.dump())
     except CmsError:
         raise
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     return found

@@ -3,11 +3,42 @@
 ``CmsError`` is a ``ValueError``: bad input, never a crash. Subclasses let callers map a failure
 to the KIM result codes (digest §1.6): a message that cannot be decrypted (DecryptionResult
 01/02) versus one whose signature or profile check fails (IntegrityCheckResult 02-06).
+
+Every reader of this package raises :class:`CmsError` and nothing else, whatever it is fed
+(issue 11: an exception of another type blocked a mailbox). asn1crypto and cryptography parse
+lazily and raise their own types from deep inside (``ValueError``, ``TypeError``,
+``AttributeError``, ``UnicodeDecodeError``, ``InvalidVersion``, ``UnsupportedAlgorithm`` ...);
+:func:`malformed_as_cms_error` turns them into :class:`CmsFormatError` at a reader's boundary.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.x509 import InvalidVersion
+
 from kim_appliance.errors import KimError
+
+#: What the ASN.1 and X.509 libraries raise on input they cannot take (fuzzing found each of
+#: these inside SignedDataReader.verify, issue 11).
+PARSER_FAILURES: Final = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+    UnicodeError,
+    UnsupportedAlgorithm,
+    InvalidSignature,
+    InvalidVersion,
+)
+#: How much of a library's complaint goes into the error message.
+_MAX_DETAIL: Final = 300
 
 
 class CmsError(KimError, ValueError):
@@ -37,3 +68,16 @@ class DecryptionError(CmsError):
 
 class SignatureError(CmsError):
     """The SignedData signature, its digest or a signed attribute does not verify (code 02/4115)."""
+
+
+@contextlib.contextmanager
+def malformed_as_cms_error(field: str) -> Iterator[None]:
+    """Let :class:`CmsError` through; turn a library's :data:`PARSER_FAILURES` into a
+    :class:`CmsFormatError` for ``field`` that says what the library found."""
+    try:
+        yield
+    except CmsError:
+        raise
+    except PARSER_FAILURES as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:_MAX_DETAIL]
+        raise CmsFormatError(field, f"malformed or unsupported ({detail})") from exc

@@ -27,7 +27,7 @@ import asn1crypto.x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from kim_appliance.cms.errors import CmsError, CmsFormatError
+from kim_appliance.cms.errors import PARSER_FAILURES, CmsError, CmsFormatError
 from kim_appliance.cms.oids import ID_RECIPIENT_EMAILS
 
 # digest §2.10: local part [A-Za-z0-9._-]{1,64}; domain [a-z0-9.-]{..189}, ending in the
@@ -79,6 +79,19 @@ def validate_kim_address(address: str, *, field: str = _FIELD, kim_domain: bool 
         )
 
 
+def read_name(name: asn1crypto.x509.Name) -> None:
+    """Parse an asn1crypto Name completely, as every later use would (``native`` for reports,
+    ``human_friendly`` for messages, the RFC 4518 string preparation of RFC 5280 §7.1 name
+    comparison): asn1crypto parses lazily, so a malformed or unpreparable name raises a
+    ValueError (or worse) only when it is first compared. Raises what asn1crypto raises, here
+    rather than later (issue 11)."""
+    name.native  # noqa: B018
+    name.human_friendly  # noqa: B018
+    for rdn in name.chosen:
+        for type_and_value in rdn:
+            type_and_value.prepped_value  # noqa: B018
+
+
 @functools.lru_cache(maxsize=512)
 def _issuer_and_serial(certificate: x509.Certificate) -> tuple[asn1crypto.x509.Name, int]:
     # once per certificate (keyed by its DER); the Name is shared, callers only read it
@@ -108,8 +121,14 @@ class RecipientEmail:
         issuer, serial = _issuer_and_serial(certificate)
         if serial != self.serial:
             return False
-        # byte equality first; else RFC 5280 name matching (asn1crypto normalises the strings)
-        return bool(issuer.dump() == self.issuer.dump() or issuer == self.issuer)
+        # byte equality first; else RFC 5280 name matching (asn1crypto normalises the strings;
+        # a name it cannot normalise is not the same name)
+        if issuer.dump() == self.issuer.dump():
+            return True
+        try:
+            return bool(issuer == self.issuer)
+        except PARSER_FAILURES:
+            return False
 
     def __hash__(self) -> int:
         return hash((self.address, self.issuer.dump(), self.serial))
@@ -166,7 +185,7 @@ def _decode(attribute_der: bytes) -> tuple[RecipientEmail, ...]:
         oid = attribute["type"].dotted
         values = attribute["values"]
         count = len(values)
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(_FIELD, f"not a DER Attribute: {exc}") from exc
     if oid != ID_RECIPIENT_EMAILS:
         raise CmsFormatError(f"{_FIELD}.attrType", f"is {oid}, expected {ID_RECIPIENT_EMAILS}")
@@ -185,11 +204,11 @@ def _decode(attribute_der: bytes) -> tuple[RecipientEmail, ...]:
                 )
             ias = rid.chosen
             issuer = ias["issuer"]
-            issuer.native  # noqa: B018 (forces the parse, so bad contents fail here)
+            read_name(issuer)  # bad contents fail here, not in a later comparison
             serial = int(ias["serial_number"].native)
         except CmsFormatError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except PARSER_FAILURES as exc:
             raise CmsFormatError(field, f"malformed RecipientEmail: {exc}") from exc
         if not isinstance(address, str):
             raise CmsFormatError(f"{field}.emailAddress", "missing")

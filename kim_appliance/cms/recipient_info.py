@@ -39,12 +39,14 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from kim_appliance import _native
 from kim_appliance.cms import oids
 from kim_appliance.cms.errors import (
+    PARSER_FAILURES,
     CmsError,
     CmsFormatError,
     DecryptionError,
     NoMatchingRecipientError,
 )
 from kim_appliance.cms.keys import OAEP_SHA256, KeyOperations
+from kim_appliance.cms.recipient_emails import read_name
 
 CONTENT_KEY_LENGTH: Final = 32  # AES-256-GCM (digest §2.8)
 
@@ -232,7 +234,7 @@ class RecipientInfo:
             name, der = _issuer_of(certificate)
             # the same bytes are the same name; otherwise compare as RFC 5280 §7.1 says
             return bytes(self.issuer.dump()) == der or bool(name == self.issuer)
-        except ValueError:
+        except PARSER_FAILURES:
             return False
 
     def unwrap(self, key: KeyOperations) -> bytes:
@@ -302,7 +304,7 @@ def _name_and_serial(ias: cms.IssuerAndSerialNumber) -> tuple[asn1crypto.x509.Na
     issuer = ias["issuer"]
     der = bytes(issuer.dump())
     if der not in _PARSED_NAMES:
-        issuer.native  # noqa: B018 (forces a full parse, so malformed names fail here)
+        read_name(issuer)  # a full parse, so malformed names fail here and not in a report
         if len(_PARSED_NAMES) >= 1024:
             _PARSED_NAMES.clear()
         _PARSED_NAMES.add(der)
@@ -465,7 +467,7 @@ def parse_recipient_infos(der: bytes, where: str) -> list[RecipientInfo]:
                 )
     except CmsError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(current, f"malformed: {exc}") from exc
     if not result:
         raise CmsFormatError(where, "no RecipientInfo present")

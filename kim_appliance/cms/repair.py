@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import re
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import combinations, pairwise
@@ -743,19 +744,29 @@ def undo_crlf_canonicalisation(damaged: bytes, *, max_candidates: int = 64) -> l
 
 
 def repair_signed_data(
-    damaged: bytes, verify: Callable[[bytes], bool], *, max_candidates: int = 4096
+    damaged: bytes,
+    verify: Callable[[bytes], bool],
+    *,
+    max_candidates: int = 4096,
+    max_seconds: float | None = None,
 ) -> bytes | None:
     """The first repair candidate that ``verify`` accepts, or None (digest §2.10).
 
     ``verify`` gets each candidate DER in turn (most likely first) and says whether it is the
     real one, typically by checking messageDigest and the signature of the SignedData. A
     ``ValueError`` from ``verify`` (for instance a ``CmsError`` about a malformed candidate)
-    counts as "no". At most ``max_candidates`` candidates are tried.
+    counts as "no". At most ``max_candidates`` candidates are tried, and none is started after
+    ``max_seconds`` (a receiver that must answer quickly bounds the work a sender can cause:
+    one verification costs about a millisecond, and fuzzing found inputs with thousands of
+    candidates, issue 11).
     """
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     for candidate in _candidates(damaged, max_candidates):
         try:
             if verify(candidate):
                 return candidate
         except ValueError:
             continue
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
     return None

@@ -32,13 +32,19 @@ import asn1crypto.cms
 import asn1crypto.core
 import asn1crypto.x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from kim_appliance import _native
-from kim_appliance.cms.errors import CmsError, CmsFormatError, SignatureError
+from kim_appliance.cms.errors import (
+    PARSER_FAILURES,
+    CmsError,
+    CmsFormatError,
+    SignatureError,
+    malformed_as_cms_error,
+)
 from kim_appliance.cms.keys import KeyOperations
 from kim_appliance.cms.oids import (
     ID_CMS_ALGORITHM_PROTECTION,
@@ -54,6 +60,7 @@ from kim_appliance.cms.oids import (
     ID_SIGNING_TIME,
 )
 from kim_appliance.cms.recipient_emails import decode_recipient_emails
+from kim_appliance.pki.untrusted import UntrustedCertificateError, check_untrusted_certificate
 
 # Names used in SignatureReport
 DIGEST_SHA256 = "sha256"
@@ -73,6 +80,9 @@ _MAX_CAPTURE = 1 << 20  # certificates, SignerInfos: far below this; eContent is
 
 _U, _C = _native.CLASS_UNIVERSAL, _native.CLASS_CONTEXT
 _SEQUENCE, _SET, _OCTET_STRING, _OID, _INTEGER = 16, 17, 4, 6, 2
+
+#: messageDigest attribute type and the start of its value: SET { OCTET STRING (32 bytes) }
+_MESSAGE_DIGEST_ATTRIBUTE = bytes.fromhex("06092a864886f70d01090431220420")
 
 _SD = "SignedData"
 _SI = "SignedData.signerInfos[0]"
@@ -98,8 +108,20 @@ def _attribute(oid: str, value: bytes) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _public_key(certificate: x509.Certificate) -> CertificatePublicKeyTypes:
     """``certificate.public_key()`` once per certificate (keyed by its DER): loading an EC key
-    checks the point, which cost more than the verification itself (issue 7)."""
-    return certificate.public_key()
+    checks the point, which cost more than the verification itself (issue 7). A key of an
+    algorithm cryptography does not know (issue 11's poison message) is a CmsFormatError."""
+    try:
+        return certificate.public_key()
+    except UnsupportedAlgorithm as exc:
+        try:
+            oid = certificate.public_key_algorithm_oid.dotted_string
+        except ValueError:
+            oid = "?"
+        raise CmsFormatError(
+            "SignedData.certificates[0].subjectPublicKeyInfo",
+            f"key algorithm {oid} is not supported: KIM signers use RSA or ECDSA keys "
+            "(digest §2.8)",
+        ) from exc
 
 
 def _same_name(a: Any, b: Any) -> bool:
@@ -380,6 +402,11 @@ class SignedDataReader:
 
     # -- parsing --
 
+    @property
+    def content_complete(self) -> bool:
+        """True once the whole eContent has gone to the sink (its end was read)."""
+        return self._content_done
+
     def _where(self) -> str:
         return self._roles[-1] if self._roles else "ContentInfo"
 
@@ -387,22 +414,24 @@ class SignedDataReader:
         """Parse ``data``; eContent bytes go to the sink before this returns."""
         if self._eof:
             raise CmsFormatError("SignedData", "data fed after feed_eof")
-        try:
-            self._ber.feed(data)
-            self._drain()
-        except _native.BerError as exc:
-            raise CmsFormatError(self._where(), f"malformed BER: {exc}") from exc
+        with malformed_as_cms_error(self._where()):
+            try:
+                self._ber.feed(data)
+                self._drain()
+            except _native.BerError as exc:
+                raise CmsFormatError(self._where(), f"malformed BER: {exc}") from exc
 
     def feed_eof(self) -> None:
         """Mark the end of the input; a truncated encoding raises :class:`CmsFormatError`."""
         if self._eof:
             return
         self._eof = True
-        try:
-            self._ber.feed_eof()
-            self._drain()
-        except _native.BerError as exc:
-            raise CmsFormatError(self._where(), f"malformed or truncated BER: {exc}") from exc
+        with malformed_as_cms_error(self._where()):
+            try:
+                self._ber.feed_eof()
+                self._drain()
+            except _native.BerError as exc:
+                raise CmsFormatError(self._where(), f"malformed or truncated BER: {exc}") from exc
         if not self._ber.done:
             raise CmsFormatError(self._where(), "input ends before the ContentInfo is complete")
 
@@ -480,9 +509,34 @@ class SignedDataReader:
 
     # -- verification --
 
+    def digest_mismatch(self) -> bool:
+        """After ``feed_eof``: True when the signed messageDigest, found by a plain byte search
+        in the SignerInfo, differs from the SHA-256 of the eContent; False when it matches or
+        cannot be found that way (then only ``verify`` can tell). A cheap first test for the
+        many candidates of a CRLF repair (digest §2.10), each of which would otherwise cost a
+        full ``verify`` (issue 11: repairs of hostile entities took seconds)."""
+        raw = self._values.get("SignedData.signerInfos")
+        if not self._eof or raw is None or not self._content_done:
+            return False
+        found = raw.find(_MESSAGE_DIGEST_ATTRIBUTE)
+        if found < 0 or raw.find(_MESSAGE_DIGEST_ATTRIBUTE, found + 1) >= 0:
+            return False
+        start = found + len(_MESSAGE_DIGEST_ATTRIBUTE)
+        if self._digest is None:
+            self._digest = self._hash.finalize()
+        return raw[start : start + 32] != self._digest
+
     def verify(self, *, at: dt.datetime | None = None) -> SignatureReport:
         """Check signature and profile; with ``at``, also that the signer certificate was valid
-        at that time (path validation and revocation are the caller's, via kim_appliance.pki)."""
+        at that time (path validation and revocation are the caller's, via kim_appliance.pki).
+
+        Raises :class:`CmsFormatError` or :class:`SignatureError` and nothing else: what
+        asn1crypto or cryptography raise while the small structures are read lazily is a
+        malformed SignedData (issue 11)."""
+        with malformed_as_cms_error("SignedData"):
+            return self._verify(at)
+
+    def _verify(self, at: dt.datetime | None) -> SignatureReport:
         if not self._eof:
             raise CmsError("SignedDataReader", "verify() needs feed_eof() first")
         if not self._content_seen or not self._content_done:
@@ -519,7 +573,7 @@ class SignedDataReader:
 def _decode_oid(contents: bytes, field: str) -> str:
     try:
         return str(asn1crypto.core.ObjectIdentifier(contents=contents).dotted)
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"not an OBJECT IDENTIFIER: {exc}") from exc
 
 
@@ -533,7 +587,7 @@ def _check_digest_algorithms(raw: bytes) -> None:
     try:
         algorithms = asn1crypto.cms.DigestAlgorithms.load(raw, strict=True)
         names = [(a["algorithm"].dotted, a["parameters"].native) for a in algorithms]
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     if names != [(ID_SHA256, None)]:
         raise CmsFormatError(field, f"must be exactly {{sha256}} (digest §2.5), got {names}")
@@ -548,7 +602,7 @@ def _the_certificate(
     try:
         choices = asn1crypto.cms.CertificateSet.load(_retag_set(raw), strict=True)
         count = len(choices)
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     if count != 1:
         raise CmsFormatError(
@@ -562,10 +616,13 @@ def _the_certificate(
         cert_der = bytes(cert_asn1.dump())
         certificate = x509.load_der_x509_certificate(cert_der)
         _public_key(certificate)  # cryptography parses the key lazily; fail here, not later
+        check_untrusted_certificate(certificate)  # so are names and extensions (issue 11)
         cert_asn1["tbs_certificate"]["issuer"].native  # noqa: B018 (force the parse)
     except CmsFormatError:
         raise
-    except (ValueError, TypeError) as exc:
+    except UntrustedCertificateError as exc:
+        raise CmsFormatError(f"{field}[0]", str(exc)) from exc
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(f"{field}[0]", f"not a valid X.509 certificate: {exc}") from exc
     return certificate, cert_der, cert_asn1
 
@@ -575,7 +632,7 @@ def _the_signer_info(raw: bytes) -> asn1crypto.cms.SignerInfo:
     try:
         infos = asn1crypto.cms.SignerInfos.load(raw, strict=True)
         count = len(infos)
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     if count != 1:
         raise CmsFormatError(
@@ -603,7 +660,7 @@ def _verify_signer_info(
         signed_attrs = signer_info["signed_attrs"]
         unsigned_attrs = signer_info["unsigned_attrs"]
         signature = bytes(signer_info["signature"].native)
-    except (ValueError, TypeError, KeyError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(_SI, f"malformed SignerInfo: {exc}") from exc
     if version != "v1":
         raise CmsFormatError(f"{_SI}.version", f"is {version}, the profile requires v1")
@@ -735,7 +792,7 @@ def _check_signature_algorithm(
     key = _public_key(certificate)
     try:
         parameters = algorithm["parameters"].native
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed parameters: {exc}") from exc
     if oid == ID_RSASSA_PSS:
         expected = {
@@ -772,7 +829,7 @@ def _parse_signed_attributes(to_be_signed: bytes) -> dict[str, Any]:
     try:
         parsed = _Attributes.load(to_be_signed, strict=True)
         count = len(parsed)
-    except (ValueError, TypeError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(field, f"malformed: {exc}") from exc
     attributes: dict[str, Any] = {}
     for i in range(count):
@@ -780,7 +837,7 @@ def _parse_signed_attributes(to_be_signed: bytes) -> dict[str, Any]:
             attribute = parsed[i]
             oid = attribute["type"].dotted
             value_count = len(attribute["values"])
-        except (ValueError, TypeError) as exc:
+        except PARSER_FAILURES as exc:
             raise CmsFormatError(f"{field}[{i}]", f"malformed Attribute: {exc}") from exc
         name = _ATTRIBUTE_NAMES.get(oid, oid)
         if oid in attributes:
@@ -795,7 +852,7 @@ def _attribute_value(attribute: Any, spec: Any, name: str) -> Any:
     try:
         value = spec.load(bytes(attribute["values"][0].dump()), strict=True)
         value.native  # noqa: B018 (force the full parse)
-    except (ValueError, TypeError, KeyError) as exc:
+    except PARSER_FAILURES as exc:
         raise CmsFormatError(f"{_ATTR}.{name}", f"malformed value: {exc}") from exc
     return value
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from kim_appliance.fachdienst.accounts import AuthOutcome, client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.pki.profiles import Algorithm, CertProfile
 from kim_appliance.pki.testpki import TestPki
+from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 from kim_appliance.store.base import (
     KIM_VERSIONS,
     MAX_DATA_TTL_DAYS,
@@ -117,8 +117,8 @@ async def _json_object(request: Request, *, required: bool) -> dict[str, Any]:
             raise ApiError(400, "request body: missing (a JSON object is required)")
         return {}
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = load_json_body(body, max_bytes=MAX_BODY_BYTES)
+    except JsonBodyError as exc:
         raise ApiError(400, f"request body: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ApiError(400, "request body: must be a JSON object")

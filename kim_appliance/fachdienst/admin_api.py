@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.rules import is_ti_address
+from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 from kim_appliance.store import Account, AccountExists, OutOfOffice
 from kim_appliance.store.passwords import hash_password
 from kim_appliance.web.errors import ApiError, JsonUtf8Response
@@ -41,9 +41,9 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
         try:
-            data = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise ApiError(400, f"body is not JSON: {exc}") from None
+            data = load_json_body(raw or b"{}", max_bytes=MAX_BODY)
+        except JsonBodyError as exc:
+            raise ApiError(400, f"body is not acceptable JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ApiError(400, "body must be a JSON object")
         return data

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from kim_appliance.errors import KimError
 from kim_appliance.pki import PathValidationError, Purpose, TrustStore, admission_of
+from kim_appliance.pki.untrusted import UntrustedCertificateError, load_untrusted_certificate
+from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 
 #: JWT lifetime announced by ServiceInformation (gematik's example value, digest §3.4)
 DEFAULT_JWT_EXPIRATION_SECONDS = 300
@@ -47,6 +49,8 @@ DEFAULT_JWT_EXPIRATION_SECONDS = 300
 DEFAULT_LEEWAY_SECONDS = 60
 #: at most this many bytes of token are parsed (a JWT with two certificates is ~4 KiB)
 MAX_TOKEN_LENGTH = 16384
+#: header and claims are flat objects with one array (x5c); anything deeper is not a KIM token
+MAX_JSON_DEPTH = 4
 
 ALG_PS256 = "PS256"
 ALG_ES256 = "ES256"
@@ -171,9 +175,10 @@ class VerifiedJwt:
 def _json_object(part: str, what: str) -> dict[str, Any]:
     raw = _unb64url(part, what)
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise JwtError(what, "not JSON") from exc
+        # bounded: no recursion on deep nesting, no NaN/Infinity/1e999 (issue 11)
+        value = load_json_body(raw, max_bytes=MAX_TOKEN_LENGTH, max_depth=MAX_JSON_DEPTH)
+    except JsonBodyError as exc:
+        raise JwtError(what, f"not acceptable JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise JwtError(what, "not a JSON object")
     return value
@@ -186,11 +191,14 @@ def _certificates(header: Mapping[str, Any]) -> list[x509.Certificate]:
     certificates = []
     for i, text in enumerate(x5c):
         try:
-            certificates.append(
-                x509.load_der_x509_certificate(base64.b64decode(text, validate=True))
-            )
+            der = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise JwtError(f"x5c[{i}]", f"not a DER certificate: {exc}") from exc
+            raise JwtError(f"x5c[{i}]", f"not base64: {exc}") from exc
+        try:
+            # read completely now, not half-read into path validation (issue 11)
+            certificates.append(load_untrusted_certificate(der))
+        except UntrustedCertificateError as exc:
+            raise JwtError(f"x5c[{i}]", f"not a usable DER certificate: {exc}") from exc
     return certificates
 
 

@@ -273,7 +273,7 @@ def _encode_note(notes: str, charset: str) -> bytes | None:
         return None
     try:
         return notes.encode(charset)
-    except (UnicodeEncodeError, LookupError):
+    except (UnicodeError, LookupError, ValueError):
         return None
 
 
@@ -286,13 +286,18 @@ def _wrap_lines(text: str, width: int = 76) -> str:
 
 
 def _ascii_compatible(charset: str) -> bool:
+    """Whether ``charset`` (as the sender wrote it) names a text encoding that writes ASCII as
+    ASCII. Anything else the sender may write there (a NUL, ``base64``, ``rot13``, a name
+    Python does not know) is simply not compatible: the note then goes into a new part."""
     try:
         codec = codecs.lookup(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: "embedded null character" (issue 11)
+        return False
+    if not getattr(codec, "_is_text_encoding", True):  # bytes-to-bytes codecs (base64, zlib)
         return False
     try:
         return codec.encode("\r\n-<>/ Az09")[0] == b"\r\n-<>/ Az09"
-    except (UnicodeEncodeError, ValueError):
+    except (UnicodeError, ValueError, TypeError):
         return False
 
 

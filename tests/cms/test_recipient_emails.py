@@ -256,3 +256,16 @@ def test_decode_refuses_trailing_bytes_and_truncation(rsa_recipient: Party) -> N
         with pytest.raises(CmsFormatError) as info:
             decode_recipient_emails(bad)
         assert info.value.field.startswith("recipient-emails")
+
+
+def test_an_issuer_name_that_cannot_be_compared_is_refused_when_decoded() -> None:
+    """Issue 11 (found by fuzzing): an issuer name asn1crypto parses but cannot prepare for
+    RFC 5280 comparison (an unassigned code point) raised ValueError from ``matches`` long
+    after decoding. decode_recipient_emails refuses it, naming the entry."""
+    name = asn1crypto.x509.Name.build({"common_name": "Praxis \u0378"})
+    entry = RecipientEmail("praxis@fd1.kim.telematik-test", name, 7)
+    der = encode_recipient_emails([entry])
+    with pytest.raises(CmsFormatError) as info:
+        decode_recipient_emails(der)
+    assert info.value.field == "recipient-emails[0]"
+    assert "unassigned code points" in info.value.reason

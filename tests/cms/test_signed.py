@@ -7,6 +7,7 @@ the code under test).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import subprocess
@@ -700,3 +701,53 @@ def test_writer_refuses_bad_arguments(rsa_signer: Party, rsa_recipient: Party) -
         with pytest.raises(CmsError) as info:
             SignedDataWriter(rsa_signer.key, **{**good, **change})
         assert info.value.field.startswith(field), (change, info.value)
+
+
+# --- issue 11: nothing but CmsError, whatever the SignedData holds -------------------------------
+
+RSA_ENCRYPTION = bytes.fromhex("06092a864886f70d010101")
+UNKNOWN_KEY_ALGORITHM = bytes.fromhex("06092a864886f70d01017f")  # 1.2.840.113549.1.1.127
+
+
+def test_signer_certificate_with_an_unknown_key_algorithm_is_a_format_error(
+    rsa_signer: Party, rsa_recipient: Party
+) -> None:
+    """Issue 11's poison message: cryptography raises UnsupportedAlgorithm for the signer's
+    key; verify() raises CmsFormatError naming the certificate and the algorithm."""
+    der = _sign(rsa_signer, CONTENT, _emails(rsa_recipient))
+    assert der.count(RSA_ENCRYPTION) == 1
+    poisoned = der.replace(RSA_ENCRYPTION, UNKNOWN_KEY_ALGORITHM)
+    with pytest.raises(CmsFormatError) as info:
+        read_signed_data(poisoned)
+    assert info.value.field.startswith("SignedData.certificates[0]")
+    assert "1.2.840.113549.1.1.127 is not supported" in info.value.reason
+
+
+def test_every_change_of_the_certificates_and_signer_info_is_a_cms_error(
+    signed: tuple[Party, bytes, bytes],
+) -> None:
+    """Issue 11: asn1crypto and cryptography parse the certificate and the SignerInfo lazily
+    and raised ValueError, UnicodeDecodeError, AttributeError, InvalidVersion ... from deep
+    inside verify(); every single-byte change of those structures is now a CmsError (or, where
+    the byte does not matter, still verifies)."""
+    _, der, _ = signed
+    begin = der.rindex(b"anbei der Befund.")  # the end of the eContent: what follows it
+    for index in range(begin, len(der), 11):
+        for value in (0x00, 0x80, 0xFF):
+            changed = der[:index] + bytes([value]) + der[index + 1 :]
+            with contextlib.suppress(CmsError):
+                read_signed_data(changed)
+
+
+def test_digest_mismatch_is_found_without_a_full_verification(
+    signed: tuple[Party, bytes, bytes],
+) -> None:
+    """The cheap first test of a CRLF-repair candidate (digest §2.10): a changed eContent is
+    a digest mismatch; the original is not."""
+    _, der, _ = signed
+    for data, expected in ((der, False), (der.replace(b"anbei", b"Anbei", 1), True)):
+        reader = SignedDataReader(lambda _: None)
+        reader.feed(data)
+        reader.feed_eof()
+        assert reader.content_complete
+        assert reader.digest_mismatch() is expected

@@ -549,3 +549,19 @@ def test_dates_in_answers_are_rfc3339_date_times(value: dt.datetime, expected: s
     from kim_appliance.fachdienst.account_manager import _rfc3339
 
     assert _rfc3339(value) == expected
+
+
+def test_register_with_deep_or_non_finite_json_is_400(env: Env) -> None:
+    """Issue 11: a JSON body nested thousands deep (RecursionError in json.loads) or holding
+    1e999 / NaN is 400 with the reason, and the API answers the next request."""
+    env.state.add_code("REF-1", "Start-Kennwort-1!", telematik_id=TID)
+    h = {**jwt(), "iniPassword": b64("Start-Kennwort-1!")}
+    url = f"{BASE}/account"
+    deep = b"[" * 30_000 + b"]" * 30_000
+    assert_error(env.client.post(url, content=deep, headers=h), 400, "nested 30000 levels")
+    assert_error(
+        env.client.post(url, content=b'{"dataTimeToLive": 1e999}', headers=h), 400, "too large"
+    )
+    assert_error(env.client.post(url, content=b'{"x": NaN}', headers=h), 400, "NaN")
+    r = register(env)
+    assert r.status_code == 204, r.text

@@ -165,3 +165,46 @@ def test_wrong_telematik_id_claim_is_refused(pki: TestPki) -> None:
 def test_malformed_tokens_name_the_part(pki: TestPki, token: str, field: str) -> None:
     with pytest.raises(JwtError, match=field):
         verify_jwt(token, trust=pki.trust_store(), now=NOW)
+
+
+def _token(header: object, payload: object, signature: bytes = b"\0" * 64) -> str:
+    def part(value: object) -> str:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(payload)}.{part(signature)}"
+
+
+@pytest.mark.parametrize(
+    ("token", "field"),
+    [
+        # issue 11 (found by fuzzing): deep JSON was a RecursionError, 1e999 an OverflowError
+        (_token(b"[" * 5000, {}), "header"),
+        (_token({"alg": "PS256"}, b'{"exp": 1e999, "iat": NaN}'), "payload"),
+        # half-readable certificates were ValueError / InvalidVersion / DuplicateExtension
+        (_token({"alg": "PS256", "x5c": ["MAMCAQE="]}, {}), "x5c[0]"),
+    ],
+)
+def test_malformed_tokens_are_jwt_errors(pki: TestPki, token: str, field: str) -> None:
+    with pytest.raises(JwtError) as info:
+        verify_jwt(token, trust=pki.trust_store(), now=NOW)
+    assert info.value.field == field
+
+
+def test_a_certificate_with_a_broken_extension_is_refused_as_x5c(pki: TestPki) -> None:
+    """The leaf's extensions are read before path validation: a DER certificate whose
+    extension cryptography cannot parse is JwtError x5c[0], not a ValueError from pki."""
+    aut = _aut(pki, Algorithm.RSA)
+    token = build_jwt(certificate=aut.certificate, sign=card_signer(aut), now=NOW)
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=="))
+    der = base64.b64decode(decoded["x5c"][0])
+    key_usage = bytes.fromhex("0603551d0f")  # id-ce-keyUsage: make its value unparsable
+    at = der.index(key_usage) + len(key_usage)
+    broken = der[:at] + der[at:].replace(b"\x03\x02", b"\x05\x02", 1)
+    decoded["x5c"][0] = base64.b64encode(broken).decode()
+    forged = _token(decoded, base64.urlsafe_b64decode(payload + "=="))
+    with pytest.raises(JwtError) as info:
+        verify_jwt(forged.rsplit(".", 1)[0] + "." + signature, trust=pki.trust_store(), now=NOW)
+    assert info.value.field == "x5c[0]"
+    assert "extensions cannot be read" in info.value.reason

@@ -336,3 +336,19 @@ def test_five_megabyte_attachment_is_streamed() -> None:
     parts = list(message.iter_parts())
     assert cast(email.message.EmailMessage, parts[1]).get_content() == payload
     assert DECRYPTED in text_of(parts[2])
+
+
+@pytest.mark.parametrize("charset", ["utf\x008", "base64", "zlib", "rot13", "x" * 300])
+def test_a_charset_python_cannot_write_text_in_gets_the_note_in_a_new_part(charset: str) -> None:
+    """Issue 11 (found by fuzzing): a sender's charset parameter with a NUL made
+    codecs.lookup raise ValueError, and a bytes-to-bytes codec name (base64, zlib) would make
+    encoding raise TypeError. Such a text part is left as it is and wrapped with the note."""
+    inner = (
+        b"From: <a@fd2.kim.telematik-test>\r\nContent-Type: text/plain; charset="
+        + charset.encode("latin-1")
+        + b"\r\n\r\nHallo\r\n"
+    )
+    data, message = deliver(inner)
+    assert message.get_content_type() == "multipart/mixed"
+    assert b"Hallo\r\n" in data
+    assert DECRYPTED in data.decode("utf-8", "replace") or b"entschl" in data

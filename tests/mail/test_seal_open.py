@@ -179,3 +179,53 @@ def test_econtent_spool_small_and_large(
     assert report.exit_code == 0, report.lines()
     assert out.getvalue() == inner
     assert list(tmp_path.iterdir()) == []
+
+
+def _reencrypted(sealed: bytes, opener: Party, recipients: list[Party], change: bytes) -> bytes:
+    """``sealed`` decrypted with ``opener``'s key, its signed entity changed by ``change`` (a
+    ``old=>new`` byte replacement), and encrypted again for ``recipients``."""
+    from kim_appliance.cms.enveloped import (
+        AuthEnvelopedReader,
+        AuthEnvelopedWriter,
+        EncryptionRecipient,
+        find_recipient,
+    )
+
+    header, _, body = sealed.partition(b"\r\n\r\n")
+    reader = AuthEnvelopedReader()
+    reader.feed(base64.b64decode(body))
+    reader.feed_eof()
+    assert reader.recipient_infos is not None
+    assert reader.recipient_emails is not None
+    info, key = find_recipient(reader.recipient_infos, [opener.key])
+    reader.set_content_key(info.unwrap(key))
+    with reader.finish() as plaintext:
+        entity = bytes(plaintext.read())
+    old, new = change.split(b"=>")
+    assert entity.count(old) == 1
+    writer = AuthEnvelopedWriter(
+        [EncryptionRecipient(r.address, r.key.certificate) for r in recipients],
+        unauth_recipient_emails=reader.recipient_emails,
+    )
+    der = writer.header() + writer.update(entity.replace(old, new)) + writer.finalize()
+    return header + b"\r\n\r\n" + base64.encodebytes(der).replace(b"\n", b"\r\n")
+
+
+def test_signer_key_of_an_unknown_algorithm_is_04_and_the_mail_still_comes_out(
+    sealed: bytes, ecc_recipient: Party, other_rsa_recipient: Party
+) -> None:
+    """Issue 11's poison message: decrypts, but the signer certificate's key algorithm is one
+    nobody knows (verify raised UnsupportedAlgorithm). IntegrityCheckResult 04 (wrong signature
+    format, digest §1.6), exit 3, and the decrypted inner mail is written all the same, for the
+    Clientmodul's integrity error mail (A_23165)."""
+    rsa_encryption, unknown = "06092a864886f70d010101", "06092a864886f70d01017f"
+    poisoned = _reencrypted(
+        sealed, ecc_recipient, [ecc_recipient, other_rsa_recipient],
+        bytes.fromhex(rsa_encryption) + b"=>" + bytes.fromhex(unknown),
+    )  # fmt: skip
+    out = io.BytesIO()
+    report = open_message(io.BytesIO(poisoned), out, keys=[ecc_recipient.key])
+    assert report.exit_code == 3
+    assert report.integrity_results == ["04"]
+    assert any("1.2.840.113549.1.1.127 is not supported" in p for p in report.problems)
+    assert out.getvalue() == INNER

@@ -21,13 +21,13 @@ test can switch it off again. This module must never touch the Konnektor except 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 from kim_appliance.konnektor.cards import parse_crypt, parse_purpose
 from kim_appliance.konnektor.errors import KonnektorError, ParameterError
 from kim_appliance.konnektor.faults import FaultAdmin
+from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 
 #: the slowest card a test may ask for: a minute per key operation (a real card takes well
 #: under a second; anything longer only hangs every caller)
@@ -62,9 +62,9 @@ def apply_faults(admin: FaultAdmin, body: bytes) -> dict[str, Any]:
     before the faulty key have been applied (the order above), none after it.
     """
     try:
-        request = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdminRequestError("body", f"is not JSON: {exc}") from None
+        request = load_json_body(body or b"{}")
+    except JsonBodyError as exc:
+        raise AdminRequestError("body", f"is not acceptable JSON: {exc}") from None
     if not isinstance(request, dict):
         raise AdminRequestError("body", "must be a JSON object")
     unknown = sorted(set(request) - set(KEYS))

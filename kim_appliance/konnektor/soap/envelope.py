@@ -11,6 +11,7 @@ ErrorText and Detail of the :class:`~kim_appliance.konnektor.errors.KonnektorErr
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Final
 
@@ -34,6 +35,16 @@ class SoapFaultError(Exception):
         self.reason = reason
 
 
+# Characters XML 1.0 cannot carry (§2.2): C0 controls but TAB/LF/CR, surrogates, U+FFFE/FFFF.
+_NOT_XML_CHAR: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` as XML character data: a character XML cannot carry (a control character from
+    a certificate name quoted in an error Detail, issue 11) is written as ``\\xNN``."""
+    return _NOT_XML_CHAR.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
 def qname(namespace: str, name: str) -> str:
     return f"{{{namespace}}}{name}"
 
@@ -48,7 +59,7 @@ def sub(
     """Append ``{namespace}name`` with optional text and (unqualified) attributes."""
     element = etree.SubElement(parent, qname(namespace, name), attributes or None)
     if text is not None:
-        element.text = text
+        element.text = xml_text(text)
     return element
 
 
@@ -131,7 +142,7 @@ def _fault(faultcode: str, faultstring: str, detail: etree._Element | None) -> b
     fault_element = etree.SubElement(body, qname(SOAP11, "Fault"))
     # faultcode, faultstring and detail are unqualified (SOAP 1.1 §4.4)
     etree.SubElement(fault_element, "faultcode").text = faultcode
-    etree.SubElement(fault_element, "faultstring").text = faultstring
+    etree.SubElement(fault_element, "faultstring").text = xml_text(faultstring)
     if detail is not None:
         etree.SubElement(fault_element, "detail").append(detail)
     return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))

@@ -96,6 +96,7 @@ from kim_appliance.konnektor.soap.services import (
     SIG74,
     schema_for,
 )
+from kim_appliance.pki.untrusted import UntrustedCertificateError, load_untrusted_certificate
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,12 @@ def _document(parent: etree._Element, namespace: str, field: str) -> bytes:
 
 
 def _certificate(der: bytes, field: str) -> x509.Certificate:
+    """A certificate from the request, read completely now: one that cryptography can only
+    half read would otherwise fail inside path validation as an internal error (issue 11)."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise ParameterError(field, f"is not a DER X.509 certificate: {exc}") from None
+        return load_untrusted_certificate(der)
+    except UntrustedCertificateError as exc:
+        raise ParameterError(field, f"is not a usable X.509 certificate: {exc}") from None
 
 
 def _datetime(text: str, field: str) -> dt.datetime:

@@ -106,34 +106,120 @@ class MalformedPdu(ValueError):
     """A PDU that is not a well-formed LDAPMessage; the session must end (RFC 4511 §4.1.1)."""
 
 
+#: Length octets of a BER length we read (RFC 4511 §5.1 definite form): 4 octets already
+#: describe 4 GiB, far beyond any PDU the server accepts.
+MAX_LENGTH_OCTETS = 4
+#: Identifier octets of a high tag number (LDAP itself uses tags up to 23).
+MAX_TAG_OCTETS = 4
+#: Deepest TLV nesting inside one PDU: LDAPMessage, protocolOp, SearchRequest and the filter
+#: (MAX_FILTER_DEPTH and/or/not levels, each one or two TLVs) fit well within this.
+MAX_BER_DEPTH = 2 * MAX_FILTER_DEPTH + 16
+#: How much of a decoder's complaint goes into the Notice of Disconnection.
+MAX_REASON = 200
+
+#: What pyasn1 and ldap3's schema raise on input they cannot take (pyasn1 has raised each of
+#: these on malformed BER: OverflowError for an 8-octet length, issue 11); mapped to
+#: :class:`MalformedPdu` at this module's boundary.
+PYASN1_FAILURES = (
+    PyAsn1Error,
+    RecursionError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    UnicodeError,
+)
+
+
+def _length_at(data: bytes | bytearray, pos: int, end: int, where: str) -> tuple[int, int] | None:
+    """(content length, position of the content) of the BER length at ``pos``, or None if
+    ``data`` ends before it; definite form only, at most :data:`MAX_LENGTH_OCTETS` octets."""
+    if pos >= end:
+        return None
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    count = first & 0x7F
+    if count == 0:
+        raise MalformedPdu(f"{where}: indefinite length is not allowed (RFC 4511 §5.1)")
+    if count > MAX_LENGTH_OCTETS:
+        raise MalformedPdu(
+            f"{where}: length field of {count} octets (at most {MAX_LENGTH_OCTETS} accepted)"
+        )
+    if pos + 1 + count > end:
+        return None
+    return int.from_bytes(data[pos + 1 : pos + 1 + count], "big"), pos + 1 + count
+
+
 def frame_length(buffer: bytes | bytearray) -> int | None:
     """Total length of the PDU at the start of ``buffer``, or ``None`` if the header is not
-    complete yet. Raises :class:`MalformedPdu` for anything but a definite-length SEQUENCE."""
+    complete yet. Raises :class:`MalformedPdu` for anything but a definite-length SEQUENCE
+    whose length field has at most :data:`MAX_LENGTH_OCTETS` octets; the caller compares the
+    result with its PDU limit before buffering the body."""
     if not buffer:
         return None
     if buffer[0] != 0x30:
         raise MalformedPdu(f"LDAPMessage: expected SEQUENCE tag 0x30, got 0x{buffer[0]:02x}")
-    if len(buffer) < 2:
+    found = _length_at(buffer, 1, len(buffer), "LDAPMessage")
+    if found is None:
         return None
-    first = buffer[1]
-    if first < 0x80:
-        return 2 + first
-    count = first & 0x7F
-    if count == 0:
-        raise MalformedPdu("LDAPMessage: indefinite length is not allowed (RFC 4511 §5.1)")
-    if count > 4:
-        raise MalformedPdu(f"LDAPMessage: length field of {count} octets is absurd")
-    if len(buffer) < 2 + count:
-        return None
-    return 2 + count + int.from_bytes(buffer[2 : 2 + count], "big")
+    length, content = found
+    return content + length
+
+
+def check_ber(pdu: bytes) -> None:
+    """Walk every TLV of ``pdu`` without recursion and refuse what pyasn1 must never see:
+    an indefinite or over-long length, a length running past its parent, an absurd tag, or
+    nesting deeper than :data:`MAX_BER_DEPTH`. Raises :class:`MalformedPdu`."""
+    ends = [len(pdu)]  # end offsets of the open constructed TLVs, outermost first
+    pos = 0
+    while ends:
+        if pos == ends[-1]:
+            ends.pop()
+            continue
+        end = ends[-1]
+        where = f"BER at offset {pos}"
+        identifier = pdu[pos]
+        pos += 1
+        if identifier & 0x1F == 0x1F:  # high tag number form (X.690 §8.1.2.4)
+            count = 0
+            while True:
+                if pos >= end:
+                    raise MalformedPdu(f"{where}: tag runs past its enclosing element")
+                count += 1
+                if count > MAX_TAG_OCTETS:
+                    raise MalformedPdu(f"{where}: tag number of more than {MAX_TAG_OCTETS} octets")
+                more = pdu[pos] & 0x80
+                pos += 1
+                if not more:
+                    break
+        found = _length_at(pdu, pos, end, where)
+        if found is None:
+            raise MalformedPdu(f"{where}: length runs past its enclosing element")
+        length, pos = found
+        if pos + length > end:
+            raise MalformedPdu(
+                f"{where}: {length} content octets run past the enclosing element's end"
+            )
+        if identifier & 0x20:  # constructed: its children follow
+            if len(ends) >= MAX_BER_DEPTH:
+                raise MalformedPdu(f"{where}: nested deeper than {MAX_BER_DEPTH} levels")
+            ends.append(pos + length)
+        else:
+            pos += length
 
 
 def decode_message(pdu: bytes) -> Any:
-    """Decode one complete PDU into an ldap3 ``LDAPMessage``; raises :class:`MalformedPdu`."""
+    """Decode one complete PDU into an ldap3 ``LDAPMessage``; raises :class:`MalformedPdu`
+    (and nothing else) for any input."""
+    check_ber(pdu)
     try:
         message, rest = decoder.decode(pdu, asn1Spec=_LDAP_MESSAGE)
-    except (PyAsn1Error, RecursionError, ValueError, TypeError) as exc:
-        raise MalformedPdu(f"LDAPMessage: cannot decode: {exc}") from exc
+    except PYASN1_FAILURES as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+        raise MalformedPdu(f"LDAPMessage: cannot decode: {reason}") from exc
     if rest:
         raise MalformedPdu(f"LDAPMessage: {len(rest)} trailing bytes inside the PDU")
     return message

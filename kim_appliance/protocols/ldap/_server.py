@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._codec import (
+    MAX_REASON,
+    PYASN1_FAILURES,
     MalformedPdu,
     decode_filter,
     decode_message,
@@ -178,6 +180,11 @@ class LdapServer:
     def _handle(self, pdu: bytes) -> Event | None:
         try:
             message = decode_message(pdu)
+        except MalformedPdu as exc:
+            return self._violation(str(exc))
+        try:
+            # reading the decoded message: pyasn1 raises its own errors for components a
+            # peer left out or filled wrongly; each of them is a malformed PDU, not a crash
             message_id = int(message["messageID"])
             op = message["protocolOp"]
             name = op.getName()
@@ -185,6 +192,9 @@ class LdapServer:
             return self._dispatch(message, message_id, name, body)
         except MalformedPdu as exc:
             return self._violation(str(exc))
+        except PYASN1_FAILURES as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+            return self._violation(f"LDAPMessage: malformed: {reason}")
 
     def _dispatch(self, message: Any, message_id: int, name: str, body: Any) -> Event | None:
         if name == "unbindRequest":

@@ -18,6 +18,10 @@ from ._parse import CommandError
 # RFC 1939 §7: the timestamp has the syntax of a msg-id (RFC 822): "<" local "@" domain ">".
 APOP_TIMESTAMP = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
 _APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# RFC 4616 §2 asks for at least 255 octets per field; the Clientmodul's usernames
+# (addr#host:port#Mandant#Client#Workplace[#User], digest §1.2) may be up to 1024 characters.
+MAX_PLAIN_FIELD = 1024
 
 
 def make_apop_timestamp(hostname: str) -> str:
@@ -61,10 +65,17 @@ def decode_plain(text: str) -> tuple[str, str]:
     parts = raw.split(b"\0")
     if len(parts) != 3:
         raise CommandError("AUTH PLAIN response must be authzid NUL authcid NUL password")
+    for name, part in zip(("authorization identity", "username", "password"), parts, strict=True):
+        if len(part) > MAX_PLAIN_FIELD:
+            raise CommandError(f"AUTH PLAIN {name} is longer than {MAX_PLAIN_FIELD} octets")
     try:
         authzid, username, password = (p.decode("utf-8") for p in parts)
     except UnicodeDecodeError:
         raise CommandError("AUTH PLAIN credentials are not valid UTF-8") from None
+    if any(_CONTROL.search(field) for field in (authzid, username, password)):
+        # RFC 4616 §2 / SASLprep (RFC 4013 §2.3) prohibit them; a CR or LF in a username
+        # would break the response line that names it, or forge a log line
+        raise CommandError("AUTH PLAIN credentials must not contain control characters")
     if not username or not password:
         raise CommandError("AUTH PLAIN username and password must not be empty")
     if authzid and authzid != username:

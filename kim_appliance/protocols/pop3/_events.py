@@ -77,18 +77,18 @@ class Response:
             )
 
     def render(self) -> bytes:
-        """The response line with its CRLF; raises :class:`LocalProtocolError` over 512 octets."""
+        """The response line with its CRLF. A text too long for RFC 2449's 512 octets (it may
+        carry what the client sent, such as a long username) is cut at a character boundary
+        and ends in ``...``."""
         parts = ["+OK" if self.ok else "-ERR"]
         if self.code is not None:
             parts.append(f"[{self.code.upper()}]")
         if self.text:
             parts.append(self.text)
-        line = (" ".join(parts) + "\r\n").encode("utf-8")
-        if len(line) > MAX_RESPONSE_LINE:
-            raise LocalProtocolError(
-                f"response line is {len(line)} octets: RFC 2449 allows at most {MAX_RESPONSE_LINE}"
-            )
-        return line
+        line = " ".join(parts).encode("utf-8")
+        if len(line) > MAX_RESPONSE_LINE - 2:
+            line = line[: MAX_RESPONSE_LINE - 5].decode("utf-8", "ignore").encode("utf-8") + b"..."
+        return line + b"\r\n"
 
 
 # --- server side: decision events -----------------------------------------------------------

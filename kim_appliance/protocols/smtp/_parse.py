@@ -27,6 +27,9 @@ MAX_ORCPT = 500
 # Bound for decimal arguments (SIZE): 20 digits hold any 64-bit value.
 MAX_DIGITS = 20
 MAX_NUMBER = 2**63 - 1
+# RFC 4616 §2 asks for at least 255 octets per SASL PLAIN field; the Clientmodul's usernames
+# (addr#host:port#Mandant#Client#Workplace[#User], digest §1.2) may be up to 1024 characters.
+MAX_SASL_FIELD = 1024
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_STRING = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
@@ -43,6 +46,7 @@ _VALUE_RE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")
 _XTEXT_RE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})*")
 _ADDR_TYPE_RE = re.compile(rf"[{_ATEXT}]+")
 _SASL_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SHOWN_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class CommandError(Exception):
@@ -57,6 +61,13 @@ def syntax_error(text: str, enhanced: str = "5.5.4") -> CommandError:
     return CommandError(Reply(501, enhanced, text))
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """Peer text as it may appear in a reply: at most ``limit`` characters, control characters
+    (which would break the reply line or forge one, RFC 5321 §4.2) as ``\\xNN``."""
+    cut = text[:limit]
+    return _SHOWN_CONTROL_RE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", cut)
+
+
 def split_command(line: str) -> tuple[str, str]:
     """The verb (upper case) and the argument text of a command line."""
     verb, _, argument = line.partition(" ")
@@ -66,9 +77,9 @@ def split_command(line: str) -> tuple[str, str]:
 def parse_number(text: str, field: str) -> int:
     """A decimal number of at most :data:`MAX_DIGITS` digits, no sign, no spaces."""
     if not text or not text.isascii() or not text.isdigit():
-        raise syntax_error(f"{field}={text}: not a decimal number")
+        raise syntax_error(f"{field}={shown(text)}: not a decimal number")
     if len(text) > MAX_DIGITS or int(text) > MAX_NUMBER:
-        raise syntax_error(f"{field}={text[:24]}: number too large")
+        raise syntax_error(f"{field}={shown(text, 24)}: number too large")
     return int(text)
 
 
@@ -110,8 +121,8 @@ def parse_path(text: str, *, role: str, null_ok: bool) -> tuple[str, str]:
         raise syntax_error(f"{role} address: must be written <local@domain>", enhanced)
     match = _PATH_RE.match(text)
     if match is None:
-        shown = text.split(" ", 1)[0][:80]
-        raise syntax_error(f"{role} address {shown}: bad syntax (RFC 5321 §4.1.2)", enhanced)
+        excerpt = shown(text.split(" ", 1)[0], 80)
+        raise syntax_error(f"{role} address {excerpt}: bad syntax (RFC 5321 §4.1.2)", enhanced)
     local, domain = match.group("local"), match.group("domain")
     if len(local) > MAX_LOCAL_PART:
         raise syntax_error(f"{role} address: local part longer than {MAX_LOCAL_PART}", enhanced)
@@ -129,7 +140,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     for item in text.split():
         key, eq, value = item.partition("=")
         if not _KEYWORD_RE.fullmatch(key):
-            raise syntax_error(f"parameter {item[:40]}: bad keyword")
+            raise syntax_error(f"parameter {shown(item)}: bad keyword")
         if eq and not _VALUE_RE.fullmatch(value):
             raise syntax_error(f"parameter {key}: bad value")
         upper = key.upper()
@@ -171,11 +182,11 @@ def parse_mail(argument: str) -> MailFrom:
         elif key == "BODY":  # RFC 6152
             body = _need_value(key, value).upper()
             if body not in ("7BIT", "8BITMIME"):
-                raise syntax_error(f"BODY={value}: must be 7BIT or 8BITMIME")
+                raise syntax_error(f"BODY={shown(value or '')}: must be 7BIT or 8BITMIME")
         elif key == "RET":  # RFC 3461 §4.3
             ret = _need_value(key, value).upper()
             if ret not in ("FULL", "HDRS"):
-                raise syntax_error(f"RET={value}: must be FULL or HDRS")
+                raise syntax_error(f"RET={shown(value or '')}: must be FULL or HDRS")
         elif key == "ENVID":  # RFC 3461 §4.4
             envid = xtext_decode(_need_value(key, value), "ENVID")
             if len(envid) > MAX_ENVID:
@@ -198,13 +209,15 @@ def parse_rcpt(argument: str) -> RcptTo:
             items = _need_value(key, value).upper().split(",")
             notify = frozenset(items)
             if len(notify) != len(items) or not notify <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"}:
-                raise syntax_error(f"NOTIFY={value}: must be NEVER or SUCCESS,FAILURE,DELAY")
+                raise syntax_error(
+                    f"NOTIFY={shown(value or '')}: must be NEVER or SUCCESS,FAILURE,DELAY"
+                )
             if "NEVER" in notify and len(notify) > 1:
-                raise syntax_error(f"NOTIFY={value}: NEVER must stand alone")
+                raise syntax_error(f"NOTIFY={shown(value or '')}: NEVER must stand alone")
         elif key == "ORCPT":  # RFC 3461 §4.2
             addr_type, semicolon, encoded = _need_value(key, value).partition(";")
             if not semicolon or not _ADDR_TYPE_RE.fullmatch(addr_type) or not encoded:
-                raise syntax_error(f"ORCPT={value}: must be addr-type;xtext")
+                raise syntax_error(f"ORCPT={shown(value or '')}: must be addr-type;xtext")
             if len(value or "") > MAX_ORCPT:
                 raise syntax_error(f"ORCPT: longer than {MAX_ORCPT} characters")
             orcpt = OriginalRecipient(addr_type.lower(), xtext_decode(encoded, "ORCPT"))
@@ -233,7 +246,12 @@ def decode_sasl(text: str) -> bytes:
 
 def _utf8(raw: bytes, field: str) -> str:
     """A SASL field as text: UTF-8 without control characters (RFC 4616 §2 and SASLprep,
-    RFC 4013 §2.3, prohibit them; they must never reach a reply text or a log line)."""
+    RFC 4013 §2.3, prohibit them; they must never reach a reply text or a log line), at most
+    :data:`MAX_SASL_FIELD` octets."""
+    if len(raw) > MAX_SASL_FIELD:
+        raise CommandError(
+            Reply(501, "5.5.2", f"AUTH: {field} longer than {MAX_SASL_FIELD} octets")
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

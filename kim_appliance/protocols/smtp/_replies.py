@@ -17,6 +17,8 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; real servers send longer texts, so the
 # reader is more generous but still bounded.
 MAX_REPLY_LINE = 2048
+# RFC 5321 §4.5.3.1.5: what our server sends per reply line, CRLF included.
+MAX_SERVER_REPLY_LINE = 512
 MAX_REPLY_LINES = 128
 
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
@@ -65,14 +67,20 @@ class Reply:
         return self.code < 400
 
     def encode(self) -> bytes:
-        """The reply on the wire, every line ending CRLF."""
+        """The reply on the wire, every line ending CRLF. A line longer than RFC 5321
+        §4.5.3.1.5 allows (512 octets with the CRLF; a text may carry what a client sent, such
+        as a long username) is cut at a character boundary and ends in ``...``."""
         prefix = f"{self.enhanced} " if self.enhanced else ""
         lines = self.lines
         out = []
         for index, line in enumerate(lines):
             sep = " " if index == len(lines) - 1 else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8")
+            encoded = f"{self.code}{sep}{prefix}{line}".rstrip(" ").encode("utf-8")
+            if len(encoded) > MAX_SERVER_REPLY_LINE - 2:
+                cut = encoded[: MAX_SERVER_REPLY_LINE - 5].decode("utf-8", "ignore")
+                encoded = cut.encode("utf-8") + b"..."
+            out.append(encoded + b"\r\n")
+        return b"".join(out)
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,12 @@ def _assert_disconnected(server: LdapServer, reason_part: str) -> None:
         (b"\x30\x80\x02\x01\x01", "indefinite length"),
         (b"\x30\x03\x02\x01\x01", "cannot decode"),  # messageID but no protocolOp
         (b"\x30\x06\x02\x01\x01\x7f\x01\x00", "cannot decode"),  # unknown protocolOp tag
+        # issue 11: an OCTET STRING with an 8-octet length was an OverflowError in pyasn1
+        (bytes.fromhex("3013020101630e0488ffffffffffffffff00000000"), "length field of 8"),
+        (b"\x30\x85\x00\x00\x00\x00\x05", "length field of 5"),  # the frame itself
+        (b"\x30\x05\x02\x01\x01\x63\x10", "run past the enclosing"),  # inner longer
+        (b"\x30\x07\x02\x01\x01\x7f\xff\xff\xff", "tag runs past"),  # unfinished tag
+        (b"\x30\x0a\x02\x01\x01\x7f\xff\xff\xff\xff\x7f\x00\x00\x00", "tag number of more"),
     ],
 )
 def test_malformed_pdu_gets_notice_of_disconnection(garbage: bytes, reason: str) -> None:
@@ -359,3 +365,18 @@ def test_abandoned_search_sends_nothing_more() -> None:
     assert abandon == Abandon(3, 2)
     assert server.send_entry(2, "uid=1,dc=data,dc=vzd", {"a": [b"b"]}) == b""
     assert server.send_search_done(2, ResultCode.SUCCESS) == b""
+
+
+def test_the_issue_11_request_gets_a_notice_and_the_next_connection_is_served() -> None:
+    """Issue 11: the 21-byte request that raised OverflowError now ends its own session with a
+    Notice of Disconnection; a new session (the server's next connection) is served."""
+    server = LdapServer()
+    server.receive_data(bytes.fromhex("3013020101630e0488ffffffffffffffff00000000"))
+    event = server.next_event()
+    assert isinstance(event, ProtocolViolation)
+    assert "at most 4 accepted" in event.reason
+    (notice,) = responses(server.data_to_send())
+    assert result_code(notice) == 2
+    fresh = LdapServer()
+    fresh.receive_data(bind_pdu(1, "cn=x", "y"))
+    assert isinstance(fresh.next_event(), Bind)

@@ -503,3 +503,51 @@ def test_ehlo_inside_a_transaction_resets_it() -> None:
     login(driver)
     driver.feed(b"MAIL FROM:<a@b.de>\r\nEHLO again\r\nRCPT TO:<c@d.de>\r\nMAIL FROM:<a@b.de>\r\n")
     assert driver.codes() == ["250 2.1.0", "250 ", "503 5.5.1", "250 2.1.0"]
+
+
+@pytest.mark.parametrize(
+    ("argument", "shown"),
+    [
+        (b"FROM:<a@b> X\x00=1", "parameter X\\x00=1: bad keyword"),
+        (b"FROM:<a@b> SIZE=1\x01", "parameter SIZE: bad value"),
+        (b"FROM:<a\x00@b>", "sender address <a\\x00@b>: bad syntax"),
+        (b"FROM:<a@b> \x1b[31m=1", "parameter \\x1b[31m=1: bad keyword"),
+    ],
+)
+def test_control_characters_in_mail_are_501_escaped(argument: bytes, shown: str) -> None:
+    """Issue 11: a NUL or an escape in a MAIL argument was quoted into the reply, which the
+    core refused (LocalProtocolError: 421 internal error for the client). Now the reply
+    names it escaped, and the session goes on."""
+    driver = Driver(make_server())
+    driver.feed(setup_lines("authed"))
+    driver.take_output()
+    driver.feed(b"MAIL " + argument + b"\r\n")
+    out = driver.take_output()
+    assert out.startswith(b"501 5."), out
+    assert shown.encode() in out, out
+    driver.feed(b"MAIL FROM:<a@b>\r\n")
+    assert driver.codes() == ["250 2.1.0"]
+
+
+def test_sasl_fields_with_control_characters_or_over_1024_octets_are_501() -> None:
+    """RFC 4616 §2 / SASLprep: CR, LF or NUL inside a field is refused (it would break the
+    reply quoting the username, or a log line); so is a field over MAX_SASL_FIELD."""
+    driver = Driver(make_server())
+    driver.feed(b"EHLO pvs\r\n")
+    driver.take_output()
+    for user in (b"a\r\nb", b"a\nb", b"u" * 1025):
+        token = base64.b64encode(b"\0" + user + b"\0pw")
+        driver.feed(b"AUTH PLAIN " + token + b"\r\n")
+        assert driver.codes() == ["501 5.5.2"], user[:20]
+
+
+def test_reply_lines_are_cut_to_512_octets() -> None:
+    """RFC 5321 §4.5.3.1.5: a reply text quoting a long username is cut, at a character
+    boundary, with "..."; every line of a multi-line reply alike."""
+    wire = Reply(535, "5.7.8", "authentication failed for " + "ä" * 600).encode()
+    assert len(wire) <= 512
+    assert wire.endswith(b"...\r\n")
+    assert wire.startswith(b"535 5.7.8 ")
+    wire.decode("utf-8")
+    multi = Reply(250, None, "x" * 600 + "\n" + "y" * 600).encode()
+    assert [len(line) <= 510 for line in multi.split(b"\r\n")[:-1]] == [True, True]
