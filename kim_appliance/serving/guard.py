@@ -135,6 +135,7 @@ class ListenerGuard:
         limits: ListenerLimits,
         budget: ConnectionBudget,
         farewells: Farewells = Farewells(),
+        evict_idle: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.log = log
@@ -144,13 +145,17 @@ class ListenerGuard:
         self.active = 0
         self.refusing = 0
         self.refused = 0
+        self.evicted = 0
         self.internal_errors = 0
+        #: frees a slot at the cap by closing the longest-idle connection (HTTP keep-alive:
+        #: a server may close an idle connection at any time, RFC 9112 §9.3); True if it did
+        self.evict_idle = evict_idle
         self._cap_logged_at = -math.inf
 
     async def run(self, handler: Handler, stream: trio.abc.Stream) -> None:
         """Serve ``stream`` with ``handler`` (the ``trio.serve_listeners`` handler shape)."""
         try:
-            if self.active >= self.limits.max_connections or not self.budget.try_take():
+            if not self._admit():
                 await self._refuse(stream)
                 return
             self.active += 1
@@ -171,6 +176,17 @@ class ListenerGuard:
                 self.budget.give_back()
         finally:
             await trio.aclose_forcefully(stream)
+
+    def _admit(self) -> bool:
+        """Take a slot of this listener and of the process budget; at the cap, a connection
+        evicted by ``evict_idle`` makes room (the budget overshoots by one until it has gone)."""
+        if self.active < self.limits.max_connections and self.budget.try_take():
+            return True
+        if self.evict_idle is not None and self.evict_idle():
+            self.evicted += 1
+            self.budget.in_use += 1
+            return True
+        return False
 
     async def _handshake(self, stream: trio.abc.Stream) -> bool:
         """The TLS handshake within ``handshake_seconds``; False (logged) when it failed."""

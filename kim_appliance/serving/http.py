@@ -8,14 +8,19 @@ module binds the listeners itself (the ``trio.serve_listeners`` shape: bind, rep
 connection to Hypercorn's connection server under a :class:`~.guard.ListenerGuard`: a cap with
 ``503 Service Unavailable`` beyond it, a TLS handshake deadline, a deadline for the first
 request (Hypercorn's idle timer runs from the accept until a request head is complete, so a
-silent or slow-loris client is closed after it), and no exception past the connection.
+silent or slow-loris client is closed after it), and no exception past the connection. At the
+cap, the connection idle longest between requests is closed to make room (as nginx does with
+keep-alive connections): clients with connection pools keep idle connections open, and they
+must not lock out a client that has a request to make.
 
 This module must never build TLS contexts, hold KIM policy or know the apps it serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +48,44 @@ BUSY_RESPONSE: Final = (
     b"retry-after: 5\r\nconnection: close\r\ncontent-length: 46\r\n\r\n"
     b"too many connections; try again in 5 seconds\r\n"
 )
+
+
+#: a connection must have been idle this long (seconds) since its last response to be evicted
+MIN_IDLE_TO_EVICT: Final = 0.5
+
+
+class _TrackedStream:
+    """A connection's stream that knows whether it sits idle between requests: idle from the
+    accept and after each write, busy from the first bytes a client sends. Everything else is
+    the inner stream's (Hypercorn asks for ``do_handshake``, ``transport_stream``, ...)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.idle_since: float | None = trio.current_time()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if data:
+            self.idle_since = None
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        self.idle_since = trio.current_time()
+
+    def evict(self) -> None:
+        """Shut the socket down: the pending receive ends and Hypercorn closes as after EOF."""
+        inner: Any = self.inner
+        while isinstance(inner, trio.SSLStream):
+            inner = inner.transport_stream
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.idle_since = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @dataclass(frozen=True)
@@ -92,8 +135,26 @@ async def serve_asgi(
     serving: list[trio.abc.Listener[Any]] = list(listeners)
     if ssl_context is not None:
         serving = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in listeners]
+    open_streams: set[_TrackedStream] = set()
+
+    def evict_idle() -> bool:
+        now = trio.current_time()
+        idle = [
+            s for s in open_streams
+            if s.idle_since is not None and now - s.idle_since >= MIN_IDLE_TO_EVICT
+        ]  # fmt: skip
+        if not idle:
+            return False
+        min(idle, key=lambda s: s.idle_since or now).evict()
+        return True
+
     guard = ListenerGuard(
-        name, log=log, limits=limits, budget=budget, farewells=Farewells(busy=BUSY_RESPONSE)
+        name,
+        log=log,
+        limits=limits,
+        budget=budget,
+        farewells=Farewells(busy=BUSY_RESPONSE),
+        evict_idle=evict_idle,
     )
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     context = WorkerContext(None)
@@ -102,7 +163,12 @@ async def serve_asgi(
     async def connection(stream: trio.abc.Stream) -> None:
         # the guard did the TLS handshake: Hypercorn's own (under ssl_handshake_timeout) is a
         # no-op on a finished handshake
-        await TCPServer(wrapped, config, context, ConnectionState(state), stream)  # type: ignore[arg-type]
+        tracked = _TrackedStream(stream)
+        open_streams.add(tracked)
+        try:
+            await TCPServer(wrapped, config, context, ConnectionState(state), tracked)  # type: ignore[arg-type]
+        finally:
+            open_streams.discard(tracked)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve_guarded, connection, serving, guard=guard))

@@ -59,7 +59,8 @@ async def test_smtp_bad_mail_parameters_are_501_and_the_session_goes_on(
 
 async def test_smtp_auth_with_control_characters_or_a_long_username(appliance: Running) -> None:
     """AUTH PLAIN with CR/LF or NUL inside a field is 501 5.5.2; a 450-character username is
-    refused 535 5.7.8 in one reply line of at most 512 octets; then the right login works."""
+    refused 535 5.7.8 in one reply line of at most 512 octets, naming it cut short; then the
+    right login works."""
     p = appliance.participant("praxis.weber")
 
     def dialogue() -> tuple[list[tuple[int, str]], int]:
@@ -75,7 +76,7 @@ async def test_smtp_auth_with_control_characters_or_a_long_username(appliance: R
     assert [c for c, _ in answers] == [501, 501, 535], answers
     assert "control character" in answers[0][1]
     assert len(answers[2][1]) + 4 <= 512
-    assert answers[2][1].endswith("...")
+    assert "u" * 40 + "..." in answers[2][1]  # the username named, cut short
     assert code == 235
 
 

@@ -10,6 +10,7 @@ from conftest import RunningKonnektor
 from cryptography.hazmat.primitives import serialization
 from konnektor_helpers import CONTEXT, WEBER, handle
 from lxml import etree
+from soap_helpers import ADMIN_HEADERS
 
 from kim_appliance.konnektor import Konnektor
 from kim_appliance.konnektor.soap.handlers import SoapDispatcher
@@ -61,13 +62,16 @@ def test_admin_api_refuses_deeply_nested_json_and_serves_on(soap: RunningKonnekt
     """Issue 11: POST /admin/faults with JSON nested deep ended the process (RecursionError).
     Now it is 400 saying why, and the next request is answered."""
     deep = b"[" * 30_000 + b"]" * 30_000
-    response = soap.http.post(soap.url("/admin/faults"), data=deep, timeout=10)
+    headers = {**ADMIN_HEADERS, "Content-Type": "application/json"}
+    response = soap.http.post(soap.url("/admin/faults"), data=deep, headers=headers, timeout=10)
     assert response.status_code == 400
     assert "nested 30000 levels deep" in response.json()["error"]
-    non_finite = soap.http.post(soap.url("/admin/faults"), data=b'{"latency_ms": 1e999}',
-                                timeout=10)  # fmt: skip
+    non_finite = soap.http.post(
+        soap.url("/admin/faults"), data=b'{"latency_ms": 1e999}', headers=headers, timeout=10
+    )
     assert non_finite.status_code == 400
-    assert soap.http.get(soap.url("/admin/faults"), timeout=10).status_code == 200
+    status = soap.http.get(soap.url("/admin/faults"), headers=ADMIN_HEADERS, timeout=10)
+    assert status.status_code == 200
 
 
 def test_a_control_character_in_a_certificate_name_reaches_the_answer_escaped(
