@@ -161,6 +161,8 @@ def test_start_failure_names_the_cause(template: Path, tmp_path: Path) -> None:
     """A config override the appliance refuses stops the start with ApplianceStartError
     naming the key, the ConfigError chained; no thread and no endpoints.json stay behind."""
     data_dir = tmp_path / "kim-data"
+    # another test's session appliance may be running: only a thread this test left counts
+    before = {t for t in threading.enumerate() if t.name == "kim-appliance"}
     with (
         pytest.raises(ApplianceStartError, match="no_such_key") as raised,
         KimApplianceThread(data_dir, template=template, config={"fachdienst": {"no_such_key": 1}}),
@@ -169,7 +171,7 @@ def test_start_failure_names_the_cause(template: Path, tmp_path: Path) -> None:
     assert isinstance(raised.value.__cause__, ConfigError)
     assert "[fachdienst]" in str(raised.value)
     assert not (data_dir / "endpoints.json").exists()
-    assert not [t for t in threading.enumerate() if t.name == "kim-appliance"]
+    assert not [t for t in threading.enumerate() if t.name == "kim-appliance" and t not in before]
 
 
 def test_start_failure_of_a_fresh_fixture_is_reported(
