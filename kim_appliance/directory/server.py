@@ -74,6 +74,10 @@ MAX_REQUEST_PDU: Final = 64 * 1024
 #: Buffered request bytes above which a PDU is decoded in a worker thread (pyasn1 decodes about
 #: a megabyte per second; small binds and searches stay on the event loop).
 DECODE_INLINE_MAX: Final = 4096
+#: Worker threads doing CPU-heavy LDAP work (decoding a large PDU, a search) at a time. They hold
+#: the GIL while they run; more of them would make the event loop wait for it longer (the loop
+#: gets it back at every switch interval from one thread, bench/stall.py)
+CPU_WORKERS: Final = 1
 #: What the guard says over the connection cap and after a bug in a session (RFC 4511 §4.4.1)
 FAREWELLS: Final = Farewells(
     busy=encode_notice_of_disconnection(
@@ -148,7 +152,7 @@ async def serve_directory(
         idle_timeout=idle_timeout,
         first_pdu_timeout=min(limits.first_command_seconds, idle_timeout),
     )
-    handler = partial(serve_ldap_connection, store, settings)
+    handler = partial(serve_ldap_connection, store, settings, trio.CapacityLimiter(CPU_WORKERS))
 
     def guard(name: str) -> ListenerGuard:
         return ListenerGuard(name, log=log, limits=limits, budget=budget, farewells=FAREWELLS)
@@ -170,15 +174,19 @@ async def serve_directory(
 
 
 async def serve_ldap_connection(
-    store: DirectoryStore, settings: DirectorySettings, stream: trio.abc.Stream
+    store: DirectoryStore,
+    settings: DirectorySettings,
+    cpu: trio.CapacityLimiter,
+    stream: trio.abc.Stream,
 ) -> None:
-    """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF.
-    Network errors and bugs are the guard's (:func:`serve_directory`)."""
+    """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF;
+    the CPU-heavy steps run in worker threads under ``cpu``. Network errors and bugs are the
+    guard's (:func:`serve_directory`)."""
     core = LdapServer(max_pdu_size=MAX_REQUEST_PDU)
     timeout = settings.first_pdu_timeout
     while True:
         if core.buffered > DECODE_INLINE_MAX:
-            event = await trio.to_thread.run_sync(core.next_event)
+            event = await trio.to_thread.run_sync(core.next_event, limiter=cpu)
         else:
             event = core.next_event()
         if event is NEED_DATA:
@@ -200,7 +208,9 @@ async def serve_ldap_connection(
                 code, diagnostic = _check_bind(event, settings)
                 await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
             case Search():
-                answer = await trio.to_thread.run_sync(_search, core, store, settings, event)
+                answer = await trio.to_thread.run_sync(
+                    _search, core, store, settings, event, limiter=cpu
+                )
                 await stream.send_all(answer)
             case Refused() | Abandon():
                 log.debug("directory: %r", event)
