@@ -27,6 +27,7 @@ import trio
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
+from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.service import ClientmodulAddresses, serve_clientmodul
 from kim_appliance.config import Config, DomainConfig
@@ -38,7 +39,6 @@ from kim_appliance.fachdienst.account_manager import account_manager_routes
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.admin_api import admin_routes
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
-from kim_appliance.fachdienst.jwt import verify_jwt
 from kim_appliance.fachdienst.kas import kas_routes, run_kas_expiry
 from kim_appliance.fachdienst.kas_store import KasStore
 from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
@@ -46,6 +46,7 @@ from kim_appliance.konnektor import infomodell as konnektor_infomodell
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.konnektor.soap import KonnektorAddress, serve_konnektor
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
+from kim_appliance.pki.jwt import verify_jwt
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.serving import ConnectionBudget, Supervisor, raise_nofile_limit
 from kim_appliance.serving.http import serve_asgi
@@ -415,14 +416,13 @@ async def _start_clientmodul(
     spool = data_dir / "spool" / "clientmodul"
     spool.mkdir(parents=True, exist_ok=True)
     context = ClientmodulContext(
-        konnektor=konnektor,
-        directory=directory,
+        konnektor=InProcessKonnektor(konnektor, pki.trust_store()),
+        directory=InProcessDirectory(directory),
         resolve_upstream=resolve,
         resolve_https=resolve_https,
         # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9)
         upstream_ssl=client_context(tls_ca, chain=chain, key=key),
         server_ssl=server_context(chain, key),
-        trust=pki.trust_store(),
         spool_dir=spool,
         prefer_ecc=config.clientmodul.prefer_ecc,
         max_message_size=config.fachdienst.max_message_size,

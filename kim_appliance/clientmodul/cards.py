@@ -12,11 +12,13 @@ SMC-B matches, the one visible SMC-B without a Telematik-ID and without an ENC k
 HBA mailbox (the demo's practice card); with none or several such cards, or for an SMC-B
 mailbox whose card is missing, the lookup fails and says so.
 
-The handle is cached per context and account in a :class:`SigningCards` (one per Clientmodul,
-held by its ClientmodulContext); a card pulled and inserted again gets a new handle, so callers
-drop the cached one when the Konnektor answers 4008 (:meth:`SigningCards.forget`). All
-functions block (Konnektor calls): run them in a worker thread. This module never touches a
-key.
+The Konnektor is the Clientmodul's Konnektor port (:mod:`.ports`): GetCards over SOAP does not
+report a card's Telematik-ID, so it is read from the Admission of the card's C.ENC certificates
+whenever the port does not know it. The handle is cached per context and account in a
+:class:`SigningCards` (one per Clientmodul, held by its ClientmodulContext); a card pulled and
+inserted again gets a new handle, so callers drop the cached one when the Konnektor answers 4008
+(:meth:`SigningCards.forget`). All functions block (Konnektor calls): run them in a worker
+thread. This module never touches a key.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kim_appliance.clientmodul.ports import (
+    CallContext,
+    Card,
+    CardType,
+    KonnektorFault,
+    KonnektorPort,
+)
 from kim_appliance.errors import KimError
-from kim_appliance.konnektor import CardInfo, Context, Konnektor, KonnektorError
 from kim_appliance.pki import admission_of
 
 
@@ -41,20 +51,20 @@ class SigningCard:
     holder: str
 
 
-_Key = tuple[Context, str]
+_Key = tuple[CallContext, str]
 
 
 @dataclass
 class SigningCards:
     """The signing-card lookups of one Clientmodul with their cache. Thread-safe."""
 
-    konnektor: Konnektor
+    konnektor: KonnektorPort
     _cache: dict[_Key, SigningCard] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def find(
         self,
-        context: Context,
+        context: CallContext,
         account: str,
         telematik_id: str | None,
         enc_certificates: Sequence[bytes] = (),
@@ -80,43 +90,43 @@ class SigningCards:
             self._cache[key] = found
         return found
 
-    def forget(self, context: Context, account: str) -> None:
+    def forget(self, context: CallContext, account: str) -> None:
         """Drop the cached card of ``account`` (its handle went stale: card pulled, 4008)."""
         with self._lock:
             self._cache.pop((context, account.casefold()), None)
 
 
 def _search(
-    konnektor: Konnektor,
-    context: Context,
+    konnektor: KonnektorPort,
+    context: CallContext,
     account: str,
     telematik_id: str | None,
     enc_certificates: set[bytes],
     hba_mailbox: bool,
 ) -> SigningCard:
-    cards = konnektor.get_cards(context, "SMC-B")
+    cards = konnektor.get_cards(context, CardType.SMC_B)
     if not cards:
         raise NoSigningCardError(
             f"no SMC-B is inserted for Mandant {context.mandant_id!r}, workplace "
             f"{context.workplace_id!r}: insert the practice's SMC-B to send as {account}"
         )
-    unpersonalised: list[CardInfo] = []
-    for info in cards:
-        if telematik_id is not None and info.telematik_id == telematik_id:
-            return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
-        enc = _enc_certificates(konnektor, context, info)
+    unpersonalised: list[Card] = []
+    for card in cards:
+        if telematik_id is not None and card.telematik_id == telematik_id:
+            return SigningCard(card.handle, card.iccsn, card.holder_name)
+        enc = _enc_certificates(konnektor, context, card)
         for certificate_der, card_telematik_id in enc:
             if certificate_der in enc_certificates or (
                 telematik_id is not None and card_telematik_id == telematik_id
             ):
-                return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
-        if info.telematik_id is None and not enc:
-            unpersonalised.append(info)
+                return SigningCard(card.handle, card.iccsn, card.holder_name)
+        if card.telematik_id is None and not enc:
+            unpersonalised.append(card)
     # KOM-LE-A_2129: an HBA holder's mail is signed with her practice's SMC-B
     if hba_mailbox and len(unpersonalised) == 1:
-        info = unpersonalised[0]
-        return SigningCard(info.card_handle, info.iccsn, info.card_holder_name)
-    seen = ", ".join(f"{c.iccsn} ({c.card_holder_name})" for c in cards)
+        card = unpersonalised[0]
+        return SigningCard(card.handle, card.iccsn, card.holder_name)
+    seen = ", ".join(f"{c.iccsn} ({c.holder_name})" for c in cards)
     raise NoSigningCardError(
         f"none of the SMC-Bs visible to Mandant {context.mandant_id!r} ({seen}) belongs to "
         f"{account} (Telematik-ID {telematik_id or 'unknown'})"
@@ -124,16 +134,14 @@ def _search(
 
 
 def _enc_certificates(
-    konnektor: Konnektor, context: Context, info: CardInfo
+    konnektor: KonnektorPort, context: CallContext, card: Card
 ) -> list[tuple[bytes, str | None]]:
     """The card's C.ENC certificates (DER) with their Telematik-IDs (ReadCardCertificate)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     out: list[tuple[bytes, str | None]] = []
     for crypt in ("RSA", "ECC"):
         try:
-            certificate = konnektor.read_card_certificate(context, info.card_handle, "C.ENC", crypt)
-        except KonnektorError:
+            certificate = konnektor.read_card_certificate(context, card.handle, "C.ENC", crypt)
+        except KonnektorFault:
             continue  # no key of that kind on this card (4058)
         try:
             admission = admission_of(certificate)

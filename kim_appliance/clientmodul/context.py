@@ -2,10 +2,11 @@
 TLS contexts, the version strings it writes (digest §1.4, §2.2, §2.3) and its caches.
 
 The Clientmodul reaches the Fachdienst over real SMTPS/POP3S/HTTPS even in one process
-(DESIGN.md); the Konnektor and the VZD through their in-process interfaces. This module holds
-state only: the caches (VZD lookups, signing cards, decryption cards, account limits, version
-notices) live here, one set per Clientmodul, so two Clientmodule in one process never share
-what they learned. It never does I/O itself.
+(DESIGN.md), and the Konnektor and the VZD through its two ports (:mod:`.ports`): in-process
+adapters, or SOAP and LDAP to a Konnektor and a VZD anywhere. This module holds state only: the
+caches (VZD lookups, signing cards, decryption cards, account limits, version notices) live
+here, one set per Clientmodul, so two Clientmodule in one process never share what they
+learned. It never does I/O itself.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ import trio
 from kim_appliance.clientmodul.cards import SigningCards
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.limits import LimitsCache
+from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
 from kim_appliance.clientmodul.versions import VersionNotices
 from kim_appliance.clientmodul.vzd_lookup import VzdLookup
-from kim_appliance.directory import DirectoryStore
-from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.pki import TrustStore
 from kim_appliance.serving import ListenerLimits
 
 #: A function mapping the host:port the PVS named in its username (digest §1.2 index 1; None
@@ -49,8 +48,10 @@ def _no_https(domain: str) -> str:
 
 @dataclass
 class ClientmodulContext:
-    konnektor: Konnektor
-    directory: DirectoryStore
+    #: the Konnektor port: cards, signing, decryption, certificate checks (digest §1.8)
+    konnektor: KonnektorPort
+    #: the directory port: the VZD's entries of KIM addresses (digest §4.1)
+    directory: DirectoryPort
     #: (host from the username or None, port or None, protocol, account address) -> (host, port)
     resolve_upstream: UpstreamResolver
     #: verifies the Fachdienst's C.FD.TLS-S against the TLS CA (KOM-LE-A_2074/2075) and presents
@@ -58,8 +59,6 @@ class ClientmodulContext:
     upstream_ssl: ssl.SSLContext
     #: the PVS side: the Clientmodul's own server certificate (C.CM.TLS-CS), client cert optional
     server_ssl: ssl.SSLContext
-    #: trust anchors, intermediates and CRLs for the signer's certificate path
-    trust: TrustStore
     spool_dir: Path
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("kim_appliance.cm"))
     #: KIM domain -> https://host:port of its Fachdienst (KAS, AccountLimit, Account Manager)
@@ -98,7 +97,7 @@ class ClientmodulContext:
 
     def __post_init__(self) -> None:
         if self.vzd is None:
-            self.vzd = VzdLookup(self.directory, self.trust)
+            self.vzd = VzdLookup(self.directory)
         if self.key_finder is None:
             self.key_finder = DecryptionKeyFinder(self.konnektor)
         if self.signing_cards is None:

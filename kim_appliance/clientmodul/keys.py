@@ -7,10 +7,13 @@ names (issuer and serial number): first in the cache e-mail -> certificate -> IC
 (``TTL_EMAIL_ICCSN``, 30 days by default, KOM-LE-A_2061), otherwise with ``GetCards`` for the
 login's call context and ``ReadCardCertificate`` on every SMC-B and HBA it sees
 (KOM-LE-A_2060). Only the keys of that card whose certificate is named for the account are
-handed out, and only from a card of the account's Telematik-ID (from the VZD) when it is
-known: the Clientmodul decrypts with the fetching user's keys and nobody else's
+used, and only from a card of the account's Telematik-ID (from the VZD) when it is known (the
+card's own, or the Admission of the matching certificate when the Konnektor does not report
+it): the Clientmodul decrypts with the fetching user's keys and nobody else's
 (KOM-LE-A_2044/A_2045), even when a forged recipient-emails pairs the account with another
-practice's certificate (that attribute is unprotected until the signature is checked).
+practice's certificate (that attribute is unprotected until the signature is checked). What
+decrypts is the Konnektor port's :data:`~.ports.Decryption` for those certificates: the card's
+keys in-process, DecryptDocument over SOAP.
 
 Every failure is a :class:`KeySelectionError` carrying the ``X-KIM-DecryptionResult`` and
 ``X-KIM-Fehlermeldung`` it means (digest §1.6): 01/4009 no entry for the account, no card with
@@ -18,8 +21,8 @@ the certificate, card removed or PIN not verified (A_2062/A_2063); 02/4010 the m
 well-formed AuthEnvelopedData; 03/4011 the Konnektor does not answer.
 
 The functions here block (the scan reads the whole message; Konnektor calls may wait for a
-slow card): call them from a worker thread. This module never sees a private key, and never
-decrypts: it only chooses.
+slow card or the network): call them from a worker thread. This module never sees a private
+key, and never decrypts: it only chooses.
 """
 
 from __future__ import annotations
@@ -31,16 +34,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from kim_appliance import _native
+from kim_appliance.clientmodul.ports import (
+    CallContext,
+    Card,
+    CardType,
+    Decryption,
+    KonnektorFault,
+    KonnektorPort,
+    KonnektorUnreachable,
+)
 from kim_appliance.cms.enveloped import AuthEnvelopedReader
 from kim_appliance.cms.errors import CmsError
 from kim_appliance.cms.recipient_emails import RecipientEmail, decode_recipient_emails
-from kim_appliance.konnektor.cards import CardKey, CardType
-from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
-from kim_appliance.konnektor.infomodell import Context
-from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import read_header_block
+from kim_appliance.pki import admission_of
 
 #: TTL_EMAIL_ICCSN of Tab_Konf_Param (digest §1.9): 30 days.
 TTL_EMAIL_ICCSN: Final = dt.timedelta(days=30)
@@ -113,16 +125,16 @@ class _CacheKey:
 
 
 class DecryptionKeyFinder:
-    """Finds the card keys for an account, with the e-mail -> certificate -> ICCSN cache.
+    """Finds what decrypts for an account, with the e-mail -> certificate -> ICCSN cache.
 
-    Thread-safe (the cache has a lock; the Konnektor is thread-safe). A cached ICCSN is only a
-    hint: the card's keys are still matched against the certificates the message names, and a
+    Thread-safe (the cache has a lock; the Konnektor port is thread-safe). A cached entry is
+    only a hint: the card is looked up by its ICCSN again (its handle may have changed), and a
     stale entry falls back to the full search.
     """
 
     def __init__(
         self,
-        konnektor: Konnektor,
+        konnektor: KonnektorPort,
         *,
         ttl: dt.timedelta = TTL_EMAIL_ICCSN,
         clock: Callable[[], float] = time.monotonic,
@@ -131,19 +143,20 @@ class DecryptionKeyFinder:
         self.ttl_seconds = ttl.total_seconds()
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[_CacheKey, tuple[str, float]] = {}
+        #: entry -> (ICCSN, the certificate's DER, its Telematik-ID, expiry)
+        self._cache: dict[_CacheKey, tuple[str, bytes, str | None, float]] = {}
         #: Konnektor lookups (GetCards + ReadCardCertificate rounds) done: for tests and logs
         self.card_searches = 0
 
-    def keys_for(
+    def decryption_for(
         self,
-        context: Context,
+        context: CallContext,
         account: str,
         recipient_emails: Sequence[RecipientEmail],
         *,
         telematik_id: str | None = None,
-    ) -> list[CardKey]:
-        """The ENC keys of the card holding the certificates named for ``account``.
+    ) -> Decryption:
+        """What decrypts with the card's ENC keys of the certificates named for ``account``.
 
         ``telematik_id`` is the account's Telematik-ID from the VZD: only a card of that
         Telematik-ID is used. recipient-emails is unprotected until the signature has been
@@ -161,10 +174,10 @@ class DecryptionKeyFinder:
                 "KOM-LE-A_2043)",
             )
         try:
-            return self._keys(context, mine, telematik_id)
-        except KonnektorUnreachableError as exc:
+            return self._decryption(context, mine, telematik_id)
+        except KonnektorUnreachable as exc:
             raise KeySelectionError(KONNEKTOR_UNREACHABLE, str(exc)) from exc
-        except KonnektorError as exc:
+        except KonnektorFault as exc:
             # 4004-4021 context, 4008 card removed, 4085 PIN not verified (A_2062/A_2063)
             raise KeySelectionError(KEY_NOT_AVAILABLE, f"Konnektor: {exc}") from exc
 
@@ -172,41 +185,43 @@ class DecryptionKeyFinder:
         with self._lock:
             self._cache.clear()
 
-    def _keys(
-        self, context: Context, mine: list[RecipientEmail], telematik_id: str | None
-    ) -> list[CardKey]:
+    def _decryption(
+        self, context: CallContext, mine: list[RecipientEmail], telematik_id: str | None
+    ) -> Decryption:
         cards = [
             c
             for c in self.konnektor.get_cards(context)
             if c.card_type in (CardType.SMC_B, CardType.HBA)
-            and (telematik_id is None or c.telematik_id == telematik_id)
+            and (telematik_id is None or c.telematik_id in (None, telematik_id))
         ]
         by_iccsn = {c.iccsn: c for c in cards}
         now = self._clock()
-        cached: set[str] = set()
+        cached: dict[str, list[x509.Certificate]] = {}
         with self._lock:
             for entry in mine:
                 hit = self._cache.get(_key(entry))
-                if hit is not None and hit[1] > now:
-                    cached.add(hit[0])
-        for iccsn in sorted(cached):
-            info = by_iccsn.get(iccsn)
-            if info is not None:
-                keys = self._matching_keys(context, info.card_handle, mine)
-                if keys:
-                    return keys
+                if hit is not None and hit[3] > now and telematik_id in (None, hit[2]):
+                    certificate = x509.load_der_x509_certificate(hit[1])
+                    cached.setdefault(hit[0], []).append(certificate)
+        for iccsn, certificates in sorted(cached.items()):
+            card = by_iccsn.get(iccsn)
+            if card is not None:
+                decryption = self._for_card(context, card, certificates)
+                if _usable(decryption):
+                    return decryption
         # KOM-LE-A_2060: GetCards, then ReadCardCertificate on every SMC-B and HBA
         self.card_searches += 1
-        for info in cards:
-            found = self._card_holds(context, info.card_handle, mine)
+        for card in cards:
+            found = self._card_holds(context, card, mine, telematik_id)
             if found:
                 with self._lock:
                     expiry = self._clock() + self.ttl_seconds
-                    for entry in found:
-                        self._cache[_key(entry)] = (info.iccsn, expiry)
-                keys = self._matching_keys(context, info.card_handle, found)
-                if keys:
-                    return keys
+                    for entry, certificate, owner in found:
+                        der = certificate.public_bytes(Encoding.DER)
+                        self._cache[_key(entry)] = (card.iccsn, der, owner, expiry)
+                decryption = self._for_card(context, card, [c for _, c, _ in found])
+                if _usable(decryption):
+                    return decryption
         serials = ", ".join(f"{e.issuer.human_friendly} / serial {e.serial:X}" for e in mine)
         owner = f" of Telematik-ID {telematik_id}" if telematik_id else ""
         raise KeySelectionError(
@@ -219,28 +234,49 @@ class DecryptionKeyFinder:
         )
 
     def _card_holds(
-        self, context: Context, card_handle: str, mine: list[RecipientEmail]
-    ) -> list[RecipientEmail]:
-        """The entries whose certificate this card holds (ReadCardCertificate C.ENC)."""
-        found: list[RecipientEmail] = []
+        self,
+        context: CallContext,
+        card: Card,
+        mine: list[RecipientEmail],
+        telematik_id: str | None,
+    ) -> list[tuple[RecipientEmail, x509.Certificate, str | None]]:
+        """The entries whose certificate this card holds (ReadCardCertificate C.ENC), with the
+        certificate and its owner's Telematik-ID; only a card of ``telematik_id`` counts."""
+        found: list[tuple[RecipientEmail, x509.Certificate, str | None]] = []
         for crypt in ("RSA", "ECC"):
             try:
                 certificate = self.konnektor.read_card_certificate(
-                    context, card_handle, "C.ENC", crypt
+                    context, card.handle, "C.ENC", crypt
                 )
-            except KonnektorUnreachableError:
+            except KonnektorUnreachable:
                 raise
-            except KonnektorError:
+            except KonnektorFault:
                 continue  # no ENC key of this algorithm on the card (4058), or it went away
-            found.extend(e for e in mine if e.matches(certificate))
+            owner = card.telematik_id or _telematik_id(certificate)
+            if telematik_id is not None and owner != telematik_id:
+                continue
+            found.extend((e, certificate, owner) for e in mine if e.matches(certificate))
         return found
 
-    def _matching_keys(
-        self, context: Context, card_handle: str, mine: list[RecipientEmail]
-    ) -> list[CardKey]:
-        """The card's ENC keys whose certificate is named for the account (A_2044/A_2045)."""
-        keys = self.konnektor.decryption_keys(context, card_handle)
-        return [k for k in keys if any(e.matches(k.certificate) for e in mine)]
+    def _for_card(
+        self, context: CallContext, card: Card, certificates: list[x509.Certificate]
+    ) -> Decryption:
+        """What decrypts with the card's keys of ``certificates`` (A_2044/A_2045)."""
+        return self.konnektor.decryption(context, card.handle, list(dict.fromkeys(certificates)))
+
+
+def _usable(decryption: Decryption) -> bool:
+    """False for an empty list of keys (none of the card's keys is one named for the
+    account); a DocumentDecryptor is always usable (the Konnektor chooses the key)."""
+    return not isinstance(decryption, Sequence) or bool(decryption)
+
+
+def _telematik_id(certificate: x509.Certificate) -> str | None:
+    try:
+        admission = admission_of(certificate)
+    except ValueError:
+        return None
+    return admission.telematik_id if admission else None
 
 
 def _key(entry: RecipientEmail) -> _CacheKey:

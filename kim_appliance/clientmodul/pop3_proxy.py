@@ -44,10 +44,10 @@ import trio
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import read_mail_data
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
+from kim_appliance.clientmodul.ports import KonnektorFault, KonnektorUnreachable
 from kim_appliance.clientmodul.receive import KasFetcher, ReceivedMessage, process_message
 from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_pop3_username
-from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
 from kim_appliance.protocols.pop3 import (
     NEED_DATA,
     AuthAttempt,
@@ -238,10 +238,10 @@ class CmPop3Session:
         try:
             # the call context must be one the Konnektor accepts (4004-4006 and friends -> -ERR)
             await trio.to_thread.run_sync(self.ctx.konnektor.get_cards, context)
-        except KonnektorUnreachableError as exc:
+        except KonnektorUnreachable as exc:
             # the PVS may still fetch mail; every KIM message will say 03/4011 (digest §1.6)
             self.ctx.log.warning("cm pop3 %s: context not checked: %s", self.peer, exc)
-        except KonnektorError as exc:
+        except KonnektorFault as exc:
             return Response(False, _line(f"Konnektor refused the call context: {exc}"))
         try:
             host, port = self.ctx.resolve_upstream(login.host, login.port, "pop3", login.account)

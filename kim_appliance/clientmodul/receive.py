@@ -12,9 +12,11 @@ Digest §1.5 PROCESS, in order:
    (KOM-LE-A_2046, A_2047-01) with the still-encrypted message attached: 01/4009 key not
    available (no entry, card removed, PIN not verified), 02/4010 wrong format, 03/4011
    Konnektor not reachable;
-4. stream decryption and verification with :func:`kim_appliance.mail.unseal.open_message`
-   (GCM tag, signature, signer path against ``ctx.trust``, signed vs unprotected
-   recipient-emails, outer vs inner headers; IntegrityCheckResult 01-09);
+4. decryption and verification with :func:`kim_appliance.mail.unseal.open_message` (the card
+   unwraps the content key and the message streams, or the Konnektor's DecryptDocument
+   decrypts it whole: the Konnektor port's choice; GCM tag, signature, the signer's path
+   checked through the Konnektor port (trust store or VerifyCertificate), signed vs
+   unprotected recipient-emails, outer vs inner headers; IntegrityCheckResult 01-09);
 5. integrity result 01 only: the inner mail with Return-Path/Received carried over, the status
    headers ``X-KIM-DecryptionResult: 00`` / ``X-KIM-IntegrityCheckResult`` and the notes
    (KOM-LE-A_2179-01, A_2050, A_21236, A_20628; :mod:`kim_appliance.mail.notes`); any other
@@ -53,10 +55,14 @@ from kim_appliance.clientmodul.keys import (
     KeySelectionError,
     scan_recipient_emails,
 )
+from kim_appliance.clientmodul.ports import (
+    DirectoryUnreachable,
+    KonnektorFault,
+    KonnektorUnreachable,
+)
 from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
-from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
 from kim_appliance.mail import errormail, notes
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import HeaderBlock, read_header_block
@@ -161,26 +167,29 @@ def _process_kim_message(
     spool_dir = str(ctx.spool_dir)
     if not _supported(version):
         return _version_error(raw, header, version, spool_dir)
+    context = login.context()
     try:
         raw.seek(0)
         entries = scan_recipient_emails(raw)
-        entry = ctx.directory.find_by_mail(login.account)
-        keys = finder.keys_for(
-            login.context(),
-            login.account,
-            entries,
-            telematik_id=entry.telematik_id if entry is not None else None,
-        )
+        owner = _owner(ctx, login.account)
+        decryption = finder.decryption_for(context, login.account, entries, telematik_id=owner)
     except KeySelectionError as exc:
         return _decryption_error(raw, header, exc.decryption_result, exc.reason, spool_dir)
     with spool_file(spool_dir) as decrypted:
         raw.seek(0)
         try:
-            report = open_message(raw, decrypted, keys=keys, trust=ctx.trust, spool_dir=spool_dir)
-        except KonnektorUnreachableError as exc:
-            # the card unwraps the content key: the Konnektor went away meanwhile
+            report = open_message(
+                raw,
+                decrypted,
+                keys=decryption,
+                trust=ctx.konnektor.certificate_validator(context),
+                spool_dir=spool_dir,
+            )
+        except KonnektorUnreachable as exc:
+            # the card unwraps the content key (or DecryptDocument, VerifyCertificate): the
+            # Konnektor went away meanwhile
             return _decryption_error(raw, header, KONNEKTOR_UNREACHABLE[0], str(exc), spool_dir)
-        except KonnektorError as exc:  # card pulled, PIN reset: key not available
+        except KonnektorFault as exc:  # card pulled, PIN reset: key not available
             detail = f"Konnektor: {exc}"
             return _decryption_error(raw, header, KEY_NOT_AVAILABLE[0], detail, spool_dir)
         if report.decryption_result != DECRYPTED:
@@ -232,6 +241,16 @@ def _process_kim_message(
         return integrity_error
 
 
+def _owner(ctx: ClientmodulContext, account: str) -> str | None:
+    """The account's Telematik-ID in the VZD (None when it publishes none, A_24039, or when the
+    VZD does not answer: then only the certificate decides, as before there was a VZD)."""
+    try:
+        return ctx.vzd.telematik_id(account)
+    except DirectoryUnreachable as exc:
+        ctx.log.warning("cm pop3: VZD not reachable, key chosen by certificate only: %s", exc)
+        return None
+
+
 def _large_mail(
     raw: BinaryIO,
     header: HeaderBlock,
@@ -243,10 +262,16 @@ def _large_mail(
     spool_dir: str,
 ) -> ReceivedMessage:
     """Digest §1.5 step 5: a verified x-kas message; ``raw`` is taken over."""
-    own = ctx.vzd.version(login.account)
-    if not accepts_large_mails(own):
-        ctx.vzd.invalidate(login.account)  # A_23512 decides on the current entry
+    try:
         own = ctx.vzd.version(login.account)
+        if not accepts_large_mails(own):
+            ctx.vzd.invalidate(login.account)  # A_23512 decides on the current entry
+            own = ctx.vzd.version(login.account)
+    except DirectoryUnreachable as exc:
+        # the consent cannot be checked: nothing is downloaded; the encrypted original goes
+        # along, so that the user can fetch it again later (A_19370)
+        reason = f"the VZD does not answer, large-mail consent not checked (A_23512): {exc}"
+        return _kas_error(raw, header, "4006", reason, spool_dir)
     if not accepts_large_mails(own):
         problem = f"{login.account} has KIM version {own}, large mails need 1.5+ (A_23512)"
         return _result(

@@ -20,10 +20,13 @@ then, in the order of digest §1.4:
    x-kas part with ``X-KOM-LE-Version: 1.5`` and ``X-KIM-KAS-Size`` (digest §1.4 step 7; 507:
    521 and the MTA connection closed, A_22419; other failures: 451 and a 4002 report,
    A_19363-02);
-6. signs with the SMC-B's OSIG key through the Konnektor (ECC first when configured; failure:
-   451, KOM-LE-A_2021) and encrypts for every certificate of every recipient and the sender
-   (KOM-LE-A_2022, A_2111-01) with :func:`kim_appliance.mail.seal.seal`, writing the outer mail
-   with X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01) and Expires (A_22417) to a spool file.
+6. signs with the SMC-B's OSIG key through the Konnektor port (the card signs the digest
+   in-process, SignDocument over SOAP; ECC first when configured; failure: 451, KOM-LE-A_2021)
+   and encrypts for every certificate of every recipient and the sender (KOM-LE-A_2022,
+   A_2111-01) with :func:`kim_appliance.mail.seal.seal`, writing the outer mail with
+   X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01) and Expires (A_22417) to a spool file.
+   A VZD that does not answer is ``451 4.4.3``; a Konnektor that does not answer while the
+   certificates are checked is ``451 4.7.0`` like a failed signature.
 
 :func:`transmit` then offers it to the Fachdienst on the proxy's upstream session: ``MAIL
 FROM`` with ``SIZE=`` of the outer mail, the filtered ``RCPT TO``s, DATA; the MTA's reply is
@@ -56,6 +59,14 @@ from cryptography.hazmat.primitives import hashes
 from kim_appliance.clientmodul import cards, large_mail
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
+from kim_appliance.clientmodul.ports import (
+    CARD_NOT_INSERTED,
+    RSA_ECC,
+    DirectoryUnreachable,
+    KonnektorFault,
+    KonnektorUnreachable,
+    Signer,
+)
 from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
@@ -65,10 +76,6 @@ from kim_appliance.clientmodul.vzd_lookup import (
     VzdLookup,
 )
 from kim_appliance.cms.errors import CmsError
-from kim_appliance.cms.keys import KeyOperations
-from kim_appliance.konnektor import KonnektorError, KonnektorUnreachableError
-from kim_appliance.konnektor.errors import CARD_NOT_INSERTED
-from kim_appliance.konnektor.operations import RSA_ECC
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import (
     HeaderBlock,
@@ -78,6 +85,7 @@ from kim_appliance.mail.headers import (
 )
 from kim_appliance.mail.seal import Certified, seal
 from kim_appliance.pki import CertProfile, profile_of
+from kim_appliance.pki.validate import CertificateValidator
 from kim_appliance.protocols.session import NETWORK_ERRORS
 from kim_appliance.protocols.smtp import (
     NEED_DATA,
@@ -217,8 +225,10 @@ def prepare(
         if address.casefold() not in {u.casefold() for u in unique}:
             unique.append(address)
 
-    # step 5: the sender first (553 ends it before anything else is looked at)
-    sender = lookup.lookup(account)
+    # step 5: the sender first (553 ends it before anything else is looked at); one VZD query
+    # for all of them
+    validator = ctx.konnektor.certificate_validator(login.context())
+    sender, *found = _lookup(lookup, [account, *unique], validator, header)
     if not sender.usable:
         code = SENDER_NOT_UNIQUE if sender.code == "4005" else sender.code
         raise SendRefused(
@@ -229,7 +239,6 @@ def prepare(
                 f"({code}: {sender.reason})",
             )
         )
-    found = [lookup.lookup(address) for address in unique]
     dropped = [Dropped(f.address, f.code or "4004", f.reason) for f in found if not f.usable]
     valid = [f for f in found if f.usable]
     if not valid:
@@ -259,7 +268,7 @@ def prepare(
     if inner.seek(0, io.SEEK_END) > threshold:
         # step 7: the whole client mail goes encrypted to the sender's KAS
         large = _large_mail(
-            ctx, account, header, client_mail, body_offset, valid, dropped, lookup,
+            ctx, account, header, client_mail, body_offset, valid, dropped, lookup, validator,
             threshold, expires, kas_upload,
         )  # fmt: skip
         inner, valid, new_header, kas_link = large.inner, large.valid, large.header, large.link
@@ -283,9 +292,9 @@ def prepare(
             extra_headers=extra,
             spool_dir=str(ctx.spool_dir),
         )
-    except (KonnektorError, KonnektorUnreachableError) as exc:
+    except (KonnektorFault, KonnektorUnreachable) as exc:
         outer.close()
-        if isinstance(exc, KonnektorError) and exc.code == CARD_NOT_INSERTED:
+        if isinstance(exc, KonnektorFault) and exc.code == CARD_NOT_INSERTED:
             ctx.signing_cards.forget(login.context(), account)
         raise SendRefused(_signing_failed(exc), dropped=dropped, original_header=header) from exc
     except (MailFormatError, CmsError) as exc:
@@ -327,6 +336,7 @@ def _large_mail(
     valid: list[AddressLookup],
     dropped: list[Dropped],
     lookup: VzdLookup,
+    validator: CertificateValidator,
     threshold: int,
     expires: str,
     kas_upload: KasUploader | None,
@@ -348,7 +358,7 @@ def _large_mail(
         if not accepts_large_mails(found.version):
             # A_19356-07: a cached version must not exclude a recipient; ask the VZD again
             lookup.invalidate(found.address)
-            found = lookup.lookup(found.address)
+            found = _lookup(lookup, [found.address], validator, header)[0]
         if found.usable and accepts_large_mails(found.version):
             keep.append(found)
         else:
@@ -431,36 +441,53 @@ def _recipient_certificates(
     return out
 
 
+def _lookup(
+    lookup: VzdLookup,
+    addresses: Sequence[str],
+    validator: CertificateValidator,
+    header: HeaderBlock,
+) -> list[AddressLookup]:
+    """:meth:`VzdLookup.lookup_many`; a VZD or a Konnektor that does not answer refuses the
+    message for now (451: the PVS tries again later)."""
+    try:
+        return lookup.lookup_many(addresses, validator)
+    except DirectoryUnreachable as exc:
+        text = re.sub(r"[\x00-\x1f\x7f]", " ", str(exc))[:400]
+        reply = Reply(451, "4.4.3", f"the directory (VZD) does not answer: {text}")
+        raise SendRefused(reply, original_header=header) from exc
+    except (KonnektorFault, KonnektorUnreachable) as exc:
+        # VerifyCertificate failed: the recipients' certificates cannot be checked
+        raise SendRefused(_signing_failed(exc), original_header=header) from exc
+
+
 def signing_card(
     ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup
 ) -> cards.SigningCard:
     """The SMC-B that signs for the account (KOM-LE-A_2020/2129); Konnektor errors as raised."""
-    entry = ctx.directory.find_by_mail(login.account)
     return ctx.signing_cards.find(
         login.context(),
         login.account,
         sender.telematik_id,
-        entry.certificates if entry is not None else (),
+        sender.entry_certificates,
         hba_mailbox=any(profile_of(c) is CertProfile.C_HP_ENC for c in sender.certificates),
     )
 
 
-def _signing_key(ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup) -> KeyOperations:
-    """The card key that signs (digest §1.4 step 8); SendRefused 451 when there is none."""
+def _signing_key(ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup) -> Signer:
+    """What signs (digest §1.4 step 8); SendRefused 451 when nothing can."""
     context = login.context()
     crypt = RSA_ECC if ctx.prefer_ecc else "RSA"
     for attempt in range(2):
         try:
             card = signing_card(ctx, login, sender)
-            key: KeyOperations = ctx.konnektor.signing_key(context, card.card_handle, crypt)
-            return key
-        except KonnektorError as exc:
+            return ctx.konnektor.signer(context, card.card_handle, crypt)
+        except KonnektorFault as exc:
             if exc.code == CARD_NOT_INSERTED and attempt == 0:
                 # a cached handle of a card pulled and put back: look the card up once more
                 ctx.signing_cards.forget(context, login.account)
                 continue
             raise SendRefused(_signing_failed(exc)) from exc
-        except KonnektorUnreachableError as exc:
+        except KonnektorUnreachable as exc:
             raise SendRefused(_signing_failed(exc)) from exc
         except cards.NoSigningCardError as exc:
             raise SendRefused(_signing_failed(exc)) from exc

@@ -51,10 +51,15 @@ from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
 from kim_appliance.clientmodul.large_mail import KasBlob
 from kim_appliance.clientmodul.limits import Limits, get_limits
+from kim_appliance.clientmodul.ports import (
+    CardType,
+    DirectoryUnreachable,
+    KonnektorFault,
+    KonnektorUnreachable,
+)
 from kim_appliance.clientmodul.spool import spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
 from kim_appliance.clientmodul.versions import compare_versions
-from kim_appliance.konnektor import ContextError, KonnektorError, KonnektorUnreachableError
 from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
 from kim_appliance.mail.headers import HeaderBlock
 from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
@@ -149,15 +154,18 @@ class CmSmtpSession:
             return Reply(501, "5.5.4", _one_line(str(exc))), True
         context = login.context()
         try:
-            await trio.to_thread.run_sync(ctx.konnektor.get_cards, context, "SMC-B")
-        except ContextError as exc:
-            # digest §1.3: a SOAP fault 4004-4006 on the call context -> 501
-            ctx.log.info("cm smtp %s AUTH %s: Konnektor context: %s", self.peer, login.account, exc)
-            return Reply(501, "5.5.4", _one_line(f"Konnektor call context refused: {exc}")), False
-        except KonnektorUnreachableError as exc:
-            return Reply(454, "4.7.0", _one_line(f"cannot check the call context: {exc}")), False
-        except KonnektorError as exc:
+            await trio.to_thread.run_sync(ctx.konnektor.get_cards, context, CardType.SMC_B)
+        except KonnektorFault as exc:
+            if exc.context_refused:
+                # digest §1.3: a SOAP fault 4004-4006 on the call context -> 501
+                ctx.log.info(
+                    "cm smtp %s AUTH %s: Konnektor context: %s", self.peer, login.account, exc
+                )
+                text = _one_line(f"Konnektor call context refused: {exc}")
+                return Reply(501, "5.5.4", text), False
             return Reply(454, "4.7.0", _one_line(f"Konnektor error: {exc}")), False
+        except KonnektorUnreachable as exc:
+            return Reply(454, "4.7.0", _one_line(f"cannot check the call context: {exc}")), False
         host, port = ctx.resolve_upstream(login.host, login.port, "smtp", login.account)
         server_name = login.host or login.account.rpartition("@")[2]
         try:
@@ -356,7 +364,11 @@ class CmSmtpSession:
         """Step 12 (A_21387-01): the sender's VZD version against the Clientmodul's."""
         ctx = self.ctx
         account = login.account
-        vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
+        try:
+            vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
+        except DirectoryUnreachable as exc:
+            ctx.log.warning("cm smtp %s %s: version not compared: %s", self.peer, account, exc)
+            return
         order = compare_versions(vzd_version, ctx.pt_version)
         if order == 1 and ctx.version_notices.due("4017", account):
             notice = versions.version_notice(
@@ -383,7 +395,7 @@ class CmSmtpSession:
             return
 
         def jwt() -> str:
-            sender = ctx.vzd.lookup(account)
+            sender = ctx.vzd.lookup(account, ctx.konnektor.certificate_validator(login.context()))
             card = send.signing_card(ctx, login, sender)
             return versions.account_manager_jwt(
                 ctx.konnektor, login.context(), card.card_handle, account
@@ -400,8 +412,8 @@ class CmSmtpSession:
                 version=version,
                 timeout=ctx.kas_timeout_seconds,
             )
-        except (versions.SetAccountFailed, NoSigningCardError, KonnektorError,
-                KonnektorUnreachableError) as exc:  # fmt: skip
+        except (versions.SetAccountFailed, NoSigningCardError, KonnektorFault,
+                KonnektorUnreachable, DirectoryUnreachable) as exc:  # fmt: skip
             ctx.log.warning("cm smtp %s %s: kimVersion not updated: %s", self.peer, account, exc)
             return
         ctx.vzd.invalidate(account)

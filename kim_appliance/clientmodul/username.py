@@ -39,8 +39,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
+from kim_appliance.clientmodul.ports import CallContext
 from kim_appliance.errors import KimError
-from kim_appliance.konnektor.infomodell import Context
 
 #: The placeholder of a skipped optional field (KOM-LE-A_21519-02, KOM-LE-A_21518-02).
 PLACEHOLDER: Final = "*"
@@ -113,9 +113,9 @@ class CmLogin:
     #: SMTP index 5, POP3 index 6: a key into the Clientmodul's Konnektor configuration
     konnektor_id: str | None
 
-    def context(self) -> Context:
+    def context(self) -> CallContext:
         """The Konnektor call context (CCTX:Context, digest §1.8) of this login."""
-        return Context(
+        return CallContext(
             mandant_id=self.mandant_id,
             client_system_id=self.client_system_id,
             workplace_id=self.workplace_id,

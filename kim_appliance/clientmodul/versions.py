@@ -32,12 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from kim_appliance.clientmodul.ports import CallContext, KonnektorFault, KonnektorPort
 from kim_appliance.clientmodul.rest import RestUnavailable, https_request
-from kim_appliance.fachdienst.jwt import build_jwt, signature_scheme_for
-from kim_appliance.konnektor.errors import KonnektorError
-from kim_appliance.konnektor.infomodell import Context
-from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.mail.headers import HeaderBlock, HeaderField
+from kim_appliance.pki.jwt import build_jwt, signature_scheme_for
 
 #: once per day and account (A_21387-01 "nicht mehr als einmal pro Tag", our reading)
 NOTICE_INTERVAL: Final = 24 * 3600.0
@@ -170,7 +168,7 @@ async def set_kim_version(
 
 
 def account_manager_jwt(
-    konnektor: Konnektor, context: Context, card_handle: str, account: str
+    konnektor: KonnektorPort, context: CallContext, card_handle: str, account: str
 ) -> str:
     """A bearer JWT for the Account Manager (KOM-LE-A_2187, digest §1.10): ``sub`` = the
     account, signed with the SMC-B's AUT key through ExternalAuthenticate (RSASSA-PSS for RSA,
@@ -180,7 +178,7 @@ def account_manager_jwt(
         try:
             certificate = konnektor.read_card_certificate(context, card_handle, "C.AUT", crypt)
             break
-        except KonnektorError:
+        except KonnektorFault:
             continue
     if certificate is None:
         raise SetAccountFailed(f"the card {card_handle} has no C.AUT certificate for the JWT")

@@ -8,37 +8,42 @@ revocation), so a revocation takes effect at once while the directory is asked r
 C.HCI.ENC and C.HP.ENC certificates are used (KOM-LE-A_2128); a recipient whose certificates
 carry more than one Telematik-ID is not encrypted for (KOM-LE-A_2178, code 4005).
 
-The lookups block (directory store, certificate checks): call :meth:`VzdLookup.lookup` in a
-worker thread. This module never decides what to do with a dropped recipient (the pipeline
-does) and never writes to the directory.
+The directory is the Clientmodul's directory port (:mod:`.ports`: the in-process VZD, or LDAPS
+to a VZD); the certificates are checked by the Konnektor port's validator (the trust store of
+an in-process Konnektor, or VerifyCertificate), as a real Clientmodul asks its Konnektor. The
+addresses of one message are asked in one directory query (:meth:`VzdLookup.lookup_many`).
+The lookups block (directory, certificate checks): call them in a worker thread. This module
+never decides what to do with a dropped recipient (the pipeline does) and never writes to the
+directory.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography import x509
 
-from kim_appliance.directory import DirectoryStore
-from kim_appliance.directory.entries import DEFAULT_VERSION
+from kim_appliance.clientmodul.ports import DirectoryPort
 from kim_appliance.pki import (
     CertProfile,
     PathValidationError,
     Purpose,
-    TrustStore,
     admission_of,
     describe,
     profile_of,
 )
+from kim_appliance.pki.validate import CertificateValidator
 
 #: TTL_ENC_CERT (Tab_Konf_Param, KOM-LE-A_2026): how long fetched certificates are reused.
 TTL_ENC_CERT: Final = 12 * 3600.0
 #: A_22340: a KIM version learned from the VZD is reused for at most 24 h.
 TTL_VERSION: Final = 24 * 3600.0
+#: digest §4.1: a missing komLeData/kimData for an address means 1.0
+DEFAULT_VERSION: Final = "1.0"
 
 #: X-KIM-Fehlermeldung codes of a dropped recipient (digest §1.6)
 NOT_ENCRYPTABLE: Final = "4004"
@@ -66,6 +71,9 @@ class AddressLookup:
     reason: str = ""
     #: the certificates that were left out, with why (for logs and reports)
     rejected: tuple[str, ...] = ()
+    #: every certificate of the entry as the VZD published it (DER), usable or not: the
+    #: signing card is found by them (:mod:`.cards`)
+    entry_certificates: tuple[bytes, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -86,8 +94,7 @@ class _Cached:
 class VzdLookup:
     """Directory lookups with the TTL caches of KOM-LE-A_2026 and A_22340. Thread-safe."""
 
-    directory: DirectoryStore
-    trust: TrustStore
+    directory: DirectoryPort
     ttl_enc_cert: float = TTL_ENC_CERT
     ttl_version: float = TTL_VERSION
     clock: Callable[[], float] = time.monotonic
@@ -104,9 +111,22 @@ class VzdLookup:
             else:
                 self._cache.pop(address.casefold(), None)
 
-    def lookup(self, address: str) -> AddressLookup:
-        """The usable encryption certificates of ``address`` (blocking; run it in a thread)."""
-        cached = self._entry(address)
+    def lookup(self, address: str, validator: CertificateValidator) -> AddressLookup:
+        """The usable encryption certificates of ``address``, each checked by ``validator``
+        (blocking; run it in a thread). Raises DirectoryUnreachable, and the validator's own
+        errors (a Konnektor that does not answer)."""
+        return self.lookup_many([address], validator)[0]
+
+    def lookup_many(
+        self, addresses: Sequence[str], validator: CertificateValidator
+    ) -> list[AddressLookup]:
+        """:meth:`lookup` of every address, with one directory query for those not cached."""
+        entries = self._entries(addresses)
+        return [self._checked(a, entries[a.casefold()], validator) for a in addresses]
+
+    def _checked(
+        self, address: str, cached: _Cached, validator: CertificateValidator
+    ) -> AddressLookup:
         if not cached.found:
             return AddressLookup(
                 address,
@@ -124,7 +144,7 @@ class VzdLookup:
             except ValueError as exc:
                 rejected.append(f"a userCertificate of the entry is not a certificate: {exc}")
                 continue
-            problem = self._check(certificate)
+            problem = _check(certificate, validator)
             if problem is None:
                 usable.append(certificate)
             else:
@@ -139,6 +159,7 @@ class VzdLookup:
                 NOT_ENCRYPTABLE,
                 f"{address} has no valid encryption certificate: {detail}",
                 tuple(rejected),
+                cached.certificates,
             )
         ids = sorted({_telematik_id(c) or "(none)" for c in usable})
         if len(ids) != 1 or ids[0] == "(none)":
@@ -152,59 +173,79 @@ class VzdLookup:
                 f"the encryption certificates of {address} carry different or no "
                 f"Telematik-IDs ({', '.join(ids)}; KOM-LE-A_2178)",
                 tuple(rejected),
+                cached.certificates,
             )
         return AddressLookup(
-            address, tuple(usable), ids[0], cached.version, rejected=tuple(rejected)
+            address,
+            tuple(usable),
+            ids[0],
+            cached.version,
+            rejected=tuple(rejected),
+            entry_certificates=cached.certificates,
         )
+
+    def telematik_id(self, address: str) -> str | None:
+        """The Telematik-ID of the entry publishing ``address`` (None when none does)."""
+        return self._entries([address])[address.casefold()].entry_telematik_id
 
     def version(self, address: str) -> str:
         """The KIM version of ``address`` in the VZD (``1.0`` when none is published)."""
-        return self._entry(address).version
+        return self._entries([address])[address.casefold()].version
 
-    def _check(self, certificate: x509.Certificate) -> str | None:
-        """None if ``certificate`` may be encrypted for, else why not."""
-        profile = profile_of(certificate)
-        if profile not in _ENC_PROFILES:
-            kind = profile.value if profile else "no gematik certificate type"
-            return (
-                f"{describe(certificate)} is {kind}: KIM encrypts to C.HCI.ENC or C.HP.ENC only "
-                "(KOM-LE-A_2128)"
-            )
-        try:
-            self.trust.validate(certificate, purpose=Purpose.ENCRYPTION, profile=profile)
-        except PathValidationError as exc:
-            return str(exc)
-        return None
-
-    def _entry(self, address: str) -> _Cached:
-        key = address.casefold()
+    def _entries(self, addresses: Sequence[str]) -> dict[str, _Cached]:
+        """What the VZD says about each address (keyed case-folded): from the cache, or from one
+        directory query for the others. An unknown address is not cached: it is asked again
+        next time (it may just have been registered)."""
+        out: dict[str, _Cached] = {}
+        wanted: list[str] = []
         now = self.clock()
         with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and now < cached.cert_expires and now < cached.version_expires:
-                return cached
-        entry = self.directory.find_by_mail(address)
+            for key in dict.fromkeys(a.casefold() for a in addresses):
+                cached = self._cache.get(key)
+                if (
+                    cached is not None
+                    and now < cached.cert_expires
+                    and now < cached.version_expires
+                ):
+                    out[key] = cached
+                else:
+                    wanted.append(key)
+        if not wanted:
+            return out
+        records = self.directory.find_by_mail(wanted)
+        now = self.clock()
         with self._lock:
             self.queries += 1
-            if entry is None:
-                # not cached: an unknown address is asked again next time (it may just have
-                # been registered)
-                return _Cached((), None, False, now, DEFAULT_VERSION, now)
-            else:
-                version = next(
-                    (a.version for a in entry.published_addresses() if a.mail.casefold() == key),
-                    DEFAULT_VERSION,
-                )
-                cached = _Cached(
-                    entry.certificates,
-                    entry.telematik_id,
+            for key in wanted:
+                record = records.get(key)
+                if record is None:
+                    out[key] = _Cached((), None, False, now, DEFAULT_VERSION, now)
+                    continue
+                out[key] = self._cache[key] = _Cached(
+                    record.certificates,
+                    record.telematik_id,
                     True,
                     now + self.ttl_enc_cert,
-                    version,
+                    record.version,
                     now + self.ttl_version,
                 )
-                self._cache[key] = cached
-            return cached
+        return out
+
+
+def _check(certificate: x509.Certificate, validator: CertificateValidator) -> str | None:
+    """None if ``certificate`` may be encrypted for, else why not."""
+    profile = profile_of(certificate)
+    if profile not in _ENC_PROFILES:
+        kind = profile.value if profile else "no gematik certificate type"
+        return (
+            f"{describe(certificate)} is {kind}: KIM encrypts to C.HCI.ENC or C.HP.ENC only "
+            "(KOM-LE-A_2128)"
+        )
+    try:
+        validator.validate(certificate, purpose=Purpose.ENCRYPTION, profile=profile)
+    except PathValidationError as exc:
+        return str(exc)
+    return None
 
 
 def _telematik_id(certificate: x509.Certificate) -> str | None:

@@ -11,6 +11,11 @@ Behaviour (digest §4.1): anonymous bind, and simple bind for the DN/password pa
 base/one/sub (other bases: noSuchObject 32), at most ``size_limit`` (100, TIP1-A_5552) entries
 and sizeLimitExceeded 4 after them; entries without a currently valid certificate are not
 found; ``userCertificate;binary`` carries DER. Write operations are refused by the core.
+Paged results (RFC 2696, critical or not, as python-ldap and ``ldapsearch -E '!pr=N'`` send
+it) hand out the same entries in pages (the size limit counts for the whole paged search, as
+OpenLDAP's default ``size.prtotal``); what a cookie holds is :mod:`.paging`'s business. The
+plain listener offers StartTLS (RFC 4511 §4.14) when the server has a TLS context: the upgrade
+happens inside the session, its handshake bounded by the guard's ``handshake_seconds``.
 
 Resource handling: every connection runs under the listener's guard
 (:mod:`kim_appliance.serving.guard`): a connection cap (beyond it a Notice of Disconnection
@@ -37,9 +42,12 @@ import trio
 
 from kim_appliance.directory.entries import BASE_DN, DirectoryEntry
 from kim_appliance.directory.filters import matches, select_attributes
+from kim_appliance.directory.paging import CookieError, PagedSearches, View
 from kim_appliance.directory.store import DirectoryStore, has_valid_certificate
 from kim_appliance.protocols.ldap import (
     NEED_DATA,
+    PAGED_RESULTS_OID,
+    START_TLS_OID,
     Abandon,
     Bind,
     ConnectionClosed,
@@ -49,6 +57,7 @@ from kim_appliance.protocols.ldap import (
     ResultCode,
     Scope,
     Search,
+    StartTls,
     Unbind,
     encode_notice_of_disconnection,
     filter_to_string,
@@ -107,6 +116,10 @@ class DirectorySettings:
     idle_timeout: float = IDLE_TIMEOUT
     #: seconds for the first PDU of a connection (``[limits] first_command_seconds``)
     first_pdu_timeout: float = ListenerLimits().first_command_seconds
+    #: the server context StartTLS upgrades a plain connection with (None: not offered)
+    start_tls: ssl.SSLContext | None = None
+    #: seconds for the TLS handshake after StartTLS (``[limits] handshake_seconds``)
+    handshake_seconds: float = ListenerLimits().handshake_seconds
 
 
 def normalise_dn(dn: str) -> str:
@@ -151,8 +164,12 @@ async def serve_directory(
         size_limit=size_limit,
         idle_timeout=idle_timeout,
         first_pdu_timeout=min(limits.first_command_seconds, idle_timeout),
+        start_tls=ssl_context,
+        handshake_seconds=limits.handshake_seconds,
     )
-    handler = partial(serve_ldap_connection, store, settings, trio.CapacityLimiter(CPU_WORKERS))
+    cpu = trio.CapacityLimiter(CPU_WORKERS)
+    plain_handler = partial(serve_ldap_connection, store, settings, cpu, tls=False)
+    tls_handler = partial(serve_ldap_connection, store, settings, cpu, tls=True)
 
     def guard(name: str) -> ListenerGuard:
         return ListenerGuard(name, log=log, limits=limits, budget=budget, farewells=FAREWELLS)
@@ -164,11 +181,11 @@ async def serve_directory(
     )
     async with trio.open_nursery() as nursery:
         if plain:
-            nursery.start_soon(partial(serve_guarded, handler, plain, guard=guard("ldap")))
+            nursery.start_soon(partial(serve_guarded, plain_handler, plain, guard=guard("ldap")))
         if tls:
             assert ssl_context is not None
             wrapped = [trio.SSLListener(s, ssl_context, https_compatible=False) for s in tls]
-            nursery.start_soon(partial(serve_guarded, handler, wrapped, guard=guard("ldaps")))
+            nursery.start_soon(partial(serve_guarded, tls_handler, wrapped, guard=guard("ldaps")))
         log.info("directory: ldap %s, ldaps %s, base %s", addresses.ldap, addresses.ldaps, BASE_DN)
         task_status.started(addresses)
 
@@ -178,11 +195,19 @@ async def serve_ldap_connection(
     settings: DirectorySettings,
     cpu: trio.CapacityLimiter,
     stream: trio.abc.Stream,
+    *,
+    tls: bool = False,
 ) -> None:
     """One LDAP session on ``stream`` until Unbind, a protocol violation, idle timeout or EOF;
-    the CPU-heavy steps run in worker threads under ``cpu``. Network errors and bugs are the
-    guard's (:func:`serve_directory`)."""
-    core = LdapServer(max_pdu_size=MAX_REQUEST_PDU)
+    the CPU-heavy steps run in worker threads under ``cpu``. ``tls``: the stream is LDAPS
+    already; otherwise StartTLS is offered when ``settings.start_tls`` is set. Network errors
+    and bugs are the guard's (:func:`serve_directory`)."""
+    core = LdapServer(
+        max_pdu_size=MAX_REQUEST_PDU,
+        start_tls=not tls and settings.start_tls is not None,
+        tls=tls,
+    )
+    pages = PagedSearches()
     timeout = settings.first_pdu_timeout
     while True:
         if core.buffered > DECODE_INLINE_MAX:
@@ -209,9 +234,14 @@ async def serve_ldap_connection(
                 await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
             case Search():
                 answer = await trio.to_thread.run_sync(
-                    _search, core, store, settings, event, limiter=cpu
+                    _search, core, store, settings, event, pages, limiter=cpu
                 )
                 await stream.send_all(answer)
+            case StartTls():
+                upgraded = await _start_tls(core, stream, settings, event)
+                if upgraded is None:
+                    return
+                stream = upgraded
             case Refused() | Abandon():
                 log.debug("directory: %r", event)
             case ProtocolViolation():
@@ -219,6 +249,26 @@ async def serve_ldap_connection(
                 return
             case Unbind() | ConnectionClosed():
                 return
+
+
+async def _start_tls(
+    core: LdapServer, stream: trio.abc.Stream, settings: DirectorySettings, event: StartTls
+) -> trio.SSLStream[trio.abc.Stream] | None:
+    """RFC 4511 §4.14: the success response in plain text, then the TLS handshake on the same
+    connection within ``handshake_seconds`` (the guard's promise for implicit TLS, kept here
+    for the upgrade). None when the handshake failed or took too long: the session ends."""
+    assert settings.start_tls is not None  # the core offers StartTLS only then
+    await stream.send_all(core.send_start_tls_result(event.message_id, ResultCode.SUCCESS))
+    upgraded = trio.SSLStream(stream, settings.start_tls, server_side=True)
+    with trio.move_on_after(settings.handshake_seconds):
+        try:
+            await upgraded.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            log.info("directory: StartTLS handshake failed: %r", exc)
+            return None
+        return upgraded
+    log.info("directory: StartTLS handshake timed out after %.0f s", settings.handshake_seconds)
+    return None
 
 
 def _check_bind(event: Bind, settings: DirectorySettings) -> tuple[ResultCode, str]:
@@ -240,10 +290,15 @@ def _check_bind(event: Bind, settings: DirectorySettings) -> tuple[ResultCode, s
 
 
 def _search(
-    core: LdapServer, store: DirectoryStore, settings: DirectorySettings, search: Search
+    core: LdapServer,
+    store: DirectoryStore,
+    settings: DirectorySettings,
+    search: Search,
+    pages: PagedSearches,
 ) -> bytes:
-    """The whole answer to ``search``: entries and SearchResultDone (runs in a worker thread:
-    filter evaluation and BER encoding are the CPU-heavy part of a session)."""
+    """The whole answer to ``search``: entries and SearchResultDone, or the next page of a
+    paged search (runs in a worker thread: filter evaluation and BER encoding are the
+    CPU-heavy part of a session)."""
     base = normalise_dn(search.base)
     log.debug("directory: search %r scope %s %s", search.base, search.scope.name,
               filter_to_string(search.filter))  # fmt: skip
@@ -252,11 +307,20 @@ def _search(
             "objectClass": [b"top"],
             "namingContexts": [BASE_DN.encode()],
             "supportedLDAPVersion": [b"3"],
+            "supportedControl": [PAGED_RESULTS_OID.encode()],
+            "supportedExtension": [START_TLS_OID.encode()] if core.start_tls else [],
             "vendorName": [b"kim-appliance"],
         }
-        return core.send_entry(search.message_id, "", root_dse) + core.send_search_done(
+        shown = {name: values for name, values in root_dse.items() if values}
+        return core.send_entry(search.message_id, "", shown) + core.send_search_done(
             search.message_id, ResultCode.SUCCESS
         )
+    limit = settings.size_limit
+    if search.size_limit:
+        limit = min(limit, search.size_limit)
+    too_many = f"more than {limit} entries match; narrow the filter (TIP1-A_5552)"
+    if search.paged is not None and search.paged.cookie:
+        return _next_page(core, store, search, pages, too_many)
     candidates = _candidates(store, base, search.scope)
     if candidates is None:
         return core.send_search_done(
@@ -265,25 +329,65 @@ def _search(
             f"search base {search.base!r} does not exist; entries are below {BASE_DN}",
             matched_dn=BASE_DN if base.endswith("," + BASE_DN) else "",
         )
-    limit = settings.size_limit
-    if search.size_limit:
-        limit = min(limit, search.size_limit)
-    answer = bytearray()
-    sent = 0
+    matching: list[View] = []
+    truncated = False
     for dn, attributes in candidates:
         if not matches(search.filter, attributes):
             continue
-        if sent >= limit:
-            answer += core.send_search_done(
-                search.message_id,
-                ResultCode.SIZE_LIMIT_EXCEEDED,
-                f"more than {limit} entries match; narrow the filter (TIP1-A_5552)",
-            )
-            return bytes(answer)
+        if len(matching) >= limit:
+            truncated = True
+            break
+        matching.append((dn, attributes))
+    if search.paged is not None:
+        page = pages.first_page(
+            search, matching, limit=limit, truncated=truncated, diagnostic=too_many
+        )
+        return _answer(core, search, page.entries, page.code, page.diagnostic,
+                       cookie=page.cookie, estimate=page.estimate)  # fmt: skip
+    code, text = (ResultCode.SIZE_LIMIT_EXCEEDED, too_many) if truncated else (
+        ResultCode.SUCCESS, ""
+    )  # fmt: skip
+    return _answer(core, search, matching, code, text)
+
+
+def _next_page(
+    core: LdapServer, store: DirectoryStore, search: Search, pages: PagedSearches, too_many: str
+) -> bytes:
+    """The page a paged search's cookie asks for; the entries as they are now."""
+    current = {e.dn: e for e in store.entries() if has_valid_certificate(e)}
+
+    def read(dn: str) -> View | None:
+        entry = current.get(dn)
+        if entry is None:
+            return None
+        view = _view(entry)
+        return view if matches(search.filter, view[1]) else None
+
+    try:
+        page = pages.next_page(search, read, diagnostic=too_many)
+    except CookieError as exc:
+        return core.send_search_done(search.message_id, ResultCode.UNWILLING_TO_PERFORM, str(exc))
+    return _answer(core, search, page.entries, page.code, page.diagnostic,
+                   cookie=page.cookie, estimate=page.estimate)  # fmt: skip
+
+
+def _answer(
+    core: LdapServer,
+    search: Search,
+    entries: list[View],
+    code: ResultCode,
+    diagnostic: str,
+    *,
+    cookie: bytes = b"",
+    estimate: int = 0,
+) -> bytes:
+    answer = bytearray()
+    for dn, attributes in entries:
         selected = select_attributes(attributes, search.attributes, types_only=search.types_only)
         answer += core.send_entry(search.message_id, dn, selected)
-        sent += 1
-    answer += core.send_search_done(search.message_id, ResultCode.SUCCESS)
+    answer += core.send_search_done(
+        search.message_id, code, diagnostic, cookie=cookie, estimate=estimate
+    )
     return bytes(answer)
 
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from kim_appliance.fachdienst.context import Fachdienst
-from kim_appliance.fachdienst.jwt import DEFAULT_JWT_EXPIRATION_SECONDS
+from kim_appliance.pki.jwt import DEFAULT_JWT_EXPIRATION_SECONDS
 from kim_appliance.web.errors import JsonUtf8Response
 
 BASE_PATH = "/ServiceInformation/v1.0"

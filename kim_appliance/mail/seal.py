@@ -10,7 +10,9 @@ in base64 lines of 76 characters.
 Resource handling: the inner mail is read twice (a hashing pass for the SignedData, then the
 encryption pass), so a non-seekable input is first spooled to an anonymous temporary file. Every
 stage streams in chunks of :data:`READ_SIZE`; memory stays a few MB whatever the message size.
-This module never touches a private key: signing goes through :class:`KeyOperations`.
+This module never touches a private key: signing goes through :class:`KeyOperations` (a card
+signs the digest, the content streams) or a :class:`DocumentSigner` (a Konnektor's SignDocument
+signs the whole eContent and returns the SignedData, digest §1.8).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from cryptography import x509
 
@@ -38,6 +40,15 @@ from kim_appliance.mail.outer import SIGNED_ENTITY_HEADER, build_outer_header
 READ_SIZE = 1024 * 1024
 #: Size of the primitive OCTET STRING segments of the encrypted content (digest §2.6).
 CONTENT_CHUNK_SIZE = 65536
+
+
+@runtime_checkable
+class DocumentSigner(Protocol):
+    """Signs a whole eContent at once, as a Konnektor's SignDocument does (KOM-LE-A_2190):
+    returns the DER SignedData with the eContent included and ``recipient_emails`` (the DER
+    Attribute, digest §2.7) among the signed attributes."""
+
+    def sign_document(self, econtent: bytes, recipient_emails: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ def seal(
     inner: BinaryIO,
     out: BinaryIO,
     *,
-    signer: KeyOperations,
+    signer: KeyOperations | DocumentSigner,
     sender: Sequence[Certified],
     recipients: Sequence[Certified],
     signing_time: dt.datetime | None = None,
@@ -86,6 +97,8 @@ def seal(
     ``sender`` are the sender's own encryption certificates (the sender can read what it sent,
     KOM-LE-A_2111-01); ``recipients`` every recipient certificate (a recipient with RSA and ECC
     certificates appears twice). Raises MailFormatError for an inner mail KIM cannot carry.
+    A :class:`DocumentSigner` gets the eContent in one piece (a Konnektor signs at most just
+    under 25 MiB, digest §1.8; larger mails go through the KAS); its errors propagate.
     """
     if not recipients:
         raise MailFormatError("no recipient to encrypt for")
@@ -107,23 +120,14 @@ def seal(
             while chunk := source.read(READ_SIZE):
                 yield chunk
 
-        # pass 1: digest and length of eContent (the SignedData is DER with definite lengths)
-        hasher = _native.Sha256()
-        length = 0
-        for piece in econtent():
-            hasher.update(piece)
-            length += len(piece)
-
         entries = [
             RecipientEmail.for_certificate(r.address, r.certificate) for r in report.recipients
         ]
         recipient_emails = encode_recipient_emails(entries)
-        signed = SignedDataWriter(
-            signer,
-            content_length=length,
-            content_digest=hasher.finalize(),
-            recipient_emails=recipient_emails,
-            signing_time=signing_time,
+        signed_entity = (
+            _signed_by_document(signer, econtent, recipient_emails)
+            if isinstance(signer, DocumentSigner)
+            else _signed_by_key(signer, econtent, recipient_emails, signing_time)
         )
         enveloped = AuthEnvelopedWriter(
             [EncryptionRecipient(r.address, r.certificate) for r in report.recipients],
@@ -141,15 +145,48 @@ def seal(
 
         emit(build_outer_header(inner_header, extra=extra_headers))
         emit(encoder.update(enveloped.header()))
-        emit(encoder.update(enveloped.update(SIGNED_ENTITY_HEADER + signed.prefix())))
-        # pass 2: the content itself
-        for piece in econtent():
+        emit(encoder.update(enveloped.update(SIGNED_ENTITY_HEADER)))
+        for piece in signed_entity:
             emit(encoder.update(enveloped.update(piece)))
-        emit(encoder.update(enveloped.update(signed.suffix())))
         emit(encoder.update(enveloped.finalize()))
         emit(encoder.finalize())
         report.outer_size = written
         return report
+
+
+def _signed_by_key(
+    signer: KeyOperations,
+    econtent: Callable[[], Iterator[bytes]],
+    recipient_emails: bytes,
+    signing_time: dt.datetime | None,
+) -> Iterator[bytes]:
+    """The SignedData in pieces, the content streamed: pass 1 hashes eContent (the SignedData
+    is DER with definite lengths), the key signs the digest, pass 2 yields the content."""
+    hasher = _native.Sha256()
+    length = 0
+    for piece in econtent():
+        hasher.update(piece)
+        length += len(piece)
+    signed = SignedDataWriter(
+        signer,
+        content_length=length,
+        content_digest=hasher.finalize(),
+        recipient_emails=recipient_emails,
+        signing_time=signing_time,
+    )
+    yield signed.prefix()
+    yield from econtent()
+    yield signed.suffix()
+
+
+def _signed_by_document(
+    signer: DocumentSigner, econtent: Callable[[], Iterator[bytes]], recipient_emails: bytes
+) -> Iterator[bytes]:
+    """The SignedData the signer makes of the whole eContent, in :data:`READ_SIZE` pieces."""
+    signed = signer.sign_document(b"".join(econtent()), recipient_emails)
+    view = memoryview(signed)
+    for start in range(0, len(view), READ_SIZE):
+        yield bytes(view[start : start + READ_SIZE])
 
 
 def _missing_fields(header: HeaderBlock) -> tuple[list[str], str]:

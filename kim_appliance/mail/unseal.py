@@ -12,17 +12,20 @@ The outcome is reported in the Clientmodul's terms (digest §1.6): an ``X-KIM-De
 ``X-KIM-IntegrityCheckResult`` values (01 valid ... 09). The inner mail goes to ``out`` only once
 it has been decrypted and authenticated; the caller decides what to do with a mail whose
 signature or header check failed (the CLI exits 3, the Clientmodul builds an error mail).
-This module never touches a private key: it uses :class:`KeyOperations`.
+This module never touches a private key: it uses :class:`KeyOperations` (a card unwraps the
+content key, the content streams) or a :class:`DocumentDecryptor` (a Konnektor's DecryptDocument
+decrypts the whole AuthEnvelopedData, digest §1.8).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from kim_appliance import _native
 from kim_appliance.cms.enveloped import AuthEnvelopedReader, find_recipient
@@ -40,7 +43,8 @@ from kim_appliance.cms.signed import SignatureReport, SignedDataReader, read_sig
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import HeaderBlock, read_header_block
 from kim_appliance.mail.outer import check_outer_header, check_signed_entity_header
-from kim_appliance.pki import CertProfile, PathValidationError, Purpose, TrustStore
+from kim_appliance.pki import CertProfile, PathValidationError, Purpose
+from kim_appliance.pki.validate import CertificateValidator
 
 READ_SIZE = 1024 * 1024
 #: Work a damaged signed entity may cause before it counts as unrepairable (digest §2.10):
@@ -68,6 +72,20 @@ RECIPIENT_EMAILS_DIFFER = "09"
 
 #: Headers whose addresses must agree between outer and inner mail (IntegrityCheckResult 08).
 COMPARED_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc")
+
+
+@runtime_checkable
+class DocumentDecryptor(Protocol):
+    """Decrypts a whole AuthEnvelopedData at once, as a Konnektor's DecryptDocument does: returns
+    the plaintext (the signed entity). Raises NoMatchingRecipientError when none of its keys is
+    a recipient, CmsError when the document is malformed or its tag does not verify; anything
+    else (a Konnektor's refusal, no answer) propagates. ``max_document_size``: the largest
+    AuthEnvelopedData it takes (a Konnektor: just under 25 MiB per operation, digest §1.8)."""
+
+    @property
+    def max_document_size(self) -> int: ...
+
+    def decrypt_document(self, auth_enveloped_data: bytes) -> bytes: ...
 
 
 @dataclass
@@ -128,8 +146,8 @@ def open_message(
     outer: BinaryIO,
     out: BinaryIO,
     *,
-    keys: Sequence[KeyOperations],
-    trust: TrustStore | None = None,
+    keys: Sequence[KeyOperations] | DocumentDecryptor,
+    trust: CertificateValidator | None = None,
     at: dt.datetime | None = None,
     spool_dir: str | None = None,
 ) -> OpenReport:
@@ -139,10 +157,14 @@ def open_message(
     also when the signature or header check then fails: the report says so, and callers must
     look at ``report.verified``. Nothing is written when decryption fails.
 
+    ``keys`` are the card's keys, or a :class:`DocumentDecryptor` that decrypts the whole
+    AuthEnvelopedData; ``trust`` checks the signer's certificate (a TrustStore, or the
+    Konnektor's VerifyCertificate).
+
     Error handling: whatever the message holds, the answer is a report (DecryptionResult 01/02,
-    IntegrityCheckResult 02-09); the only exceptions are those of ``keys`` themselves (a card's
-    KonnektorError) and I/O errors of ``out`` or the spool (issue 11: any other exception
-    here blocked a mailbox).
+    IntegrityCheckResult 02-09); the only exceptions are those of ``keys`` and ``trust``
+    themselves (a card's or a Konnektor's refusal, no answer) and I/O errors of ``out`` or the
+    spool (issue 11: any other exception here blocked a mailbox).
     """
     report = OpenReport()
     try:
@@ -152,8 +174,11 @@ def open_message(
         report.problems.append(str(exc))
         return report
     try:
-        entity = _decrypt(outer, body_start, keys, report, spool_dir)
-    except NoMatchingRecipientError as exc:
+        if isinstance(keys, DocumentDecryptor):
+            entity = _decrypt_document(outer, body_start, keys, report)
+        else:
+            entity = _decrypt(outer, body_start, keys, report, spool_dir)
+    except (NoMatchingRecipientError, _DocumentTooLarge) as exc:
         report.decryption_result = KEY_NOT_AVAILABLE
         report.problems.append(str(exc))
         return report
@@ -210,7 +235,7 @@ def _copy_inner(econtent: BinaryIO, out: BinaryIO) -> None:
 
 @dataclass
 class _Decrypted:
-    plaintext: _native.Plaintext
+    plaintext: _native.Plaintext | io.BytesIO
     recipient_emails: bytes | None
 
 
@@ -259,6 +284,53 @@ def _decrypt(
     return _Decrypted(plaintext, reader.recipient_emails)
 
 
+def _decrypt_document(
+    outer: BinaryIO, body_start: bytes, decryptor: DocumentDecryptor, report: OpenReport
+) -> _Decrypted:
+    """The whole AuthEnvelopedData to ``decryptor`` (at most its ``max_document_size``); its
+    structure is read here as well, for the report and the unprotected recipient-emails."""
+    decoder = _native.Base64Decoder()
+    reader = AuthEnvelopedReader(discard_content=True)
+    document = bytearray()
+    data = body_start
+    while data:
+        piece = decoder.update(data)
+        document += piece
+        reader.feed(piece)
+        if len(document) > decryptor.max_document_size:
+            raise _DocumentTooLarge(len(document), decryptor.max_document_size)
+        data = outer.read(READ_SIZE)
+    piece = decoder.finalize()
+    document += piece
+    reader.feed(piece)
+    reader.feed_eof()
+    if len(document) > decryptor.max_document_size:
+        raise _DocumentTooLarge(len(document), decryptor.max_document_size)
+    infos = reader.recipient_infos or []
+    report.recipient_infos = [
+        f"{i.kind} {i.key_encryption_algorithm} issuer={i.issuer.human_friendly} "
+        f"serial={i.serial:X}"
+        for i in infos
+    ]
+    plaintext = decryptor.decrypt_document(bytes(document))
+    report.used_recipient = "the Konnektor's DecryptDocument"
+    report.content_algorithm = "AES-256-GCM (tag verified by the Konnektor)"
+    return _Decrypted(io.BytesIO(plaintext), reader.recipient_emails)
+
+
+class _DocumentTooLarge(Exception):
+    """The message is larger than the :class:`DocumentDecryptor` takes (digest §1.8: just under
+    25 MiB per Konnektor operation): the key is not available for it (DecryptionResult 01)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the AuthEnvelopedData has more than {limit} bytes ({size} read so far): the "
+            f"Konnektor decrypts at most {limit} bytes per operation (digest §1.8)"
+        )
+        self.size = size
+        self.limit = limit
+
+
 def _spool(spool_dir: str | None) -> BinaryIO:
     """A read/write spool in memory up to SPOOL_IN_MEMORY bytes, then a nameless file."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b", dir=spool_dir)  # noqa: SIM115
@@ -266,7 +338,7 @@ def _spool(spool_dir: str | None) -> BinaryIO:
 
 
 def _verify_entity(
-    plaintext: _native.Plaintext, econtent: BinaryIO, report: OpenReport
+    plaintext: _native.Plaintext | io.BytesIO, econtent: BinaryIO, report: OpenReport
 ) -> SignatureReport | None:
     """Read the signed entity from ``plaintext``; eContent goes to ``econtent``."""
     try:
@@ -336,7 +408,7 @@ def candidate_verifies(candidate: bytes) -> bool:
 
 def _check_signer(
     signature: SignatureReport,
-    trust: TrustStore | None,
+    trust: CertificateValidator | None,
     at: dt.datetime | None,
     report: OpenReport,
 ) -> None:

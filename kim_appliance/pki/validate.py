@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -98,6 +98,22 @@ class PathValidationError(KimError, ValueError):
         self.reason = reason
         self.certificate = certificate
         self.certificate_subject = certificate.subject.rfc4514_string()
+
+
+class CertificateValidator(Protocol):
+    """What checks a certificate before it is trusted: a :class:`TrustStore`, or a Konnektor's
+    VerifyCertificate behind the Clientmodul's Konnektor port. Raises
+    :class:`PathValidationError` when ``certificate`` cannot be trusted for ``purpose`` (and
+    ``profile``, when given) at ``at``."""
+
+    def validate(
+        self,
+        certificate: x509.Certificate,
+        *,
+        purpose: Purpose,
+        profile: CertProfile | None = None,
+        at: dt.datetime | None = None,
+    ) -> object: ...
 
 
 class ValidatedPath(list[x509.Certificate]):

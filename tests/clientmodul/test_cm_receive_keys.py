@@ -22,11 +22,12 @@ from kim_appliance.clientmodul.keys import (
 )
 from kim_appliance.cms.keys import SoftwareKey
 from kim_appliance.cms.recipient_emails import RecipientEmail
-from kim_appliance.konnektor.infomodell import Context
+from kim_appliance.adapters import InProcessKonnektor
+from kim_appliance.clientmodul.ports import CallContext
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.mail.seal import Certified, seal
 
-CONTEXT = Context("Mandant1", "PVS1", "AP1")
+CONTEXT = CallContext("Mandant1", "PVS1", "AP1")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_only_the_keys_named_for_the_account(konnektor: Konnektor, people: dict[
     certificate recipient-emails names is handed out."""
     klein = people["zahnarzt.klein"]
     rsa_only = entries(klein)[:1]
-    keys = DecryptionKeyFinder(konnektor).keys_for(
+    keys = DecryptionKeyFinder(InProcessKonnektor(konnektor)).decryption_for(
         CONTEXT, klein["address"], rsa_only, telematik_id=klein["telematik_id"]
     )
     assert [k.certificate.serial_number for k in keys] == [rsa_only[0].serial]
@@ -90,18 +91,18 @@ def test_forged_entry_does_not_unlock_another_practice(
     Telematik-ID than Klein's VZD entry. DecryptionResult 01, code 4009."""
     klein, weber = people["zahnarzt.klein"], people["praxis.weber"]
     forged = entries(weber, address=klein["address"])
-    finder = DecryptionKeyFinder(konnektor)
+    finder = DecryptionKeyFinder(InProcessKonnektor(konnektor))
     with pytest.raises(KeySelectionError) as caught:
-        finder.keys_for(CONTEXT, klein["address"], forged, telematik_id=klein["telematik_id"])
+        finder.decryption_for(CONTEXT, klein["address"], forged, telematik_id=klein["telematik_id"])
     assert (caught.value.decryption_result, caught.value.error_code) == ("01", "4009")
     # without the owner's Telematik-ID only the certificate decides: Weber's key would be used
-    assert finder.keys_for(CONTEXT, klein["address"], forged)
+    assert finder.decryption_for(CONTEXT, klein["address"], forged)
 
 
 def test_no_entry_for_the_account_is_01(konnektor: Konnektor, people: dict[str, Any]) -> None:
     """KOM-LE-A_2043: no recipient-emails entry for the account -> 01/4009."""
     with pytest.raises(KeySelectionError, match="names no certificate for") as caught:
-        DecryptionKeyFinder(konnektor).keys_for(
+        DecryptionKeyFinder(InProcessKonnektor(konnektor)).decryption_for(
             CONTEXT, people["zahnarzt.klein"]["address"], entries(people["praxis.weber"])
         )
     assert caught.value.decryption_result == "01"
@@ -110,24 +111,24 @@ def test_no_entry_for_the_account_is_01(konnektor: Konnektor, people: dict[str, 
 def test_hba_needs_the_user_id(konnektor: Konnektor, people: dict[str, Any]) -> None:
     """Digest §1.2: an HBA mailbox is found only with the holder's UserId in the context."""
     meyer = people["dr.meyer"]
-    finder = DecryptionKeyFinder(konnektor)
+    finder = DecryptionKeyFinder(InProcessKonnektor(konnektor))
     with pytest.raises(KeySelectionError, match="UserId"):
-        finder.keys_for(CONTEXT, meyer["address"], entries(meyer))
-    with_user = Context("Mandant1", "PVS1", "AP1", "dr.meyer")
-    assert len(finder.keys_for(with_user, meyer["address"], entries(meyer))) == 2
+        finder.decryption_for(CONTEXT, meyer["address"], entries(meyer))
+    with_user = CallContext("Mandant1", "PVS1", "AP1", "dr.meyer")
+    assert len(finder.decryption_for(with_user, meyer["address"], entries(meyer))) == 2
 
 
 def test_cache_ttl_email_iccsn(konnektor: Konnektor, people: dict[str, Any]) -> None:
     """KOM-LE-A_2061 (TTL_EMAIL_ICCSN, 30 days): the card search runs once, then the cache
     answers until the TTL has passed."""
     clock = Clock()
-    finder = DecryptionKeyFinder(konnektor, clock=clock)
+    finder = DecryptionKeyFinder(InProcessKonnektor(konnektor), clock=clock)
     weber = people["praxis.weber"]
     for _ in range(3):
-        assert finder.keys_for(CONTEXT, weber["address"], entries(weber))
+        assert finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     assert finder.card_searches == 1
     clock.now += TTL_EMAIL_ICCSN.total_seconds() + 1
-    assert finder.keys_for(CONTEXT, weber["address"], entries(weber))
+    assert finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     assert finder.card_searches == 2
 
 
@@ -137,28 +138,30 @@ def test_cached_card_reinserted_gets_its_new_handle(
     """A cached ICCSN is looked up by GetCards again: a re-inserted card (new handle) is used
     under its new handle; a removed one gives 01/4009."""
     weber = people["praxis.weber"]
-    finder = DecryptionKeyFinder(konnektor)
-    finder.keys_for(CONTEXT, weber["address"], entries(weber))
+    finder = DecryptionKeyFinder(InProcessKonnektor(konnektor))
+    finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     konnektor.admin.remove_card(weber["card"]["iccsn"])
     with pytest.raises(KeySelectionError) as caught:
-        finder.keys_for(CONTEXT, weber["address"], entries(weber))
+        finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     assert caught.value.error_code == "4009"
     handle = konnektor.admin.insert_card(weber["card"]["iccsn"])
-    [key] = finder.keys_for(CONTEXT, weber["address"], entries(weber))
+    [key] = finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     assert key.card_handle == handle
 
 
 def test_faults_map_to_decryption_results(konnektor: Konnektor, people: dict[str, Any]) -> None:
     """Digest §1.6: Konnektor unreachable -> 03/4011; a context the Konnektor refuses -> 01."""
     weber = people["praxis.weber"]
-    finder = DecryptionKeyFinder(konnektor)
+    finder = DecryptionKeyFinder(InProcessKonnektor(konnektor))
     konnektor.admin.set_unreachable(True)
     with pytest.raises(KeySelectionError) as caught:
-        finder.keys_for(CONTEXT, weber["address"], entries(weber))
+        finder.decryption_for(CONTEXT, weber["address"], entries(weber))
     assert (caught.value.decryption_result, caught.value.error_code) == ("03", "4011")
     konnektor.admin.set_unreachable(False)
     with pytest.raises(KeySelectionError) as caught:
-        finder.keys_for(Context("MandantX", "PVS1", "AP1"), weber["address"], entries(weber))
+        finder.decryption_for(
+            CallContext("MandantX", "PVS1", "AP1"), weber["address"], entries(weber)
+        )
     assert caught.value.decryption_result == "01"
     assert "4004" in caught.value.reason
 

@@ -20,6 +20,7 @@ from kim_appliance.clientmodul.send import (
     _rewrite_header,
     _scan_parts,
 )
+from kim_appliance.adapters import InProcessDirectory
 from kim_appliance.clientmodul.vzd_lookup import TTL_ENC_CERT, TTL_VERSION, VzdLookup
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.mail.headers import parse_header_block
@@ -63,21 +64,21 @@ def directory(kim_cm_template: Path) -> DirectoryStore:
 def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki: TestPki) -> None:
     """KOM-LE-A_2026: the VZD is asked again only after TTL_ENC_CERT (12 h)."""
     clock = Clock()
-    lookup = VzdLookup(directory, pki.trust_store(), clock=clock)
+    lookup = VzdLookup(InProcessDirectory(directory), clock=clock)
     address = "praxis.weber@fd1.kim.telematik-test"
-    assert lookup.lookup(address).usable
+    assert lookup.lookup(address, pki.trust_store()).usable
     clock.now += TTL_ENC_CERT - 1
-    assert lookup.lookup(address).usable
+    assert lookup.lookup(address, pki.trust_store()).usable
     assert lookup.queries == 1
     clock.now += 2
-    lookup.lookup(address)
+    lookup.lookup(address, pki.trust_store())
     assert lookup.queries == 2
 
 
 def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
     """A_22340: a KIM version from the VZD is reused for at most 24 h."""
     clock = Clock()
-    lookup = VzdLookup(directory, pki.trust_store(), ttl_enc_cert=10 * TTL_VERSION, clock=clock)
+    lookup = VzdLookup(InProcessDirectory(directory), ttl_enc_cert=10 * TTL_VERSION, clock=clock)
     address = "apotheke.sonne@fd2.kim.telematik-test"
     before = lookup.version(address)
     after = "1.0" if before != "1.0" else "1.5+"
@@ -95,7 +96,9 @@ def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: Test
 
 def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
     """KOM-LE-A_2023/2024-01: an address the VZD does not know gets code 4004."""
-    found = VzdLookup(directory, pki.trust_store()).lookup("niemand@fd1.kim.telematik-test")
+    found = VzdLookup(InProcessDirectory(directory)).lookup(
+        "niemand@fd1.kim.telematik-test", pki.trust_store()
+    )
     assert not found.usable
     assert found.code == "4004"
     assert "not in the directory" in found.reason
@@ -113,7 +116,7 @@ def test_only_enc_certificates_are_used(
     assert entry is not None
     osig = _der(_participant(kim_cm_template, "praxis.weber")["export"]["osig_cert"][0])
     directory.put_entry(replace(entry, certificates=(osig,)))
-    found = VzdLookup(directory, pki.trust_store()).lookup(address)
+    found = VzdLookup(InProcessDirectory(directory)).lookup(address, pki.trust_store())
     assert not found.usable
     assert found.code == "4004"
     assert "KOM-LE-A_2128" in found.reason
@@ -130,7 +133,7 @@ def test_certificates_of_two_telematik_ids_are_not_used(
     assert entry is not None
     other = _der(_participant(kim_cm_template, "apotheke.sonne")["export"]["enc_cert"][0])
     directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
-    found = VzdLookup(directory, pki.trust_store()).lookup(address)
+    found = VzdLookup(InProcessDirectory(directory)).lookup(address, pki.trust_store())
     assert not found.usable
     assert found.code == "4005"
     assert "KOM-LE-A_2178" in found.reason
@@ -143,12 +146,12 @@ def test_revoked_certificate_is_not_used(
 ) -> None:
     """Cached certificates are checked at each use: a revocation takes effect at once, the
     recipient has then no valid encryption certificate (4004)."""
-    lookup = VzdLookup(directory, pki.trust_store())
+    lookup = VzdLookup(InProcessDirectory(directory))
     address = "praxis.weber@fd1.kim.telematik-test"
-    assert lookup.lookup(address).usable
+    assert lookup.lookup(address, pki.trust_store()).usable
     path = _participant(kim_cm_template, "praxis.weber")["export"]["enc_cert"][0]
     pki.revoke(x509.load_pem_x509_certificate(Path(path).read_bytes()))
-    found = lookup.lookup(address)
+    found = lookup.lookup(address, pki.trust_store())
     assert not found.usable
     assert "revoked" in found.reason
     assert lookup.queries == 1

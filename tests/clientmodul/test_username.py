@@ -14,7 +14,8 @@ from kim_appliance.clientmodul.username import (
     parse_smtp_username,
 )
 from kim_appliance.demo import initialise
-from kim_appliance.konnektor.infomodell import Context
+from kim_appliance.adapters import InProcessKonnektor
+from kim_appliance.clientmodul.ports import CallContext, CardType
 from kim_appliance.konnektor.operations import Konnektor
 
 SPEC_ACCOUNT = "erik.mustermann@hrst_domain.kim.telematik"
@@ -36,7 +37,7 @@ def test_smtp_spec_example() -> None:
         user_id=None,
         konnektor_id="Konn_1",
     )
-    assert login.context() == Context("1", "KIM", "7", None)
+    assert login.context() == CallContext("1", "KIM", "7", None)
 
 
 def test_pop3_spec_example_with_placeholder() -> None:
@@ -53,7 +54,7 @@ def test_pop3_user_id_for_hba_reaches_the_context() -> None:
     login = parse_pop3_username(f"{ACCOUNT}#fd1.kim.telematik-test:995#M#C#W#dr.meyer")
     assert login.user_id == "dr.meyer"
     assert login.konnektor_id is None
-    assert login.context() == Context("M", "C", "W", "dr.meyer")
+    assert login.context() == CallContext("M", "C", "W", "dr.meyer")
 
 
 def test_smtp_index_5_is_the_konnektor_not_a_user() -> None:
@@ -212,11 +213,14 @@ def test_demo_pop3_context_sees_the_participants_card(
     """The call context from a demo POP3 username finds the participant's card, the HBA too
     (its UserId is what makes it visible; digest §1.2, ILF-PS)."""
     data_dir, demo = demo_data
-    konnektor = Konnektor.from_data_dir(data_dir, persist_revocations=False)
+    konnektor = InProcessKonnektor(Konnektor.from_data_dir(data_dir, persist_revocations=False))
     for p in demo["participants"]:
         context = parse_pop3_username(p["pop3_username"]).context()
-        iccsns = {card.iccsn for card in konnektor.get_cards(context, p["card"]["type"])}
+        wanted = CardType(p["card"]["type"])
+        iccsns = {card.iccsn for card in konnektor.get_cards(context, wanted)}
         assert p["card"]["iccsn"] in iccsns
     hba = next(p for p in demo["participants"] if p["card"]["type"] == "HBA")
     without_user = parse_smtp_username(hba["smtp_username"]).context()
-    assert hba["card"]["iccsn"] not in {c.iccsn for c in konnektor.get_cards(without_user, "HBA")}
+    assert hba["card"]["iccsn"] not in {
+        c.iccsn for c in konnektor.get_cards(without_user, CardType.HBA)
+    }

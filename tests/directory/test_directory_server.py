@@ -3,10 +3,7 @@ in-process server, plain LDAP and LDAPS, on port 0 (digest §4.1)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import shutil
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,37 +16,28 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from directory_helpers import (
+    ADMIN,
+    BASE,
+    MEYER,
+    WEBER,
+    ldapsearch,
+    ldif_entries,
+    needs_ldapsearch,
+    tls_files_for,
+    url,
+)
 from ldap3.core.exceptions import LDAPException
 
 from kim_appliance.directory import DirectoryAddresses, DirectoryStore, serve_directory
 from kim_appliance.directory.entries import DirectoryEntry, KimAddress
-from kim_appliance.pki import Algorithm, CertProfile, TestPki
 from kim_appliance.pki.tls import server_context
-
-BASE = "dc=data,dc=vzd"
-ADMIN = ("cn=pvs,dc=data,dc=vzd", "geheim")
-WEBER = "praxis.weber@fd1.kim.telematik-test"
-MEYER = "dr.meyer@fd2.kim.telematik-test"
-
-needs_ldapsearch = pytest.mark.skipif(
-    shutil.which("ldapsearch") is None, reason="ldapsearch (ldap-utils) is not installed"
-)
 
 
 @pytest.fixture(scope="module")
 def tls_files(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(chain, key, CA) of a C.ZD.TLS-S certificate for 127.0.0.1 from the demo test PKI."""
-    pki = TestPki.load(demo_dir / "pki")
-    issued = pki.issue(
-        CertProfile.C_ZD_TLS_S, Algorithm.RSA, common_name="vzd.localhost",
-        dns_names=["localhost"], ip_addresses=["127.0.0.1"],
-    )  # fmt: skip
-    directory = tmp_path_factory.mktemp("vzd-tls")
-    chain, key = directory / "chain.pem", directory / "key.pem"
-    ca = pki.ca_for(CertProfile.C_ZD_TLS_S, Algorithm.RSA)
-    chain.write_bytes(issued.cert_pem() + ca.issued.cert_pem())
-    key.write_bytes(issued.key_pem())
-    return chain, key, demo_dir / "pki" / "tls-ca.pem"
+    return tls_files_for(demo_dir, tmp_path_factory.mktemp("vzd-tls"))
 
 
 @pytest.fixture
@@ -75,36 +63,6 @@ async def vzd(
         nursery.cancel_scope.cancel()
 
 
-async def ldapsearch(
-    url: str, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    result = await trio.run_process(
-        ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", url, "-b", BASE, *args],
-        capture_stdout=True, capture_stderr=True, check=False,
-        env={**os.environ, "LDAPTLS_REQCERT": "demand", **(env or {})},
-    )  # fmt: skip
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
-
-
-def ldif_entries(text: str) -> list[dict[str, list[bytes]]]:
-    entries = []
-    for block in text.strip().split("\n\n"):
-        if not block.strip():
-            continue
-        entry: dict[str, list[bytes]] = {}
-        for line in block.splitlines():
-            if line.startswith("#"):
-                continue
-            if ":: " in line:
-                name, value = line.split(":: ", 1)
-                entry.setdefault(name, []).append(base64.b64decode(value))
-            else:
-                name, value = line.split(": ", 1)
-                entry.setdefault(name, []).append(value.encode())
-        entries.append(entry)
-    return entries
-
-
 def enc_certs_der(demo_dir: Path, address: str) -> set[bytes]:
     demo = json.loads((demo_dir / "demo.json").read_text())
     (p,) = [p for p in demo["participants"] if p["address"] == address]
@@ -114,11 +72,6 @@ def enc_certs_der(demo_dir: Path, address: str) -> set[bytes]:
         )
         for c in p["export"]["enc_cert"]
     }
-
-
-def url(address: tuple[str, int] | None, scheme: str = "ldap") -> str:
-    assert address is not None
-    return f"{scheme}://{address[0]}:{address[1]}"
 
 
 @needs_ldapsearch

@@ -22,9 +22,9 @@ import ldap3
 import pytest
 from e2e_appliance import Appliance, Launcher, mail, pop3_fetch, smtp_send, split_hostport
 
-from kim_appliance.fachdienst.jwt import build_jwt
 from kim_appliance.konnektor.infomodell import Context
 from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.pki.jwt import build_jwt
 
 FD1 = "fd1.kim.telematik-test"
 CONTEXT = Context("Mandant1", "PVS1", "AP1")

@@ -398,8 +398,8 @@ def _jwt_world() -> dict[str, bytes]:
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
-    from kim_appliance.fachdienst.jwt import build_jwt
     from kim_appliance.pki import TestPki
+    from kim_appliance.pki.jwt import build_jwt
 
     from .targets_services import JWT_WORLD
     from .world import demo_world

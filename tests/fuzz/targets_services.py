@@ -2,7 +2,7 @@
 the Konnektor's SOAP requests.
 
 :func:`~kim_appliance.protocols.jsonbody.load_json_body` declares ``JsonBodyError``;
-:func:`~kim_appliance.fachdienst.jwt.verify_jwt` declares ``JwtError``;
+:func:`~kim_appliance.pki.jwt.verify_jwt` declares ``JwtError``;
 :func:`~kim_appliance.konnektor.soap.envelope.parse_request` declares ``SoapFaultError``, and
 the whole :class:`~kim_appliance.konnektor.soap.handlers.SoapDispatcher` answers every request
 with a response or a SOAP fault. The dispatcher catches everything, so for it a crash is a fault
@@ -18,9 +18,9 @@ import json
 
 from lxml import etree
 
-from kim_appliance.fachdienst.jwt import JwtError, verify_jwt
 from kim_appliance.konnektor.soap.envelope import SoapFaultError, parse_request
 from kim_appliance.konnektor.soap.services import SERVICES, SOAP11
+from kim_appliance.pki.jwt import JwtError, verify_jwt
 from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 
 from .target import CORPUS, Finding, Runner, Target

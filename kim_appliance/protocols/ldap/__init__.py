@@ -5,7 +5,13 @@ touch a socket, trio, the disk or the directory's entries. PDUs are decoded and 
 ldap3's RFC 4511 ASN.1 definitions on pyasn1. This module only re-exports the API.
 """
 
-from ._codec import MAX_FILTER_DEPTH, NOTICE_OF_DISCONNECTION, encode_notice_of_disconnection
+from ._codec import (
+    MAX_FILTER_DEPTH,
+    NOTICE_OF_DISCONNECTION,
+    PAGED_RESULTS_OID,
+    START_TLS_OID,
+    encode_notice_of_disconnection,
+)
 from ._events import (
     NEED_DATA,
     Abandon,
@@ -21,12 +27,14 @@ from ._events import (
     LessOrEqual,
     Not,
     Or,
+    PagedResults,
     Presence,
     ProtocolViolation,
     Refused,
     ResultCode,
     Scope,
     Search,
+    StartTls,
     Substrings,
     Unbind,
     filter_to_string,
@@ -38,6 +46,8 @@ __all__ = [
     "MAX_PDU_SIZE",
     "NEED_DATA",
     "NOTICE_OF_DISCONNECTION",
+    "PAGED_RESULTS_OID",
+    "START_TLS_OID",
     "Abandon",
     "And",
     "Approx",
@@ -53,12 +63,14 @@ __all__ = [
     "LocalProtocolError",
     "Not",
     "Or",
+    "PagedResults",
     "Presence",
     "ProtocolViolation",
     "Refused",
     "ResultCode",
     "Scope",
     "Search",
+    "StartTls",
     "Substrings",
     "Unbind",
     "encode_notice_of_disconnection",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ldap3.protocol import rfc4511 as asn
+from ldap3.protocol.rfc2696 import Cookie, RealSearchControlValue, Size
 from pyasn1.codec.ber import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type.namedtype import NamedType, NamedTypes
@@ -32,6 +33,10 @@ from ._events import (
 
 #: RFC 4511 §4.4.1: responseName of the Notice of Disconnection.
 NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"
+#: RFC 4511 §4.14: the StartTLS extended operation (requestName and responseName).
+START_TLS_OID = "1.3.6.1.4.1.1466.20037"
+#: RFC 2696: the simple paged results control.
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 #: Deepest nesting of and/or/not the core accepts (a real query nests two or three levels).
 MAX_FILTER_DEPTH = 32
 
@@ -298,10 +303,46 @@ def ldap_string(value: Any) -> str:
 # --- encoding ---------------------------------------------------------------------------
 
 
-def _message(message_id: int, op_name: str, op: Any) -> bytes:
+def decode_paged_results(value: bytes) -> tuple[int, bytes]:
+    """``(size, cookie)`` of a paged results controlValue (RFC 2696 §2:
+    ``realSearchControlValue ::= SEQUENCE { size INTEGER (0..maxInt), cookie OCTET STRING }``);
+    raises :class:`MalformedPdu` for anything else."""
+    check_ber(value)
+    try:
+        decoded, rest = decoder.decode(value, asn1Spec=RealSearchControlValue())
+        if rest:
+            raise MalformedPdu(f"{len(rest)} trailing bytes")
+        return int(decoded["size"]), bytes(decoded["cookie"])
+    except MalformedPdu as exc:
+        raise MalformedPdu(f"paged results control value: {exc}") from exc
+    except PYASN1_FAILURES as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+        raise MalformedPdu(f"paged results control value: {reason}") from exc
+
+
+def encode_paged_results(size: int, cookie: bytes) -> bytes:
+    """The controlValue of a paged results response: the server's estimate of the result set
+    size (0: unknown) and the cookie (empty: the last page)."""
+    value = RealSearchControlValue()
+    value["size"] = Size(size)
+    value["cookie"] = Cookie(cookie)
+    data: bytes = encoder.encode(value)
+    return data
+
+
+def _message(
+    message_id: int, op_name: str, op: Any, controls: tuple[tuple[str, bytes], ...] = ()
+) -> bytes:
     message = asn.LDAPMessage()
     message["messageID"] = asn.MessageID(message_id)
     message["protocolOp"] = asn.ProtocolOp().setComponentByName(op_name, op)
+    if controls:
+        listing = message.setComponentByName("controls").getComponentByName("controls")
+        for position, (oid, value) in enumerate(controls):
+            control = asn.Control()
+            control["controlType"] = asn.LDAPOID(oid.encode("ascii"))
+            control["controlValue"] = asn.ControlValue(value)
+            listing.setComponentByPosition(position, control)
     data: bytes = encoder.encode(message)
     return data
 
@@ -327,12 +368,23 @@ RESPONSE_OF = {
 
 
 def encode_result(
-    message_id: int, request: str, code: ResultCode, diagnostic: str = "", matched_dn: str = ""
+    message_id: int,
+    request: str,
+    code: ResultCode,
+    diagnostic: str = "",
+    matched_dn: str = "",
+    *,
+    controls: tuple[tuple[str, bytes], ...] = (),
+    response_name: str | None = None,
 ) -> bytes:
     """The LDAPResult-shaped response to ``request`` (a protocolOp name such as
-    ``"bindRequest"``)."""
+    ``"bindRequest"``), with response ``controls`` (OID, controlValue) and, for an extended
+    response, its ``response_name``."""
     op_name, op_type = RESPONSE_OF[request]
-    return _message(message_id, op_name, _fill_result(op_type(), code, diagnostic, matched_dn))
+    op = _fill_result(op_type(), code, diagnostic, matched_dn)
+    if response_name is not None:
+        op["responseName"] = asn.ResponseName(response_name.encode("ascii"))
+    return _message(message_id, op_name, op, controls)
 
 
 def encode_entry(message_id: int, dn: str, attributes: dict[str, list[bytes]]) -> bytes:

@@ -1,7 +1,8 @@
 """Events of the sans-IO LDAP server core and the search Filter tree, as frozen dataclasses.
 
-*Request* events (:class:`Bind`, :class:`Search`) wait for the application's answer through
-``send_bind_result`` / ``send_entry`` / ``send_search_done``. *Informational* events
+*Request* events (:class:`Bind`, :class:`Search`, :class:`StartTls`) wait for the application's
+answer through ``send_bind_result`` / ``send_entry`` / ``send_search_done`` /
+``send_start_tls_result``. *Informational* events
 (:class:`Refused`, :class:`Abandon`, :class:`Unbind`, :class:`ProtocolViolation`,
 :class:`ConnectionClosed`) need no answer: whatever reply they call for, the core has already
 queued in ``data_to_send()``. This module must never hold parsing or state logic.
@@ -187,10 +188,23 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class PagedResults:
+    """The simple paged results control of a search (RFC 2696): at most ``size`` entries in
+    this page; ``cookie`` is empty on the first request and the server's cookie of the last
+    page after that; ``size`` 0 with a cookie abandons the paged search. ``critical`` as the
+    client marked it (python-ldap and ``ldapsearch -E '!pr=N'`` mark it critical)."""
+
+    size: int
+    cookie: bytes
+    critical: bool
+
+
+@dataclass(frozen=True)
 class Search:
     """A SearchRequest (RFC 4511 §4.5.1). Answer with any number of ``send_entry`` and one
     ``send_search_done``. ``attributes`` are the selectors as sent (``*``, ``1.1``, ``+``,
-    names with options)."""
+    names with options). ``paged``: the paged results control, when the client sent one; then
+    ``send_search_done`` carries the response control with the cookie of the next page."""
 
     message_id: int
     base: str
@@ -201,6 +215,16 @@ class Search:
     types_only: bool
     filter: Filter
     attributes: tuple[str, ...]
+    paged: PagedResults | None = None
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """The StartTLS extended request (RFC 4511 §4.14), offered on a plain connection. Answer
+    with ``send_start_tls_result``; after a success the application starts the TLS handshake
+    at once (the client sends nothing before it)."""
+
+    message_id: int
 
 
 @dataclass(frozen=True)
@@ -243,4 +267,4 @@ class ConnectionClosed:
     """The peer closed its side (``receive_data(b"")``)."""
 
 
-Event = Bind | Search | Unbind | Abandon | Refused | ProtocolViolation | ConnectionClosed
+Event = Bind | Search | StartTls | Unbind | Abandon | Refused | ProtocolViolation | ConnectionClosed

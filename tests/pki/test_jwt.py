@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
-from kim_appliance.fachdienst.jwt import (
+from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
+from kim_appliance.pki.jwt import (
     JwtError,
     Signer,
     build_jwt,
     signature_scheme_for,
     verify_jwt,
 )
-from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 
 TID = "5-SMC-B-Testkarte-883110000123456"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
