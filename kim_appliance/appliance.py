@@ -8,7 +8,10 @@ guard of :mod:`kim_appliance.serving.guard`), and once every listener is bound w
 ``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling it (Ctrl-C, SIGTERM)
 stops every listener; ``endpoints.json`` is removed and the stores are closed on the way out.
 Messages are durable before they are acknowledged, so a kill at any moment loses nothing that
-was acknowledged.
+was acknowledged. ``components`` (``run --components``) starts only some of them: a Konnektor
+and VZD process for a practice, a Clientmodul process pointed at them (``[clientmodul]
+konnektor``/``directory``) and at outside Fachdienste (``[clientmodul.fachdienste]``); the
+sections of components that do not run are absent from ``endpoints.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import ssl
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from functools import partial
 from pathlib import Path
@@ -29,7 +33,15 @@ from kim_appliance import config as config_module
 from kim_appliance import demo
 from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor
 from kim_appliance.clientmodul.context import ClientmodulContext
+from kim_appliance.clientmodul.network import (
+    KonnektorSettings,
+    LdapDirectory,
+    LdapSettings,
+    SoapKonnektor,
+)
+from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
 from kim_appliance.clientmodul.service import ClientmodulAddresses, serve_clientmodul
+from kim_appliance.clientmodul.username import ContextDefaults
 from kim_appliance.config import Config, DomainConfig
 from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
 from kim_appliance.directory.server import DirectoryAddresses
@@ -56,6 +68,8 @@ from kim_appliance.web.console import ConsoleState, serve_console
 from kim_appliance.web.server import fachdienst_app
 
 ENDPOINTS_FILE = "endpoints.json"
+#: what ``run --components`` may name; all of them run by default (DESIGN.md contract)
+COMPONENTS = ("fachdienst", "clientmodul", "konnektor", "directory", "console")
 ADMIN_TOKEN_FILE = "admin-token"
 log = logging.getLogger("kim_appliance")
 T = TypeVar("T")
@@ -111,13 +125,28 @@ def prepare_data_dir(data_dir: Path) -> None:
         directory.populate_from_demo(data_dir)
 
 
+def parse_components(text: str) -> frozenset[str]:
+    """``fachdienst,clientmodul,...`` as a set; ConfigError naming an unknown component."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--components {text!r}: expected a comma-separated list of {', '.join(COMPONENTS)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return frozenset(names)
+
+
 async def run_appliance(
     data_dir: Path,
     *,
     ephemeral_ports: bool = False,
+    components: Collection[str] = COMPONENTS,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every component until cancelled; report the endpoints through ``task_status``."""
+    """Run the ``components`` (default: every one) until cancelled; report the endpoints
+    through ``task_status``."""
+    running = frozenset(components)
     data_dir = data_dir.resolve()
     await trio.to_thread.run_sync(prepare_data_dir, data_dir)
     config = config_module.load(data_dir)
@@ -133,10 +162,12 @@ async def run_appliance(
     for domain, target in config.fachdienst.relay_map.items():
         host, _, port = target.rpartition(":")
         relay.add(domain, host, int(port))
+    _check_components(running, config)
+    domains = config.fachdienst.domains if "fachdienst" in running else ()
+    closers: list[Callable[[], Awaitable[None]]] = []
     with ExitStack() as stack:
         stores = {
-            d.domain: stack.enter_context(_opened_store(data_dir, d, config))
-            for d in config.fachdienst.domains
+            d.domain: stack.enter_context(_opened_store(data_dir, d, config)) for d in domains
         }
         # the stores hold the data dir's locks now: an endpoints.json left by a killed run is
         # stale (its ports are gone), and a caller polling for the file must not read it
@@ -149,7 +180,7 @@ async def run_appliance(
                 fachdienste: dict[str, dict[str, str]] = {}
                 bound: dict[str, FachdienstAddresses] = {}
                 directory_store = await trio.to_thread.run_sync(_open_directory, data_dir)
-                for d in config.fachdienst.domains:
+                for d in domains:
                     fd = await trio.to_thread.run_sync(
                         _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
                     )
@@ -177,26 +208,53 @@ async def run_appliance(
                     }
                 # every domain is registered now: the relay workers may start (issue 11)
                 relay.complete.set()
-                directory, vzd = await _start_directory(parts, directory_store)
-                konnektor, card_service = await _start_konnektor(parts)
-                rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
-                clientmodul = await _start_clientmodul(parts, card_service, vzd, bound, rest_urls)
-                endpoints = {
-                    "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
-                    "clientmodul": clientmodul,
-                    "fachdienste": fachdienste,
-                    "konnektor": konnektor,
-                    "directory": directory,
-                }
-                # the console keeps this dict: it shows its own entry too
-                endpoints["console"] = await _start_console(
-                    parts, card_service, stores, directory_store, participants, endpoints
-                )
+                endpoints: dict[str, Any] = {"tls_ca": str(data_dir / "pki" / "tls-ca.pem")}
+                if fachdienste:
+                    endpoints["fachdienste"] = fachdienste
+                if "directory" in running:
+                    endpoints["directory"], _ = await _start_directory(parts, directory_store)
+                card_service: Konnektor | None = None
+                if "konnektor" in running:
+                    endpoints["konnektor"], card_service = await _start_konnektor(parts)
+                if "clientmodul" in running:
+                    ports = await _clientmodul_ports(
+                        parts, card_service, directory_store, endpoints, stack, closers
+                    )
+                    rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
+                    endpoints["clientmodul"] = await _start_clientmodul(
+                        parts, ports, bound, rest_urls
+                    )
+                if "console" in running:
+                    # the console keeps this dict: it shows its own entry too
+                    endpoints["console"] = await _start_console(
+                        parts, card_service, stores, directory_store, participants, endpoints
+                    )
                 _write_atomically(endpoints_file, endpoints)
-                log.info("kim-appliance running: %s", endpoints_file)
+                log.info("kim-appliance running (%s): %s", ",".join(sorted(running)),
+                         endpoints_file)  # fmt: skip
                 task_status.started(endpoints)
         finally:
             endpoints_file.unlink(missing_ok=True)
+            with trio.CancelScope(shield=True):
+                for close in closers:
+                    await close()
+
+
+def _check_components(running: frozenset[str], config: Config) -> None:
+    """A Clientmodul using the in-process (or loopback) Konnektor or VZD needs that component
+    in this process; say so before anything is bound."""
+    if "clientmodul" not in running:
+        return
+    for part, setting, example in (
+        ("konnektor", config.clientmodul.konnektor, "https://HOST:PORT/connector.sds"),
+        ("directory", config.clientmodul.directory, "ldaps://HOST:PORT"),
+    ):
+        if setting in (config_module.IN_PROCESS, config_module.LOOPBACK) and part not in running:
+            raise ConfigError(
+                f"the Clientmodul uses the {setting} {part} ([clientmodul] {part} = "
+                f'"{setting}"), but --components does not run the {part} here: add {part} to '
+                f'--components, or set [clientmodul] {part} = "{example}"'
+            )
 
 
 def _fachdienst_task(
@@ -215,7 +273,7 @@ def _fachdienst_task(
 
 async def _start_console(
     parts: Components,
-    konnektor: Konnektor,
+    konnektor: Konnektor | None,
     stores: dict[str, MailStore],
     directory: DirectoryStore,
     participants: dict[str, Any],
@@ -377,49 +435,132 @@ async def _start_directory(
     return result, store
 
 
+async def _clientmodul_ports(
+    parts: Components,
+    konnektor: Konnektor | None,
+    directory: DirectoryStore,
+    endpoints: dict[str, Any],
+    stack: ExitStack,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> tuple[KonnektorPort, DirectoryPort]:
+    """The Clientmodul's Konnektor and directory ports as ``[clientmodul]`` configures them:
+    this process's objects (in-process; the same Konnektor instance as the SOAP services, so
+    switched faults hit both), SOAP/LDAPS to this process's own listeners (loopback), or to a
+    Konnektor and a VZD elsewhere. The network adapters are closed when the appliance stops."""
+    data_dir, pki, cm = parts.data_dir, parts.pki, parts.config.clientmodul
+    tls_ca = data_dir / "pki" / "tls-ca.pem"
+    konnektor_port: KonnektorPort
+    if cm.konnektor == config_module.IN_PROCESS:
+        assert konnektor is not None  # _check_components
+        konnektor_port = InProcessKonnektor(konnektor, pki.trust_store())
+    else:
+        sds = endpoints["konnektor"]["sds"] if cm.konnektor == config_module.LOOPBACK else None
+        chain, key = await trio.to_thread.run_sync(
+            _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
+        )
+        soap = SoapKonnektor(_konnektor_settings(cm, sds, tls_ca, chain, key))
+        closers.append(soap.aclose)
+        konnektor_port = soap
+    directory_port: DirectoryPort
+    if cm.directory == config_module.IN_PROCESS:
+        directory_port = InProcessDirectory(directory)
+    else:
+        url = cm.directory
+        if url == config_module.LOOPBACK:
+            url = f"ldaps://{endpoints['directory']['ldaps']}"
+        ldap = LdapDirectory(
+            LdapSettings(url, Path(cm.directory_ca) if cm.directory_ca else tls_ca)
+        )
+        stack.callback(ldap.close)
+        directory_port = ldap
+    log.info("clientmodul: konnektor %s, directory %s", cm.konnektor, cm.directory)
+    return konnektor_port, directory_port
+
+
+def _konnektor_settings(
+    cm: config_module.ClientmodulConfig, sds: str | None, tls_ca: Path, chain: Path, key: Path
+) -> KonnektorSettings:
+    """TLS to the Konnektor (KOM-LE-A_2070): its CA, and the client certificate (the
+    Clientmodul's C.CM.TLS-CS unless another is configured) or HTTP Basic (KOM-LE-A_2071/2072)."""
+    ca = Path(cm.konnektor_ca) if cm.konnektor_ca else tls_ca
+    with_certificate = cm.konnektor_auth == "certificate"
+    if cm.konnektor_client_cert:
+        chain, key = Path(cm.konnektor_client_cert), Path(cm.konnektor_client_key)
+    try:
+        ssl_context = (
+            client_context(ca, chain=chain, key=key) if with_certificate else client_context(ca)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[clientmodul] konnektor TLS settings: {exc}") from exc
+    basic = (cm.konnektor_user, cm.konnektor_password) if cm.konnektor_auth == "basic" else None
+    return KonnektorSettings(
+        sds_url=sds or cm.konnektor,
+        ssl_context=ssl_context,
+        client_certificate=with_certificate,
+        basic_auth=basic,
+        timeout=cm.konnektor_timeout_seconds,
+    )
+
+
 async def _start_clientmodul(
     parts: Components,
-    konnektor: Konnektor,
-    directory: DirectoryStore,
+    ports: tuple[KonnektorPort, DirectoryPort],
     fachdienste: dict[str, FachdienstAddresses],
     https: dict[str, str],
 ) -> dict[str, str]:
-    """The Clientmodul: SMTPS/POP3S for the PVS, using this process's Konnektor (the same
-    instance as the SOAP services, so switched faults hit both) and VZD; it reaches the
-    Fachdienste over real SMTPS/POP3S/HTTPS (DESIGN.md), presenting its C.CM.TLS-CS as the TLS
-    client certificate (mutual TLS, KOM-LE-A_2074, digest §1.9).
+    """The Clientmodul: SMTPS/POP3S for the PVS, reaching the Konnektor and the VZD through
+    ``ports`` and the Fachdienste over real SMTPS/POP3S/HTTPS (DESIGN.md), presenting its
+    C.CM.TLS-CS as the TLS client certificate (mutual TLS, KOM-LE-A_2074, digest §1.9).
 
-    ``https`` maps each domain to its REST base URL (KAS, AccountLimit, Account Manager)."""
+    ``fachdienste`` and ``https`` are the Fachdienste of this process (mail listeners, REST
+    base URL per domain); ``[clientmodul.fachdienste]`` names those elsewhere."""
     data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
     )
     tls_ca = data_dir / "pki" / "tls-ca.pem"
+    table = config.clientmodul.fachdienste
 
     def resolve(host: str | None, port: int | None, protocol: str, account: str) -> tuple[str, int]:
-        # the username's host:port (digest §1.2) names a Fachdienst; one of this appliance is
-        # reached at its bound port whatever port the PVS wrote (stands in for DNS)
+        # the username's host:port (digest §1.2) names a Fachdienst: the table says where it
+        # is (stands in for DNS); one of this appliance is reached at its bound port whatever
+        # port the PVS wrote
         domain = (host or account.rpartition("@")[2]).lower()
+        port = port or (465 if protocol == "smtp" else 995)
+        if f"{domain}:{port}" in table:
+            return _split(table[f"{domain}:{port}"])
         if domain in fachdienste:
             addresses = fachdienste[domain]
             return addresses.smtp if protocol == "smtp" else addresses.pop3
         if host is None:
             raise ConfigError(f"no Fachdienst known for {account}; name host:port in the username")
-        return host, port or (465 if protocol == "smtp" else 995)
+        return host, port
 
     def resolve_https(domain: str) -> str:
         # stands in for the DNS-SD discovery of the Fachdienst's services (digest §3.1)
-        if domain.lower() not in https:
+        domain = domain.lower()
+        if f"{domain}:443" in table:
+            return f"https://{domain}"  # connect_to maps it; the name checked stays the domain
+        if domain not in https:
             raise LookupError(f"no Fachdienst of this appliance serves {domain}")
-        return https[domain.lower()]
+        return https[domain]
+
+    def connect_to(host: str, port: int) -> tuple[str, int]:
+        target = table.get(f"{host.lower()}:{port}")
+        return _split(target) if target else (host, port)
 
     spool = data_dir / "spool" / "clientmodul"
     spool.mkdir(parents=True, exist_ok=True)
+    cm = config.clientmodul
     context = ClientmodulContext(
-        konnektor=InProcessKonnektor(konnektor, pki.trust_store()),
-        directory=InProcessDirectory(directory),
+        konnektor=ports[0],
+        directory=ports[1],
         resolve_upstream=resolve,
         resolve_https=resolve_https,
+        connect_to=connect_to,
+        context_defaults=ContextDefaults(
+            cm.mandant_id or None, cm.client_system_id or None, cm.workplace_id or None
+        ),
         # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9)
         upstream_ssl=client_context(tls_ca, chain=chain, key=key),
         server_ssl=server_context(chain, key),
@@ -526,6 +667,11 @@ def _tls_files(pki: TestPki, tls_dir: Path, domain: str, profile: CertProfile) -
     key.write_bytes(issued.key_pem())
     os.chmod(key, 0o600)
     return chain, key
+
+
+def _split(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _join(host: str, port: int) -> str:

@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ephemeral-ports", action="store_true", help="bind every listener to a free port"
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.add_argument(
+        "--components",
+        type=_components,
+        default=None,
+        metavar="LIST",
+        help="run only these, comma-separated: fachdienst,clientmodul,konnektor,directory,"
+        "console (default: all); e.g. konnektor,directory here and clientmodul elsewhere with "
+        "[clientmodul] konnektor/directory pointing here",
+    )
 
     fault = commands.add_parser(
         "fault",
@@ -217,6 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _components(text: str) -> frozenset[str]:
+    """``--components``: argparse's type, so that a wrong name is a usage error."""
+    from kim_appliance.appliance import parse_components
+
+    try:
+        return parse_components(text)
+    except KimError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups."""
     if isinstance(exc, BaseExceptionGroup):
@@ -247,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import trio
 
-    from kim_appliance.appliance import run_appliance
+    from kim_appliance.appliance import COMPONENTS, run_appliance
     from kim_appliance.logs import configure
 
     # one line per event: control characters from clients are escaped (kim_appliance.logs)
@@ -258,7 +277,10 @@ def _run(args: argparse.Namespace) -> int:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(
                 lambda task_status: run_appliance(
-                    args.data_dir, ephemeral_ports=args.ephemeral_ports, task_status=task_status
+                    args.data_dir,
+                    ephemeral_ports=args.ephemeral_ports,
+                    components=args.components or COMPONENTS,
+                    task_status=task_status,
                 )
             )
 

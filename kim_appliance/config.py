@@ -78,14 +78,49 @@ class ConsoleConfig:
     port: int = 4080
 
 
+#: ``[clientmodul] konnektor`` / ``directory``: this process's own objects, no network
+IN_PROCESS = "in-process"
+#: ... or SOAP / LDAPS to this process's own Konnektor / VZD listener (tests, benchmarks)
+LOOPBACK = "loopback"
+#: TLS_AUTH_KONNEKTOR (digest §1.9, KOM-LE-A_2071/2072)
+KONNEKTOR_AUTH = ("certificate", "basic", "none")
+
+
 @dataclass(frozen=True)
 class ClientmodulConfig:
-    """The Clientmodul's SMTPS and POP3S ports for the practice software (0 = any free port)."""
+    """The Clientmodul: its SMTPS and POP3S ports for the practice software (0 = any free
+    port), and its partners: the Konnektor, the VZD and the Fachdienste."""
 
     smtp_port: int = 1465
     pop3_port: int = 1995
     #: sign with the SMC-B's ECC key when it has one (release 1.5.4 preference)
     prefer_ecc: bool = True
+    #: "in-process", "loopback" or "https://HOST:PORT/connector.sds" (KONNEKTOR_URI)
+    konnektor: str = IN_PROCESS
+    #: PEM file with the CA(s) of the Konnektor's TLS certificate ("": the appliance's TLS CA)
+    konnektor_ca: str = ""
+    #: TLS_AUTH_KONNEKTOR: "certificate" (default), "basic" or "none"
+    konnektor_auth: str = "certificate"
+    #: the client certificate (PEM chain) and key ("": the Clientmodul's C.CM.TLS-CS)
+    konnektor_client_cert: str = ""
+    konnektor_client_key: str = ""
+    #: HTTP Basic credentials (konnektor_auth = "basic")
+    konnektor_user: str = ""
+    konnektor_password: str = ""
+    #: KONNEKTOR_TIMEOUT (digest §1.9)
+    konnektor_timeout_seconds: float = 60.0
+    #: "in-process", "loopback", "ldaps://HOST:PORT" or "ldap://HOST:PORT" (StartTLS)
+    directory: str = IN_PROCESS
+    #: PEM file with the CA(s) of the VZD's TLS certificate ("": the appliance's TLS CA)
+    directory_ca: str = ""
+    #: the call context for a username whose MandantId/ClientSystemId/WorkplaceId is "*"
+    #: ("": the field stays mandatory, digest §1.2)
+    mandant_id: str = ""
+    client_system_id: str = ""
+    workplace_id: str = ""
+    #: "host:port" as usernames name a Fachdienst (SMTP 465, POP3 995, HTTPS 443) ->
+    #: "HOST:PORT" to connect to; stands in for DNS, the TLS name checked stays the host's
+    fachdienste: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +204,32 @@ port = 4443
 smtp_port = 1465
 pop3_port = 1995
 prefer_ecc = true                 # sign with the SMC-B's ECC key where it has one
+# The Konnektor: "in-process" (this appliance's, no network), "loopback" (SOAP to this
+# appliance's own listener) or a Konnektor's service directory, e.g.
+# "https://konnektor.praxis.local:443/connector.sds" (SOAP over TLS, KOM-LE-A_2070).
+konnektor = "in-process"
+konnektor_ca = ""                 # PEM of the CA of its TLS certificate ("": tls-ca.pem here)
+konnektor_auth = "certificate"    # "certificate" (KOM-LE-A_2071), "basic" or "none"
+konnektor_client_cert = ""        # PEM chain and key ("": the Clientmodul's C.CM.TLS-CS)
+konnektor_client_key = ""
+konnektor_user = ""               # for konnektor_auth = "basic" (KOM-LE-A_2072)
+konnektor_password = ""
+konnektor_timeout_seconds = 60    # KONNEKTOR_TIMEOUT
+# The VZD: "in-process", "loopback" (LDAPS to this appliance's own), "ldaps://HOST:PORT" or
+# "ldap://HOST:PORT" (StartTLS).
+directory = "in-process"
+directory_ca = ""                 # PEM of the CA of its TLS certificate ("": tls-ca.pem here)
+# A call context for usernames that write "*" for MandantId, ClientSystemId or WorkplaceId
+# ("": those fields stay mandatory).
+mandant_id = ""
+client_system_id = ""
+workplace_id = ""
+
+# Fachdienste outside this appliance: the "host:port" a username names (SMTP 465, POP3 995,
+# HTTPS 443 of the REST services) = the "HOST:PORT" to connect to. The TLS name checked stays
+# the Fachdienst's own. Example:
+# "fd1.kim.telematik-test:465" = "10.0.0.5:2465"
+[clientmodul.fachdienste]
 
 # The web console (plain HTTP on the bind address): endpoints, participants, mailboxes,
 # Konnektor fault switches, directory entries.
@@ -250,14 +311,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         )
     )
     _no_more(console_raw, console_where)
-    cm_where = f"{where} [clientmodul]"
-    cm_defaults = defaults.clientmodul
-    clientmodul = ClientmodulConfig(
-        smtp_port=_port(_take(cm_raw, "smtp_port", int, cm_defaults.smtp_port, cm_where), cm_where),
-        pop3_port=_port(_take(cm_raw, "pop3_port", int, cm_defaults.pop3_port, cm_where), cm_where),
-        prefer_ecc=_take(cm_raw, "prefer_ecc", bool, cm_defaults.prefer_ecc, cm_where),
-    )
-    _no_more(cm_raw, cm_where)
+    clientmodul = _clientmodul(cm_raw, f"{where} [clientmodul]")
     kon_where = f"{where} [konnektor]"
     konnektor = KonnektorConfig(
         port=_port(_take(kon_raw, "port", int, defaults.konnektor.port, kon_where), kon_where)
@@ -330,6 +384,81 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         console=console,
         limits=limits,
     )
+
+
+def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:
+    d = ClientmodulConfig()
+
+    def text(key: str) -> str:
+        value: str = _take(raw, key, str, getattr(d, key), where)
+        return value.strip()
+
+    fachdienste = raw.pop("fachdienste", {})
+    if not isinstance(fachdienste, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _host_port(k) and _host_port(v)
+        for k, v in fachdienste.items()
+    ):
+        raise ConfigError(
+            f'{where}.fachdienste: expected "host:port" = "HOST:PORT" entries, e.g. '
+            '"fd1.kim.telematik-test:465" = "10.0.0.5:2465"'
+        )
+    result = ClientmodulConfig(
+        smtp_port=_port(_take(raw, "smtp_port", int, d.smtp_port, where), where),
+        pop3_port=_port(_take(raw, "pop3_port", int, d.pop3_port, where), where),
+        prefer_ecc=_take(raw, "prefer_ecc", bool, d.prefer_ecc, where),
+        konnektor=text("konnektor"),
+        konnektor_ca=text("konnektor_ca"),
+        konnektor_auth=text("konnektor_auth"),
+        konnektor_client_cert=text("konnektor_client_cert"),
+        konnektor_client_key=text("konnektor_client_key"),
+        konnektor_user=text("konnektor_user"),
+        konnektor_password=_take(raw, "konnektor_password", str, d.konnektor_password, where),
+        konnektor_timeout_seconds=float(
+            _take(
+                raw, "konnektor_timeout_seconds", (int, float), d.konnektor_timeout_seconds, where
+            )
+        ),
+        directory=text("directory"),
+        directory_ca=text("directory_ca"),
+        mandant_id=text("mandant_id"),
+        client_system_id=text("client_system_id"),
+        workplace_id=text("workplace_id"),
+        fachdienste={k.strip().lower(): v.strip() for k, v in fachdienste.items()},
+    )
+    _no_more(raw, where)
+    if result.konnektor not in (IN_PROCESS, LOOPBACK) and not (
+        result.konnektor.startswith("https://") and _host_port(result.konnektor[8:].split("/")[0])
+    ):
+        raise ConfigError(
+            f"{where} konnektor: {result.konnektor!r} is not {IN_PROCESS!r}, {LOOPBACK!r} or "
+            "https://HOST:PORT/connector.sds (TLS only, KOM-LE-A_2070)"
+        )
+    if result.directory not in (IN_PROCESS, LOOPBACK) and not (
+        result.directory.startswith(("ldaps://", "ldap://"))
+        and _host_port(result.directory.split("://", 1)[1].rstrip("/"))
+    ):
+        raise ConfigError(
+            f"{where} directory: {result.directory!r} is not {IN_PROCESS!r}, {LOOPBACK!r}, "
+            "ldaps://HOST:PORT or ldap://HOST:PORT (StartTLS)"
+        )
+    if result.konnektor_auth not in KONNEKTOR_AUTH:
+        raise ConfigError(
+            f"{where} konnektor_auth: {result.konnektor_auth!r} is not one of "
+            f"{', '.join(KONNEKTOR_AUTH)}"
+        )
+    if result.konnektor_auth == "basic" and not result.konnektor_user:
+        raise ConfigError(f'{where} konnektor_auth = "basic" needs konnektor_user')
+    if bool(result.konnektor_client_cert) != bool(result.konnektor_client_key):
+        raise ConfigError(f"{where}: konnektor_client_cert and konnektor_client_key go together")
+    if not 0 < result.konnektor_timeout_seconds <= 3600:
+        raise ConfigError(f"{where} konnektor_timeout_seconds: must be 0..3600 seconds")
+    return result
+
+
+def _host_port(value: str) -> bool:
+    """``host:port`` or ``[v6]:port`` with a port 1..65535."""
+    host, sep, port = value.strip().rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _domain(item: object, where: str) -> DomainConfig:

@@ -24,6 +24,8 @@ from kim_appliance.clientmodul.cards import SigningCards
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.limits import LimitsCache
 from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
+from kim_appliance.clientmodul.rest import ConnectTo
+from kim_appliance.clientmodul.username import NO_DEFAULTS, ContextDefaults
 from kim_appliance.clientmodul.versions import VersionNotices
 from kim_appliance.clientmodul.vzd_lookup import VzdLookup
 from kim_appliance.serving import ListenerLimits
@@ -40,6 +42,10 @@ HttpsResolver = Callable[[str], str]
 KAS_THRESHOLD: Final = 15 * 1024 * 1024
 #: CM_KAS_TIMEOUT of Tab_Konf_Param (digest §1.9): 30 s per KAS/REST exchange without progress
 CM_KAS_TIMEOUT: Final = 30.0
+
+
+def _direct(host: str, port: int) -> tuple[str, int]:
+    return host, port
 
 
 def _no_https(domain: str) -> str:
@@ -79,6 +85,11 @@ class ClientmodulContext:
     #: dataTimeToLive for the Expires header (A_22417), days
     data_ttl_days: int = 90
     session_timeout_seconds: int = 300
+    #: the call context for usernames that write ``*`` for a context field (``[clientmodul]``)
+    context_defaults: ContextDefaults = NO_DEFAULTS
+    #: (host, port) a REST URL names -> (host, port) to connect to (``[clientmodul.fachdienste]``;
+    #: the TLS name checked stays the URL's host)
+    connect_to: ConnectTo = _direct
     #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
     #: at most this many messages in the CPU-heavy pipelines at a time (2 cores)

@@ -24,7 +24,7 @@ from typing import BinaryIO, Final
 
 import trio
 
-from kim_appliance.clientmodul.rest import RestUnavailable, https_request
+from kim_appliance.clientmodul.rest import ConnectTo, RestUnavailable, https_request
 
 #: AttachmentService.yaml 2.4.0 base path (digest §3.5)
 KAS_PATH: Final = "/attachments/v2.4/attachment/"
@@ -68,6 +68,7 @@ async def add_mail_data(
     blob: BinaryIO,
     blob_size: int,
     timeout: float = 30.0,
+    connect_to: ConnectTo | None = None,
 ) -> str:
     """addMailData: upload ``blob_size`` bytes of ``blob`` (from its start); the sharedLink."""
     boundary = f"kim-kas-{uuid.uuid4().hex}"
@@ -111,6 +112,7 @@ async def add_mail_data(
             body=body(),
             body_length=len(head) + blob_size + len(tail),
             timeout=timeout,
+            connect_to=connect_to,
         ) as response:
             if response.status != 201:
                 raise KasError(
@@ -130,13 +132,24 @@ async def add_mail_data(
 
 
 async def read_mail_data(
-    ssl_context: ssl.SSLContext, link: str, *, recipient: str, out: BinaryIO, timeout: float = 30.0
+    ssl_context: ssl.SSLContext,
+    link: str,
+    *,
+    recipient: str,
+    out: BinaryIO,
+    timeout: float = 30.0,
+    connect_to: ConnectTo | None = None,
 ) -> int:
     """readMailData: the blob behind ``link`` appended to ``out``; the number of bytes."""
     size = 0
     try:
         async with https_request(
-            ssl_context, "GET", link, headers={"recipient": recipient}, timeout=timeout
+            ssl_context,
+            "GET",
+            link,
+            headers={"recipient": recipient},
+            timeout=timeout,
+            connect_to=connect_to,
         ) as response:
             if response.status != 200:
                 raise KasError(
@@ -163,7 +176,13 @@ async def read_mail_data(
 
 
 async def delete_mail_data(
-    ssl_context: ssl.SSLContext, link: str, *, account: str, password: str, timeout: float = 30.0
+    ssl_context: ssl.SSLContext,
+    link: str,
+    *,
+    account: str,
+    password: str,
+    timeout: float = 30.0,
+    connect_to: ConnectTo | None = None,
 ) -> None:
     """deleteMailData on ``link`` as its uploader; KasError unless 200 (or 404: already gone)."""
     try:
@@ -173,6 +192,7 @@ async def delete_mail_data(
             link,
             headers={"Authorization": basic_auth(account, password)},
             timeout=timeout,
+            connect_to=connect_to,
         ) as response:
             if response.status not in (200, 204, 404):
                 raise KasError(

@@ -25,7 +25,7 @@ from typing import Final, Literal
 import trio
 
 from kim_appliance.clientmodul.kas_client import basic_auth
-from kim_appliance.clientmodul.rest import RestUnavailable, https_request
+from kim_appliance.clientmodul.rest import ConnectTo, RestUnavailable, https_request
 
 #: A_22416: a getLimits answer may be reused for 24 h
 LIMITS_TTL: Final = 24 * 3600.0
@@ -86,6 +86,7 @@ async def get_limits(
     fallback_max: int,
     timeout: float,
     log: logging.Logger,
+    connect_to: ConnectTo | None = None,
 ) -> Limits:
     """The limits of ``account``: from the cache, else from the AccountLimit service at
     ``base_url`` (None: no service known), else the fallback (logged)."""
@@ -96,7 +97,7 @@ async def get_limits(
         if base_url is None:
             raise RestUnavailable("no AccountLimit service known for the account's domain")
         cache.requests += 1
-        limits = await _ask(ssl_context, base_url, account, password, timeout)
+        limits = await _ask(ssl_context, base_url, account, password, timeout, connect_to)
     except (RestUnavailable, _BadAnswer, trio.TooSlowError) as exc:
         log.warning(
             "cm getLimits %s: AccountLimit not usable (%s); using the configured maximum of "
@@ -115,7 +116,12 @@ class _BadAnswer(Exception):
 
 
 async def _ask(
-    ssl_context: ssl.SSLContext, base_url: str, account: str, password: str, timeout: float
+    ssl_context: ssl.SSLContext,
+    base_url: str,
+    account: str,
+    password: str,
+    timeout: float,
+    connect_to: ConnectTo | None,
 ) -> Limits:
     url = base_url.rstrip("/") + LIMIT_PATH
     with trio.fail_after(timeout * 2):
@@ -125,6 +131,7 @@ async def _ask(
             url,
             headers={"Authorization": basic_auth(account, password), "Accept": "application/json"},
             timeout=timeout,
+            connect_to=connect_to,
         ) as response:
             if response.status != 200:
                 raise _BadAnswer(f"{url}: {response.status} {await response.message()}")

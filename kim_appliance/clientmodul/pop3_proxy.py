@@ -230,7 +230,7 @@ class CmPop3Session:
         if event.password is None:
             return Response(False, "only USER/PASS and AUTH PLAIN are offered")
         try:
-            login = parse_pop3_username(event.username)
+            login = parse_pop3_username(event.username, defaults=self.ctx.context_defaults)
         except UsernameError as exc:
             self.ctx.log.info("cm pop3 %s: %s", self.peer, exc)
             return Response(False, _line(str(exc)))
@@ -430,6 +430,7 @@ class CmPop3Session:
                     recipient=recipient,
                     out=out,
                     timeout=ctx.kas_timeout_seconds,
+                    connect_to=ctx.connect_to,
                 )
             )
 

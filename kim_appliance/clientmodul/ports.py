@@ -111,11 +111,23 @@ class KonnektorFault(KimError):
 
 class KonnektorUnreachable(KimError, ConnectionError):
     """No answer from the Konnektor: refused or broken connection, TLS failure, timeout. The
-    Clientmodul refuses to send (451/454) and reports DecryptionResult 03 (4011) on receive."""
+    Clientmodul refuses to send (451/454) and reports DecryptionResult 03 (4011) on receive.
+    The message starts ``Konnektor not reachable:`` and says what failed."""
+
+    PREFIX = "Konnektor not reachable: "
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason if reason.startswith(self.PREFIX) else self.PREFIX + reason)
 
 
 class DirectoryUnreachable(KimError, ConnectionError):
-    """No usable answer from the VZD (connection, TLS, timeout, LDAP error)."""
+    """No usable answer from the VZD (connection, TLS, timeout, LDAP error). The message starts
+    ``VZD not reachable:`` and says what failed."""
+
+    PREFIX = "VZD not reachable: "
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason if reason.startswith(self.PREFIX) else self.PREFIX + reason)
 
 
 @dataclass(frozen=True)

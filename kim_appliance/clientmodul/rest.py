@@ -3,6 +3,9 @@ Account Manager; digest §3.3-3.5): h11 over a trio SSL stream, one request per 
 
 The TLS context is the Clientmodul's upstream context: it verifies the C.FD.TLS-S against the
 TLS CA and presents the Clientmodul's C.CM.TLS-CS (mutual TLS, KOM-LE-A_2074, digest §1.9).
+``connect_to`` maps the URL's host and port to the address to connect to (the Clientmodul's
+``[clientmodul.fachdienste]`` table stands in for DNS); the name checked in the server's
+certificate stays the URL's host.
 Request bodies are streamed from an async iterator with a known Content-Length, response
 bodies are handed out chunk by chunk: a 500 MiB KAS blob never sits in memory.
 
@@ -16,7 +19,7 @@ returned, not raised. This module never logs a header value (credentials travel 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, cast
@@ -30,6 +33,10 @@ from kim_appliance.protocols.session import NETWORK_ERRORS
 RECEIVE_SIZE: Final = 256 * 1024
 #: the largest error or JSON body read into memory
 MAX_SMALL_BODY: Final = 1024 * 1024
+
+
+#: (host, port) of a URL -> (host, port) to connect to
+ConnectTo = Callable[[str, int], tuple[str, int]]
 
 
 class RestUnavailable(Exception):
@@ -145,6 +152,7 @@ async def https_request(
     body: bytes | AsyncIterable[bytes] | None = None,
     body_length: int | None = None,
     timeout: float = 30.0,
+    connect_to: ConnectTo | None = None,
 ) -> AsyncIterator[HttpsResponse]:
     """Send one request to ``url`` (``https://host[:port]/path``) and yield the response.
 
@@ -166,9 +174,10 @@ async def https_request(
     ]
     if body is not None:
         request_headers.append(("Content-Length", str(body_length or 0)))
+    address, address_port = connect_to(host, port) if connect_to else (host, port)
     try:
         with trio.fail_after(timeout):
-            tcp = await trio.open_tcp_stream(host, port)
+            tcp = await trio.open_tcp_stream(address, address_port)
     except (OSError, trio.TooSlowError) as exc:
         raise RestUnavailable(f"{url}: cannot connect: {_describe(exc)}") from exc
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)

@@ -453,7 +453,7 @@ def _lookup(
         return lookup.lookup_many(addresses, validator)
     except DirectoryUnreachable as exc:
         text = re.sub(r"[\x00-\x1f\x7f]", " ", str(exc))[:400]
-        reply = Reply(451, "4.4.3", f"the directory (VZD) does not answer: {text}")
+        reply = Reply(451, "4.4.3", f"the directory does not answer ({text})")
         raise SendRefused(reply, original_header=header) from exc
     except (KonnektorFault, KonnektorUnreachable) as exc:
         # VerifyCertificate failed: the recipients' certificates cannot be checked

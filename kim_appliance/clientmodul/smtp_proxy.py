@@ -147,7 +147,7 @@ class CmSmtpSession:
     async def _auth(self, event: AuthAttempt) -> tuple[Reply, bool]:
         ctx = self.ctx
         try:
-            login = parse_smtp_username(event.username)
+            login = parse_smtp_username(event.username, defaults=ctx.context_defaults)
         except UsernameError as exc:
             # digest §1.3: incomplete or malformed username -> 501 5.5.4, then close
             ctx.log.info("cm smtp %s AUTH refused: %s", self.peer, exc)
@@ -307,6 +307,7 @@ class CmSmtpSession:
             fallback_max=ctx.max_message_size,
             timeout=ctx.kas_timeout_seconds,
             log=ctx.log,
+            connect_to=ctx.connect_to,
         )
 
     def _uploader(self, login: CmLogin, uploaded: list[str]) -> send.KasUploader:
@@ -332,6 +333,7 @@ class CmSmtpSession:
                     blob=blob.file,  # type: ignore[arg-type]
                     blob_size=blob.size,
                     timeout=ctx.kas_timeout_seconds,
+                    connect_to=ctx.connect_to,
                 )
             )
             uploaded.append(link)
@@ -353,6 +355,7 @@ class CmSmtpSession:
                     account=login.account,
                     password=self._password,
                     timeout=self.ctx.kas_timeout_seconds,
+                    connect_to=self.ctx.connect_to,
                 )
                 self.ctx.log.info("cm smtp %s: KAS blob deleted (not sent): %s", self.peer, link)
             except KasError as exc:
@@ -411,6 +414,7 @@ class CmSmtpSession:
                 jwt=token,
                 version=version,
                 timeout=ctx.kas_timeout_seconds,
+                connect_to=ctx.connect_to,
             )
         except (versions.SetAccountFailed, NoSigningCardError, KonnektorFault,
                 KonnektorUnreachable, DirectoryUnreachable) as exc:  # fmt: skip

@@ -30,7 +30,10 @@ Choices written down here (the spec leaves them open):
   is refused (openkim parses SMTP usernames like POP3 ones; we follow the spec);
 * the account domain may contain ``_`` (the spec's own example ``hrst_domain.kim.telematik``
   does, though digest §2.10 lists ``[a-z0-9.-]``) and must end ``.kim.telematik`` or
-  ``.kim.telematik-test`` unless the caller passes ``require_kim_domain=False``.
+  ``.kim.telematik-test`` unless the caller passes ``require_kim_domain=False``;
+* MandantId, ClientSystemId and WorkplaceId are mandatory; only where the Clientmodul is
+  configured with a default for one (:class:`ContextDefaults`, ``[clientmodul] mandant_id``
+  ...) may the username write ``*`` (or leave it empty) for it, and the default is used.
 """
 
 from __future__ import annotations
@@ -97,6 +100,26 @@ class UsernameError(KimError, ValueError):
 
 
 @dataclass(frozen=True)
+class ContextDefaults:
+    """The call context the Clientmodul uses where a username writes ``*`` for a mandatory
+    context field (None: the field stays mandatory)."""
+
+    mandant_id: str | None = None
+    client_system_id: str | None = None
+    workplace_id: str | None = None
+
+    def default_for(self, field: str) -> str | None:
+        return {
+            "MandantId": self.mandant_id,
+            "ClientSystemId": self.client_system_id,
+            "WorkplaceId": self.workplace_id,
+        }.get(field)
+
+
+NO_DEFAULTS: Final = ContextDefaults()
+
+
+@dataclass(frozen=True)
 class CmLogin:
     """A parsed Clientmodul username (digest §1.2)."""
 
@@ -123,22 +146,32 @@ class CmLogin:
         )
 
 
-def parse_smtp_username(username: str, *, require_kim_domain: bool = True) -> CmLogin:
+def parse_smtp_username(
+    username: str,
+    *,
+    require_kim_domain: bool = True,
+    defaults: ContextDefaults = NO_DEFAULTS,
+) -> CmLogin:
     """Parse an SMTP username ``account#host:port#Mandant#ClientSystem#Workplace[#KonnektorId]``.
 
     CM-1.13 §3.3.2.2, KOM-LE-A_2010, KOM-LE-A_21519-02. Raises :class:`UsernameError`.
     """
-    login, optional = _parse("SMTP", username, _FIELD_NAMES_SMTP, require_kim_domain)
+    login, optional = _parse("SMTP", username, _FIELD_NAMES_SMTP, require_kim_domain, defaults)
     return replace(login, konnektor_id=optional[0])
 
 
-def parse_pop3_username(username: str, *, require_kim_domain: bool = True) -> CmLogin:
+def parse_pop3_username(
+    username: str,
+    *,
+    require_kim_domain: bool = True,
+    defaults: ContextDefaults = NO_DEFAULTS,
+) -> CmLogin:
     """Parse a POP3 username, fields
     ``account#host:port#Mandant#ClientSystem#Workplace[#UserId[#KonnektorId]]``.
 
     CM-1.13 §3.4.2.2, KOM-LE-A_2032, KOM-LE-A_21518-02. Raises :class:`UsernameError`.
     """
-    login, optional = _parse("POP3", username, _FIELD_NAMES_POP3, require_kim_domain)
+    login, optional = _parse("POP3", username, _FIELD_NAMES_POP3, require_kim_domain, defaults)
     return replace(login, user_id=optional[0], konnektor_id=optional[1])
 
 
@@ -188,14 +221,18 @@ def _optional_fields(protocol: str, fields: list[str], names: tuple[str, ...]) -
 
 
 def _parse(
-    protocol: str, username: str, names: tuple[str, ...], require_kim_domain: bool
+    protocol: str,
+    username: str,
+    names: tuple[str, ...],
+    require_kim_domain: bool,
+    defaults: ContextDefaults,
 ) -> tuple[CmLogin, list[str | None]]:
     """The mandatory part (indexes 0-4) and the optional fields, checked in index order."""
     fields = _split(protocol, username, names)
     account = _check_account(protocol, fields[0], require_kim_domain)
     host, port = _parse_host_port(protocol, fields[1])
     mandant, client, workplace = (
-        _check_mandatory(protocol, name, value)
+        _check_mandatory(protocol, name, value, defaults.default_for(name))
         for name, value in zip(
             ("MandantId", "ClientSystemId", "WorkplaceId"), fields[2:5], strict=True
         )
@@ -268,7 +305,9 @@ def _parse_host_port(protocol: str, value: str) -> tuple[str | None, int | None]
     return host.removeprefix("[").removesuffix("]"), port
 
 
-def _check_mandatory(protocol: str, name: str, value: str) -> str:
+def _check_mandatory(protocol: str, name: str, value: str, default: str | None) -> str:
+    if value in ("", PLACEHOLDER) and default:
+        return default  # the Clientmodul's configured call context (module docstring)
     if value == "":
         raise UsernameError(protocol, name, "is empty but mandatory")
     if value == PLACEHOLDER:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from kim_appliance.clientmodul.ports import CallContext, KonnektorFault, KonnektorPort
-from kim_appliance.clientmodul.rest import RestUnavailable, https_request
+from kim_appliance.clientmodul.rest import ConnectTo, RestUnavailable, https_request
 from kim_appliance.mail.headers import HeaderBlock, HeaderField
 from kim_appliance.pki.jwt import build_jwt, signature_scheme_for
 
@@ -144,6 +144,7 @@ async def set_kim_version(
     jwt: str,
     version: str,
     timeout: float,
+    connect_to: ConnectTo | None = None,
 ) -> None:
     """setAccount ``{"kimVersion": version}`` for ``account`` (digest §1.4 step 12, §3.3)."""
     url = base_url.rstrip("/") + ACCOUNT_PATH + account
@@ -160,6 +161,7 @@ async def set_kim_version(
             },
             body=body,
             timeout=timeout,
+            connect_to=connect_to,
         ) as response:
             if response.status not in (200, 204):
                 raise SetAccountFailed(f"{url}: {response.status} {await response.message()}")

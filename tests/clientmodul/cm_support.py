@@ -41,6 +41,8 @@ class Kim:
     Participants are named by local part (``"praxis.weber"``) or address."""
 
     app: KimAppliance
+    #: "in-process" or "network" (the Clientmodul's Konnektor and VZD over SOAP and LDAPS)
+    mode: str = "in-process"
     _keys: dict[str, list[SoftwareKey]] = field(default_factory=dict, repr=False)
 
     def participant(self, local: str) -> Participant:

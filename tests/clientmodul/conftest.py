@@ -10,6 +10,12 @@ Konnektor admin API (:meth:`KimAppliance.fault`), as a vendor's test would.
 
 These fixtures must never build a Clientmodul of their own next to the appliance: the tests
 exercise the one ``kim-appliance run`` starts.
+
+Both modes (issue 14): a test that asks for ``cm_mode`` (directly or through
+``pytest.mark.usefixtures("cm_mode")``) runs twice, with the same test function: once with the
+Clientmodul's in-process Konnektor and VZD, once talking SOAP and LDAPS to the appliance's own
+Konnektor and VZD listeners (``[clientmodul] konnektor/directory = "loopback"``). The other
+tests run in-process only.
 """
 
 from __future__ import annotations
@@ -29,6 +35,26 @@ from kim_appliance.testing import (
     running_appliance,
 )
 
+#: the Clientmodul's partners per mode (config.toml [clientmodul])
+MODES: dict[str, dict[str, Any]] = {
+    "in-process": {},
+    "network": {"clientmodul": {"konnektor": "loopback", "directory": "loopback"}},
+}
+
+
+@pytest.fixture(params=list(MODES))
+def cm_mode(request: pytest.FixtureRequest) -> str:
+    """The Clientmodul's mode: ``in-process`` or ``network`` (SOAP and LDAPS)."""
+    mode: str = request.param
+    return mode
+
+
+def _mode_of(request: pytest.FixtureRequest) -> str:
+    if "cm_mode" in request.fixturenames:
+        mode: str = request.getfixturevalue("cm_mode")
+        return mode
+    return "in-process"
+
 
 @pytest.fixture(scope="session")
 def kim_cm_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -47,7 +73,10 @@ async def _run(
 
 
 @pytest.fixture
-async def start_kim(tmp_path: Path, kim_cm_template: Path) -> AsyncIterator[StartKim]:
+async def start_kim(
+    tmp_path: Path, kim_cm_template: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[StartKim]:
+    mode = MODES[_mode_of(request)]
     # the appliances run in the fixture's nursery (a nursery must close in the task that
     # opened it; the test body runs in another task)
     async with trio.open_nursery() as nursery:
@@ -62,7 +91,8 @@ async def start_kim(tmp_path: Path, kim_cm_template: Path) -> AsyncIterator[Star
             copy_template(kim_cm_template, data_dir)
             if prepare is not None:
                 prepare(data_dir)
-            app: KimAppliance = await nursery.start(_run, data_dir, config)
+            merged = _merged(mode, config or {})
+            app: KimAppliance = await nursery.start(_run, data_dir, merged or None)
             return app
 
         yield start
@@ -70,9 +100,19 @@ async def start_kim(tmp_path: Path, kim_cm_template: Path) -> AsyncIterator[Star
 
 
 @pytest.fixture
-async def cm(start_kim: StartKim) -> Kim:
+async def cm(start_kim: StartKim, request: pytest.FixtureRequest) -> Kim:
     """An appliance of this test's own (default configuration, empty mailboxes)."""
-    return Kim(await start_kim())
+    return Kim(await start_kim(), mode=_mode_of(request))
+
+
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = {key: dict(value) for key, value in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
 
 
 # --- the view the Clientmodul tests use (blocking helpers: call through trio.to_thread) -------

@@ -35,6 +35,9 @@ from kim_appliance.pki.tls import client_context
 from kim_appliance.store import open_store
 from kim_appliance.testing import KimAppliance
 
+#: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
+both_modes = pytest.mark.usefixtures("cm_mode")
+
 WEBER, SONNE, KLEIN = "praxis.weber", "apotheke.sonne", "zahnarzt.klein"
 SMALL_THRESHOLD = 64 * 1024
 
@@ -214,6 +217,7 @@ async def test_30_mb_mail_goes_through_the_kas_and_arrives_byte_exact(start_kim:
     assert attachment.get_content() == payload
 
 
+@both_modes
 async def test_recipient_without_large_mail_consent_is_dropped_with_4001(
     start_kim: StartKim, limit_calls: dict[str, Any]
 ) -> None:
@@ -315,6 +319,7 @@ async def test_kas_429_gives_the_download_error_mail_4013(
     assert b"KOM-LE-Nachricht" in mail
 
 
+@both_modes
 async def test_missing_blob_gives_the_download_error_mail_4006(
     start_kim: StartKim, limit_calls: dict[str, Any]
 ) -> None:
@@ -390,6 +395,7 @@ def _submit_kas_message(app: KimAppliance, sender: str, recipient: str) -> None:
         smtp.sendmail(s.address, [r.address], outer.getvalue())
 
 
+@both_modes
 async def test_recipient_without_consent_gets_the_account_settings_error_mail(
     start_kim: StartKim,
 ) -> None:
@@ -444,6 +450,7 @@ async def test_get_limits_is_asked_once_per_account_within_24_hours(
 # --- versions (step 12) -------------------------------------------------------------------------
 
 
+@both_modes
 async def test_vzd_version_above_the_clientmodul_gives_one_4017_notice_a_day(
     start_kim: StartKim,
 ) -> None:
@@ -464,6 +471,7 @@ async def test_vzd_version_above_the_clientmodul_gives_one_4017_notice_a_day(
     assert parsed(notices[0])["X-KOM-LE-Version"] is None
 
 
+@both_modes
 async def test_clientmodul_version_above_the_vzd_updates_kim_version(start_kim: StartKim) -> None:
     """digest §1.4 step 12, §1.10: the Clientmodul's version is higher than the sender's VZD
     entry (1.0) -> setAccount kimVersion 1.5 through the Account Manager (JWT signed on the

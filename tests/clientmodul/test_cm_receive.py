@@ -30,6 +30,9 @@ from kim_appliance.mail.seal import Certified, seal
 from kim_appliance.protocols.pop3 import Pop3Client
 from kim_appliance.testing import Participant
 
+#: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
+both_modes = pytest.mark.usefixtures("cm_mode")
+
 WEBER, SONNE, KLEIN, MEYER = "praxis.weber", "apotheke.sonne", "zahnarzt.klein", "dr.meyer"
 #: who sends to whom in the per-kind tests: same Fachdienst, so no relay wait
 SENDER_OF = {WEBER: KLEIN, KLEIN: WEBER, SONNE: MEYER, MEYER: SONNE}
@@ -236,6 +239,7 @@ async def test_unreachable_fachdienst_is_err(cm: Kim) -> None:
 # --- PROCESS: the receive pipeline per participant kind ------------------------------------------
 
 
+@both_modes
 @pytest.mark.parametrize("recipient", [WEBER, SONNE, KLEIN, MEYER])
 async def test_kim_message_is_delivered_decrypted(cm: Kim, recipient: str) -> None:
     """Digest §1.5 receive pipeline for each card kind (RSA SMC-B, ECC SMC-B, RSA+ECC SMC-B,
@@ -262,6 +266,7 @@ async def test_kim_message_is_delivered_decrypted(cm: Kim, recipient: str) -> No
     assert size == len(mail)
 
 
+@both_modes
 async def test_cached_card_lookup_and_second_session(
     start_kim: StartKim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -361,6 +366,7 @@ def _tamper_ciphertext(data: bytes) -> bytes:
     return head + b"\r\n\r\n" + b"\r\n".join(lines)
 
 
+@both_modes
 async def test_tampered_ciphertext_gives_error_mail_02(cm: Kim) -> None:
     """KOM-LE-A_2046, A_2047-01: a message whose ciphertext was altered fails the GCM tag; the PVS
     gets the error mail 'konnte nicht entschlüsselt werden' with DecryptionResult 02, code 4010
@@ -378,6 +384,7 @@ async def test_tampered_ciphertext_gives_error_mail_02(cm: Kim) -> None:
     assert size == len(mail)
 
 
+@both_modes
 async def test_header_mismatch_gives_integrity_08_mail(cm: Kim) -> None:
     """A_23165, digest §1.6 ID 08: the outer Reply-To was changed after encryption; the PVS gets
     the integrity error mail with DecryptionResult 00, IntegrityCheckResult 08 and the
@@ -395,6 +402,7 @@ async def test_header_mismatch_gives_integrity_08_mail(cm: Kim) -> None:
     assert b"Subject: Arztbrief" in original
 
 
+@both_modes
 async def test_removed_card_gives_error_mail_01(cm: Kim) -> None:
     """KOM-LE-A_2046, A_2047-01, A_2062: the recipient's card is not inserted: DecryptionResult
     01, code 4009, the encrypted original attached; inserted again and unlocked (VerifyPin)
@@ -418,6 +426,7 @@ async def test_removed_card_gives_error_mail_01(cm: Kim) -> None:
     assert parsed(mail)["X-KIM-DecryptionResult"] == "00"
 
 
+@both_modes
 async def test_unverified_pin_gives_error_mail_01(cm: Kim) -> None:
     """A_2062/A_2063: the SMC-B is not unlocked (PIN.SMC not verified): DecryptionResult 01."""
     data = await trio.to_thread.run_sync(partial(seal_message, cm, KLEIN, WEBER))
@@ -427,6 +436,7 @@ async def test_unverified_pin_gives_error_mail_01(cm: Kim) -> None:
     assert parsed(mail)["X-KIM-DecryptionResult"] == "01"
 
 
+@both_modes
 async def test_unreachable_konnektor_gives_error_mail_03(cm: Kim) -> None:
     """KOM-LE-A_2047-01 ID 03: the Konnektor does not answer: DecryptionResult 03, code 4011.
     The login still works (the PVS can fetch the error mail)."""
@@ -439,6 +449,7 @@ async def test_unreachable_konnektor_gives_error_mail_03(cm: Kim) -> None:
     assert "4011" in (message.get_all("X-KIM-Fehlermeldung") or [])
 
 
+@both_modes
 async def test_message_not_encrypted_for_the_account_gives_01(cm: Kim) -> None:
     """KOM-LE-A_2043/2044/2045: recipient-emails names no certificate of the fetching account
     (the message was encrypted for another practice): the Clientmodul does not use anyone
@@ -497,6 +508,7 @@ async def test_stat_list_uidl_dele_through_the_proxy(cm: Kim) -> None:
     assert after == [1]
 
 
+@both_modes
 @pytest.mark.slow
 async def test_25_mb_message_through_the_clientmodul(cm: Kim) -> None:
     """Issue 6 item 5 (digest §1.5): a 25 MB KIM message is spooled, decrypted, verified and

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from kim_appliance.adapters import InProcessKonnektor
 from kim_appliance.appliance import prepare_data_dir
 from kim_appliance.clientmodul.keys import (
     TTL_EMAIL_ICCSN,
@@ -20,10 +21,9 @@ from kim_appliance.clientmodul.keys import (
     entries_for,
     scan_recipient_emails,
 )
+from kim_appliance.clientmodul.ports import CallContext
 from kim_appliance.cms.keys import SoftwareKey
 from kim_appliance.cms.recipient_emails import RecipientEmail
-from kim_appliance.adapters import InProcessKonnektor
-from kim_appliance.clientmodul.ports import CallContext
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.mail.seal import Certified, seal
 

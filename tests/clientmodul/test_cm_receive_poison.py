@@ -15,6 +15,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from functools import partial
 
+import pytest
 import trio
 from cm_support import Kim
 from cryptography import x509
@@ -28,6 +29,9 @@ from kim_appliance.cms.enveloped import (
 )
 from kim_appliance.cms.keys import SoftwareKey
 from kim_appliance.mail.seal import Certified, seal
+
+#: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
+both_modes = pytest.mark.usefixtures("cm_mode")
 
 WEBER, KLEIN = "praxis.weber", "zahnarzt.klein"
 #: rsaEncryption in the signer certificate's SubjectPublicKeyInfo, and an OID under the same
@@ -96,6 +100,7 @@ def attached_message(message: EmailMessage) -> bytes:
     raise AssertionError("the error mail has no message/rfc822 part")
 
 
+@both_modes
 async def test_poison_message_arrives_as_error_mail_and_blocks_nothing(cm: Kim) -> None:
     """Issue 11, A_23165, digest §1.6/§1.7: between two good messages, one whose signer
     certificate has an unknown key algorithm. Through the Clientmodul with poplib, STAT, LIST

@@ -30,6 +30,9 @@ from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.mail.unseal import OpenReport, open_message
 
+#: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
+both_modes = pytest.mark.usefixtures("cm_mode")
+
 # --- helpers --------------------------------------------------------------------------------
 
 
@@ -88,6 +91,7 @@ PAIRS = [
 ]
 
 
+@both_modes
 @pytest.mark.parametrize(("sender", "recipient"), PAIRS)
 async def test_mail_arrives_as_kim_message_the_recipient_opens(
     cm: Kim, sender: str, recipient: str
@@ -222,6 +226,7 @@ async def test_malformed_username_is_refused_501_and_closed(cm: Kim) -> None:
     assert closed
 
 
+@both_modes
 async def test_unknown_mandant_is_refused_501(cm: Kim) -> None:
     """digest §1.3: a Konnektor fault 4004 on the call context -> 501."""
     p = cm.participant("praxis.weber")
@@ -288,6 +293,7 @@ def _reports(mails: list[bytes]) -> list[email.message.Message]:
     return [m for m in map(header_of, mails) if m.get_content_type() == "multipart/report"]
 
 
+@both_modes
 async def test_unknown_recipient_is_dropped_and_reported(cm: Kim) -> None:
     """KOM-LE-A_2024-01, KOM-LE-A_2028: a recipient without an encryption certificate in the
     VZD is dropped (4004), removed from To, and reported to the sender in one unsigned mail;
@@ -307,6 +313,7 @@ async def test_unknown_recipient_is_dropped_and_reported(cm: Kim) -> None:
     assert UNKNOWN in sender_report.as_string()
 
 
+@both_modes
 async def test_no_valid_recipient_is_451_with_report(cm: Kim) -> None:
     """KOM-LE-A_2025: no recipient with a valid encryption certificate -> 451 to the PVS (and
     the dropped recipient is reported to the sender)."""
@@ -333,6 +340,7 @@ def _drop_certificates(local: str) -> Callable[[Path], None]:
     return prepare
 
 
+@both_modes
 async def test_sender_without_certificate_is_553(start_kim: StartKim) -> None:
     """digest §1.4 step 6 (FAQ): no encryption certificate of the sender -> 553, nothing sent."""
     # the VZD store is locked while the appliance runs: the entry is changed before the start
@@ -347,6 +355,7 @@ async def test_sender_without_certificate_is_553(start_kim: StartKim) -> None:
     assert await trio.to_thread.run_sync(cm.fd_fetch, "apotheke.sonne") == []
 
 
+@both_modes
 async def test_card_removed_is_451(cm: Kim) -> None:
     """KOM-LE-A_2021: signing fails (the SMC-B was pulled, 4008) -> RSET upstream, 451."""
     await cm.fault(card_removed=cm.participant("praxis.weber"))
@@ -359,6 +368,7 @@ async def test_card_removed_is_451(cm: Kim) -> None:
     assert b"KOM-LE-A_2021" in caught.value.smtp_error
 
 
+@both_modes
 async def test_card_reinserted_gets_used_again(cm: Kim) -> None:
     """A card pulled, inserted again and unlocked has a new handle; the Clientmodul finds it
     (the cached handle is dropped on 4008) and the next mail goes out."""
@@ -374,6 +384,7 @@ async def test_card_reinserted_gets_used_again(cm: Kim) -> None:
     assert len(await wait_for(cm, "apotheke.sonne", count=2)) == 2
 
 
+@both_modes
 async def test_konnektor_unreachable_is_451(cm: Kim) -> None:
     """KOM-LE-A_2021: the Konnektor does not answer when signing -> 451."""
     sender, to = cm.address("praxis.weber"), cm.address("apotheke.sonne")
@@ -425,6 +436,7 @@ async def test_from_is_rewritten_to_the_account(cm: Kim) -> None:
         assert parsed["X-KIM-Dienstkennung"] == "eAU;Einreichung;V1.0"
 
 
+@both_modes
 async def test_five_megabyte_attachment(cm: Kim) -> None:
     """A 5 MB attachment arrives byte for byte (streamed through spool files)."""
     import os
@@ -465,6 +477,7 @@ async def test_forwarded_kim_message_is_sent_as_it_is(cm: Kim) -> None:
     assert report.decrypted
 
 
+@both_modes
 @pytest.mark.parametrize(("prefer_ecc", "expected"), [(True, "ecdsa"), (False, "pss")])
 async def test_signing_key_follows_the_ecc_preference(
     start_kim: StartKim, prefer_ecc: bool, expected: str

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kim_appliance.adapters import InProcessDirectory
 from kim_appliance.clientmodul.send import (
     DEFAULT_DIENSTKENNUNG,
     Dropped,
@@ -20,7 +21,6 @@ from kim_appliance.clientmodul.send import (
     _rewrite_header,
     _scan_parts,
 )
-from kim_appliance.adapters import InProcessDirectory
 from kim_appliance.clientmodul.vzd_lookup import TTL_ENC_CERT, TTL_VERSION, VzdLookup
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.mail.headers import parse_header_block

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from kim_appliance.adapters import InProcessKonnektor
+from kim_appliance.clientmodul.ports import CallContext, CardType
 from kim_appliance.clientmodul.username import (
     CmLogin,
     UsernameError,
@@ -14,8 +16,6 @@ from kim_appliance.clientmodul.username import (
     parse_smtp_username,
 )
 from kim_appliance.demo import initialise
-from kim_appliance.adapters import InProcessKonnektor
-from kim_appliance.clientmodul.ports import CallContext, CardType
 from kim_appliance.konnektor.operations import Konnektor
 
 SPEC_ACCOUNT = "erik.mustermann@hrst_domain.kim.telematik"

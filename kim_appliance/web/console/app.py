@@ -70,6 +70,8 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
         return JSONResponse(await trio.to_thread.run_sync(status, state))
 
     async def api_faults(request: Request) -> Response:
+        if state.konnektor is None:
+            return _error(404, "the Konnektor does not run in this process (run --components)")
         admin = state.konnektor.admin
         if request.method == "GET":
             return JSONResponse(admin.status())

@@ -51,7 +51,8 @@ class ConsoleState:
     ``demo`` is the content of ``demo.json`` (participants with passwords and usernames).
     """
 
-    konnektor: Konnektor
+    #: None when the Konnektor runs in another process (``run --components``)
+    konnektor: Konnektor | None
     #: Fachdienst domain -> its store
     stores: Mapping[str, MailStore]
     directory: DirectoryStore
@@ -62,13 +63,14 @@ class ConsoleState:
 def status(state: ConsoleState, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """Everything the console page shows, as one JSON-ready dict. Blocking."""
     now = now or dt.datetime.now(dt.UTC)
-    faults = state.konnektor.admin.status()
-    cards = {card["iccsn"]: card for card in _cards(state.konnektor, faults)}
+    konnektor = state.konnektor
+    faults = konnektor.admin.status() if konnektor is not None else {}
+    cards = {card["iccsn"]: card for card in _cards(konnektor, faults)} if konnektor else {}
     return {
         "generated_at": now.isoformat(timespec="seconds"),
         "endpoints": state.endpoints,
         "mail_client": _mail_client(state.endpoints),
-        "konnektor": _konnektor(state.konnektor, state.endpoints, faults),
+        "konnektor": _konnektor(konnektor, state.endpoints, faults) if konnektor else None,
         "participants": [_participant(p, cards) for p in state.demo.get("participants", [])],
         "cards": list(cards.values()),
         "trust_anchors": list(state.demo.get("trust_anchors", [])),
