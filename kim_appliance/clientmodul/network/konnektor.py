@@ -109,7 +109,7 @@ class SoapKonnektor:
         self._directory_lock = trio.Lock()
         #: SOAP operations sent, by name (tests and the bench look at them)
         self.calls: Counter[str] = Counter()
-        #: how often connector.sds was fetched
+        #: how often connector.sds was asked for (also when the Konnektor did not answer)
         self.directory_fetches = 0
 
     @property
@@ -126,8 +126,8 @@ class SoapKonnektor:
         async with self._directory_lock:
             if self._directory is None or refresh:
                 url = self.settings.sds_url
-                answer = await self._https.request("GET", url)
                 self.directory_fetches += 1
+                answer = await self._https.request("GET", url)
                 if answer.status != 200:
                     raise KonnektorUnreachable(f"{url}: HTTP {answer.status}")
                 directory = parse_service_directory(answer.body, url)
