@@ -34,13 +34,22 @@ and of this process are reported, so a reader sees that the client was not the b
 ``appliance_peak_rss_mb`` is the appliance's VmHWM over the whole run.
 
 ``--small`` sends 1,000 messages of 20 KiB instead (round trips per second; the openssl
-baseline then runs on 20 of them and is scaled to all). Targets (issue 7): ``total_s`` <= 2.0 x
+baseline then runs on 20 of them and is scaled to all). ``--konnektor soap`` runs the same with
+the Clientmodul talking SOAP and LDAPS to the appliance's own Konnektor and VZD listeners
+(``[clientmodul] konnektor = directory = "loopback"``, issue 14): the cost of the network
+mode beside the in-process figures (``--konnektor in-process``, the default);
+``--konnektor soap-process`` puts the Konnektor and the VZD in a second process (``run
+--components konnektor,directory``) whose peak RSS and CPU are reported apart. A message above
+the KAS threshold (15 MiB) goes through the KAS either way, so over SOAP the Konnektor signs
+and decrypts the small x-kas message; ``--size-mb`` below 15 sends the whole message through
+SignDocument and DecryptDocument. Targets (issue 7): ``total_s`` <= 2.0 x
 ``openssl_crypto_s``, peak RSS <= 400 MB, >= 100 small round trips/s.
 
 This is a benchmark only: it never edits the package and touches no data dir but its own
 temporary one. Usage:
 
     python bench/roundtrip.py [--messages 10] [--size-mb 25] [--small] [--json PATH]
+                              [--konnektor in-process|soap|soap-process]
                               [--profile DIR]  (py-spy of the appliance, pip install py-spy)
 """
 
@@ -557,12 +566,33 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
         time.sleep(0.05)
 
 
-def start_appliance(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_appliance(data_dir: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "kim_appliance.cli", "run", "--data-dir", str(data_dir)]
-    command += ["--ephemeral-ports", "--log-level", "WARNING"]
+    command += ["--ephemeral-ports", "--log-level", "WARNING", *extra]
     with log.open("wb") as stderr:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=stderr)
     wait_for(data_dir / "endpoints.json", proc, "the appliance")
+    return proc
+
+
+def start_partner(data_dir: Path, directory: Path) -> subprocess.Popen[bytes]:
+    """``--konnektor soap-process``: a copy of the data dir runs the Konnektor and the VZD in a
+    second ``kim-appliance run``; ``data_dir``'s config points its Clientmodul there."""
+    import shutil
+
+    from kim_appliance.testing import write_config
+
+    partner_dir = directory / "konnektor-vzd"
+    shutil.copytree(data_dir, partner_dir)
+    proc = start_appliance(partner_dir, directory / "konnektor.log", "--components",
+                           "konnektor,directory")  # fmt: skip
+    endpoints = json.loads((partner_dir / "endpoints.json").read_text("utf-8"))
+    write_config(data_dir, {"clientmodul": {
+        "konnektor": endpoints["konnektor"]["sds"],
+        "directory": f"ldaps://{endpoints['directory']['ldaps']}",
+        "konnektor_ca": endpoints["tls_ca"],
+        "directory_ca": endpoints["tls_ca"],
+    }})  # fmt: skip
     return proc
 
 
@@ -763,7 +793,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for j in range(messages)
         ]
         volume = sum(len(m.data) for m in mails)
-        proc = start_appliance(data_dir, directory / "appliance.log")
+        partner = None
+        components: tuple[str, ...] = ()
+        if args.konnektor == "soap":
+            from kim_appliance.testing import write_config
+
+            write_config(data_dir, {"clientmodul": {"konnektor": "loopback",
+                                                    "directory": "loopback"}})  # fmt: skip
+        elif args.konnektor == "soap-process":
+            partner = start_partner(data_dir, directory)
+            components = ("--components", "clientmodul,fachdienst,console")
+        try:
+            proc = start_appliance(data_dir, directory / "appliance.log", *components)
+        except BaseException:
+            if partner is not None:
+                stop(partner)
+            raise
         spy = None
         try:  # from here on the appliance is stopped whatever fails (py-spy missing, too)
             spy = start_py_spy(proc.pid, args.profile) if args.profile else None
@@ -799,11 +844,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             appliance_cpu = process_cpu(proc.pid) - cpu_start
             peak_rss = vm_status_mb(proc.pid, "VmHWM")
+            partner_figures = (
+                {
+                    "konnektor_process_peak_rss_mb": round(vm_status_mb(partner.pid, "VmHWM"), 1),
+                    "konnektor_process_cpu_s": round(process_cpu(partner.pid), 2),
+                }
+                if partner is not None
+                else {}
+            )
             log_tail = ""
         finally:
             if spy is not None:
                 stop_py_spy(spy)
             stop(proc)
+            if partner is not None:
+                stop(partner)
             log_tail = (directory / "appliance.log").read_text("utf-8", "replace")[-2000:]
         verified, problems = verify(mails, got.results)
         print("running the openssl baseline ...", file=sys.stderr)
@@ -814,6 +869,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     total = sent.seconds + relay_wait + got.seconds
     result: dict[str, Any] = {
+        "konnektor": args.konnektor,
         "messages": messages,
         "size_mb": round(size_mb, 4),
         "send_s": round(sent.seconds, 3),
@@ -841,6 +897,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "appliance_rss_after_start_mb": round(rss_start, 1),
         "problems": problems[:10],
+        **partner_figures,
     }
     result["targets"] = targets(result, args.small)
     if verified != messages:
@@ -910,12 +967,20 @@ def targets(r: dict[str, Any], small: bool) -> dict[str, Any]:
     return out
 
 
+_MODES: Final = {
+    "in-process": "in-process",
+    "soap": "over SOAP and LDAPS (the appliance's own listeners)",
+    "soap-process": "over SOAP and LDAPS (in a second process)",
+}
+
+
 def print_table(r: dict[str, Any]) -> None:
     cpu = r["cpu_s"]
     t = r["targets"]
     print(
         f"\nKIM round trip through the Clientmodul: {r['messages']} messages x "
-        f"{r['size_mb']:g} MiB, {r['participants']} senders/receivers"
+        f"{r['size_mb']:g} MiB, {r['participants']} senders/receivers, Konnektor and VZD "
+        f"{_MODES[r['konnektor']]}"
     )
     print(f"{'phase':<10} {'seconds':>8} {'MiB/s':>8} {'appl CPU s':>11} {'client CPU s':>13}")
     volume = r["messages"] * r["size_mb"]
@@ -940,6 +1005,11 @@ def print_table(r: dict[str, Any]) -> None:
         f"appliance RSS: {r['appliance_rss_after_start_mb']} MiB after start, peak "
         f"{r['appliance_peak_rss_mb']} MiB; verified {r['verified']}/{r['messages']}"
     )
+    if "konnektor_process_peak_rss_mb" in r:
+        print(
+            f"Konnektor/VZD process: peak RSS {r['konnektor_process_peak_rss_mb']} MiB, "
+            f"{r['konnektor_process_cpu_s']} s CPU"
+        )
     for problem in r["problems"]:
         print(f"  problem: {problem}")
     marks = {True: "met", False: "MISSED"}
@@ -965,6 +1035,14 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="1,000 messages of 20 KiB")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--profile", type=Path, help="py-spy the appliance, output to this dir")
+    parser.add_argument(
+        "--konnektor",
+        choices=["in-process", "soap", "soap-process"],
+        default="in-process",
+        help="how the Clientmodul reaches the Konnektor and the VZD: its in-process objects, "
+        "SOAP and LDAPS to the appliance's own listeners (soap), or to a second "
+        "kim-appliance run with only the Konnektor and the VZD (soap-process)",
+    )
     args = parser.parse_args()
     result = run(args)
     print_table(result)

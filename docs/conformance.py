@@ -46,12 +46,7 @@ STATUS: dict[str, str] = {
     "A_2137": NOT_APPLICABLE_LOGGING,
     "A_2145": "n/a: TSL validation; the test PKI's trust anchors replace the TSL (pki/)",
     # Konnektor and VZD
-    "A_2076": "open: Konnektor SOAP services (issue 4)",
-    "A_2077": "open: Konnektor SOAP services (issue 4)",
-    "A_2177": "open: Konnektor SignDocument/EncryptDocument (issue 4)",
     "A_2230": "open: Konnektor (issue 4)",
-    "A_2023": "open: VZD lookup in the Clientmodul (issues 4, 6)",
-    "A_2026": "open: certificate cache in the Clientmodul (issue 6)",
     "A_2159": "open: VZD maintenance interface (issues 4, 5)",
     "A_2189": "open: VZD maintenance interface (issues 4, 5)",
     # Account Manager and KAS

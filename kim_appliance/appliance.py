@@ -217,13 +217,15 @@ async def run_appliance(
                 if "konnektor" in running:
                     endpoints["konnektor"], card_service = await _start_konnektor(parts)
                 if "clientmodul" in running:
-                    ports = await _clientmodul_ports(
+                    konnektor_port, directory_port, partners = await _clientmodul_ports(
                         parts, card_service, directory_store, endpoints, stack, closers
                     )
                     rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
-                    endpoints["clientmodul"] = await _start_clientmodul(
-                        parts, ports, bound, rest_urls
+                    listening = await _start_clientmodul(
+                        parts, (konnektor_port, directory_port), bound, rest_urls
                     )
+                    # what the Clientmodul talks to: "in-process" or the URL it uses
+                    endpoints["clientmodul"] = {**listening, **partners}
                 if "console" in running:
                     # the console keeps this dict: it shows its own entry too
                     endpoints["console"] = await _start_console(
@@ -442,14 +444,16 @@ async def _clientmodul_ports(
     endpoints: dict[str, Any],
     stack: ExitStack,
     closers: list[Callable[[], Awaitable[None]]],
-) -> tuple[KonnektorPort, DirectoryPort]:
-    """The Clientmodul's Konnektor and directory ports as ``[clientmodul]`` configures them:
+) -> tuple[KonnektorPort, DirectoryPort, dict[str, str]]:
+    """The Clientmodul's Konnektor and directory ports as ``[clientmodul]`` configures them,
+    and what they talk to ("in-process" or the URL) for ``endpoints.json``:
     this process's objects (in-process; the same Konnektor instance as the SOAP services, so
     switched faults hit both), SOAP/LDAPS to this process's own listeners (loopback), or to a
     Konnektor and a VZD elsewhere. The network adapters are closed when the appliance stops."""
     data_dir, pki, cm = parts.data_dir, parts.pki, parts.config.clientmodul
     tls_ca = data_dir / "pki" / "tls-ca.pem"
     konnektor_port: KonnektorPort
+    partners = {"konnektor": cm.konnektor, "directory": cm.directory}
     if cm.konnektor == config_module.IN_PROCESS:
         assert konnektor is not None  # _check_components
         konnektor_port = InProcessKonnektor(konnektor, pki.trust_store())
@@ -461,6 +465,7 @@ async def _clientmodul_ports(
         soap = SoapKonnektor(_konnektor_settings(cm, sds, tls_ca, chain, key))
         closers.append(soap.aclose)
         konnektor_port = soap
+        partners["konnektor"] = soap.settings.sds_url
     directory_port: DirectoryPort
     if cm.directory == config_module.IN_PROCESS:
         directory_port = InProcessDirectory(directory)
@@ -473,8 +478,10 @@ async def _clientmodul_ports(
         )
         stack.callback(ldap.close)
         directory_port = ldap
-    log.info("clientmodul: konnektor %s, directory %s", cm.konnektor, cm.directory)
-    return konnektor_port, directory_port
+        partners["directory"] = url
+    log.info("clientmodul: konnektor %s, directory %s", partners["konnektor"],
+             partners["directory"])  # fmt: skip
+    return konnektor_port, directory_port, partners
 
 
 def _konnektor_settings(

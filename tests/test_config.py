@@ -66,3 +66,66 @@ def test_a_bad_config_names_what_is_wrong(tmp_path: Path, text: str, message: st
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         config.load(tmp_path)
+
+
+def test_the_clientmodul_partners_and_their_trust(tmp_path: Path) -> None:
+    """KOM-LE-A_2091, KOM-LE-A_2184 (issue 14): the Clientmodul's Konnektor (connector.sds URL,
+    CA, TLS_AUTH_KONNEKTOR, KONNEKTOR_TIMEOUT), VZD (LDAPS URL, CA), call-context defaults and
+    the Fachdienste table; every one defaults to the in-process partners."""
+    defaults = config.Config().clientmodul
+    assert (defaults.konnektor, defaults.directory) == ("in-process", "in-process")
+    assert defaults.konnektor_auth == "certificate"
+    assert defaults.konnektor_timeout_seconds == 60
+    assert defaults.fachdienste == {}
+    (tmp_path / "config.toml").write_text(
+        "[clientmodul]\n"
+        'konnektor = "https://konnektor.praxis.local:8443/connector.sds"\n'
+        'konnektor_ca = "/etc/kim/konnektor-ca.pem"\n'
+        'konnektor_auth = "basic"\n'
+        'konnektor_user = "praxis"\n'
+        'konnektor_password = "geheim"\n'
+        "konnektor_timeout_seconds = 20\n"
+        'directory = "ldap://vzd.example:389"\n'
+        'mandant_id = "Mandant1"\n'
+        "[clientmodul.fachdienste]\n"
+        '"FD1.kim.telematik-test:465" = "10.0.0.5:2465"\n'
+        '"fd1.kim.telematik-test:443" = "[::1]:2443"\n'
+    )
+    cm = config.load(tmp_path).clientmodul
+    assert cm.konnektor == "https://konnektor.praxis.local:8443/connector.sds"
+    assert (cm.konnektor_auth, cm.konnektor_user, cm.konnektor_password) == (
+        "basic", "praxis", "geheim",
+    )  # fmt: skip
+    assert cm.konnektor_timeout_seconds == 20.0
+    assert cm.directory == "ldap://vzd.example:389"
+    assert (cm.mandant_id, cm.client_system_id) == ("Mandant1", "")
+    assert cm.fachdienste == {
+        "fd1.kim.telematik-test:465": "10.0.0.5:2465",
+        "fd1.kim.telematik-test:443": "[::1]:2443",
+    }
+    # --ephemeral-ports changes the listeners only
+    assert config.load(tmp_path).with_ephemeral_ports().clientmodul.konnektor == cm.konnektor
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('konnektor = "http://k:80/connector.sds"', "TLS only"),
+        ('konnektor = "konnektor.local"', "https://HOST:PORT/connector.sds"),
+        ('directory = "https://vzd:636"', "ldaps://HOST:PORT"),
+        ('konnektor_auth = "kerberos"', "konnektor_auth: 'kerberos' is not one of"),
+        ('konnektor_auth = "basic"', "needs konnektor_user"),
+        ('konnektor_client_cert = "/x.pem"', "go together"),
+        ("konnektor_timeout_seconds = 0", "konnektor_timeout_seconds"),
+        ("konnektor_timeout_seconds = true", "expected int or float"),
+        ('[clientmodul.fachdienste]\n"fd1.kim.telematik-test" = "10.0.0.5:2465"', "host:port"),
+        ('[clientmodul.fachdienste]\n"fd1.kim.telematik-test:465" = "10.0.0.5"', "host:port"),
+        ('konnektr = "in-process"', "unknown key.*konnektr"),
+    ],
+)
+def test_a_bad_clientmodul_setting_names_what_is_wrong(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "config.toml").write_text("[clientmodul]\n" + text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        config.load(tmp_path)

@@ -130,16 +130,6 @@ class DirectoryUnreachable(KimError, ConnectionError):
         super().__init__(reason if reason.startswith(self.PREFIX) else self.PREFIX + reason)
 
 
-@dataclass(frozen=True)
-class CertificateVerdict:
-    """VerifyCertificate's answer: ``valid`` (VALID or INCONCLUSIVE), the reason when not (a
-    :data:`kim_appliance.pki.validate.REASONS` value) and what the Konnektor said."""
-
-    valid: bool
-    reason: str | None = None
-    detail: str = ""
-
-
 #: what signs a KIM message for a card: its key (a digest is signed on the card, the message
 #: streams through the native path) or the Konnektor's SignDocument (the whole document)
 Signer = KeyOperations | DocumentSigner

@@ -85,7 +85,7 @@ class DocumentDecryptor(Protocol):
     @property
     def max_document_size(self) -> int: ...
 
-    def decrypt_document(self, auth_enveloped_data: bytes) -> bytes: ...
+    def decrypt_document(self, auth_enveloped_data: bytes | bytearray) -> bytes: ...
 
 
 @dataclass
@@ -312,7 +312,7 @@ def _decrypt_document(
         f"serial={i.serial:X}"
         for i in infos
     ]
-    plaintext = decryptor.decrypt_document(bytes(document))
+    plaintext = decryptor.decrypt_document(document)
     report.used_recipient = "the Konnektor's DecryptDocument"
     report.content_algorithm = "AES-256-GCM (tag verified by the Konnektor)"
     return _Decrypted(io.BytesIO(plaintext), reader.recipient_emails)

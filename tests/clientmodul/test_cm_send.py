@@ -237,6 +237,31 @@ async def test_unknown_mandant_is_refused_501(cm: Kim) -> None:
     assert b"4004" in caught.value.smtp_error
 
 
+async def test_configured_call_context_fills_a_placeholder(start_kim: StartKim) -> None:
+    """``[clientmodul] mandant_id`` (issue 14, call-context defaults): a username that writes
+    ``*`` for the MandantId logs in with the configured Mandant and its mail goes out; without
+    the setting the same username is refused 501 (the field is mandatory, digest §1.2)."""
+    kim = Kim(await start_kim(config={"clientmodul": {"mandant_id": "Mandant1"}}))
+    weber, sonne = kim.participant("praxis.weber"), kim.participant("apotheke.sonne")
+    username = weber.smtp_username.replace("#Mandant1#", "#*#")
+    data = b"From: " + weber.address.encode() + b"\r\nSubject: x\r\n\r\nHallo\r\n"
+    refused = await trio.to_thread.run_sync(
+        partial(kim.send, "praxis.weber", [sonne.address], data, username=username)
+    )
+    assert refused == {}
+    plain = Kim(await start_kim())
+
+    def attempt() -> tuple[int, bytes]:
+        with plain.smtp_connect() as smtp:
+            smtp.ehlo("pvs.test")
+            raw = f"\0{username}\0{weber.password}".encode()
+            return smtp.docmd("AUTH", "PLAIN " + base64.b64encode(raw).decode())
+
+    code, text = await trio.to_thread.run_sync(attempt)
+    assert code == 501
+    assert b"MandantId" in text
+
+
 async def test_wrong_password_is_refused_535(cm: Kim) -> None:
     """digest §1.3: the MTA refuses the credentials -> 535 5.7.8 (KOM-LE-A_2012: the password
     goes to the Fachdienst unchanged)."""

@@ -11,6 +11,7 @@ from kim_appliance.adapters import InProcessKonnektor
 from kim_appliance.clientmodul.ports import CallContext, CardType
 from kim_appliance.clientmodul.username import (
     CmLogin,
+    ContextDefaults,
     UsernameError,
     parse_pop3_username,
     parse_smtp_username,
@@ -224,3 +225,21 @@ def test_demo_pop3_context_sees_the_participants_card(
     assert hba["card"]["iccsn"] not in {
         c.iccsn for c in konnektor.get_cards(without_user, CardType.HBA)
     }
+
+
+def test_context_defaults_fill_a_placeholder_only_where_configured() -> None:
+    """The Clientmodul's call-context defaults (``[clientmodul] mandant_id`` ...): a username
+    may write ``*`` or nothing for a context field that has one, and the default is the call
+    context; a field without a default stays mandatory (digest §1.2)."""
+    defaults = ContextDefaults(mandant_id="Mandant1", workplace_id="AP1")
+    login = parse_smtp_username("praxis.weber@fd1.kim.telematik-test#*#*#PVS1#", defaults=defaults)
+    assert login.context() == CallContext("Mandant1", "PVS1", "AP1")
+    pop3 = parse_pop3_username(
+        "dr.meyer@fd2.kim.telematik-test#*##PVS1#AP7#dr.meyer", defaults=defaults
+    )
+    assert pop3.context() == CallContext("Mandant1", "PVS1", "AP7", "dr.meyer")
+    with pytest.raises(UsernameError) as caught:
+        parse_smtp_username("praxis.weber@fd1.kim.telematik-test#*#*#*#AP1", defaults=defaults)
+    assert caught.value.field == "ClientSystemId"
+    with pytest.raises(UsernameError, match="placeholder"):
+        parse_smtp_username("praxis.weber@fd1.kim.telematik-test#*#*#PVS1#AP1")

@@ -15,6 +15,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
 
+import pytest
+
 from kim_appliance.testing import KimAppliance, Participant
 
 
@@ -42,12 +44,32 @@ def _fetch(app: KimAppliance, who: Participant, wait: float = 30.0) -> list[byte
         time.sleep(0.3)
 
 
-def test_pvs_to_pvs_through_the_clientmodul(kim_appliance_fresh: KimAppliance) -> None:
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "in-process",
+        # the Clientmodul talks SOAP and LDAPS to the appliance's own Konnektor and VZD, as a
+        # vendor's CI may configure it with the plugin's marker
+        pytest.param(
+            "network",
+            marks=pytest.mark.kim_config(
+                {"clientmodul": {"konnektor": "loopback", "directory": "loopback"}}
+            ),
+        ),
+    ],
+)
+def test_pvs_to_pvs_through_the_clientmodul(kim_appliance_fresh: KimAppliance, mode: str) -> None:
     """KOM-LE-A_2019, KOM-LE-A_2042, KOM-LE-A_2048, KOM-LE-A_2179: a plain mail from the RSA
     practice to the ECC pharmacy on the other Fachdienst is signed, encrypted, relayed, and
     handed to the pharmacy's PVS decrypted with X-KIM-DecryptionResult 00 and
-    X-KIM-IntegrityCheckResult 01."""
+    X-KIM-IntegrityCheckResult 01; in both modes of the Clientmodul (issue 14)."""
     app = kim_appliance_fresh
+    partners = app.endpoints["clientmodul"]
+    if mode == "network":
+        assert partners["konnektor"] == app.konnektor_sds
+        assert partners["directory"].startswith("ldaps://")
+    else:
+        assert (partners["konnektor"], partners["directory"]) == ("in-process", "in-process")
     weber, sonne = app.participant("praxis.weber"), app.participant("apotheke.sonne")
     msg = EmailMessage()
     msg["From"] = weber.address

@@ -1,9 +1,12 @@
 """Konnektor faults and tampered messages as the practice software sees them through the
 Clientmodul (issue 6 item 6; digest §1.4 step 8, §1.5, §1.6, §1.7).
 
-One ``kim-appliance run`` for the module; faults are switched through the Konnektor admin API
-(``endpoints.json`` ``konnektor.admin``, the same the ``kim-appliance fault`` CLI uses). Every
-test switches its fault off again and shows that the next message goes through. Tampered
+Every test runs in both modes of cm_modes (issue 14): one ``kim-appliance run`` with
+everything, and a Clientmodul process talking SOAP and LDAPS to a Konnektor-and-VZD process;
+the results must be the same. Faults are switched through the Konnektor admin API
+(``endpoints.json`` ``konnektor.admin``, the same the ``kim-appliance fault`` CLI uses) of the
+process that runs the Konnektor. Every test switches its fault off again and shows that the
+next message goes through. Tampered
 messages are taken from the recipient's Fachdienst mailbox, changed, and put back with the
 recipient's own password (mail to oneself, A_23422 (2)), as an attacker with that password could.
 The revocation test goes last: a revocation cannot be undone.
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cm_modes import MODES, running
 from e2e_appliance import (
     Appliance,
     cm_fetch,
@@ -30,7 +34,6 @@ from e2e_appliance import (
     cm_wait,
     konnektor_faults,
     pop3_fetch,
-    private_appliance,
     restore_card,
     smtp_send,
     split_hostport,
@@ -39,9 +42,13 @@ from e2e_appliance import (
 CRLF = default.clone(linesep="\r\n")
 
 
-@pytest.fixture(scope="module")
-def app(template_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    launcher, appliance = private_appliance(template_dir, tmp_path_factory.mktemp("cm-faults"))
+@pytest.fixture(scope="module", params=MODES)
+def app(
+    template_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Appliance]:
+    """The appliance(s) of the mode (cm_modes): the same tests in-process and over the wire."""
+    mode: str = request.param
+    launcher, appliance = running(mode, template_dir, tmp_path_factory.mktemp(f"cm-faults-{mode}"))
     try:
         yield appliance
     finally:
@@ -144,6 +151,26 @@ def test_card_removed_on_receive_gives_01(app: Appliance, people: dict[str, Any]
     assert str(original["Message-ID"]) == message_id
     restore_card(app, klein["card"]["iccsn"])
     _receive_ok(app, klein, message_id)
+
+
+def test_pin_blocked_on_send_and_receive(app: Appliance, people: dict[str, Any]) -> None:
+    """KOM-LE-A_2021, KOM-LE-A_2047-01, A_2062/A_2063: the sender's PIN.SMC is blocked: the
+    signature fails, 451; the recipient's is blocked: the decryption error mail 01/4009 with
+    the encrypted original, the message stays. Unblocked (PIN verified again), both work."""
+    klein, weber = people["zahnarzt.klein"], people["praxis.weber"]
+    konnektor_faults(app, pin_blocked=klein["card"]["iccsn"])
+    assert _send_refused(app, klein, weber) == 451
+    message_id = _send_ok(app, weber, klein, "PIN gesperrt")
+    _await_arrival(app, klein)
+    got = cm_fetch(app, klein, delete=False)
+    assert len(got) == 1
+    error_mail = _parse(got[0])
+    assert error_mail["X-KIM-DecryptionResult"] == "01"
+    assert error_mail["X-KIM-Fehlermeldung"] == "4009"
+    assert str(_attached_original(error_mail)["Message-ID"]) == message_id
+    restore_card(app, klein["card"]["iccsn"])
+    _receive_ok(app, klein, message_id)
+    _receive_ok(app, weber, _send_ok(app, klein, weber, "PIN wieder frei"))
 
 
 def test_konnektor_unreachable(app: Appliance, people: dict[str, Any]) -> None:

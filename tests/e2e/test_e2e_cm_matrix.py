@@ -1,6 +1,9 @@
 """The Clientmodul end to end, as practice software uses it (issue 6 item 7; digest §1.3-§1.7).
 
-One ``kim-appliance run`` process serves the whole module. smtplib, poplib and the system
+Every test runs in both modes of cm_modes (issue 14): one ``kim-appliance run`` process with
+everything, and two processes with the Clientmodul talking SOAP and LDAPS to the other's
+Konnektor and VZD; the results must be the same. The 25 MB and 30 MB cases run in network mode
+only (in-process they are tests/clientmodul's). smtplib, poplib and the system
 ``curl`` play the PVS: every ordered pair of demo participants (RSA, ECC, RSA+ECC, HBA; same and
 other Fachdienst), attachments from 0 B to 30 MB, UTF-8 headers, and several recipients of
 which one is unknown. Every message is fetched through the Clientmodul's POP3 side and compared
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cm_modes import MODES, running
 from e2e_appliance import (
     Appliance,
     cm_fetch,
@@ -34,7 +38,6 @@ from e2e_appliance import (
     curl_list,
     curl_send,
     pop3_fetch,
-    private_appliance,
     split_hostport,
 )
 
@@ -42,13 +45,32 @@ CRLF = default.clone(linesep="\r\n")
 LOCALS = ("praxis.weber", "apotheke.sonne", "zahnarzt.klein", "dr.meyer")
 
 
-@pytest.fixture(scope="module")
-def app(template_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    launcher, appliance = private_appliance(template_dir, tmp_path_factory.mktemp("cm-matrix"))
+@pytest.fixture(scope="module", params=MODES)
+def app(
+    template_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Appliance]:
+    """The appliance(s) of the mode (cm_modes): the same tests in-process and over the wire."""
+    mode: str = request.param
+    launcher, appliance = running(mode, template_dir, tmp_path_factory.mktemp(f"cm-matrix-{mode}"))
     try:
         yield appliance
     finally:
         launcher.close()
+
+
+@pytest.fixture
+def mode(request: pytest.FixtureRequest) -> str:
+    """The mode of this test's appliance (the ``app`` fixture's parameter)."""
+    value: str = request.node.callspec.params["app"]
+    return value
+
+
+def _network_only(mode: str, what: str) -> None:
+    """The large cases cost the most; they run once, over the wire (in-process they are shown
+    by tests/clientmodul: test_25_mb_message_through_the_clientmodul and
+    test_30_mb_mail_goes_through_the_kas_and_arrives_byte_exact)."""
+    if mode != "network":
+        pytest.skip(f"{what}: runs in network mode only (in-process: tests/clientmodul)")
 
 
 def _kim_mail(
@@ -150,10 +172,12 @@ def test_every_ordered_pair_of_demo_participants(app: Appliance) -> None:
     ids=["0B", "1KB", "1MB", "25MB"],
 )
 def test_attachment_sizes_byte_exact(
-    app: Appliance, size: int, sender: str, recipient: str
+    app: Appliance, mode: str, size: int, sender: str, recipient: str
 ) -> None:
     """KOM-LE-A_2042, KOM-LE-A_2179: attachments of 0 B, 1 KB, 1 MB and 25 MB (this one from
     one Fachdienst to the other) arrive through the Clientmodul byte for byte, with 00/01."""
+    if size > 1024 * 1024:
+        _network_only(mode, "25 MB")
     a, b = app.participant(sender), app.participant(recipient)
     blob = os.urandom(size)
     msg = _kim_mail(a, [b], f"Anhang {size} Bytes", "Anbei der Anhang.\n", blob, "anhang.bin")
@@ -167,10 +191,11 @@ def test_attachment_sizes_byte_exact(
 
 
 @pytest.mark.slow
-def test_30mb_attachment_through_kas(app: Appliance) -> None:
+def test_30mb_attachment_through_kas(app: Appliance, mode: str) -> None:
     """A_19356-07, A_19358, A_19370, A_23467 (digest §1.4 step 7, §1.5 step 5, §3.5): a 30 MB
     attachment goes through the sender's KAS: the KIM message the recipient's Fachdienst holds
     is small and names the KAS size; through the Clientmodul it arrives byte-exact, 00/01."""
+    _network_only(mode, "30 MB")
     a, b = app.participant("zahnarzt.klein"), app.participant("apotheke.sonne")
     blob = os.urandom(30 * 1000 * 1000)
     msg = _kim_mail(a, [b], "Großer Anhang", "30 MB über den KAS.\n", blob, "gross.bin")

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -45,9 +45,24 @@ USER_AGENT: Final = "kim-appliance-clientmodul"
 
 @dataclass(frozen=True)
 class HttpAnswer:
+    """Status, Content-Type and the body in the pieces it arrived in (a 25 MiB answer is parsed
+    from them without being joined first)."""
+
     status: int
     content_type: str
-    body: bytes
+    chunks: list[bytes]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Pieces(Protocol):
+    """A body piece made while it is sent: its length first, then its bytes (iterable again)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
 
 
 class _Retry(Exception):
@@ -91,10 +106,12 @@ class KonnektorHttps:
         method: str,
         url: str,
         *,
-        body: bytes = b"",
+        body: Sequence[bytes | Pieces] = (),
         headers: Sequence[tuple[str, str]] = (),
     ) -> HttpAnswer:
-        """One request; the answer's status and body. Raises KonnektorUnreachable."""
+        """One request with ``body`` in pieces (sent one after the other, never joined; a
+        :class:`Pieces` is made while it is sent); the answer's status and body. Raises
+        KonnektorUnreachable."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise KonnektorUnreachable(
@@ -111,7 +128,7 @@ class KonnektorHttps:
         if self._authorization is not None:
             request_headers.append(("Authorization", self._authorization))
         if method != "GET" or body:
-            request_headers.append(("Content-Length", str(len(body))))
+            request_headers.append(("Content-Length", str(sum(len(piece) for piece in body))))
         kept = await self._take(host, port)
         if kept is not None:
             try:
@@ -176,7 +193,7 @@ class KonnektorHttps:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: bytes,
+        body: Sequence[bytes | Pieces],
         *,
         reused: bool,
     ) -> HttpAnswer:
@@ -186,12 +203,13 @@ class KonnektorHttps:
         answered = False
         keep = False
         try:
-            data = conn.send(h11.Request(method=method, target=target, headers=headers))
-            if body:
-                data += conn.send(h11.Data(data=body))
-            data += conn.send(h11.EndOfMessage())
-            with trio.fail_after(self.timeout):
-                await connection.stream.send_all(data)
+            await self._send(connection, h11.Request(method=method, target=target,
+                                                      headers=headers))  # fmt: skip
+            for piece in body:
+                for data in [piece] if isinstance(piece, bytes) else piece:
+                    if data:
+                        await self._send(connection, h11.Data(data=data))
+            await self._send(connection, h11.EndOfMessage())
             response: h11.Response | None = None
             chunks: list[bytes] = []
             size = 0
@@ -225,7 +243,7 @@ class KonnektorHttps:
             keep = conn.our_state is h11.DONE and conn.their_state is h11.DONE
             if keep:
                 conn.start_next_cycle()
-            return HttpAnswer(response.status_code, content_type, b"".join(chunks))
+            return HttpAnswer(response.status_code, content_type, chunks)
         except (*NETWORK_ERRORS, h11.ProtocolError, trio.TooSlowError) as exc:
             if reused and not answered and not isinstance(exc, trio.TooSlowError):
                 raise _Retry(_describe(exc)) from exc
@@ -237,6 +255,12 @@ class KonnektorHttps:
         finally:
             if not (keep and self._keep(connection)):
                 await trio.aclose_forcefully(connection.stream)
+
+    async def _send(self, connection: _Connection, event: h11.Event) -> None:
+        data = connection.conn.send(event)
+        if data:
+            with trio.fail_after(self.timeout):
+                await connection.stream.send_all(data)
 
 
 def _describe(exc: BaseException) -> str:

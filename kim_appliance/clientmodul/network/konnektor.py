@@ -2,9 +2,10 @@
 appliance's own, reached through its ``connector.sds`` (digest §1.8).
 
 The first call fetches the service directory and caches it; a call that finds the Konnektor
-unreachable fetches it again and tries once more (KOM-LE-A_2076/2077). Every operation is one
-SOAP request of :mod:`.konnektor_messages`; what the port asks for maps onto the operations the
-way gematik's Clientmodul specification prescribes:
+unreachable fetches it again and tries once more (KOM-LE-A_2076); of each service the version
+this Clientmodul speaks is used (KOM-LE-A_2077). Every operation is one SOAP request of
+:mod:`.konnektor_messages`; what the port asks for maps onto the operations the way gematik's
+Clientmodul specification prescribes:
 
 * find the cards: EventService GetCards (the Telematik-ID is read from the cards' certificates
   by the Clientmodul, GetCards does not report it);
@@ -122,7 +123,7 @@ class SoapKonnektor:
     # --- the event loop's part: bytes over HTTPS -----------------------------------------------
 
     async def service_directory(self, *, refresh: bool = False) -> ServiceDirectory:
-        """connector.sds, fetched once and again after a connection error (KOM-LE-A_2077)."""
+        """connector.sds, fetched once and again after a connection error (KOM-LE-A_2076)."""
         async with self._directory_lock:
             if self._directory is None or refresh:
                 url = self.settings.sds_url
@@ -140,10 +141,12 @@ class SoapKonnektor:
                 self._directory = directory
             return self._directory
 
-    async def post(self, operation: Operation, body: bytes) -> bytes:
+    async def post(
+        self, operation: Operation, body: list[bytes | messages.Base64Pieces]
+    ) -> list[bytes]:
         """POST one SOAP request to the operation's endpoint; the answer's body (a response
         or a SOAP Fault). A connection error fetches connector.sds again and tries once more
-        (KOM-LE-A_2077); then KonnektorUnreachable."""
+        (KOM-LE-A_2076); then KonnektorUnreachable."""
         for attempt in (0, 1):
             directory = await self.service_directory(refresh=attempt == 1)
             url = directory.endpoint(operation.service, operation.wsdl_namespace)
@@ -158,37 +161,46 @@ class SoapKonnektor:
                     continue
                 raise
             if answer.status in (200, 500) and "xml" in answer.content_type.lower():
-                return answer.body
+                return answer.chunks
             raise KonnektorUnreachable(_http_problem(url, answer.status))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- the worker thread's part: XML ----------------------------------------------------------
 
-    def _call(self, operation: Operation, request: etree._Element) -> etree._Element:
-        """Send ``request`` and return the response element (faults raised). Blocking."""
+    def _call(
+        self,
+        operation: Operation,
+        request: etree._Element,
+        *,
+        document: bytes | bytearray | None = None,
+        binary: tuple[str, ...] = (),
+    ) -> messages.Response:
+        """Send ``request`` (with ``document`` in its placeholder) and return the response
+        (faults raised; ``binary``: see :func:`~.konnektor_messages.read_response`). Blocking."""
         name = etree.QName(request).localname
         self.calls[name] += 1
-        body = messages.envelope(request)
+        body = messages.envelope(request, document)
         # RuntimeError when not called from a thread trio started (see the module docstring)
         answer = trio.from_thread.run(self.post, operation, body)
+        del body
         expected = f"{{{etree.QName(request).namespace}}}{name}Response"
-        return messages.read_response(answer, expected)
+        return messages.read_response(answer, expected, binary=binary)
 
     # --- the port --------------------------------------------------------------------------
 
     def get_cards(self, context: CallContext, card_type: CardType | None = None) -> list[Card]:
         response = self._call(messages.GET_CARDS, messages.get_cards(context, card_type))
-        return messages.cards(response)
+        return messages.cards(response.element)
 
     def read_card_certificate(
         self, context: CallContext, card_handle: str, purpose: str, crypt: str
     ) -> x509.Certificate:
         request = messages.read_card_certificate(context, card_handle, _cert_ref(purpose), crypt)
-        return messages.certificate(self._call(messages.READ_CARD_CERTIFICATE, request))
+        return messages.certificate(self._call(messages.READ_CARD_CERTIFICATE, request).element)
 
     def signer(self, context: CallContext, card_handle: str, crypt: str) -> SoapSigner:
         request = messages.get_pin_status(context, card_handle, PIN_SMC)
-        status, left = messages.pin_status(self._call(messages.GET_PIN_STATUS, request))
+        status, left = messages.pin_status(self._call(messages.GET_PIN_STATUS, request).element)
         if status != "VERIFIED":
             raise KonnektorFault(
                 ACCESS_CONDITIONS_NOT_MET,
@@ -210,13 +222,13 @@ class SoapKonnektor:
         self, context: CallContext, certificate: x509.Certificate, at: dt.datetime | None = None
     ) -> messages.CertificateStatus:
         request = messages.verify_certificate(context, certificate, at)
-        return messages.certificate_status(self._call(messages.VERIFY_CERTIFICATE, request))
+        return messages.certificate_status(self._call(messages.VERIFY_CERTIFICATE, request).element)
 
     def external_authenticate(
         self, context: CallContext, card_handle: str, digest: bytes, scheme: str
     ) -> bytes:
         request = messages.external_authenticate(context, card_handle, digest, scheme)
-        return messages.auth_signature(self._call(messages.EXTERNAL_AUTHENTICATE, request))
+        return messages.auth_signature(self._call(messages.EXTERNAL_AUTHENTICATE, request).element)
 
     def sign_document(
         self,
@@ -229,19 +241,23 @@ class SoapKonnektor:
         """GetJobNumber, then SignDocument of ``document`` (KOM-LE-A_2190)."""
         _check_size(document, "SignDocument")
         job = messages.job_number(
-            self._call(messages.GET_JOB_NUMBER, messages.get_job_number(context))
+            self._call(messages.GET_JOB_NUMBER, messages.get_job_number(context)).element
         )
-        request = messages.sign_document(
-            context, card_handle, crypt, job, document, recipient_emails
+        request = messages.sign_document(context, card_handle, crypt, job, recipient_emails)
+        response = self._call(
+            messages.SIGN_DOCUMENT, request, document=document, binary=messages.SIGNATURE_BINARY
         )
-        return messages.signature(self._call(messages.SIGN_DOCUMENT, request))
+        return messages.signature(response)
 
     def decrypt_document(
-        self, context: CallContext, card_handle: str, crypt: str, document: bytes
+        self, context: CallContext, card_handle: str, crypt: str, document: bytes | bytearray
     ) -> bytes:
         _check_size(document, "DecryptDocument")
-        request = messages.decrypt_document(context, card_handle, crypt, document)
-        return messages.document(self._call(messages.DECRYPT_DOCUMENT, request))
+        request = messages.decrypt_document(context, card_handle, crypt)
+        response = self._call(
+            messages.DECRYPT_DOCUMENT, request, document=document, binary=messages.DOCUMENT_BINARY
+        )
+        return messages.document(response)
 
 
 class SoapSigner:
@@ -278,7 +294,7 @@ class SoapDecryptor:
         self.card_handle = card_handle
         self.crypt = crypt
 
-    def decrypt_document(self, auth_enveloped_data: bytes) -> bytes:
+    def decrypt_document(self, auth_enveloped_data: bytes | bytearray) -> bytes:
         try:
             return self.konnektor.decrypt_document(
                 self.context, self.card_handle, self.crypt, auth_enveloped_data
@@ -350,7 +366,7 @@ def _crypt_of(certificates: Sequence[x509.Certificate]) -> str:
     return "RSA_ECC"
 
 
-def _check_size(document: bytes, operation: str) -> None:
+def _check_size(document: bytes | bytearray, operation: str) -> None:
     if len(document) > MAX_DOCUMENT_SIZE:
         raise KonnektorFault(
             SYNTAX_ERROR,

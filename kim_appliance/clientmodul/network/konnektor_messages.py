@@ -12,7 +12,12 @@ port types; a SOAP Fault becomes :class:`~kim_appliance.clientmodul.ports.Konnek
 the ``GERROR:Trace`` Code, ErrorText and Detail, and an answer that cannot be read is a
 :class:`~kim_appliance.clientmodul.ports.KonnektorUnreachable` (nothing usable came back).
 
-Pure XML: this module never does I/O. Parsing refuses DTDs, entities and network access.
+Large documents (a SignDocument's inner mail, a DecryptDocument's message, both up to 25 MiB)
+never sit in an XML tree: a request is serialised around a placeholder and sent as pieces (head,
+the document's base64, tail), and an answer is parsed as it arrives with the base64 of its
+document decoded on the fly (:func:`read_response`), so a call holds the document about twice,
+not six times. Pure XML: this module never does I/O. Parsing refuses DTDs, entities and network
+access.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import base64
 import binascii
 import datetime as dt
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
+from kim_appliance import _native
 from kim_appliance.clientmodul.ports import (
     CallContext,
     Card,
@@ -66,6 +73,9 @@ NSMAP: Final[dict[str, str]] = {
 }
 
 CMS_SIGNATURE: Final = "urn:ietf:rfc:5652"
+#: the text of a document's Base64Data until :func:`envelope` puts the document in its place
+#: (valid base64, so that a request element validates against the XSD as it is)
+PLACEHOLDER: Final = "S0lNLXBsYWNlaG9sZGVyLWZvci10aGUtZG9jdW1lbnQ="
 ECDSA_SIGNATURE: Final = "urn:bsi:tr:03111:ecdsa"
 RECIPIENT_EMAILS_PROPERTY: Final = "RecipientEmailsAttribute"
 
@@ -124,12 +134,6 @@ EXTERNAL_AUTHENTICATE: Final = Operation(
 )
 
 
-def _parser() -> etree.XMLParser:
-    """For the Konnektor's answers: no DTD, no entities, no network; large base64 text nodes
-    (a decrypted document of up to 25 MiB) allowed."""
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
-
-
 def _q(namespace: str, name: str) -> str:
     return f"{{{namespace}}}{name}"
 
@@ -160,11 +164,43 @@ def _context(parent: etree._Element, context: CallContext) -> None:
         _sub(element, CONN, "UserId", context.user_id)
 
 
-def envelope(payload: etree._Element) -> bytes:
-    """``payload`` in a SOAP 1.1 envelope (gematik's WSDLs: document/literal)."""
+class Base64Pieces:
+    """The base64 of a document, made a slice at a time while it is sent (never whole in
+    memory): sized and iterable again (a request may be sent twice)."""
+
+    #: bytes of document per piece: a multiple of 3, so the pieces join to one base64
+    SLICE: Final = 3 * 256 * 1024
+
+    def __init__(self, document: bytes | bytearray) -> None:
+        self._document = memoryview(document)
+
+    def __len__(self) -> int:
+        return 4 * ((len(self._document) + 2) // 3)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self._document), self.SLICE):
+            yield base64.b64encode(self._document[start : start + self.SLICE])
+
+
+def envelope(
+    payload: etree._Element, document: bytes | bytearray | None = None
+) -> list[bytes | Base64Pieces]:
+    """``payload`` in a SOAP 1.1 envelope (gematik's WSDLs: document/literal), as the pieces to
+    send: with ``document`` its base64 stands where the request has :data:`PLACEHOLDER`."""
     env = etree.Element(_q(SOAP11, "Envelope"), nsmap=NSMAP)
     etree.SubElement(env, _q(SOAP11, "Body")).append(payload)
-    return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
+    serialised = bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
+    if document is None:
+        return [serialised]
+    head, found, tail = serialised.partition(PLACEHOLDER.encode("ascii"))
+    if not found:  # pragma: no cover - a builder without a placeholder got a document
+        raise ValueError("the request has no document placeholder")
+    return [head, Base64Pieces(document), tail]
+
+
+def joined(pieces: Iterable[bytes | Base64Pieces]) -> bytes:
+    """The pieces of :func:`envelope` as one body (tests, logs)."""
+    return b"".join(p if isinstance(p, bytes) else b"".join(p) for p in pieces)
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -220,11 +256,11 @@ def sign_document(
     card_handle: str,
     crypt: str,
     job_number: str,
-    document: bytes,
     recipient_emails: bytes,
 ) -> etree._Element:
-    """SignDocument of one KIM message (KOM-LE-A_2190): the rfc822-wrapped inner mail
-    enveloped in a CMS SignedData with the recipient-emails attribute signed."""
+    """SignDocument of one KIM message (KOM-LE-A_2190): the rfc822-wrapped inner mail (given
+    to :func:`envelope`) enveloped in a CMS SignedData with the recipient-emails attribute
+    signed."""
     request = _new(SIG, "SignDocument")
     _sub(request, CONN, "CardHandle", card_handle)
     _sub(request, SIG, "Crypt", crypt)
@@ -238,7 +274,7 @@ def sign_document(
     _recipient_emails_property(properties, recipient_emails)
     _sub(inputs, SIG, "IncludeEContent", "true")
     doc = _sub(sign_request, SIG, "Document", ShortText="KIM-Nachricht")
-    _sub(doc, DSS, "Base64Data", _b64(document), MimeType="message/rfc822")
+    _sub(doc, DSS, "Base64Data", PLACEHOLDER, MimeType="message/rfc822")
     _sub(sign_request, SIG, "IncludeRevocationInfo", "false")
     return request
 
@@ -253,10 +289,9 @@ def _recipient_emails_property(parent: etree._Element, attribute: bytes) -> None
     holder.text = _b64(attribute)
 
 
-def decrypt_document(
-    context: CallContext, card_handle: str, crypt: str, document: bytes
-) -> etree._Element:
-    """DecryptDocument with the card's C.ENC key(s) of ``crypt`` (RSA, ECC or RSA_ECC)."""
+def decrypt_document(context: CallContext, card_handle: str, crypt: str) -> etree._Element:
+    """DecryptDocument with the card's C.ENC key(s) of ``crypt`` (RSA, ECC or RSA_ECC); the
+    AuthEnvelopedData is given to :func:`envelope`."""
     request = _new(CRYPT, "DecryptDocument")
     _context(request, context)
     key = _sub(request, CRYPT, "PrivateKeyOnCard")
@@ -264,7 +299,7 @@ def decrypt_document(
     _sub(key, CRYPT, "KeyReference", "C.ENC")
     _sub(key, CRYPT, "Crypt", crypt)
     doc = _sub(request, CONN, "Document")
-    _sub(doc, DSS, "Base64Data", _b64(document), MimeType="application/pkcs7-mime")
+    _sub(doc, DSS, "Base64Data", PLACEHOLDER, MimeType="application/pkcs7-mime")
     return request
 
 
@@ -289,13 +324,78 @@ def external_authenticate(
 # --- answers ---------------------------------------------------------------------------------
 
 
-def read_response(body: bytes, expected: str) -> etree._Element:
-    """The operation element ``expected`` (Clark notation) of a response envelope. A SOAP
-    Fault raises KonnektorFault; anything unreadable raises KonnektorUnreachable."""
+@dataclass
+class Response:
+    """An answer: its operation element, and the decoded base64 of its document (the text of
+    the first element named in ``read_response(..., binary=...)``), which the element itself
+    does not hold."""
+
+    element: etree._Element
+    binary: bytes | None = None
+
+
+class _Target:
+    """A parser target that builds the tree, except the text of the first ``binary`` element:
+    that base64 is decoded as it arrives and kept apart (a 25 MiB document never becomes a
+    Python string)."""
+
+    def __init__(self, binary: frozenset[str]) -> None:
+        self._tree = etree.TreeBuilder()
+        self._binary = binary
+        self._decoder: Any = None
+        self._pieces: list[bytes] = []
+        self._done = False
+
+    def start(self, tag: str, attrib: dict[str, str], nsmap: dict[str, str] | None = None) -> Any:
+        if tag in self._binary and not self._done and self._decoder is None:
+            self._decoder = _native.Base64Decoder()
+        namespaces = {prefix or None: uri for prefix, uri in (nsmap or {}).items()}
+        # lxml's TreeBuilder takes the namespaces too (its stubs do not know it)
+        return self._tree.start(tag, attrib, namespaces)  # type: ignore[call-arg, arg-type]
+
+    def data(self, text: str) -> None:
+        if self._decoder is not None:
+            self._pieces.append(self._decoder.update(text.encode("ascii", "replace")))
+        else:
+            self._tree.data(text)
+
+    def end(self, tag: str) -> Any:
+        if self._decoder is not None and tag in self._binary:
+            self._pieces.append(self._decoder.finalize())
+            self._decoder = None
+            self._done = True
+        return self._tree.end(tag)
+
+    def close(self) -> etree._Element:
+        return self._tree.close()
+
+    @property
+    def binary(self) -> bytes | None:
+        return b"".join(self._pieces) if self._done else None
+
+
+def read_response(
+    chunks: Iterable[bytes], expected: str, *, binary: Iterable[str] = ()
+) -> Response:
+    """The operation element ``expected`` (Clark notation) of a response envelope, parsed as
+    its ``chunks`` come; ``binary`` names elements whose base64 text is decoded on the fly
+    into ``Response.binary``. A SOAP Fault raises KonnektorFault; anything unreadable
+    raises KonnektorUnreachable."""
+    target = _Target(frozenset(binary))
+    parser = etree.XMLParser(
+        target=cast(Any, target),  # a parser target by duck typing, as lxml documents it
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=True,
+    )
     try:
-        root = etree.fromstring(body, _parser())
-    except etree.XMLSyntaxError as exc:
-        raise KonnektorUnreachable(f"the Konnektor's answer is not XML: {exc}") from None
+        for chunk in chunks:
+            parser.feed(chunk)
+        root: etree._Element = parser.close()
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        # ValueError: the decoder's refusal of a base64 that is none
+        raise KonnektorUnreachable(f"the Konnektor's answer is not readable XML: {exc}") from None
     if root.tag != _q(SOAP11, "Envelope"):
         raise KonnektorUnreachable(f"the Konnektor's answer is no SOAP 1.1 envelope ({root.tag})")
     body_element = root.find(_q(SOAP11, "Body"))
@@ -311,7 +411,7 @@ def read_response(body: bytes, expected: str) -> etree._Element:
             f"the Konnektor answered {etree.QName(payload).localname}, "
             f"expected {etree.QName(expected).localname}"
         )
-    return payload
+    return Response(payload, target.binary)
 
 
 def _fault(fault: etree._Element) -> KonnektorFault:
@@ -411,25 +511,30 @@ def job_number(response: etree._Element) -> str:
     return _text(response, SIG, "JobNumber", "GetJobNumber answer")
 
 
-def signature(response: etree._Element) -> bytes:
-    """SignDocumentResponse: the DER SignedData of the one SignRequest (Status OK)."""
-    answer = response.find(_q(SIG, "SignResponse"))
+#: the elements whose base64 :func:`read_response` decodes on the fly
+SIGNATURE_BINARY: Final = (_q(DSS, "Base64Signature"),)
+DOCUMENT_BINARY: Final = (_q(DSS, "Base64Data"),)
+
+
+def signature(response: Response) -> bytes:
+    """SignDocumentResponse: the DER SignedData of the one SignRequest (Status OK); read with
+    ``binary=SIGNATURE_BINARY``."""
+    answer = response.element.find(_q(SIG, "SignResponse"))
     if answer is None:
         raise KonnektorUnreachable("the Konnektor's SignDocument answer has no SignResponse")
     _check_status(answer, "SignDocument")
-    holder = answer.find(f"{_q(DSS, 'SignatureObject')}/{_q(DSS, 'Base64Signature')}")
-    if holder is None or not holder.text:
+    if not response.binary:
         raise KonnektorUnreachable("the Konnektor's SignDocument answer has no signature")
-    return _base64(holder.text, "signature")
+    return response.binary
 
 
-def document(response: etree._Element) -> bytes:
-    """DecryptDocumentResponse: the plaintext of ``CONN:Document/dss:Base64Data``."""
-    _check_status(response, "DecryptDocument")
-    holder = response.find(f"{_q(CONN, 'Document')}/{_q(DSS, 'Base64Data')}")
-    if holder is None:
+def document(response: Response) -> bytes:
+    """DecryptDocumentResponse: the plaintext of ``CONN:Document/dss:Base64Data``; read with
+    ``binary=DOCUMENT_BINARY``."""
+    _check_status(response.element, "DecryptDocument")
+    if response.binary is None:
         raise KonnektorUnreachable("the Konnektor's DecryptDocument answer has no document")
-    return _base64(holder.text or "", "document")
+    return response.binary
 
 
 def auth_signature(response: etree._Element) -> bytes:

@@ -4,11 +4,12 @@ Clientmodul reads it (digest §1.8, KOM-LE-A_2076).
 The directory names every service the Konnektor offers, each in one or more versions, with the
 endpoint of each version (``EndpointTLS``; ``Endpoint`` for plain HTTP). The Clientmodul speaks
 one version of each service it uses (:mod:`.konnektor_messages`) and takes the endpoint listed
-for exactly that version's WSDL TargetNamespace; a Konnektor that does not offer it is refused
-with a message naming the versions it does offer. ``TLSMandatory`` and ``ClientAutMandatory``
-are read too: a Konnektor that wants a client certificate the configuration does not have is
-refused before any call. Pure XML; this module never does I/O (the caller fetches and caches the
-document, and fetches it again after a connection error, KOM-LE-A_2077).
+for exactly that version's WSDL TargetNamespace (KOM-LE-A_2077); a Konnektor that does not
+offer it is refused with a message naming the versions it does offer. ``TLSMandatory`` and
+``ClientAutMandatory`` are read too: a Konnektor that wants a client certificate the
+configuration does not have is refused before any call. Pure XML; this module never does I/O
+(the caller fetches and caches the document, and fetches it again after a connection error,
+KOM-LE-A_2076).
 """
 
 from __future__ import annotations

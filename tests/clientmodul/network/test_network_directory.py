@@ -26,7 +26,8 @@ def demo_addresses(vzd: Vzd) -> list[str]:
 
 @pytest.mark.parametrize("scheme", ["ldaps", "ldap"], ids=["ldaps", "starttls"])
 async def test_records_are_the_in_process_ones(vzd: Vzd, scheme: str) -> None:
-    """(mail=...) over LDAPS and over plain LDAP upgraded with StartTLS gives, for every demo
+    """KOM-LE-A_2023: (mail=...) over LDAPS and over plain LDAP upgraded with StartTLS gives,
+    for every demo
     address, the Telematik-ID, the certificates (DER, RSA and ECC) and the KIM version the
     in-process adapter gives; all addresses of a message in one search."""
     addresses = demo_addresses(vzd)
@@ -110,7 +111,8 @@ async def test_a_kept_connection_closed_under_the_client_is_reopened(vzd: Vzd) -
 
 
 async def test_an_unreachable_or_untrusted_vzd_says_so(vzd: Vzd, data_dir: Path) -> None:
-    """No VZD on the port, or a certificate from a CA not configured: DirectoryUnreachable that
+    """KOM-LE-A_2075: no VZD on the port, or a certificate from a CA not configured:
+    DirectoryUnreachable that
     names the URL (the Clientmodul answers 451 4.4.3, the PVS tries again later)."""
     from kim_appliance.clientmodul.network import LdapDirectory, LdapSettings
 

@@ -65,7 +65,8 @@ async def both(served: Served, method: str, *args: Any) -> tuple[Any, Any]:
 async def test_cards_and_certificates_are_the_in_process_ones(
     served: Served, data_dir: Path
 ) -> None:
-    """GetCards and ReadCardCertificate over SOAP give the cards and certificates the in-process
+    """KOM-LE-A_2076, KOM-LE-A_2052, KOM-LE-A_2060: GetCards and ReadCardCertificate over SOAP
+    (the endpoints from connector.sds) give the cards and certificates the in-process
     adapter gives (GetCards reports no Telematik-ID over SOAP; the Clientmodul reads it from the
     certificates). connector.sds is fetched once."""
     soap_cards, local_cards = await both(served, "get_cards", CONTEXT, CardType.SMC_B)
@@ -107,7 +108,8 @@ async def test_a_missing_key_and_a_pulled_card_have_the_in_process_codes(
 
 
 async def test_sign_document_makes_the_kim_signature(served: Served, data_dir: Path) -> None:
-    """KOM-LE-A_2190 (digest §1.8): the whole inner mail goes to SignDocument (GetPinStatus and
+    """KOM-LE-A_2190, KOM-LE-A_2177, KOM-LE-A_2020 (digest §1.8): the whole inner mail goes to
+    SignDocument (GetPinStatus and
     GetJobNumber before it); the KIM message sealed with it opens with the recipient's key and
     verifies, signed with the SMC-B's ECC C.HCI.OSIG (RSA_ECC picks ECC where the card has it)."""
     p = people(data_dir)
@@ -144,7 +146,8 @@ async def test_sign_document_makes_the_kim_signature(served: Served, data_dir: P
 async def test_pin_not_verified_refuses_before_anything_is_signed(
     served: Served, data_dir: Path
 ) -> None:
-    """The SMC-B must be unlocked: 4085 from GetPinStatus over SOAP, as the in-process signing
+    """KOM-LE-A_2058: the SMC-B must be unlocked: 4085 from GetPinStatus over SOAP, as the
+    in-process signing
     key fails early; no SignDocument is sent."""
     weber = people(data_dir)[WEBER]
     served.konnektor.admin.set_pin_status(weber.iccsn, "VERIFIABLE")
@@ -158,7 +161,8 @@ async def test_pin_not_verified_refuses_before_anything_is_signed(
 
 
 async def test_decrypt_document_for_the_fetching_account(served: Served, data_dir: Path) -> None:
-    """DecryptDocument with PrivateKeyOnCard C.ENC decrypts a KIM message sealed for the card's
+    """KOM-LE-A_2042, KOM-LE-A_2177: DecryptDocument with PrivateKeyOnCard C.ENC decrypts a KIM
+    message sealed for the card's
     certificate; the verification result is the in-process one."""
     p = people(data_dir)
     sender, recipient = p[WEBER], p[MEYER]
@@ -183,7 +187,8 @@ async def test_decrypt_document_for_the_fetching_account(served: Served, data_di
 async def test_decrypt_document_failures_map_to_decryption_results(
     served: Served, data_dir: Path
 ) -> None:
-    """A tampered ciphertext (the Konnektor answers 4000) is DecryptionResult 02; a message not
+    """KOM-LE-A_2046, KOM-LE-A_2047, KOM-LE-A_2062: a tampered ciphertext (the Konnektor
+    answers 4000) is DecryptionResult 02; a message not
     for the card (4058) is 01; a pulled card raises KonnektorFault 4008 (01 in the pipeline)."""
     p = people(data_dir)
     sender, recipient, other = p[WEBER], p[KLEIN], p[MEYER]
@@ -223,7 +228,8 @@ async def test_a_document_above_the_konnektor_limit_is_not_sent(served: Served) 
 async def test_verify_certificate_valid_and_revoked(
     served: Served, data_dir: Path, pki: TestPki
 ) -> None:
-    """VerifyCertificate as the Clientmodul's certificate check: VALID passes; after the
+    """KOM-LE-A_2022, KOM-LE-A_2048: VerifyCertificate as the Clientmodul's certificate check:
+    VALID passes; after the
     revocation both adapters refuse with reason ``revoked``; the profile is checked too."""
     klein = people(data_dir)[KLEIN]
     enc = _cert(klein.enc_certs[0])
