@@ -158,6 +158,8 @@ def ldap_seeds() -> dict[str, bytes]:
         _search(6, "(cn:caseExactMatch:=Weber)", ["+"]),
     ]
     unbind = _ldap_pdu(7, "unbindRequest", asn.UnbindRequest(""))
+    start_tls = asn.ExtendedRequest()
+    start_tls["requestName"] = asn.RequestName("1.3.6.1.4.1.1466.20037")
     seeds = {
         "seed-bind": bind,
         "seed-anonymous-bind": anonymous,
@@ -169,7 +171,24 @@ def ldap_seeds() -> dict[str, bytes]:
     }
     for index, search in enumerate(searches):
         seeds[f"seed-search-{index}"] = search
+    # issue 14: the paged results control (RFC 2696), critical, with a cookie; StartTLS
+    seeds["seed-search-paged"] = _paged_search(8, b"cookie-of-the-last-page")
+    seeds["seed-starttls"] = _ldap_pdu(9, "extendedReq", start_tls)
     return seeds
+
+
+def _paged_search(message_id: int, cookie: bytes) -> bytes:
+    from ldap3.protocol.rfc2696 import paged_search_control
+
+    op = search_operation("dc=data,dc=vzd", "(mail=*)", 2, 0, ["mail"], 0, 0, False, False, False)
+    message = asn.LDAPMessage()
+    message["messageID"] = asn.MessageID(message_id)
+    message["protocolOp"] = asn.ProtocolOp().setComponentByName("searchRequest", op)
+    controls = asn.Controls()
+    controls.setComponentByPosition(0, paged_search_control(True, 10, cookie))
+    message["controls"] = controls
+    data: bytes = ldap3_encode(message)
+    return data
 
 
 def ldap_server_seeds() -> dict[str, bytes]:
@@ -570,6 +589,81 @@ def soap_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def konnektor_answer_seeds() -> dict[str, bytes]:
+    """The demo Konnektor's answers to the Clientmodul's own requests (its SOAP client's
+    messages), one per operation, and a fault; the first byte chooses the operation."""
+    from kim_appliance.clientmodul.network import konnektor_messages as messages
+    from kim_appliance.clientmodul.ports import CallContext, CardType
+    from kim_appliance.cms.recipient_emails import RecipientEmail, encode_recipient_emails
+    from kim_appliance.konnektor import Context
+
+    from .targets_services import ANSWERS, _dispatcher
+
+    dispatcher, _ = _dispatcher()
+    konnektor = dispatcher.konnektor  # type: ignore[attr-defined]
+    context = CallContext("Mandant1", "PVS1", "AP1", "dr.meyer")
+    handle = {
+        info.iccsn: info.card_handle
+        for info in konnektor.get_cards(Context("Mandant1", "PVS1", "AP1", "dr.meyer"))
+    }
+    klein = handle["80276883110000100003"]
+    plain = Context("Mandant1", "PVS1", "AP1")
+    enc = konnektor.read_card_certificate(plain, klein, "C.ENC", "RSA")
+    emails = encode_recipient_emails(
+        [RecipientEmail.for_certificate("zahnarzt.klein@fd1.kim.telematik-test", enc)]
+    )
+    document = b"Content-Type: message/rfc822\r\n\r\nFrom: a\r\n\r\nHallo\r\n"
+    signed = konnektor.sign_document(plain, klein, document, emails)
+    encrypted = konnektor.encrypt_document(plain, [enc], signed, emails)
+    requests = {
+        "GetCardsResponse": ("EventService", messages.get_cards(context, CardType.SMC_B), None),
+        "GetPinStatusResponse": (
+            "CardService", messages.get_pin_status(context, klein, "PIN.SMC"), None,
+        ),
+        "ReadCardCertificateResponse": (
+            "CertificateService", messages.read_card_certificate(context, klein, "C.ENC", "RSA"),
+            None,
+        ),
+        "VerifyCertificateResponse": (
+            "CertificateService", messages.verify_certificate(context, enc, None), None,
+        ),
+        "GetJobNumberResponse": ("SignatureService", messages.get_job_number(context), None),
+        "SignDocumentResponse": (
+            "SignatureService",
+            messages.sign_document(context, klein, "RSA_ECC", "KIM-001", emails), document,
+        ),
+        "DecryptDocumentResponse": (
+            "EncryptionService", messages.decrypt_document(context, klein, "RSA"), encrypted,
+        ),
+        "ExternalAuthenticateResponse": (
+            "AuthSignatureService",
+            messages.external_authenticate(context, klein, b"\x01" * 32, "RSASSA-PSS"), None,
+        ),
+    }  # fmt: skip
+    names = [name for _, name, _, _ in ANSWERS]
+    seeds: dict[str, bytes] = {}
+    for name, (service, request, payload) in requests.items():
+        body = messages.joined(messages.envelope(request, payload))
+        reply = dispatcher.handle(service, body)  # type: ignore[attr-defined]
+        assert reply.status == 200, (name, reply.body[:500])
+        seeds[f"seed-{name}"] = bytes([names.index(name) + len(names) * 16]) + reply.body
+    fault = dispatcher.handle(  # type: ignore[attr-defined]
+        "EventService",
+        messages.joined(messages.envelope(messages.get_cards(CallContext("X", "Y", "Z"), None))),
+    )
+    seeds["seed-fault-4004"] = bytes([0]) + fault.body
+    return seeds
+
+
+def connector_sds_seeds() -> dict[str, bytes]:
+    from kim_appliance.konnektor.soap.directory import connector_sds
+
+    return {
+        "seed-tls": connector_sds("https://127.0.0.1:4443", tls=True, client_auth=True),
+        "seed-plain": connector_sds("http://localhost:80", tls=False, client_auth=False),
+    }
+
+
 SEEDS: dict[str, Callable[[], dict[str, bytes]]] = {
     "smtp_server": smtp_server_seeds,
     "smtp_client": smtp_client_seeds,
@@ -590,6 +684,8 @@ SEEDS: dict[str, Callable[[], dict[str, bytes]]] = {
     "jwt": jwt_seeds,
     "soap_envelope": soap_envelope_seeds,
     "soap": soap_seeds,
+    "konnektor_answers": konnektor_answer_seeds,
+    "connector_sds": connector_sds_seeds,
 }
 
 

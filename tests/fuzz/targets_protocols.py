@@ -255,7 +255,7 @@ def _build_ldap_server() -> Runner:
     """The VZD's LDAP side (directory/server.py): answers that quote the bind name and filter."""
 
     def run(data: bytes) -> None:
-        server = ldap.LdapServer(max_pdu_size=16 * 1024)
+        server = ldap.LdapServer(max_pdu_size=16 * 1024, start_tls=True)
         for piece in [*_pieces(data), b""]:
             server.receive_data(piece)
             while True:
@@ -279,7 +279,13 @@ def _build_ldap_server() -> Runner:
                         f"uid=x,{event.base}",
                         {name: [text.encode()] for name in event.attributes[:4]},
                     )
-                    server.send_search_done(event.message_id, ldap.ResultCode.SUCCESS, text)
+                    # a paged search (RFC 2696) gets a cookie while it asks for entries
+                    cookie = b"next" if event.paged is not None and event.paged.size else b""
+                    server.send_search_done(
+                        event.message_id, ldap.ResultCode.SUCCESS, text, cookie=cookie
+                    )
+                elif isinstance(event, ldap.StartTls):
+                    server.send_start_tls_result(event.message_id, ldap.ResultCode.SUCCESS)
 
     return run
 

@@ -1,5 +1,6 @@
 """Fuzz targets of the services' request parsing: JSON bodies, the Account Manager's JWT, and
-the Konnektor's SOAP requests.
+the Konnektor's SOAP requests; and of the Clientmodul's SOAP client: the Konnektor's answers and
+its connector.sds (a Konnektor outside the appliance is a peer like any other).
 
 :func:`~kim_appliance.protocols.jsonbody.load_json_body` declares ``JsonBodyError``;
 :func:`~kim_appliance.pki.jwt.verify_jwt` declares ``JwtError``;
@@ -7,17 +8,24 @@ the Konnektor's SOAP requests.
 the whole :class:`~kim_appliance.konnektor.soap.handlers.SoapDispatcher` answers every request
 with a response or a SOAP fault. The dispatcher catches everything, so for it a crash is a fault
 with the Konnektor's internal-error code 4001 (what a bug looks like from outside), or an
-answer that is not a SOAP 1.1 envelope.
+answer that is not a SOAP 1.1 envelope. The Clientmodul's reading of an answer
+(:func:`~kim_appliance.clientmodul.network.konnektor_messages.read_response` and the readers of
+each operation) declares ``KonnektorFault`` and ``KonnektorUnreachable``, the service directory
+reader ``KonnektorUnreachable``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
 
 from lxml import etree
 
+from kim_appliance.clientmodul.network import konnektor_messages as answers
+from kim_appliance.clientmodul.network.sds import parse_service_directory
+from kim_appliance.clientmodul.ports import KonnektorFault, KonnektorUnreachable
 from kim_appliance.konnektor.soap.envelope import SoapFaultError, parse_request
 from kim_appliance.konnektor.soap.services import SERVICES, SOAP11
 from kim_appliance.pki.jwt import JwtError, verify_jwt
@@ -84,6 +92,51 @@ def _dispatcher() -> tuple[object, dict[bytes, bytes]]:
     return SoapDispatcher(konnektor), replacements
 
 
+#: the operations of the Clientmodul's SOAP client: the answer's element, what reads it, and the
+#: elements whose base64 is decoded on the fly (the first byte of an input chooses)
+ANSWERS: tuple[tuple[str, str, object, tuple[str, ...]], ...] = (
+    (answers.EVT, "GetCardsResponse", answers.cards, ()),
+    (answers.CARD, "GetPinStatusResponse", answers.pin_status, ()),
+    (answers.CERT, "ReadCardCertificateResponse", answers.certificate, ()),
+    (answers.CERT, "VerifyCertificateResponse", answers.certificate_status, ()),
+    (answers.SIG, "GetJobNumberResponse", answers.job_number, ()),
+    (answers.SIG, "SignDocumentResponse", answers.signature, answers.SIGNATURE_BINARY),
+    (answers.CRYPT, "DecryptDocumentResponse", answers.document, answers.DOCUMENT_BINARY),
+    (answers.SIG74, "ExternalAuthenticateResponse", answers.auth_signature, ()),
+)
+
+
+def _build_konnektor_answers() -> Runner:
+    """read_response and the operation's reader: first byte chooses the operation and where the
+    body is split in two chunks (answers arrive in pieces); the rest is the HTTP body."""
+
+    def run(data: bytes) -> None:
+        if not data:
+            return
+        namespace, name, reader, binary = ANSWERS[data[0] % len(ANSWERS)]
+        body = data[1:]
+        split = len(body) * (data[0] // len(ANSWERS)) // 32
+        response = answers.read_response(
+            [body[:split], body[split:]], f"{{{namespace}}}{name}", binary=binary
+        )
+        if binary:
+            reader(response)  # type: ignore[operator]
+        else:
+            reader(response.element)  # type: ignore[operator]
+
+    return run
+
+
+def _build_connector_sds() -> Runner:
+    def run(data: bytes) -> None:
+        directory = parse_service_directory(data, "https://konnektor.test/connector.sds")
+        for namespace, _, _, _ in ANSWERS:
+            with contextlib.suppress(KonnektorUnreachable):
+                directory.endpoint("SignatureService", namespace)
+
+    return run
+
+
 _INTERNAL_ERROR_CODE = b">4001<"
 
 
@@ -143,5 +196,15 @@ TARGETS = [
     Target(
         "soap", "SoapDispatcher: envelope, XSD validation, request parsing, the operations",
         (), _build_soap, max_len=64 * 1024, dictionary=_XML_TOKENS,
+    ),
+    Target(
+        "konnektor_answers", "the Clientmodul's SOAP client: read_response and the readers",
+        (KonnektorFault, KonnektorUnreachable), _build_konnektor_answers, max_len=64 * 1024,
+        dictionary=_XML_TOKENS,
+    ),
+    Target(
+        "connector_sds", "the Clientmodul's reading of a Konnektor's connector.sds",
+        (KonnektorUnreachable,), _build_connector_sds, max_len=64 * 1024,
+        dictionary=_XML_TOKENS,
     ),
 ]  # fmt: skip
