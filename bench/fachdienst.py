@@ -338,26 +338,32 @@ def vm_status(pid: int, key: str) -> float:
 
 def prepare(data_dir: Path, compress: bool) -> None:
     """The demo setup plus ten bench mailboxes on fd1 (all test-only)."""
+    import trio
+
     from kim_appliance.appliance import prepare_data_dir
     from kim_appliance.store import Account, open_store
     from kim_appliance.store.passwords import hash_password
 
-    prepare_data_dir(data_dir)
+    trio.run(prepare_data_dir, data_dir)
     if compress:
         config = data_dir / "config.toml"
         text = config.read_text(encoding="utf-8")
         config.write_text(text.replace("compress_blobs = false", "compress_blobs = true"))
     password_hash = hash_password(PASSWORD)
-    with open_store(data_dir / "fachdienst" / DOMAIN) as store:
-        for i in range(CONNECTIONS):
-            store.create_account(
-                Account(
-                    address=bench_address(i),
-                    password_hash=password_hash,
-                    telematik_id=f"1-bench-{i:02d}",
-                    display_name=f"Bench {i:02d} TEST-ONLY",
+
+    async def add_mailboxes() -> None:
+        async with open_store(None, data_dir) as store:
+            for i in range(CONNECTIONS):
+                await store.accounts.create(
+                    Account(
+                        address=bench_address(i),
+                        password_hash=password_hash,
+                        telematik_id=f"1-bench-{i:02d}",
+                        display_name=f"Bench {i:02d} TEST-ONLY",
+                    )
                 )
-            )
+
+    trio.run(add_mailboxes)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:

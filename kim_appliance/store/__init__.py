@@ -31,6 +31,7 @@ from .base import (
     MessageNotFound,
     OtpCheck,
     OutOfOffice,
+    Purged,
     QuotaExceeded,
     RegistrationCode,
     RegistrationCodeUsed,
@@ -44,6 +45,7 @@ from .base import (
     StoreError,
     StoreInUse,
     StoreUnavailable,
+    domain_of,
 )
 from .passwords import dummy_verify, hash_password, verify_password
 
@@ -95,6 +97,7 @@ __all__ = [
     "MessageNotFound",
     "OtpCheck",
     "OutOfOffice",
+    "Purged",
     "QuotaExceeded",
     "RegistrationCode",
     "RegistrationCodeUsed",
@@ -108,6 +111,7 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "StoredMessage",
+    "domain_of",
     "dummy_verify",
     "hash_password",
     "open_store",

@@ -404,6 +404,14 @@ class DirectorySnapshot:
 
 
 @dataclass(frozen=True)
+class Purged:
+    """What `accounts.purge` deleted with the account."""
+
+    messages: int
+    attachments: int
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node of the appliance as it last reported itself (`nodes.heartbeat`)."""
 
@@ -419,8 +427,11 @@ class NodeInfo:
 class Accounts(Protocol):
     """The mail accounts of every Fachdienst, and the tombstones of purged ones."""
 
-    async def create(self, account: Account) -> None:
-        """Add an account; `AccountExists` if the address is taken in any case."""
+    async def create(self, account: Account, *, reference_id: str | None = None) -> None:
+        """Add an account; `AccountExists` if the address is taken in any case. With
+        ``reference_id`` the registration code of that referenceID at the account's domain is
+        marked used by it in the same transaction (registerAccount, digest §3.3):
+        `RegistrationCodeUsed` if it is unknown or was used meanwhile, and nothing is added."""
 
     async def get(self, address: str) -> Account | None:
         """The account of ``address`` (any case), or None."""
@@ -433,13 +444,13 @@ class Accounts(Protocol):
     async def list(self, domain: str | None = None) -> builtins.list[Account]:
         """Every account (of ``domain`` only, if given), ordered by key."""
 
-    async def purge(self, address: str, /, *, now: datetime) -> int:
+    async def purge(self, address: str, /, *, now: datetime) -> Purged:
         """Delete an account with everything it owns (KOM-LE-A_2155: all data after the
         retention): in one transaction every message of its mailbox, its KAS uploads and upload
         reservations, its lockout counters, maildrop lock and reply ledger, the account row,
         and a tombstone keeping the address and Telematik-ID (`retired_telematik_id`). Blob
-        bytes go after the commit when nothing references them any more. Returns the number of
-        messages deleted; `AccountNotFound` if there is no such account."""
+        bytes go after the commit when nothing references them any more. Returns how many
+        messages and attachments went; `AccountNotFound` if there is no such account."""
 
     async def retired_telematik_id(self, address: str) -> str | None:
         """The Telematik-ID a purged address belonged to, or None if it was never purged."""
@@ -536,6 +547,10 @@ class Blobs(Protocol):
 
     def reader(self, blob: BlobRef) -> BlobReader:
         """The logical bytes of a committed blob (e.g. for relaying)."""
+
+    async def space(self) -> int | None:
+        """Bytes the blob storage can still take, or None if the backend cannot tell (the KAS
+        answers 507 for an upload larger than this, digest §3.5)."""
 
 
 class Mail(Protocol):

@@ -52,7 +52,7 @@ def fsync_dir(path: Path) -> None:
 
 def make_blob_root(root: Path) -> None:
     """Create a blob root (``tmp/`` plus the shard directories, 0700) if missing; a new root is
-    made durable in its parent. Shared by the mail store's and the KAS's blob files."""
+    made durable in its parent."""
     created = not root.exists()
     private_dir(root)
     (root / TMP_DIR).mkdir(mode=DIR_MODE, exist_ok=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import StoreError, domain_of
-from .blobs import SHARDS, fsync_dir
+from .blobs import fsync_dir
 
 if TYPE_CHECKING:
     from .sqlite._db import Database, Tx
@@ -251,19 +251,24 @@ def _link_blobs(
     links durable; returns KAS attachment id -> new blob name. A missing or short old file
     stops the import (StoreError): nothing acknowledged may be dropped silently."""
     files = db.files
+    shards: set[Path] = set()
     for blob in mail.get("blobs", []):
         name, compressed = str(blob["name"]), bool(blob["compressed"])
         old = fd_dir / OLD_BLOBS / name[:2] / (name + (".zst" if compressed else ""))
-        _place(old, files.path(name, compressed), int(blob["stored_size"]))
+        new = files.path(name, compressed)
+        _place(old, new, int(blob["stored_size"]))
+        shards.add(new.parent)
     kas_names: dict[str, str] = {}
     for attachment in kas.get("attachments", []):
         attachment_id = str(attachment["id"])
         name = uuid.UUID(attachment_id).hex
         old = fd_dir / OLD_KAS / attachment_id[:2] / attachment_id
-        _place(old, files.path(name, False), int(attachment["size"]))
+        new = files.path(name, False)
+        _place(old, new, int(attachment["size"]))
+        shards.add(new.parent)
         kas_names[attachment_id] = name
-    for shard in SHARDS:
-        fsync_dir(files.root / shard)
+    for shard in sorted(shards):
+        fsync_dir(shard)
     return kas_names
 
 

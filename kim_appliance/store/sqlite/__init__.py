@@ -46,7 +46,7 @@ from pathlib import Path
 import trio
 
 from .. import legacy
-from ..base import BlobRef, StoreError, StoreInUse
+from ..base import BlobRef, StoreInUse
 from ..blobs import BlobFiles
 from ..private import FILE_MODE, private_database, private_dir
 from ._accounts import SQLiteAccounts, SQLiteLogins
@@ -196,7 +196,3 @@ async def open_sqlite_store(
         yield store
     finally:
         await store.aclose()
-
-
-def _unused(_: StoreError) -> None:  # pragma: no cover - keeps the import for re-export
-    pass

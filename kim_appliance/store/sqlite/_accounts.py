@@ -19,6 +19,8 @@ from ..base import (
     LockoutPolicy,
     LockState,
     OutOfOffice,
+    Purged,
+    RegistrationCodeUsed,
     domain_of,
 )
 from ._db import US_PER_DAY, Database, Tx, dt, opt_dt, opt_us, span_us, us
@@ -103,8 +105,22 @@ class SQLiteAccounts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, account: Account) -> None:
-        await self._db.write(lambda tx: insert_account(tx, account))
+    async def create(self, account: Account, *, reference_id: str | None = None) -> None:
+        def op(tx: Tx) -> None:
+            insert_account(tx, account)
+            if reference_id is None:
+                return
+            cur = tx.execute(
+                "UPDATE registration_codes SET used_by = ?, used_key = ? "
+                "WHERE domain = ? AND reference_id = ? AND used_by IS NULL",
+                (account.address, account.key, account.domain, reference_id),
+            )
+            if cur.rowcount != 1:
+                raise RegistrationCodeUsed(
+                    f"referenceID {reference_id!r}: unknown at {account.domain} or used already"
+                )
+
+        await self._db.write(op)
 
     async def get(self, address: str) -> Account | None:
         return await self._db.read(lambda tx: get_account(tx, address))
@@ -149,11 +165,11 @@ class SQLiteAccounts:
 
         return await self._db.read(op)
 
-    async def purge(self, address: str, /, *, now: datetime) -> int:
+    async def purge(self, address: str, /, *, now: datetime) -> Purged:
         key = address.lower()
         when = us(now, "now")
 
-        def op(tx: Tx) -> int:
+        def op(tx: Tx) -> Purged:
             account = require_account(tx, key)
             rows = tx.execute(
                 "DELETE FROM messages WHERE mailbox = ? RETURNING blob", (key,)
@@ -176,7 +192,7 @@ class SQLiteAccounts:
                 (key, account.address, account.telematik_id, when),
             )
             tx.collect_garbage({r[0] for r in rows} | {r[0] for r in kas})
-            return len(rows)
+            return Purged(len(rows), len(kas))
 
         return await self._db.write(op)
 

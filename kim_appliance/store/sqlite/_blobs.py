@@ -12,6 +12,7 @@ is referenced; the database does (``_db.Database``).
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
@@ -173,3 +174,7 @@ class SQLiteBlobs:
                 raise BlobUnavailable(f"blob {blob.name}: its file is gone (released?)") from None
 
         return ThreadedReader(self._db, opener)
+
+    async def space(self) -> int | None:
+        root = self._db.files.root
+        return (await self._db.run(lambda: shutil.disk_usage(root))).free
