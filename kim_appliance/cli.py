@@ -227,13 +227,15 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _init(data_dir: Path) -> int:
     import json
 
+    import trio
+
     from kim_appliance import demo
     from kim_appliance.appliance import prepare_data_dir
 
     if demo.is_initialised(data_dir):
         print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
         return 0
-    prepare_data_dir(data_dir)
+    trio.run(prepare_data_dir, data_dir)
     result = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
@@ -380,21 +382,22 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _appliance_running(data_dir: Path) -> bool:
-    """True while a process holds a Fachdienst store lock of ``data_dir`` (store/sqlite.py)."""
-    import fcntl
-    import os
+    """True while an appliance runs on ``data_dir``: its store is in use (the embedded store
+    admits one process at a time)."""
+    import trio
 
-    from kim_appliance.store.sqlite import LOCK_NAME
+    from kim_appliance.store import StoreInUse, open_store
 
-    for lock in (data_dir / "fachdienst").glob(f"*/{LOCK_NAME}"):
-        fd = os.open(lock, os.O_RDWR)
+    async def probe() -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            async with open_store(None, data_dir):
+                return False
+        except StoreInUse:
             return True
-        finally:
-            os.close(fd)  # closing releases a lock we got
-    return False
+
+    if not (data_dir / "konnektor.json").exists():
+        return False  # not initialised: nothing runs there (import_card says what is missing)
+    return trio.run(probe)
 
 
 def _running(data_dir: Path) -> tuple[dict[str, Any], str]:

@@ -8,11 +8,14 @@ kim_appliance.pki.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 from parties import SAMPLE_ZIP, Party, SimpleCa
+
+from kim_appliance.store.sqlite import SQLiteStore, open_sqlite_store
 
 # CI (.ci/run sets KIM_CI=1) replays the same examples every time, so that a landing commit is
 # judged on its own code; a developer's run explores new ones (and found, e.g., the year-140
@@ -72,3 +75,10 @@ def gematik_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with zipfile.ZipFile(root / f"recipient{who}keys.zip") as z:
             z.extractall(root / who)
     return root
+
+
+@pytest.fixture
+async def kim_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The appliance's embedded store in a fresh data dir (``tmp_path/kim-data``), opened."""
+    async with open_sqlite_store(tmp_path / "kim-data") as store:
+        yield store

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from kim_appliance.store import open_store
 
 INNER = (
     b"From: Hausarztpraxis Dr. Weber <praxis.weber@fd1.kim.telematik-test>\r\n"
@@ -77,10 +80,25 @@ def test_init_writes_the_demo_participants(demo: dict[str, Any], data_dir: Path)
         "fd1.kim.telematik-test",
         "fd2.kim.telematik-test",
     }
-    # issue 4 §6: init also creates the Konnektor's Infomodell and the directory entries
+    # issue 4 §6: init also creates the Konnektor's Infomodell; issue 12: it writes the initial
+    # state through the store (mailboxes, directory entries, registration codes)
     assert (data_dir / "konnektor.json").is_file()
-    directory = json.loads((data_dir / "directory.json").read_text())
-    assert all(p["telematik_id"] in json.dumps(directory) for p in people)
+    assert not (data_dir / "directory.json").exists()
+
+    async def stored() -> tuple[list[str], list[str], int]:
+        async with open_store(None, data_dir) as store:
+            accounts = [a.address for a in await store.accounts.list()]
+            snapshot = await store.directory.snapshot()
+            codes = [
+                await store.registrations.get_code(c["fachdienst"], c["referenceID"])
+                for c in demo["registration_codes"]
+            ]
+        return accounts, [row.telematik_id for row in snapshot.rows], sum(1 for c in codes if c)
+
+    accounts, telematik_ids, codes = trio.run(stored)
+    assert sorted(accounts) == sorted(p["address"] for p in people)
+    assert sorted(telematik_ids) == sorted(p["telematik_id"] for p in people)
+    assert codes == len(demo["registration_codes"])
     again = kim("init", "--data-dir", str(data_dir))
     assert again.returncode == 0
     assert b"already initialised" in again.stderr

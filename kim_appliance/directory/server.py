@@ -208,6 +208,8 @@ async def serve_ldap_connection(
                 code, diagnostic = _check_bind(event, settings)
                 await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
             case Search():
+                # a change made on another node is seen by the next search (change counter)
+                await store.refresh()
                 answer = await trio.to_thread.run_sync(
                     _search, core, store, settings, event, limiter=cpu
                 )

@@ -22,8 +22,10 @@ from kim_appliance.clientmodul.send import (
 )
 from kim_appliance.clientmodul.vzd_lookup import TTL_ENC_CERT, TTL_VERSION, VzdLookup
 from kim_appliance.directory import DirectoryStore
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.pki import TestPki
+from kim_appliance.store import Store
 
 
 class Clock:
@@ -53,14 +55,16 @@ def pki(kim_cm_template: Path) -> TestPki:
 
 
 @pytest.fixture
-def directory(kim_cm_template: Path) -> DirectoryStore:
-    store = DirectoryStore(None)  # in memory: the tests change entries
-    for entry in DirectoryStore.open(kim_cm_template).entries():
-        store.put_entry(entry)
+async def directory(kim_cm_template: Path, kim_store: Store) -> DirectoryStore:
+    """The demo's VZD entries in a store of this test's own: the tests change entries."""
+    store = await DirectoryStore.open(kim_store.directory)
+    await store.populate(entries_from_demo(kim_cm_template))
     return store
 
 
-def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_certificates_are_cached_for_ttl_enc_cert(
+    directory: DirectoryStore, pki: TestPki
+) -> None:
     """KOM-LE-A_2026: the VZD is asked again only after TTL_ENC_CERT (12 h)."""
     clock = Clock()
     lookup = VzdLookup(directory, pki.trust_store(), clock=clock)
@@ -74,7 +78,7 @@ def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki
     assert lookup.queries == 2
 
 
-def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
     """A_22340: a KIM version from the VZD is reused for at most 24 h."""
     clock = Clock()
     lookup = VzdLookup(directory, pki.trust_store(), ttl_enc_cert=10 * TTL_VERSION, clock=clock)
@@ -84,7 +88,7 @@ def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: Test
     entry = directory.find_by_mail(address)
     assert entry is not None
     fad, addresses = next(iter(entry.fachdaten.items()))
-    directory.put_entry(
+    await directory.put_entry(
         replace(entry, fachdaten={fad: tuple(replace(a, version=after) for a in addresses)})
     )
     clock.now += TTL_VERSION - 1
@@ -93,7 +97,7 @@ def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: Test
     assert lookup.version(address) == after
 
 
-def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
     """KOM-LE-A_2023/2024-01: an address the VZD does not know gets code 4004."""
     found = VzdLookup(directory, pki.trust_store()).lookup("niemand@fd1.kim.telematik-test")
     assert not found.usable
@@ -101,7 +105,7 @@ def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: Test
     assert "not in the directory" in found.reason
 
 
-def test_only_enc_certificates_are_used(
+async def test_only_enc_certificates_are_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,
@@ -112,14 +116,14 @@ def test_only_enc_certificates_are_used(
     entry = directory.find_by_mail(address)
     assert entry is not None
     osig = _der(_participant(kim_cm_template, "praxis.weber")["export"]["osig_cert"][0])
-    directory.put_entry(replace(entry, certificates=(osig,)))
+    await directory.put_entry(replace(entry, certificates=(osig,)))
     found = VzdLookup(directory, pki.trust_store()).lookup(address)
     assert not found.usable
     assert found.code == "4004"
     assert "KOM-LE-A_2128" in found.reason
 
 
-def test_certificates_of_two_telematik_ids_are_not_used(
+async def test_certificates_of_two_telematik_ids_are_not_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,
@@ -129,14 +133,14 @@ def test_certificates_of_two_telematik_ids_are_not_used(
     entry = directory.find_by_mail(address)
     assert entry is not None
     other = _der(_participant(kim_cm_template, "apotheke.sonne")["export"]["enc_cert"][0])
-    directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
+    await directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
     found = VzdLookup(directory, pki.trust_store()).lookup(address)
     assert not found.usable
     assert found.code == "4005"
     assert "KOM-LE-A_2178" in found.reason
 
 
-def test_revoked_certificate_is_not_used(
+async def test_revoked_certificate_is_not_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,

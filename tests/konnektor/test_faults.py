@@ -24,7 +24,7 @@ from kim_appliance.konnektor import (
     PinStatus,
 )
 from kim_appliance.konnektor.cards import Crypt
-from kim_appliance.konnektor.infomodell import load_or_create
+from kim_appliance.konnektor.infomodell import load
 from kim_appliance.pki import TestPki, TrustStore
 
 DOCUMENT = b"Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nbody\r\n"
@@ -131,7 +131,7 @@ def test_missing_crls_make_the_result_inconclusive(demo_dir: Path) -> None:
         anchors=[ca.certificate for ca in pki.roots],
         intermediates=[ca.certificate for ca in pki.intermediates],
     )
-    konnektor = Konnektor(load_or_create(demo_dir), demo_dir, trust=trust)
+    konnektor = Konnektor(load(demo_dir), demo_dir, trust=trust)
     signed = konnektor.sign_document(
         CONTEXT, handle(konnektor, WEBER), DOCUMENT, _emails(konnektor), "RSA"
     )

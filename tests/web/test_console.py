@@ -13,8 +13,7 @@ import json
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from html.parser import HTMLParser
@@ -24,14 +23,16 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from fd_support import store_bytes
 
 from kim_appliance import demo as demo_setup
 from kim_appliance.directory import DirectoryStore
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.konnektor.cards import PinStatus
 from kim_appliance.konnektor.errors import KonnektorUnreachableError
-from kim_appliance.konnektor.infomodell import Context, load_or_create
+from kim_appliance.konnektor.infomodell import Context
 from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.store import Account, MailStore, RelayRecipient, open_store
+from kim_appliance.store import Account, RelayRecipient, Store, open_store
 from kim_appliance.web.console import STATIC_DIR, ConsoleState, serve_console
 
 SECRET = "Befund-Inhalt-NICHT-ANZEIGEN-4711"
@@ -64,11 +65,9 @@ class Console:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo data dir (test PKI, cards, konnektor.json, directory.json), made once."""
+    """A demo data dir (test PKI, cards, konnektor.json), made once."""
     data_dir = tmp_path_factory.mktemp("console") / "kim-data"
     demo_setup.initialise(data_dir)
-    load_or_create(data_dir)
-    DirectoryStore.open(data_dir).populate_from_demo(data_dir)
     return data_dir
 
 
@@ -102,35 +101,35 @@ def _reset(konnektor: Konnektor) -> None:
             card.pin(spec.pin_type).force(PinStatus(spec.status))
 
 
-def _state(data_dir: Path, konnektor: Konnektor, stack: ExitStack) -> ConsoleState:
-    """The console's view of a demo data dir, with fresh Fachdienst stores in ``data_dir``."""
+async def _state(data_dir: Path, konnektor: Konnektor, store: Store) -> ConsoleState:
+    """The console's view of a demo data dir, with a fresh store in ``data_dir``: the demo
+    participants' accounts and VZD entries."""
     demo = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
-    stores: dict[str, MailStore] = {}
     for p in demo["participants"]:
-        domain = p["fachdienst"]
-        if domain not in stores:
-            store = open_store(data_dir / "fachdienst" / domain)
-            stack.callback(store.close)
-            stores[domain] = store
-        stores[domain].create_account(
+        await store.accounts.create(
             Account(p["address"], "not-a-login-test", p["telematik_id"], p["display_name"])
         )
+    directory = await DirectoryStore.open(store.directory)
+    await directory.populate(entries_from_demo(data_dir))
     return ConsoleState(
         konnektor=konnektor,
-        stores=stores,
-        directory=DirectoryStore.open(data_dir),
+        store=store,
+        domains=sorted({p["fachdienst"] for p in demo["participants"]}),
+        directory=directory,
         demo=demo,
         endpoints=_endpoints(data_dir),
     )
 
 
 @pytest.fixture
-def state(tmp_path: Path, template: Path, shared_konnektor: Konnektor) -> Iterator[ConsoleState]:
+async def state(
+    tmp_path: Path, template: Path, shared_konnektor: Konnektor
+) -> AsyncIterator[ConsoleState]:
     data_dir = tmp_path / "kim-data"
     shutil.copytree(template, data_dir)
     _reset(shared_konnektor)
-    with ExitStack() as stack:
-        yield _state(data_dir, shared_konnektor, stack)
+    async with open_store(None, data_dir) as store:
+        yield await _state(data_dir, shared_konnektor, store)
     _reset(shared_konnektor)
 
 
@@ -144,11 +143,8 @@ async def console(state: ConsoleState, tmp_path: Path) -> AsyncIterator[Console]
         nursery.cancel_scope.cancel()
 
 
-def _deliver(store: MailStore, mailbox: str, message: bytes) -> None:
-    with store.new_blob() as writer:
-        writer.write(message)
-        blob = writer.commit()
-        store.deliver(blob, [(mailbox, b"Return-Path: <x@y>\r\n")])
+async def _deliver(store: Store, mailbox: str, message: bytes) -> None:
+    await store_bytes(store, mailbox, message, prefix=b"Return-Path: <x@y>\r\n")
 
 
 def _kim_message(sender: str, recipient: str, subject: str = "KOM-LE-Nachricht") -> bytes:
@@ -265,15 +261,15 @@ async def test_mailboxes_show_outer_headers_but_never_the_content(console: Conso
     digest §2.2); the encrypted body never appears in the console's answer."""
     weber = console.participant("praxis.weber")["address"]
     sender = console.participant("zahnarzt.klein")["address"]
-    store = console.state.stores["fd1.kim.telematik-test"]
-    _deliver(store, weber, _kim_message(sender, weber))
-    _deliver(store, weber, _kim_message(sender, weber, "=?utf-8?q?Arztbrief_M=C3=BCller?="))
+    store = console.state.store
+    await _deliver(store, weber, _kim_message(sender, weber))
+    await _deliver(store, weber, _kim_message(sender, weber, "=?utf-8?q?Arztbrief_M=C3=BCller?="))
     response = await console.client.get("/api/status")
     assert SECRET not in response.text
     mailboxes = response.json()["fachdienste"]["fd1.kim.telematik-test"]["mailboxes"]
     box = next(m for m in mailboxes if m["address"] == weber)
     assert box["messages"] == 2
-    assert box["size"] == sum(m.size for m in store.list_messages(weber))
+    assert box["size"] == sum(m.size for m in await store.mail.list(weber))
     subjects = {n["headers"]["subject"] for n in box["newest"]}
     assert subjects == {"KOM-LE-Nachricht", "Arztbrief Müller"}
     newest = box["newest"][0]
@@ -294,20 +290,22 @@ async def test_mailboxes_show_outer_headers_but_never_the_content(console: Conso
 
 
 async def test_relay_queue_length_per_fachdienst(console: Console) -> None:
-    store = console.state.stores["fd1.kim.telematik-test"]
+    store = console.state.store
     now = dt.datetime.now(dt.UTC)
     sonne = console.participant("apotheke.sonne")["address"]
     for _ in range(3):
-        with store.new_blob() as writer:
-            writer.write(b"Subject: KOM-LE-Nachricht\r\n\r\nx\r\n")
-            store.enqueue_relay(
-                writer.commit(),
+        async with store.blobs.writer() as writer:
+            await writer.write(b"Subject: KOM-LE-Nachricht\r\n\r\nx\r\n")
+            await store.relay.enqueue(
+                await writer.commit(),
                 sender=console.participant("praxis.weber")["address"],
                 recipients=[RelayRecipient(sonne)],
                 envid=None,
                 ret=None,
+                source_domain="fd1.kim.telematik-test",
                 domain="fd2.kim.telematik-test",
                 not_after=now + dt.timedelta(days=2),
+                now=now,
             )
     fachdienste = (await console.status())["fachdienste"]
     queue = fachdienste["fd1.kim.telematik-test"]["relay_queue"]
@@ -624,8 +622,7 @@ async def test_page_renders_the_status_as_text(console: Console, tmp_path: Path)
         pytest.skip("node is not installed")
     weber = console.participant("praxis.weber")["address"]
     hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
-    store = console.state.stores["fd1.kim.telematik-test"]
-    _deliver(store, weber, _kim_message(weber, weber, hostile))
+    await _deliver(console.state.store, weber, _kim_message(weber, weber, hostile))
     await console.switch({"card_removed": console.participant("apotheke.sonne")["card"]["iccsn"]})
     (tmp_path / "status.json").write_text(json.dumps(await console.status()), encoding="utf-8")
     (tmp_path / "shim.js").write_text(_DOM_SHIM, encoding="utf-8")

@@ -67,7 +67,7 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
         return Response(files[name], media_type=STATIC_FILES[name])
 
     async def api_status(request: Request) -> Response:
-        return JSONResponse(await trio.to_thread.run_sync(status, state))
+        return JSONResponse(await status(state))
 
     async def api_faults(request: Request) -> Response:
         admin = state.konnektor.admin
