@@ -177,6 +177,9 @@ async def run_appliance(
                 rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                 clientmodul = await _start_clientmodul(parts, card_service, vzd, bound, rest_urls)
                 endpoints = {
+                    # the process that wrote the file: a script waiting for it after a crash
+                    # tells a stale file by a pid that is not running (DESIGN.md contract)
+                    "pid": os.getpid(),
                     "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
                     "clientmodul": clientmodul,
                     "fachdienste": fachdienste,
