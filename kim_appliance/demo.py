@@ -12,6 +12,7 @@ only; it never starts a component.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from kim_appliance.errors import ConfigError
 from kim_appliance.pki import Algorithm, CertProfile, TestPki
 from kim_appliance.pki import oids as pki_oids
 
+#: progress of ``kim-appliance init`` (the keys take seconds)
+log = logging.getLogger("kim_appliance.demo")
 #: The Fachdienst domains of the demo setup (digest §2.10: RU/TU domains end .kim.telematik-test).
 DOMAINS = ("fd1.kim.telematik-test", "fd2.kim.telematik-test")
 #: The Konnektor call context every demo username carries (digest §1.2).
@@ -148,6 +151,8 @@ def _registration_codes(data_dir: Path) -> list[dict[str, str]]:
 
 
 def issue_participant(pki: TestPki, p: DemoParticipant, card_dir: Path) -> dict[str, Any]:
+    log.info("demo: keys and certificates of the %s of %s (%s)", p.card_type, p.address,
+             "+".join(a.value for a in p.keys))  # fmt: skip
     card_dir.mkdir(parents=True, exist_ok=True)
     export: dict[str, list[str]] = {"enc_cert": [], "enc_key": [], "osig_cert": [], "osig_key": []}
     others: tuple[CertProfile, ...]
