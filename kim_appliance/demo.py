@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ from kim_appliance.store import (
 )
 from kim_appliance.store.legacy import DEMO_FACT
 
+#: progress of ``kim-appliance init`` (the keys take seconds)
+log = logging.getLogger("kim_appliance.demo")
 #: The Fachdienst domains of the demo setup (digest §2.10: RU/TU domains end .kim.telematik-test).
 DOMAINS = ("fd1.kim.telematik-test", "fd2.kim.telematik-test")
 #: The Konnektor call context every demo username carries (digest §1.2).
@@ -226,6 +229,8 @@ async def populate(store: Store, data_dir: Path) -> bool:
 
 
 def issue_participant(pki: TestPki, p: DemoParticipant, card_dir: Path) -> dict[str, Any]:
+    log.info("demo: keys and certificates of the %s of %s (%s)", p.card_type, p.address,
+             "+".join(a.value for a in p.keys))  # fmt: skip
     card_dir.mkdir(parents=True, exist_ok=True)
     export: dict[str, list[str]] = {"enc_cert": [], "enc_key": [], "osig_cert": [], "osig_key": []}
     others: tuple[CertProfile, ...]

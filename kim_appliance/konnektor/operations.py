@@ -202,7 +202,11 @@ class Konnektor:
         self.infomodell: Infomodell = config.infomodell
         self.cards = CardSet.load(config.cards, data_dir, self.faults)
         self.trust = trust
-        self.admin = FaultAdmin(self.faults, self.cards, pki=pki, pki_dir=pki_dir)
+        # the revocations the status lists are read from the CRLs this Konnektor validates
+        # against, so they are the truth also after a restart (issue 15)
+        self.admin = FaultAdmin(
+            self.faults, self.cards, pki=pki, pki_dir=pki_dir, crls=trust.current_crls
+        )
 
     @classmethod
     def from_data_dir(
