@@ -16,6 +16,7 @@ the developer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
@@ -43,6 +45,7 @@ from kim_appliance.fachdienst.jwt import verify_jwt
 from kim_appliance.fachdienst.kas import kas_routes, run_kas_expiry
 from kim_appliance.fachdienst.rest import fachdienst_app
 from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
+from kim_appliance.konnektor.faults import Publisher, Renewal
 from kim_appliance.konnektor.infomodell import FILE_NAME as KONNEKTOR_FILE
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.konnektor.soap import KonnektorAddress, serve_konnektor
@@ -174,6 +177,10 @@ async def run_appliance(
                 relay.complete.set()
                 directory, vzd = await _start_directory(parts, directory_store)
                 konnektor, card_service = await _start_konnektor(parts)
+                # `kim-appliance card renew ICCSN:ENC:...`: the new certificate goes into the VZD
+                card_service.admin.publisher = vzd_publisher(
+                    directory_store, trio.lowlevel.current_trio_token()
+                )
                 rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                 clientmodul = await _start_clientmodul(parts, card_service, vzd, bound, rest_urls)
                 endpoints = {
@@ -281,6 +288,28 @@ async def _start_konnektor(parts: Components) -> tuple[dict[str, str], Konnektor
         "konnektor", make, ports=f"[konnektor] port {config.konnektor.port}"
     )
     return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}, konnektor
+
+
+def vzd_publisher(directory: DirectoryStore, token: trio.lowlevel.TrioToken) -> Publisher:
+    """The Konnektor's hook for a renewed ENC certificate (``card renew``): the card's VZD entry
+    gets the new certificate in place of the old one, so senders encrypt for the new key. It is
+    called from the worker thread that runs the admin request, and hops to the trio thread of
+    ``token`` where the directory lives; a card without a VZD entry has nothing to publish."""
+
+    async def publish(renewal: Renewal) -> None:
+        if renewal.telematik_id is None:
+            return
+        entry = directory.get(renewal.telematik_id)
+        old, new = (c.public_bytes(Encoding.DER) for c in (renewal.old, renewal.new))
+        certificates = tuple(new if c == old else c for c in entry.certificates)
+        if new not in certificates:
+            certificates = (*certificates, new)
+        await directory.put_entry(dataclasses.replace(entry, certificates=certificates))
+
+    def publisher(renewal: Renewal) -> None:
+        trio.from_thread.run(publish, renewal, trio_token=token)
+
+    return publisher
 
 
 def _admin_token(data_dir: Path) -> str:

@@ -4,7 +4,9 @@ For every recipient and for the sender the send pipeline asks the directory ``(m
 (KOM-LE-A_2023, digest §1.4 step 5) and keeps what it learned: the certificates for
 ``TTL_ENC_CERT`` (default 12 h, KOM-LE-A_2026), the KIM version for at most 24 h (A_22340).
 Each use then checks the cached certificates again (validity period, path to the trust anchors,
-revocation), so a revocation takes effect at once while the directory is asked rarely. Only
+revocation), so a revocation takes effect at once while the directory is asked rarely; when no
+cached certificate passes any more, the directory is asked again at once (a revoked
+certificate is replaced there by a renewed one, and 12 h of refusals would help nobody). Only
 C.HCI.ENC and C.HP.ENC certificates are used (KOM-LE-A_2128); a recipient whose certificates
 carry more than one Telematik-ID is not encrypted for (KOM-LE-A_2178, code 4005).
 
@@ -106,7 +108,15 @@ class VzdLookup:
 
     def lookup(self, address: str) -> AddressLookup:
         """The usable encryption certificates of ``address`` (blocking; run it in a thread)."""
-        cached = self._entry(address)
+        cached, fresh = self._entry(address)
+        found = self._lookup(address, cached)
+        if not found.certificates and found.code == NOT_ENCRYPTABLE and cached.found and not fresh:
+            # the cached certificates failed their checks: the VZD may hold a renewed one
+            self.invalidate(address)
+            found = self._lookup(address, self._entry(address)[0])
+        return found
+
+    def _lookup(self, address: str, cached: _Cached) -> AddressLookup:
         if not cached.found:
             return AddressLookup(
                 address,
@@ -159,7 +169,7 @@ class VzdLookup:
 
     def version(self, address: str) -> str:
         """The KIM version of ``address`` in the VZD (``1.0`` when none is published)."""
-        return self._entry(address).version
+        return self._entry(address)[0].version
 
     def _check(self, certificate: x509.Certificate) -> str | None:
         """None if ``certificate`` may be encrypted for, else why not."""
@@ -176,20 +186,22 @@ class VzdLookup:
             return str(exc)
         return None
 
-    def _entry(self, address: str) -> _Cached:
+    def _entry(self, address: str) -> tuple[_Cached, bool]:
+        """The cached entry of ``address`` or a fresh one from the directory, and whether it is
+        fresh (just asked)."""
         key = address.casefold()
         now = self.clock()
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None and now < cached.cert_expires and now < cached.version_expires:
-                return cached
+                return cached, False
         entry = self.directory.find_by_mail(address)
         with self._lock:
             self.queries += 1
             if entry is None:
                 # not cached: an unknown address is asked again next time (it may just have
                 # been registered)
-                return _Cached((), None, False, now, DEFAULT_VERSION, now)
+                return _Cached((), None, False, now, DEFAULT_VERSION, now), True
             else:
                 version = next(
                     (a.version for a in entry.published_addresses() if a.mail.casefold() == key),
@@ -204,7 +216,7 @@ class VzdLookup:
                     now + self.ttl_version,
                 )
                 self._cache[key] = cached
-            return cached
+            return cached, True
 
 
 def _telematik_id(certificate: x509.Certificate) -> str | None:

@@ -3,14 +3,13 @@ and the switches that repair them work as a tester expects (issue 15)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from konnektor_helpers import ADDRESSES, CONTEXT, KLEIN, MEYER, SONNE, WEBER, handle
@@ -29,7 +28,7 @@ from kim_appliance.konnektor import (
     PinStatus,
 )
 from kim_appliance.konnektor.cards import Crypt
-from kim_appliance.konnektor.faults import Renewal, RenewError
+from kim_appliance.konnektor.faults import RenewError
 from kim_appliance.konnektor.infomodell import load
 from kim_appliance.pki import CertProfile, TestPki, TrustStore, profile_of
 
@@ -302,37 +301,30 @@ def test_revoked_list_comes_from_the_crls_and_survives_a_restart(own_data_dir: P
     assert restarted.admin.status()["revoked"] == [listed]
 
 
-def _vzd_publisher(store: DirectoryStore) -> Callable[[Renewal], None]:
-    """What the appliance wires as the publisher: the entry's old certificate replaced by the
-    new one."""
-
-    def publish(renewal: Renewal) -> None:
-        assert renewal.telematik_id is not None
-        entry = store.get(renewal.telematik_id)
-        old, new = (c.public_bytes(Encoding.DER) for c in (renewal.old, renewal.new))
-        assert old in entry.certificates
-        store.put_entry(
-            dataclasses.replace(
-                entry, certificates=tuple(new if c == old else c for c in entry.certificates)
-            )
-        )
-
-    return publish
-
-
-def test_renew_replaces_a_revoked_enc_certificate_on_the_card_and_in_the_vzd(
+async def test_renew_replaces_a_revoked_enc_certificate_on_the_card_and_in_the_vzd(
     own_data_dir: Path,
 ) -> None:
     """The way out of a revocation: a new key pair and certificate (same subject and
     profile, valid, not revoked) on the card, in its key files (so a restart keeps it), and in
-    the VZD entry through the publisher; mail encrypted for the new certificate decrypts on
-    the card."""
+    the VZD entry through the publisher the appliance wires (kim_appliance.appliance
+    .vzd_publisher, called from the admin request's worker thread); mail encrypted for the new
+    certificate decrypts on the card."""
+    from kim_appliance import demo
+    from kim_appliance.appliance import vzd_publisher
+    from kim_appliance.store import open_store
+
     konnektor = Konnektor.from_data_dir(own_data_dir)
-    directory = DirectoryStore.open(own_data_dir)
-    directory.populate_from_demo(own_data_dir)
-    konnektor.admin.publisher = _vzd_publisher(directory)
-    old = konnektor.admin.revoke_certificate(WEBER, KeyPurpose.ENC, Crypt.RSA)
-    renewal = konnektor.admin.renew_certificate(WEBER, KeyPurpose.ENC, Crypt.RSA)
+    async with open_store(None, own_data_dir) as store:
+        await demo.populate(store, own_data_dir)
+        directory = await DirectoryStore.open(store.directory)
+        konnektor.admin.publisher = vzd_publisher(directory, trio.lowlevel.current_trio_token())
+        old = await trio.to_thread.run_sync(
+            konnektor.admin.revoke_certificate, WEBER, KeyPurpose.ENC, Crypt.RSA
+        )
+        renewal = await trio.to_thread.run_sync(
+            konnektor.admin.renew_certificate, WEBER, KeyPurpose.ENC, Crypt.RSA
+        )
+        entry = directory.find_by_mail(ADDRESSES[WEBER])
     new = renewal.new
     assert renewal.old == old
     assert renewal.published
@@ -344,7 +336,6 @@ def test_renew_replaces_a_revoked_enc_certificate_on_the_card_and_in_the_vzd(
     assert konnektor.admin.status()["revoked"] == []
     h = handle(konnektor, WEBER)
     assert konnektor.read_card_certificate(CONTEXT, h, "C.ENC") == new
-    entry = directory.find_by_mail(ADDRESSES[WEBER])
     assert entry is not None
     assert new.public_bytes(Encoding.DER) in entry.certificates
     assert old.public_bytes(Encoding.DER) not in entry.certificates
