@@ -146,7 +146,9 @@ async def test_revoked_certificate_is_not_used(
     kim_cm_template: Path,
 ) -> None:
     """Cached certificates are checked at each use: a revocation takes effect at once, the
-    recipient has then no valid encryption certificate (4004)."""
+    recipient has then no valid encryption certificate (4004). When no cached certificate
+    passes, the VZD is asked again at once (it may hold a renewed one, `card renew`), not only
+    after TTL_ENC_CERT (KOM-LE-A_2026)."""
     lookup = VzdLookup(directory, pki.trust_store())
     address = "praxis.weber@fd1.kim.telematik-test"
     assert lookup.lookup(address).usable
@@ -155,7 +157,7 @@ async def test_revoked_certificate_is_not_used(
     found = lookup.lookup(address)
     assert not found.usable
     assert "revoked" in found.reason
-    assert lookup.queries == 1
+    assert lookup.queries == 2  # the cached entry, then once more: nothing renewed there
 
 
 def test_rewrite_drops_recipients_from_to_and_cc_and_keeps_the_rest() -> None:
