@@ -28,6 +28,8 @@ class Backend:
 
     name: str
     prepare: Callable[[pytest.FixtureRequest], str]
+    #: several Store objects (nodes) may open it at once (the embedded store admits one)
+    shared: bool = False
 
 
 def _embedded(request: pytest.FixtureRequest) -> str:
@@ -42,11 +44,20 @@ def _postgresql(request: pytest.FixtureRequest) -> str:
 
 
 #: every backend the contract suite runs against
-BACKENDS = [Backend("sqlite", _embedded), Backend("postgresql", _postgresql)]
+BACKENDS = [Backend("sqlite", _embedded), Backend("postgresql", _postgresql, shared=True)]
+#: the backends several nodes share: the contract tests with two Store objects run on these
+SHARED_BACKENDS = [b for b in BACKENDS if b.shared]
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
 def store_url(request: pytest.FixtureRequest) -> str:
+    backend: Backend = request.param
+    return backend.prepare(request)
+
+
+@pytest.fixture(params=SHARED_BACKENDS, ids=[b.name for b in SHARED_BACKENDS])
+def shared_store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty store that two Store objects (two nodes) open at once."""
     backend: Backend = request.param
     return backend.prepare(request)
 

@@ -130,12 +130,11 @@ def check_url(url: str) -> None:
         raise StoreError(f"store {where}: not a PostgreSQL URL ({exc})") from None
     if parts.scheme.lower() not in SCHEMES:
         raise StoreError(f"store {where}: the scheme must be postgresql://")
-    if not parts.hostname or not parts.path.strip("/"):
+    if not parts.hostname or not parts.path.strip("/") or (port is not None and port < 1):
         raise StoreError(
             f"store {where}: expected postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE "
             "(host and database are required)"
         )
-    del port
 
 
 async def _create_pool(loop: Any, url: str, where: str, hidden: list[str]) -> Any:
@@ -169,12 +168,37 @@ async def open_postgres_store(url: str) -> AsyncIterator[PostgresStore]:
     """The PostgreSQL store at ``url`` (schema created or migrated), closed when the block ends.
 
     `StoreUnavailable` when the server cannot be reached; `StoreError` for a malformed URL,
-    refused credentials, or a database of a newer schema (nothing is changed then)."""
+    refused credentials, or a database of a newer schema (nothing is changed then). An error
+    leaves the block as itself, as from the embedded store, not wrapped in the exception group
+    of the nurseries inside (trio-asyncio's loop, the sweeper)."""
     check_url(url)
+    try:
+        async with _open(url) as store:
+            yield store
+    except BaseExceptionGroup as group:
+        leaf = _only(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (nested) groups of one, else None."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
+
+
+@asynccontextmanager
+async def _open(url: str) -> AsyncIterator[PostgresStore]:
     where = mask_url(url)
+    hidden = secrets_of(url)
     async with trio_asyncio.open_loop() as loop:
-        pool = await _create_pool(loop, url, where, secrets_of(url))
-        db = Database(pool, loop, where, secrets_of(url))
+        pool = await _create_pool(loop, url, where, hidden)
+        db = Database(pool, loop, where, hidden)
         try:
             now = us(datetime.now(UTC), "now")
 
@@ -191,7 +215,7 @@ async def open_postgres_store(url: str) -> AsyncIterator[PostgresStore]:
                 value = await conn.fetchval("SELECT value FROM meta WHERE name = 'instance'")
                 return str(value)
 
-            instance = await db.run(db._plain(prepare))
+            instance = await db.run(db.plain(prepare))
             store = PostgresStore(db, instance)
             await store.sweep()
             async with trio.open_nursery() as nursery:

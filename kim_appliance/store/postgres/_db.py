@@ -59,6 +59,15 @@ log = logging.getLogger("kim_appliance.store")
 # operator intervention (shutdown, cancel, statement timeout), system error
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
 _RETRY_STATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+#: the client side's errors of a broken or unreachable connection (asyncpg raises
+#: InternalClientError, e.g., for a connection the server terminated between two statements)
+_BROKEN = (
+    TimeoutError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.ProtocolError,
+)
 
 
 def secrets_of(url: str) -> list[str]:
@@ -107,11 +116,11 @@ class Database:
         REPEATABLE READ transaction (several statements that must agree)."""
         if snapshot:
             return await self.run(self._transaction(op, readonly=True))
-        return await self.run(self._plain(op))
+        return await self.run(self.plain(op))
 
     # -- the asyncio side -------------------------------------------------------------------
 
-    async def _plain(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+    async def plain(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await op(conn)
 
@@ -139,7 +148,9 @@ class Database:
             raise
         except asyncpg.PostgresError as exc:
             raise self.translate(exc) from exc
-        except (TimeoutError, asyncpg.InterfaceError, OSError) as exc:
+        except asyncpg.DataError as exc:  # a value the column cannot take: our bug, not an outage
+            raise StoreError(f"store {self.where}: {self._scrub(exc)}") from exc
+        except _BROKEN as exc:
             raise StoreUnavailable(
                 f"store {self.where}: database unreachable ({self._scrub(exc)})"
             ) from exc
