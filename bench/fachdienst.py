@@ -51,7 +51,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kim_appliance.store.sqlite import BLOB_DIR
+from kim_appliance.store.sqlite import BLOB_DIR, STORE_DIR
 
 MIB = 1024 * 1024
 WRITE_SIZE = MIB
@@ -531,7 +531,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.pid,
             )
             rss_after_smtp = vm_status(proc.pid, "VmHWM")
-            stored = stored_bytes(data_dir / "fachdienst" / DOMAIN / BLOB_DIR)
+            stored = stored_bytes(data_dir / STORE_DIR / BLOB_DIR)
             reset_peak_rss(proc.pid)
             got = parallel([partial(pop3_retrieve, pop3, ctx, u) for u in users], proc.pid)
             rss_after_pop3 = vm_status(proc.pid, "VmHWM")

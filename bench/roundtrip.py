@@ -420,10 +420,10 @@ def pop3_session(
 
 
 def stored_counts(data_dir: Path) -> dict[str, int]:
-    """Messages per mailbox in every Fachdienst's store, read from its SQLite database
-    (read-only, no login: waiting for the relay must not load the appliance with scrypt)."""
+    """Messages per mailbox in the appliance's store, read from its SQLite database (read-only,
+    no login: waiting for the relay must not load the appliance with scrypt)."""
     counts: dict[str, int] = {}
-    for database in sorted((data_dir / "fachdienst").glob("*/mail.sqlite3")):
+    for database in sorted((data_dir / "store").glob("kim.sqlite3")):
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
             rows = db.execute(
                 "SELECT a.address, count(*) FROM messages m JOIN accounts a "

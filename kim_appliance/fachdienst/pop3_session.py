@@ -161,24 +161,27 @@ class Pop3Session:
         if message is None:
             await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
             return
+        opened = False
         try:
-            source = await self.fd.store.mail.reader(message.id).__aenter__()
+            async with self.fd.store.mail.reader(message.id) as source:
+                opened = True
+                await stream.send_all(core.send_multiline(f"{message.size} octets"))
+                if isinstance(event, Retr):
+                    while data := await source.read(READ_SIZE):
+                        # dot-stuffing 1 MiB natively is too long a call for the trio thread
+                        # (DESIGN: large native calls run via to_thread)
+                        piece = await trio.to_thread.run_sync(core.send_body, data)
+                        await stream.send_all(piece)
+                else:
+                    await stream.send_all(core.send_body(await _top(source, event.lines)))
         except MessageNotFound:
+            if opened:
+                raise
+            # expired or deleted by another session meanwhile (retention runs on its own)
             await stream.send_all(
                 core.send(Response(False, f"message {event.msg} has expired", RespCode.SYS_PERM))
             )
             return
-        try:
-            await stream.send_all(core.send_multiline(f"{message.size} octets"))
-            if isinstance(event, Retr):
-                while data := await source.read(READ_SIZE):
-                    # dot-stuffing 1 MiB natively is too long a call for the trio thread
-                    # (DESIGN: large native calls run via to_thread)
-                    await stream.send_all(await trio.to_thread.run_sync(core.send_body, data))
-            else:
-                await stream.send_all(core.send_body(await _top(source, event.lines)))
-        finally:
-            await source.aclose()
         await stream.send_all(core.end_multiline())
 
     async def _quit(self) -> Response:

@@ -70,7 +70,7 @@ BLOB_DIR = "blobs"
 LOCK_NAME = "store.lock"
 log = logging.getLogger("kim_appliance.store")
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "STORE_DIR", "SQLiteStore", "open_sqlite_store"]
+__all__ = ["BLOB_DIR", "DB_NAME", "SCHEMA_VERSION", "STORE_DIR", "SQLiteStore", "open_sqlite_store"]
 
 
 class SQLiteStore:
