@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from kim_appliance.mail.seal import Certified
 
 DEFAULT_DATA_DIR = Path("kim-data")
+STORE_HELP = (
+    "where the state is kept: postgresql://USER[:PASSWORD]@HOST:PORT/DB, or sqlite for the "
+    "embedded store in the data dir (default: [store] url of config.toml, else embedded)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="initialise a data dir with the demo setup")
     init.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    init.add_argument("--store", metavar="URL", help=STORE_HELP)
 
     run = commands.add_parser(
         "run",
@@ -46,6 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--ephemeral-ports", action="store_true", help="bind every listener to a free port"
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.add_argument("--store", metavar="URL", help=STORE_HELP)
+
+    store = commands.add_parser("store", help="move the appliance's stored state")
+    store_verbs = store.add_subparsers(dest="store_action", required=True, metavar="ACTION")
+    copy = store_verbs.add_parser(
+        "copy",
+        help="copy the embedded store of a data dir into PostgreSQL (appliance stopped)",
+        description="Copies accounts, tombstones, lockouts, mailboxes with their bodies, the "
+        "relay queue, KAS uploads, registration codes, the directory and the reply ledger of "
+        "DATA_DIR's embedded store into the PostgreSQL store at URL, then verifies counts per "
+        "table and the SHA-256 of every body. Exit 0 only when verified.",
+    )
+    copy.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="postgresql://USER[:PW]@HOST:PORT/DB"
+    )
+    copy.add_argument(
+        "--force", action="store_true", help="empty a target store that holds data first"
+    )
 
     fault = commands.add_parser(
         "fault",
@@ -182,12 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("init", "run"):
+            from kim_appliance.store import check_url
+
+            check_url(args.store)  # before anything is written to the data dir
             os.umask(PRIVATE_UMASK)
             from kim_appliance.demo import secure_data_dir
 
             secure_data_dir(args.data_dir)
         if args.command == "init":
-            return _init(args.data_dir)
+            return _init(args.data_dir, args.store)
+        if args.command == "store":
+            return _store_copy(args)
         if args.command == "run":
             return _run(args)
         if args.command == "fault":
@@ -224,7 +253,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _init(data_dir: Path) -> int:
+def _init(data_dir: Path, store_url: str | None) -> int:
     import json
 
     import trio
@@ -232,15 +261,26 @@ def _init(data_dir: Path) -> int:
     from kim_appliance import demo
     from kim_appliance.appliance import prepare_data_dir
 
-    if demo.is_initialised(data_dir):
+    if demo.is_initialised(data_dir) and store_url is None:
         print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
         return 0
-    trio.run(prepare_data_dir, data_dir)
+    # with --store the demo's state goes into that store even for a data dir made before
+    where = trio.run(prepare_data_dir, data_dir, store_url)
     result = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
-    print(f"demo setup written to {data_dir / 'demo.json'}")
+    print(f"demo setup written to {data_dir / 'demo.json'}; state in the {where}")
     return 0
+
+
+def _store_copy(args: argparse.Namespace) -> int:
+    """``store copy``: the embedded store of a stopped appliance into PostgreSQL, verified."""
+    import trio
+
+    from kim_appliance.store.copy import copy_store
+
+    report = trio.run(lambda: copy_store(args.data_dir, args.to, force=args.force, out=sys.stdout))
+    return 0 if report.verified else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -260,7 +300,10 @@ def _run(args: argparse.Namespace) -> int:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(
                 lambda task_status: run_appliance(
-                    args.data_dir, ephemeral_ports=args.ephemeral_ports, task_status=task_status
+                    args.data_dir,
+                    ephemeral_ports=args.ephemeral_ports,
+                    store_url=args.store,
+                    task_status=task_status,
                 )
             )
 

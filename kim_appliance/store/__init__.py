@@ -72,18 +72,39 @@ async def open_store(
         async with open_sqlite_store(Path(data_dir), compress=compress) as store:
             yield store
         return
-    scheme = url.partition(":")[0].lower()
-    if scheme in ("postgresql", "postgres"):
-        # imported here: asyncpg and trio-asyncio cost the embedded default nothing
-        from .postgres import open_postgres_store
+    check_url(url)
+    # imported here: asyncpg and trio-asyncio cost the embedded default nothing
+    from .postgres import open_postgres_store
 
-        async with open_postgres_store(url) as pg_store:
-            yield pg_store
+    async with open_postgres_store(url) as pg_store:
+        yield pg_store
+
+
+#: URL schemes of the PostgreSQL backend
+POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def check_url(url: str | None) -> None:
+    """`StoreError` (naming the URL masked) unless ``url`` names the embedded store or looks
+    like ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``; connects to nothing."""
+    if url is None or url.strip().lower() in EMBEDDED:
         return
-    raise StoreError(
-        f"store: {scheme!r} is not a store URL; use sqlite or "
-        "postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE"
-    )
+    where = mask_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise StoreError(f"store {where}: not a store URL ({exc})") from None
+    if parts.scheme.lower() not in POSTGRES_SCHEMES:
+        raise StoreError(
+            f"store {where}: not a store URL; use sqlite (the embedded store) or "
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE"
+        )
+    if not parts.hostname or not parts.path.strip("/") or (port is not None and port < 1):
+        raise StoreError(
+            f"store {where}: expected postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE "
+            "(host and database are required)"
+        )
 
 
 def mask_url(url: str | None) -> str:
@@ -112,6 +133,7 @@ def mask_url(url: str | None) -> str:
 __all__ = [
     "EMBEDDED",
     "LOCAL_NODE",
+    "POSTGRES_SCHEMES",
     "Account",
     "AccountExists",
     "AccountNotFound",
@@ -143,6 +165,7 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "StoredMessage",
+    "check_url",
     "domain_of",
     "dummy_verify",
     "hash_password",

@@ -32,6 +32,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from .. import check_url
 from ..base import StoreError, StoreUnavailable
 from ..sqlite._db import us
 from ._accounts import PgAccounts, PgLogins
@@ -60,14 +61,11 @@ from ._schema import SCHEMA_VERSION, migrate
 
 #: how often every node sweeps abandoned blobs (each sweep removes those older than SWEEP_AGE)
 SWEEP_INTERVAL_S = 600.0
-#: URL schemes of this backend
-SCHEMES = frozenset({"postgresql", "postgres"})
 log = logging.getLogger("kim_appliance.store")
 
 __all__ = [
     "CHUNK_SIZE",
     "SCHEMA_VERSION",
-    "SCHEMES",
     "SWEEP_AGE",
     "PostgresStore",
     "mask_url",
@@ -118,25 +116,6 @@ class PostgresStore:
                 log.info("store: swept %d abandoned blobs", removed)
 
 
-def check_url(url: str) -> None:
-    """`StoreError` unless ``url`` looks like ``postgresql://USER[:PW]@HOST[:PORT]/DB``."""
-    from urllib.parse import urlsplit
-
-    where = mask_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise StoreError(f"store {where}: not a PostgreSQL URL ({exc})") from None
-    if parts.scheme.lower() not in SCHEMES:
-        raise StoreError(f"store {where}: the scheme must be postgresql://")
-    if not parts.hostname or not parts.path.strip("/") or (port is not None and port < 1):
-        raise StoreError(
-            f"store {where}: expected postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE "
-            "(host and database are required)"
-        )
-
-
 async def _create_pool(loop: Any, url: str, where: str, hidden: list[str]) -> Any:
     """The connection pool (asyncio side), errors as the store's."""
     probe = Database(None, loop, where, hidden)
@@ -164,16 +143,17 @@ async def _create_pool(loop: Any, url: str, where: str, hidden: list[str]) -> An
 
 
 @asynccontextmanager
-async def open_postgres_store(url: str) -> AsyncIterator[PostgresStore]:
+async def open_postgres_store(url: str, *, sweep: bool = True) -> AsyncIterator[PostgresStore]:
     """The PostgreSQL store at ``url`` (schema created or migrated), closed when the block ends.
 
     `StoreUnavailable` when the server cannot be reached; `StoreError` for a malformed URL,
     refused credentials, or a database of a newer schema (nothing is changed then). An error
     leaves the block as itself, as from the embedded store, not wrapped in the exception group
-    of the nurseries inside (trio-asyncio's loop, the sweeper)."""
+    of the nurseries inside (trio-asyncio's loop, the sweeper). ``sweep=False``: no blob sweep
+    (`store copy` writes blobs long before the rows that reference them)."""
     check_url(url)
     try:
-        async with _open(url) as store:
+        async with _open(url, sweep) as store:
             yield store
     except BaseExceptionGroup as group:
         leaf = _only(group)
@@ -193,7 +173,7 @@ def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 
 @asynccontextmanager
-async def _open(url: str) -> AsyncIterator[PostgresStore]:
+async def _open(url: str, sweep: bool) -> AsyncIterator[PostgresStore]:
     where = mask_url(url)
     hidden = secrets_of(url)
     async with trio_asyncio.open_loop() as loop:
@@ -217,9 +197,11 @@ async def _open(url: str) -> AsyncIterator[PostgresStore]:
 
             instance = await db.run(db.plain(prepare))
             store = PostgresStore(db, instance)
-            await store.sweep()
+            if sweep:
+                await store.sweep()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(store._sweep_forever)
+                if sweep:
+                    nursery.start_soon(store._sweep_forever)
                 try:
                     yield store
                 finally:

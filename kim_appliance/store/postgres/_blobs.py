@@ -142,9 +142,9 @@ async def sweep_blobs(db: Database, age: timedelta = SWEEP_AGE) -> int:
 class PgBlobWriter:
     """`store.base.BlobWriter` of the PostgreSQL store (rules 1 and 2)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, name: str | None = None) -> None:
         self._db = db
-        self.name = secrets.token_hex(16)
+        self.name = name or secrets.token_hex(16)
         self._buffer = bytearray()
         self._seq = 0
         self._size = 0
@@ -388,9 +388,10 @@ class PgBlobs:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def writer(self, *, compress: bool | None = None) -> PgBlobWriter:
-        # ``compress`` is accepted and ignored: PostgreSQL compresses BYTEA itself (TOAST)
-        return PgBlobWriter(self._db)
+    def writer(self, *, compress: bool | None = None, name: str | None = None) -> PgBlobWriter:
+        """A writer (``compress`` is accepted and ignored: PostgreSQL compresses BYTEA itself,
+        TOAST). ``name``: the blob's name, for `store copy`, which keeps the names."""
+        return PgBlobWriter(self._db, name)
 
     def reader(self, blob: BlobRef) -> PgReader:
         async def opener(conn: Conn) -> Opened:
