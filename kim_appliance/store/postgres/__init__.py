@@ -25,7 +25,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -99,9 +99,9 @@ class PostgresStore:
         with trio.CancelScope(shield=True):
             await self.db.close()
 
-    async def sweep(self, age: Any = SWEEP_AGE) -> int:
-        """Remove the blobs nothing references that no writer touched for ``age`` (a
-        timedelta); how many (``_blobs`` rule 4; runs by itself every SWEEP_INTERVAL_S)."""
+    async def sweep(self, age: timedelta = SWEEP_AGE) -> int:
+        """Remove the blobs nothing references that no writer touched for ``age``; how many
+        (``_blobs`` rule 4; runs by itself every SWEEP_INTERVAL_S)."""
         return await sweep_blobs(self.db, age)
 
     async def _sweep_forever(self) -> None:
