@@ -164,10 +164,6 @@ class PgServer:
         self.admin(f"CREATE DATABASE {name} TEMPLATE template0")
         return name
 
-    def drop_database(self, name: str) -> None:
-        """Drop in the background: nothing waits for a database no test uses any more."""
-        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", wait=False)
-
     def stop(self) -> None:
         if self._admin is not None:
             self._admin.close()
