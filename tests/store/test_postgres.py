@@ -19,6 +19,7 @@ from store_helpers import account, address, body_for, drain, put, read
 
 from kim_appliance.store import (
     MessageNotFound,
+    RelayRecipient,
     StoreCorrupted,
     StoreError,
     StoreUnavailable,
@@ -262,3 +263,44 @@ async def test_an_incomplete_url_is_refused_before_connecting(url: str, tmp_path
         async with open_store(url, tmp_path):
             pass
     assert "pw" not in str(refused.value).replace("postgresql", "")
+
+
+async def test_a_body_stays_while_its_writer_is_open(pg: PostgresStore) -> None:
+    """Rule 2: the Fachdienst delivers a body and queues it for relaying from one writer; a
+    POP3 deletion of the local copy in between must not take the body from the queue."""
+    async with pg.blobs.writer() as writer:
+        await writer.write(b"local and remote")
+        blob = await writer.commit()
+        [msg] = await pg.mail.deliver(blob, [(ALICE, b"")], NOW, check_quota=False)
+        await pg.mail.delete(ALICE, [msg.id])
+        entry = await pg.relay.enqueue(
+            blob, sender=ALICE, recipients=[RelayRecipient("x@test2.kim.telematik-test")],
+            envid=None, ret=None, source_domain="test1.kim.telematik-test",
+            domain="test2.kim.telematik-test", not_after=NOW + timedelta(days=1), now=NOW,
+        )  # fmt: skip
+    async with pg.blobs.reader(entry.blob) as reader:
+        assert await drain(reader) == b"local and remote"
+    await pg.relay.attempted(entry.id, next_attempt=None, error=None)
+    assert await _sql(pg, "SELECT 1 FROM blobs WHERE name = $1", blob.name) == []
+
+
+def test_the_embedded_store_does_not_load_the_postgresql_driver(tmp_path: Path) -> None:
+    """asyncpg and trio-asyncio are imported only for a postgresql:// URL: the embedded
+    default (and its start-up time) pays nothing for them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trio, pathlib\n"
+        "import kim_appliance.cli, kim_appliance.appliance\n"
+        "from kim_appliance.store import open_store\n"
+        "async def main():\n"
+        f"    async with open_store(None, pathlib.Path({str(tmp_path)!r})) as s:\n"
+        "        await s.accounts.list()\n"
+        "trio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncpg', 'trio_asyncio')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
