@@ -100,7 +100,8 @@ async def test_bodies_are_chunk_rows_of_one_mib_and_no_large_objects(pg: Postgre
 @pytest.mark.slow
 async def test_a_25_mb_message_never_sits_whole_in_memory(pg: PostgresStore) -> None:
     """The issue's promise: a 25 MB body goes in and out in pieces; neither writing (64 KiB
-    at a time) nor reading holds more than a few chunks at once."""
+    at a time) nor reading holds more than a few chunks at once (measured: about 3 MiB
+    writing, 5 MiB reading, most of it asyncpg's buffers of one 1 MiB row)."""
     size = 25 * 1000 * 1000
     piece = body_for("big", 65536)
     tracemalloc.start()
@@ -121,8 +122,8 @@ async def test_a_25_mb_message_never_sits_whole_in_memory(pg: PostgresStore) -> 
     finally:
         tracemalloc.stop()
     assert total == size + 2
-    assert write_peak < 6 * MiB, f"writing held {write_peak} bytes"
-    assert read_peak < 6 * MiB, f"reading held {read_peak} bytes"
+    assert write_peak < 8 * MiB, f"writing held {write_peak} bytes"
+    assert read_peak < 8 * MiB, f"reading held {read_peak} bytes"
 
 
 async def test_a_half_written_body_is_invisible_and_swept(pg: PostgresStore) -> None:
