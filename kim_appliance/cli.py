@@ -1,7 +1,9 @@
 """The ``kim-appliance`` command line (the contract in DESIGN.md).
 
-``init`` creates a data dir with the demo setup; ``message seal`` and ``message open`` make and
-read KIM messages offline, for users debugging their messages and for outside tests. Exit codes
+``init`` creates a data dir with the demo setup (``--store URL``: its state in PostgreSQL);
+``store copy`` moves an embedded store into PostgreSQL; ``message seal`` and ``message open``
+make and read KIM messages offline, for users debugging their messages and for outside tests.
+Exit codes
 of ``message open``: 0 decrypted and verified, 2 cannot decrypt, 3 signature or header check
 failed; any usage or input error exits 1 with a message on stderr.
 """
