@@ -111,22 +111,32 @@ def prepare_files(data_dir: Path) -> None:
         demo.konnektor_config(data_dir, participants).save(data_dir / KONNEKTOR_FILE)
 
 
-async def prepare_data_dir(data_dir: Path) -> None:
+def store_url_of(config: Config, store_url: str | None) -> str | None:
+    """The store to open: ``--store`` if given, else ``[store] url`` (None: embedded)."""
+    return store_url if store_url is not None else config.store.url
+
+
+async def prepare_data_dir(data_dir: Path, store_url: str | None = None) -> str:
     """Initialise ``data_dir`` without running: :func:`prepare_files`, then the demo's
-    initial state written through the store (``kim-appliance init``)."""
+    initial state written through the store (``kim-appliance init``; ``store_url`` as
+    ``--store``). Returns the store's description (no password)."""
     await trio.to_thread.run_sync(prepare_files, data_dir)
     config = config_module.load(data_dir)
-    async with open_store(None, data_dir, compress=config.fachdienst.compress_blobs) as store:
+    url = store_url_of(config, store_url)
+    async with open_store(url, data_dir, compress=config.fachdienst.compress_blobs) as store:
         await demo.populate(store, data_dir)
+        return store.description
 
 
 async def run_appliance(
     data_dir: Path,
     *,
     ephemeral_ports: bool = False,
+    store_url: str | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every component until cancelled; report the endpoints through ``task_status``."""
+    """Run every component until cancelled; report the endpoints through ``task_status``.
+    ``store_url`` is ``--store`` (None: ``[store] url`` of config.toml, else embedded)."""
     data_dir = data_dir.resolve()
     await trio.to_thread.run_sync(prepare_files, data_dir)
     config = config_module.load(data_dir)
@@ -143,7 +153,9 @@ async def run_appliance(
     for domain, target in config.fachdienst.relay_map.items():
         host, _, port = target.rpartition(":")
         relay.add(domain, host, int(port))
-    async with open_store(None, data_dir, compress=config.fachdienst.compress_blobs) as store:
+    url = store_url_of(config, store_url)
+    async with open_store(url, data_dir, compress=config.fachdienst.compress_blobs) as store:
+        log.info("store: %s", store.description)
         # the store holds the data dir's lock now: an endpoints.json left by a killed run is
         # stale (its ports are gone), and a caller polling for the file must not read it
         endpoints_file.unlink(missing_ok=True)

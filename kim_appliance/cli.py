@@ -1,6 +1,7 @@
 """The ``kim-appliance`` command line (the contract in DESIGN.md).
 
-``init`` creates a data dir with the demo setup and ``run`` runs the appliance; ``fault``,
+``init`` creates a data dir with the demo setup (``--store URL``: its state in PostgreSQL) and
+``run`` runs the appliance; ``store copy`` moves an embedded store into PostgreSQL; ``fault``,
 ``account`` and ``card renew`` talk to a running appliance through its admin APIs; ``card
 import`` edits a stopped one; ``message seal`` and ``message open`` make and read KIM messages
 offline, for users debugging their messages and for outside tests.
@@ -105,6 +106,12 @@ def _data_dir(parser: argparse.ArgumentParser, *, inherited: bool = False) -> No
     )
 
 
+STORE_HELP = (
+    "where the state is kept: postgresql://USER[:PASSWORD]@HOST:PORT/DB, or sqlite for the "
+    "embedded store in the data dir (default: [store] url of config.toml, else embedded)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kim-appliance",
@@ -116,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(commands)
     _add_run(commands)
+    _add_store(commands)
     _add_fault(commands)
     _add_account(commands)
     _add_card(commands)
@@ -137,6 +145,7 @@ def _add_init(commands: Commands[_Parser]) -> argparse.ArgumentParser:
         "start.",
     )
     _data_dir(init)
+    init.add_argument("--store", metavar="URL", help=STORE_HELP)
     return init
 
 
@@ -159,7 +168,29 @@ def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING"],
         help="what goes to stderr",
     )
+    run.add_argument("--store", metavar="URL", help=STORE_HELP)
     return run
+
+
+def _add_store(commands: Commands[_Parser]) -> argparse.ArgumentParser:
+    store = commands.add_parser("store", help="move the appliance's stored state")
+    store_verbs = store.add_subparsers(dest="store_action", required=True, metavar="ACTION")
+    copy = store_verbs.add_parser(
+        "copy",
+        help="copy the embedded store of a data dir into PostgreSQL (appliance stopped)",
+        description="Copies accounts, tombstones, lockouts, mailboxes with their bodies, the "
+        "relay queue, KAS uploads, registration codes, the directory and the reply ledger of "
+        "DIR's embedded store into the PostgreSQL store at URL, then verifies counts per "
+        "table and the SHA-256 of every body. Exit 0 only when verified.",
+    )
+    _data_dir(copy)
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="postgresql://USER[:PW]@HOST:PORT/DB"
+    )
+    copy.add_argument(
+        "--force", action="store_true", help="empty a target store that holds data first"
+    )
+    return store
 
 
 def _add_fault(commands: Commands[_Parser]) -> argparse.ArgumentParser:
@@ -451,12 +482,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("init", "run"):
+        from kim_appliance.store import check_url
+
+        check_url(args.store)  # before anything is written to the data dir
         os.umask(PRIVATE_UMASK)
         from kim_appliance.demo import secure_data_dir
 
         secure_data_dir(args.data_dir)
     if args.command == "init":
-        return _init(args.data_dir)
+        return _init(args.data_dir, args.store)
+    if args.command == "store":
+        return _store_copy(args)
     if args.command == "run":
         return _run(args)
     if args.command == "fault":
@@ -473,7 +509,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _usage_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the subcommand ``args`` came from (its usage goes with a UsageError)."""
     current = parser
-    for name in ("command", "action", "card_action", "verb"):
+    for name in ("command", "action", "card_action", "store_action", "verb"):
         chosen = getattr(args, name, None)
         actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
         if chosen is None or not actions:
@@ -489,7 +525,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _init(data_dir: Path) -> int:
+def _init(data_dir: Path, store_url: str | None) -> int:
     import json
 
     import trio
@@ -497,19 +533,30 @@ def _init(data_dir: Path) -> int:
     from kim_appliance import demo
     from kim_appliance.appliance import prepare_data_dir
 
-    if demo.is_initialised(data_dir):
+    if demo.is_initialised(data_dir) and store_url is None:
         print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
         return 0
     from kim_appliance.logs import configure
 
     # the test PKI takes seconds: its progress lines (kim_appliance.pki, .demo) go to stderr
     configure("INFO", stream=sys.stderr)
-    trio.run(prepare_data_dir, data_dir)
+    # with --store the demo's state goes into that store even for a data dir made before
+    where = trio.run(prepare_data_dir, data_dir, store_url)
     result = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
-    print(f"demo setup written to {data_dir / 'demo.json'}")
+    print(f"demo setup written to {data_dir / 'demo.json'}; state in the {where}")
     return 0
+
+
+def _store_copy(args: argparse.Namespace) -> int:
+    """``store copy``: the embedded store of a stopped appliance into PostgreSQL, verified."""
+    import trio
+
+    from kim_appliance.store.copy import copy_store
+
+    report = trio.run(lambda: copy_store(args.data_dir, args.to, force=args.force, out=sys.stdout))
+    return 0 if report.verified else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -529,7 +576,10 @@ def _run(args: argparse.Namespace) -> int:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(
                 lambda task_status: run_appliance(
-                    args.data_dir, ephemeral_ports=args.ephemeral_ports, task_status=task_status
+                    args.data_dir,
+                    ephemeral_ports=args.ephemeral_ports,
+                    store_url=args.store,
+                    task_status=task_status,
                 )
             )
 

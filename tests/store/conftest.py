@@ -10,7 +10,6 @@ reason, except under CI (``KIM_CI=1``), where a missing backend is a failure.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -24,33 +23,43 @@ from kim_appliance.store import Store, open_store
 
 @dataclass(frozen=True)
 class Backend:
-    """A store backend under test. ``prepare(tmp_path)`` returns the URL of an empty store for
+    """A store backend under test. ``prepare(request)`` returns the URL of an empty store for
     one test, or raises ``pytest.skip`` (outside CI) when the backend cannot run here."""
 
     name: str
-    prepare: Callable[[Path], str]
+    prepare: Callable[[pytest.FixtureRequest], str]
+    #: several Store objects (nodes) may open it at once (the embedded store admits one)
+    shared: bool = False
 
 
-def _embedded(tmp_path: Path) -> str:
+def _embedded(request: pytest.FixtureRequest) -> str:
     return "sqlite"  # the data dir (tmp_path / "kim-data") is the test's own: an empty store
 
 
-#: every backend the contract suite runs against (PostgreSQL joins with the cluster backend:
-#: a throwaway server from initdb/pg_ctl in a temp dir, one database per test)
-BACKENDS = [Backend("sqlite", _embedded)]
+def _postgresql(request: pytest.FixtureRequest) -> str:
+    # a fresh database on the session's throwaway server (tests/conftest.py: pg_server,
+    # pg_url), which starts with the first test that needs it
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
-def unavailable(reason: str) -> None:
-    """A backend that cannot run here: skipped with the reason, a failure under CI."""
-    if os.environ.get("KIM_CI"):
-        pytest.fail(f"store backend unavailable under CI: {reason}")
-    pytest.skip(reason)
+#: every backend the contract suite runs against
+BACKENDS = [Backend("sqlite", _embedded), Backend("postgresql", _postgresql, shared=True)]
+#: the backends several nodes share: the contract tests with two Store objects run on these
+SHARED_BACKENDS = [b for b in BACKENDS if b.shared]
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest) -> str:
     backend: Backend = request.param
-    return backend.prepare(tmp_path)
+    return backend.prepare(request)
+
+
+@pytest.fixture(params=SHARED_BACKENDS, ids=[b.name for b in SHARED_BACKENDS])
+def shared_store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty store that two Store objects (two nodes) open at once."""
+    backend: Backend = request.param
+    return backend.prepare(request)
 
 
 @pytest.fixture

@@ -118,10 +118,10 @@ async def test_one_process_per_data_dir(tmp_path: Path) -> None:
 
 
 async def test_urls_no_backend_understands_are_refused(tmp_path: Path) -> None:
-    for url, match in (("postgresql://u@h/db", "PostgreSQL"), ("mysql://x", "not a store URL")):
-        with pytest.raises(StoreError, match=match):
-            async with open_store(url, tmp_path):
-                pass
+    # (postgresql:// URLs are the PostgreSQL backend's: tests/store/postgres/)
+    with pytest.raises(StoreError, match="not a store URL"):
+        async with open_store("mysql://x", tmp_path):
+            pass
 
 
 async def test_the_open_sweeps_crash_orphans_and_drops_dead_claims(tmp_path: Path) -> None:
