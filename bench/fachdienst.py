@@ -51,7 +51,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kim_appliance.store.sqlite import BLOB_DIR
+from kim_appliance.store.sqlite import BLOB_DIR, STORE_DIR
 
 MIB = 1024 * 1024
 WRITE_SIZE = MIB
@@ -338,26 +338,32 @@ def vm_status(pid: int, key: str) -> float:
 
 def prepare(data_dir: Path, compress: bool) -> None:
     """The demo setup plus ten bench mailboxes on fd1 (all test-only)."""
+    import trio
+
     from kim_appliance.appliance import prepare_data_dir
     from kim_appliance.store import Account, open_store
     from kim_appliance.store.passwords import hash_password
 
-    prepare_data_dir(data_dir)
+    trio.run(prepare_data_dir, data_dir)
     if compress:
         config = data_dir / "config.toml"
         text = config.read_text(encoding="utf-8")
         config.write_text(text.replace("compress_blobs = false", "compress_blobs = true"))
     password_hash = hash_password(PASSWORD)
-    with open_store(data_dir / "fachdienst" / DOMAIN) as store:
-        for i in range(CONNECTIONS):
-            store.create_account(
-                Account(
-                    address=bench_address(i),
-                    password_hash=password_hash,
-                    telematik_id=f"1-bench-{i:02d}",
-                    display_name=f"Bench {i:02d} TEST-ONLY",
+
+    async def add_mailboxes() -> None:
+        async with open_store(None, data_dir) as store:
+            for i in range(CONNECTIONS):
+                await store.accounts.create(
+                    Account(
+                        address=bench_address(i),
+                        password_hash=password_hash,
+                        telematik_id=f"1-bench-{i:02d}",
+                        display_name=f"Bench {i:02d} TEST-ONLY",
+                    )
                 )
-            )
+
+    trio.run(add_mailboxes)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -525,7 +531,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.pid,
             )
             rss_after_smtp = vm_status(proc.pid, "VmHWM")
-            stored = stored_bytes(data_dir / "fachdienst" / DOMAIN / BLOB_DIR)
+            stored = stored_bytes(data_dir / STORE_DIR / BLOB_DIR)
             reset_peak_rss(proc.pid)
             got = parallel([partial(pop3_retrieve, pop3, ctx, u) for u in users], proc.pid)
             rss_after_pop3 = vm_status(proc.pid, "VmHWM")

@@ -429,10 +429,10 @@ def pop3_session(
 
 
 def stored_counts(data_dir: Path) -> dict[str, int]:
-    """Messages per mailbox in every Fachdienst's store, read from its SQLite database
-    (read-only, no login: waiting for the relay must not load the appliance with scrypt)."""
+    """Messages per mailbox in the appliance's store, read from its SQLite database (read-only,
+    no login: waiting for the relay must not load the appliance with scrypt)."""
     counts: dict[str, int] = {}
-    for database in sorted((data_dir / "fachdienst").glob("*/mail.sqlite3")):
+    for database in sorted((data_dir / "store").glob("kim.sqlite3")):
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
             rows = db.execute(
                 "SELECT a.address, count(*) FROM messages m JOIN accounts a "
@@ -525,6 +525,8 @@ def parallel(jobs: list[Callable[[], Any]], server_pid: int) -> Timed:
 def prepare(data_dir: Path, participants: int) -> None:
     """The demo setup, then bench-only participants up to ``participants`` (cards, keys,
     directory entries and mailboxes all derive from demo.json), then the rest of the data dir."""
+    import trio
+
     from kim_appliance import demo
     from kim_appliance.appliance import prepare_data_dir
     from kim_appliance.pki import Algorithm, TestPki
@@ -553,7 +555,9 @@ def prepare(data_dir: Path, participants: int) -> None:
             card_dir = data_dir / "cards" / participant.local_part
             info["participants"].append(demo.issue_participant(pki, participant, card_dir))
         demo.write_json_atomically(data_dir / "demo.json", info)
-    prepare_data_dir(data_dir)
+        # the Konnektor's cards: konnektor.json as init wrote it, plus the bench cards
+        demo.konnektor_config(data_dir, info["participants"]).save(data_dir / "konnektor.json")
+    trio.run(prepare_data_dir, data_dir)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:

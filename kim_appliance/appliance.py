@@ -1,33 +1,38 @@
 """The appliance process: every component as a task of one trio nursery.
 
-:func:`run_appliance` prepares the data dir (the demo setup on first start), opens each
-Fachdienst's store, starts the components in the ``trio.serve_listeners`` shape under a
-:class:`~kim_appliance.serving.Supervisor` (a component that fails is restarted on its ports
-with backoff while the others serve on; every connection of every listener runs under the
-guard of :mod:`kim_appliance.serving.guard`), and once every listener is bound writes
-``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling it (Ctrl-C, SIGTERM)
-stops every listener; ``endpoints.json`` is removed and the stores are closed on the way out.
-Messages are durable before they are acknowledged, so a kill at any moment loses nothing that
-was acknowledged. ``components`` (``run --components``) starts only some of them: a Konnektor
-and VZD process for a practice, a Clientmodul process pointed at them (``[clientmodul]
-konnektor``/``directory``) and at outside Fachdienste (``[clientmodul.fachdienste]``); the
-sections of components that do not run are absent from ``endpoints.json``.
+:func:`run_appliance` prepares the data dir (the demo setup on first start), opens the
+appliance's one store (kim_appliance.store: every durable or shared piece of state of the
+Fachdienste and the VZD) and hands it to the components, starts them in the
+``trio.serve_listeners`` shape under a :class:`~kim_appliance.serving.Supervisor` (a component
+that fails is restarted on its ports with backoff while the others serve on; every connection
+of every listener runs under the guard of :mod:`kim_appliance.serving.guard`), and once every
+listener is bound writes ``endpoints.json`` atomically (the contract in DESIGN.md). Cancelling
+it (Ctrl-C, SIGTERM) stops every listener; ``endpoints.json`` is removed and the store is
+closed on the way out. Messages are durable before they are acknowledged, so a kill at any
+moment loses nothing that was acknowledged. This module is the only one that opens the store;
+it reads ``demo.json`` only for the console, which shows the demo participants' passwords to
+the developer. ``components``
+(``run --components``) starts only some of them: a Konnektor and VZD process for a practice, a
+Clientmodul process pointed at them (``[clientmodul] konnektor``/``directory``) and at outside
+Fachdienste (``[clientmodul.fachdienste]``); the sections of components that do not run are
+absent from ``endpoints.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
@@ -46,15 +51,15 @@ from kim_appliance.config import Config, DomainConfig
 from kim_appliance.directory import BASE_DN, DirectoryStore, serve_directory
 from kim_appliance.directory.server import DirectoryAddresses
 from kim_appliance.errors import ConfigError
-from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
 from kim_appliance.fachdienst.account_manager import account_manager_routes
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.admin_api import admin_routes
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.kas import kas_routes, run_kas_expiry
-from kim_appliance.fachdienst.kas_store import KasStore
+from kim_appliance.fachdienst.rest import fachdienst_app
 from kim_appliance.fachdienst.service import FachdienstAddresses, serve_fachdienst
-from kim_appliance.konnektor import infomodell as konnektor_infomodell
+from kim_appliance.konnektor.faults import Publisher, Renewal
+from kim_appliance.konnektor.infomodell import FILE_NAME as KONNEKTOR_FILE
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.konnektor.soap import KonnektorAddress, serve_konnektor
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
@@ -62,10 +67,8 @@ from kim_appliance.pki.jwt import verify_jwt
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.serving import ConnectionBudget, Supervisor, raise_nofile_limit
 from kim_appliance.serving.http import serve_asgi
-from kim_appliance.store import Account, MailStore, open_store
-from kim_appliance.store.passwords import hash_password
+from kim_appliance.store import Store, open_store
 from kim_appliance.web.console import ConsoleState, serve_console
-from kim_appliance.web.server import fachdienst_app
 
 ENDPOINTS_FILE = "endpoints.json"
 #: what ``run --components`` may name; all of them run by default (DESIGN.md contract)
@@ -106,8 +109,9 @@ class Components:
             ) from exc
 
 
-def prepare_data_dir(data_dir: Path) -> None:
-    """Initialise an empty or missing data dir with the demo setup (DESIGN.md contract)."""
+def prepare_files(data_dir: Path) -> None:
+    """The files of a data dir: the demo setup of an empty or missing one (DESIGN.md contract),
+    config.toml, the administrators' token. Blocking."""
     if not demo.is_initialised(data_dir):
         demo.initialise(data_dir)
     if not (data_dir / config_module.CONFIG_FILE).exists():
@@ -117,12 +121,27 @@ def prepare_data_dir(data_dir: Path) -> None:
     if not token.exists():
         token.write_text(secrets.token_urlsafe(32) + "\n", encoding="ascii")
         os.chmod(token, 0o600)
-    # the emulated Konnektor's cards and Infomodell (konnektor.json), derived from the demo
-    konnektor_infomodell.load_or_create(data_dir)
-    # the directory entries of the demo participants (directory.json)
-    directory = DirectoryStore.open(data_dir)
-    if len(directory) == 0:
-        directory.populate_from_demo(data_dir)
+    if not (data_dir / KONNEKTOR_FILE).exists():
+        # a data dir of a version that wrote konnektor.json at the first run only
+        participants = demo.load_demo(data_dir)["participants"]
+        demo.konnektor_config(data_dir, participants).save(data_dir / KONNEKTOR_FILE)
+
+
+def store_url_of(config: Config, store_url: str | None) -> str | None:
+    """The store to open: ``--store`` if given, else ``[store] url`` (None: embedded)."""
+    return store_url if store_url is not None else config.store.url
+
+
+async def prepare_data_dir(data_dir: Path, store_url: str | None = None) -> str:
+    """Initialise ``data_dir`` without running: :func:`prepare_files`, then the demo's
+    initial state written through the store (``kim-appliance init``; ``store_url`` as
+    ``--store``). Returns the store's description (no password)."""
+    await trio.to_thread.run_sync(prepare_files, data_dir)
+    config = config_module.load(data_dir)
+    url = store_url_of(config, store_url)
+    async with open_store(url, data_dir, compress=config.fachdienst.compress_blobs) as store:
+        await demo.populate(store, data_dir)
+        return store.description
 
 
 def parse_components(text: str) -> frozenset[str]:
@@ -142,13 +161,15 @@ async def run_appliance(
     *,
     ephemeral_ports: bool = False,
     components: Collection[str] = COMPONENTS,
+    store_url: str | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the ``components`` (default: every one) until cancelled; report the endpoints
-    through ``task_status``."""
+    through ``task_status``. ``store_url`` is ``--store`` (None: ``[store] url`` of
+    config.toml, else embedded)."""
     running = frozenset(components)
     data_dir = data_dir.resolve()
-    await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+    await trio.to_thread.run_sync(prepare_files, data_dir)
     config = config_module.load(data_dir)
     if ephemeral_ports:
         config = config.with_ephemeral_ports()
@@ -156,7 +177,8 @@ async def run_appliance(
     raise_nofile_limit()
     budget = ConnectionBudget.from_nofile_limit()
     pki = await trio.to_thread.run_sync(TestPki.load, data_dir / "pki")
-    participants = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
+    # for the console only: it shows the demo participants' passwords to the developer
+    participants = await trio.to_thread.run_sync(demo.load_demo, data_dir)
     endpoints_file = data_dir / ENDPOINTS_FILE
     relay = RelayEndpoints()
     for domain, target in config.fachdienst.relay_map.items():
@@ -165,35 +187,26 @@ async def run_appliance(
     _check_components(running, config)
     domains = config.fachdienst.domains if "fachdienst" in running else ()
     closers: list[Callable[[], Awaitable[None]]] = []
-    with ExitStack() as stack:
-        stores = {
-            d.domain: stack.enter_context(_opened_store(data_dir, d, config)) for d in domains
-        }
-        # the stores hold the data dir's locks now: an endpoints.json left by a killed run is
+    url = store_url_of(config, store_url)
+    async with open_store(url, data_dir, compress=config.fachdienst.compress_blobs) as store:
+        log.info("store: %s", store.description)
+        # the store holds the data dir's lock now: an endpoints.json left by a killed run is
         # stale (its ports are gone), and a caller polling for the file must not read it
         endpoints_file.unlink(missing_ok=True)
-        for domain, store in stores.items():
-            await trio.to_thread.run_sync(_seed_accounts, store, participants, domain)
+        await demo.populate(store, data_dir)
+        directory_store = await DirectoryStore.open(store.directory)
         try:
             async with trio.open_nursery() as nursery:
                 parts = Components(Supervisor(nursery, log), budget, data_dir, config, pki)
                 fachdienste: dict[str, dict[str, str]] = {}
                 bound: dict[str, FachdienstAddresses] = {}
-                directory_store = await trio.to_thread.run_sync(_open_directory, data_dir)
                 for d in domains:
                     fd = await trio.to_thread.run_sync(
-                        _build_fachdienst, data_dir, pki, d, config, stores[d.domain], relay
+                        _build_fachdienst, data_dir, pki, d, config, store, relay
                     )
-                    # before the Fachdienst's tasks start: its retention pass purges the KAS
-                    # uploads and VZD addresses of deregistered accounts (KOM-LE-A_2155)
+                    # before the Fachdienst's tasks start: its retention pass purges the
+                    # VZD addresses of deregistered accounts (KOM-LE-A_2155)
                     fd.directory = directory_store
-                    fd.kas = stack.enter_context(
-                        closing(
-                            await trio.to_thread.run_sync(
-                                KasStore.open, data_dir / "fachdienst" / d.domain / "kas"
-                            )
-                        )
-                    )
                     addresses: FachdienstAddresses = await parts.start(
                         f"fachdienst {d.domain}",
                         partial(_fachdienst_task, parts, fd, d),
@@ -208,7 +221,12 @@ async def run_appliance(
                     }
                 # every domain is registered now: the relay workers may start (issue 11)
                 relay.complete.set()
-                endpoints: dict[str, Any] = {"tls_ca": str(data_dir / "pki" / "tls-ca.pem")}
+                endpoints: dict[str, Any] = {
+                    # the process that wrote the file: a script waiting for it after a crash
+                    # tells a stale file by a pid that is not running (DESIGN.md contract)
+                    "pid": os.getpid(),
+                    "tls_ca": str(data_dir / "pki" / "tls-ca.pem"),
+                }
                 if fachdienste:
                     endpoints["fachdienste"] = fachdienste
                 if "directory" in running:
@@ -216,9 +234,14 @@ async def run_appliance(
                 card_service: Konnektor | None = None
                 if "konnektor" in running:
                     endpoints["konnektor"], card_service = await _start_konnektor(parts)
+                    # `kim-appliance card renew ICCSN:ENC:...`: the new certificate goes into
+                    # the VZD
+                    card_service.admin.publisher = vzd_publisher(
+                        directory_store, trio.lowlevel.current_trio_token()
+                    )
                 if "clientmodul" in running:
                     konnektor_port, directory_port, partners = await _clientmodul_ports(
-                        parts, card_service, directory_store, endpoints, stack, closers
+                        parts, card_service, directory_store, endpoints, closers
                     )
                     rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                     listening = await _start_clientmodul(
@@ -229,7 +252,13 @@ async def run_appliance(
                 if "console" in running:
                     # the console keeps this dict: it shows its own entry too
                     endpoints["console"] = await _start_console(
-                        parts, card_service, stores, directory_store, participants, endpoints
+                        parts,
+                        card_service,
+                        store,
+                        [d.domain for d in domains],
+                        directory_store,
+                        participants,
+                        endpoints,
                     )
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running (%s): %s", ",".join(sorted(running)),
@@ -276,7 +305,8 @@ def _fachdienst_task(
 async def _start_console(
     parts: Components,
     konnektor: Konnektor | None,
-    stores: dict[str, MailStore],
+    store: Store,
+    domains: Sequence[str],
     directory: DirectoryStore,
     participants: dict[str, Any],
     endpoints: dict[str, Any],
@@ -284,7 +314,8 @@ async def _start_console(
     """The web console (DESIGN.md ``web/``): plain HTTP on the bind address."""
     state = ConsoleState(
         konnektor=konnektor,
-        stores=stores,
+        store=store,
+        domains=domains,
         directory=directory,
         demo=participants,
         endpoints=endpoints,
@@ -337,16 +368,31 @@ async def _start_konnektor(parts: Components) -> tuple[dict[str, str], Konnektor
     return {"sds": address.sds_url, "admin": f"{address.base_url}/admin/faults"}, konnektor
 
 
+def vzd_publisher(directory: DirectoryStore, token: trio.lowlevel.TrioToken) -> Publisher:
+    """The Konnektor's hook for a renewed ENC certificate (``card renew``): the card's VZD entry
+    gets the new certificate in place of the old one, so senders encrypt for the new key. It is
+    called from the worker thread that runs the admin request, and hops to the trio thread of
+    ``token`` where the directory lives; a card without a VZD entry has nothing to publish."""
+
+    async def publish(renewal: Renewal) -> None:
+        if renewal.telematik_id is None:
+            return
+        entry = directory.get(renewal.telematik_id)
+        old, new = (c.public_bytes(Encoding.DER) for c in (renewal.old, renewal.new))
+        certificates = tuple(new if c == old else c for c in entry.certificates)
+        if new not in certificates:
+            certificates = (*certificates, new)
+        await directory.put_entry(dataclasses.replace(entry, certificates=certificates))
+
+    def publisher(renewal: Renewal) -> None:
+        trio.from_thread.run(publish, renewal, trio_token=token)
+
+    return publisher
+
+
 def _admin_token(data_dir: Path) -> str:
     """The administrators' token (``DATA_DIR/admin-token``, made by :func:`prepare_data_dir`)."""
     return (data_dir / ADMIN_TOKEN_FILE).read_text(encoding="ascii").strip()
-
-
-def _open_directory(data_dir: Path) -> DirectoryStore:
-    store = DirectoryStore.open(data_dir)
-    if len(store) == 0:
-        store.populate_from_demo(data_dir)
-    return store
 
 
 async def _start_rest(
@@ -364,15 +410,11 @@ async def _start_rest(
             claims["telematikID"] = verified.telematik_id
         return claims
 
-    fd_dir = data_dir / "fachdienst" / domain.domain
-    kas = fd.kas
-    assert kas is not None, "run_appliance opens the KAS store before the REST services"
-    state = await trio.to_thread.run_sync(AccountManagerState.open, fd_dir)
     # the sharedLink names this listener: bind first with a placeholder, then fill in the port
     base: dict[str, str] = {}
     routes = [
-        *account_manager_routes(fd, directory=directory, pki=pki, verify_jwt=verify, state=state),
-        *kas_routes(fd, base_url=lambda: base["url"], kas=kas),
+        *account_manager_routes(fd, directory=directory, pki=pki, verify_jwt=verify),
+        *kas_routes(fd, base_url=lambda: base["url"]),
         *admin_routes(fd, token=_admin_token(data_dir)),
     ]
     app = fachdienst_app(fd, extra_routes=routes)
@@ -394,7 +436,7 @@ async def _start_rest(
         f"{domain.domain} REST", make, ports=f"https_port {domain.https_port}"
     )
     base["url"] = f"https://{_join(*bound)}"
-    parts.supervisor.start_soon(f"{domain.domain} KAS expiry", partial(run_kas_expiry, kas))
+    parts.supervisor.start_soon(f"{domain.domain} KAS expiry", partial(run_kas_expiry, fd))
     return base["url"]
 
 
@@ -424,6 +466,8 @@ async def _start_directory(
             budget=parts.budget,
         )
 
+    # changes made on another node sharing the store reach the Clientmodul's lookups too
+    parts.supervisor.start_soon("directory changes", store.watch)
     addresses: DirectoryAddresses = await parts.start(
         "directory",
         make,
@@ -442,7 +486,6 @@ async def _clientmodul_ports(
     konnektor: Konnektor | None,
     directory: DirectoryStore,
     endpoints: dict[str, Any],
-    stack: ExitStack,
     closers: list[Callable[[], Awaitable[None]]],
 ) -> tuple[KonnektorPort, DirectoryPort, dict[str, str]]:
     """The Clientmodul's Konnektor and directory ports as ``[clientmodul]`` configures them,
@@ -476,7 +519,11 @@ async def _clientmodul_ports(
         ldap = LdapDirectory(
             LdapSettings(url, Path(cm.directory_ca) if cm.directory_ca else tls_ca)
         )
-        stack.callback(ldap.close)
+
+        async def close_ldap(ldap: LdapDirectory = ldap) -> None:
+            await trio.to_thread.run_sync(ldap.close)
+
+        closers.append(close_ldap)
         directory_port = ldap
         partners["directory"] = url
     log.info("clientmodul: konnektor %s, directory %s", partners["konnektor"],
@@ -598,38 +645,12 @@ async def _start_clientmodul(
     return {"smtp": _join(*addresses.smtp), "pop3": _join(*addresses.pop3)}
 
 
-@contextmanager
-def _opened_store(data_dir: Path, domain: DomainConfig, config: Config) -> Iterator[MailStore]:
-    store = open_store(
-        data_dir / "fachdienst" / domain.domain, compress=config.fachdienst.compress_blobs
-    )
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def _seed_accounts(store: MailStore, participants: dict[str, Any], domain: str) -> None:
-    """Create the demo participants' mailboxes (passwords stored hashed, KOM-LE-A_2164)."""
-    for p in participants["participants"]:
-        if p["fachdienst"] != domain or store.get_account(p["address"]) is not None:
-            continue
-        store.create_account(
-            Account(
-                address=p["address"],
-                password_hash=hash_password(p["password"]),
-                telematik_id=p["telematik_id"],
-                display_name=p["display_name"],
-            )
-        )
-
-
 def _build_fachdienst(
     data_dir: Path,
     pki: TestPki,
     domain: DomainConfig,
     config: Config,
-    store: MailStore,
+    store: Store,
     relay: RelayEndpoints,
 ) -> Fachdienst:
     tls_dir = data_dir / "tls"
@@ -643,6 +664,7 @@ def _build_fachdienst(
         store=store,
         auth=Authenticator(
             store,
+            domain=domain.domain,
             max_failed_logins=fd_config.max_failed_logins,
             lockout_seconds=fd_config.lockout_seconds,
         ),

@@ -1,9 +1,18 @@
 """The ``kim-appliance`` command line (the contract in DESIGN.md).
 
-``init`` creates a data dir with the demo setup; ``message seal`` and ``message open`` make and
-read KIM messages offline, for users debugging their messages and for outside tests. Exit codes
-of ``message open``: 0 decrypted and verified, 2 cannot decrypt, 3 signature or header check
-failed; any usage or input error exits 1 with a message on stderr.
+``init`` creates a data dir with the demo setup (``--store URL``: its state in PostgreSQL) and
+``run`` runs the appliance; ``store copy`` moves an embedded store into PostgreSQL; ``fault``,
+``account`` and ``card renew`` talk to a running appliance through its admin APIs; ``card
+import`` edits a stopped one; ``message seal`` and ``message open`` make and read KIM messages
+offline, for users debugging their messages and for outside tests.
+
+Exit codes: 0 done; 1 the command could not be carried out (the message on stderr says why:
+a file missing, no appliance running, a refusal of the appliance); 64 (EX_USAGE of sysexits.h)
+the command line itself is wrong, with the usage of the (sub)command that was given; 130
+interrupted. ``message open`` adds its results: 2 cannot decrypt, 3 the signature, the signer's
+certificate or the header comparison failed, or the signer could not be checked. A reader of
+stdout that goes away (``| head``) ends the command quietly. This module parses, calls and
+prints; it must never decide a protocol question itself.
 """
 
 from __future__ import annotations
@@ -14,38 +23,152 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from kim_appliance.errors import KimError
 from kim_appliance.store.base import StoreError
 
 if TYPE_CHECKING:
     from kim_appliance.mail.seal import Certified
+    from kim_appliance.pki import TrustStore
 
 DEFAULT_DATA_DIR = Path("kim-data")
+#: sysexits.h EX_USAGE: the command was used incorrectly (DESIGN.md: every command's usage
+#: errors; never 2 or 3, which ``message open`` uses for its results)
+EX_USAGE: Final = 64
+#: the exit status after the reader of stdout went away: 128 + SIGPIPE, as a shell reports a
+#: tool ended by the signal
+EXIT_CLOSED_PIPE: Final = 141
+#: the PIN state of a card that is ready for KIM (the demo and imported cards start so)
+_READY_PINS: Final = ("VERIFIED", "DISABLED")
+
+
+class UsageError(KimError):
+    """The command line is wrong in a way the parser cannot see (an option's value has the
+    wrong form): exit 64 with the message."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that names every option's default (the ones that have a meaningful one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the exit status of the contract (64) and errors reported by the
+    subcommand that was given, with its own usage (argparse reports a subcommand's unknown
+    options with the top-level usage)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kim-appliance")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _data_dir(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """``--data-dir``; on an action below a command (``account list``) it may also follow the
+    action, and the command's default stays."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS if inherited else DEFAULT_DATA_DIR,
+        help="the appliance's data dir" + (f" (default: {DEFAULT_DATA_DIR})" if inherited else ""),
+    )
+
+
+STORE_HELP = (
+    "where the state is kept: postgresql://USER[:PASSWORD]@HOST:PORT/DB, or sqlite for the "
+    "embedded store in the data dir (default: [store] url of config.toml, else embedded)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kim-appliance",
         description="A complete KIM system (Fachdienst, Clientmodul, Konnektor, VZD) on one box.",
+        epilog="Exit status: 0 done, 1 failed (stderr says why), 64 wrong command line; "
+        "`message open` also 2 and 3.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(commands)
+    _add_run(commands)
+    _add_store(commands)
+    _add_fault(commands)
+    _add_account(commands)
+    _add_card(commands)
+    _add_message(commands)
+    return parser
 
-    init = commands.add_parser("init", help="initialise a data dir with the demo setup")
-    init.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
+#: what ``add_subparsers`` returns (a class of argparse, generic in typeshed)
+Commands = argparse._SubParsersAction
+
+
+def _add_init(commands: Commands[_Parser]) -> argparse.ArgumentParser:
+    init = commands.add_parser(
+        "init",
+        help="initialise a data dir with the demo setup",
+        description="Create the test PKI, the demo participants with their cards, the "
+        "Konnektor's konnektor.json, the VZD entries and config.toml in DIR (missing or "
+        "empty); the participants go to DIR/demo.json. `run` does this by itself on first "
+        "start.",
+    )
+    _data_dir(init)
+    init.add_argument("--store", metavar="URL", help=STORE_HELP)
+    return init
+
+
+def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the appliance (initialises an empty or missing data dir first)",
-        description="Start every component; DATA_DIR/endpoints.json lists the bound addresses "
+        description="Start every component; DIR/endpoints.json lists the bound addresses "
         "once all listeners are up. Stop with Ctrl-C or SIGTERM.",
     )
-    run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    _data_dir(run)
     run.add_argument(
-        "--ephemeral-ports", action="store_true", help="bind every listener to a free port"
+        "--ephemeral-ports",
+        action="store_true",
+        help="bind every listener to a free port (read them from DIR/endpoints.json)",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="what goes to stderr",
+    )
+    run.add_argument("--store", metavar="URL", help=STORE_HELP)
     run.add_argument(
         "--components",
         type=_components,
@@ -55,89 +178,204 @@ def build_parser() -> argparse.ArgumentParser:
         "console (default: all); e.g. konnektor,directory here and clientmodul elsewhere with "
         "[clientmodul] konnektor/directory pointing here",
     )
+    return run
 
+
+def _add_store(commands: Commands[_Parser]) -> argparse.ArgumentParser:
+    store = commands.add_parser("store", help="move the appliance's stored state")
+    store_verbs = store.add_subparsers(dest="store_action", required=True, metavar="ACTION")
+    copy = store_verbs.add_parser(
+        "copy",
+        help="copy the embedded store of a data dir into PostgreSQL (appliance stopped)",
+        description="Copies accounts, tombstones, lockouts, mailboxes with their bodies, the "
+        "relay queue, KAS uploads, registration codes, the directory and the reply ledger of "
+        "DIR's embedded store into the PostgreSQL store at URL, then verifies counts per "
+        "table and the SHA-256 of every body. Exit 0 only when verified.",
+    )
+    _data_dir(copy)
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="postgresql://USER[:PW]@HOST:PORT/DB"
+    )
+    copy.add_argument(
+        "--force", action="store_true", help="empty a target store that holds data first"
+    )
+    return store
+
+
+def _add_fault(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     fault = commands.add_parser(
         "fault",
         help="switch Konnektor faults of a running appliance on or off",
-        description="Talks to the running appliance's Konnektor admin API (endpoints.json). "
-        "Without options it prints the current fault status.",
+        description="Talks to the running appliance's Konnektor admin API (DIR/endpoints.json, "
+        "DIR/admin-token) and prints what is switched on afterwards; without options it only "
+        "prints that. Switches given together are applied in the order listed here; the card "
+        "switches repeat.",
     )
-    fault.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    fault.add_argument("--card-removed", metavar="ICCSN", help="pull a card out")
-    fault.add_argument("--card-inserted", metavar="ICCSN", help="put a card back")
-    fault.add_argument("--pin-blocked", metavar="ICCSN", help="block a card's PIN")
+    _data_dir(fault)
+    fault.add_argument(
+        "--clear",
+        action="store_true",
+        help="first switch every fault off: every card inserted with its PINs VERIFIED, no "
+        "latency, reachable (revocations stay: renew the certificate with `card renew`)",
+    )
+    fault.add_argument(
+        "--card-removed",
+        action="append",
+        metavar="ICCSN",
+        help="pull a card out (4008 on its next use)",
+    )
+    fault.add_argument(
+        "--card-inserted",
+        action="append",
+        metavar="ICCSN",
+        help="put a card back (new card handle; its PIN is VERIFIABLE until --verify-pin)",
+    )
+    fault.add_argument(
+        "--pin-blocked",
+        action="append",
+        metavar="ICCSN",
+        help="block a card's PIN (PinStatus BLOCKED, 4085)",
+    )
+    fault.add_argument(
+        "--unblock-pin",
+        action="append",
+        metavar="ICCSN",
+        help="unblock a card's PIN as with the PUK (BLOCKED becomes VERIFIABLE)",
+    )
+    fault.add_argument(
+        "--verify-pin",
+        action="append",
+        metavar="ICCSN",
+        help="the user types the card's PIN (VERIFIABLE becomes VERIFIED: the card works again)",
+    )
     fault.add_argument(
         "--revoke",
+        action="append",
         metavar="ICCSN:PURPOSE:CRYPT",
-        help="revoke a card certificate, e.g. 80276883110000100001:ENC:RSA",
+        help="revoke a card certificate in the test PKI, e.g. 80276883110000100001:ENC:RSA "
+        "(cannot be undone; `card renew` replaces it)",
     )
     fault.add_argument(
-        "--unreachable", choices=["on", "off"], help="the Konnektor stops/starts answering"
+        "--latency-ms",
+        type=int,
+        metavar="MS",
+        help="latency of every card key operation, 0 to 60000 (0 switches it off)",
     )
-    fault.add_argument("--latency-ms", type=int, help="latency of every card key operation")
-    fault.add_argument("--clear", action="store_true", help="switch every fault off")
+    fault.add_argument(
+        "--unreachable",
+        choices=["on", "off"],
+        help="the Konnektor stops (on) or starts (off) answering",
+    )
+    fault.add_argument(
+        "--json",
+        action="store_true",
+        help="print the Konnektor's whole fault state as JSON instead of the summary",
+    )
+    return fault
 
+
+def _add_account(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     account = commands.add_parser(
         "account",
         help="manage the mailboxes of a running appliance",
-        description="Talks to the running appliance's Fachdienst admin API (endpoints.json, "
-        "DATA_DIR/admin-token). The Fachdienst is chosen by the address's domain.",
+        description="Talks to the running appliance's Fachdienst admin API (DIR/endpoints.json, "
+        "DIR/admin-token). The Fachdienst is chosen by the address's domain.",
     )
-    account.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    _data_dir(account)
     actions = account.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list the mailboxes of every Fachdienst")
-    listing.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    _data_dir(listing, inherited=True)
     add = actions.add_parser("add", help="add a mailbox")
-    add.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    add.add_argument("address")
-    add.add_argument("--password", required=True)
-    add.add_argument("--display-name")
-    add.add_argument("--telematik-id")
+    _data_dir(add, inherited=True)
+    add.add_argument("address", help="the new KIM address, e.g. praxis.neu@fd1.kim.telematik-test")
+    add.add_argument("--password", required=True, help="its password")
+    add.add_argument("--display-name", help="the name shown to others (default: none)")
+    add.add_argument("--telematik-id", help="the Telematik-ID of its owner (default: none)")
     password = actions.add_parser("password", help="set a mailbox's password (unlocks it)")
-    password.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    password.add_argument("address")
-    password.add_argument("--password", required=True)
+    _data_dir(password, inherited=True)
+    password.add_argument("address", help="the KIM address")
+    password.add_argument("--password", required=True, help="the new password")
     dereg = actions.add_parser("deregister", help="deregister: no sending or receiving")
-    dereg.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    dereg.add_argument("address")
-    dereg.add_argument("--pop3-days", type=int, default=30, help="POP3 keeps working this long")
+    _data_dir(dereg, inherited=True)
+    dereg.add_argument("address", help="the KIM address")
+    dereg.add_argument(
+        "--pop3-days", type=int, default=30, help="days POP3 keeps working for the owner"
+    )
     ooo = actions.add_parser("out-of-office", help="switch an absence note on or off")
-    ooo.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    ooo.add_argument("address")
-    ooo.add_argument("--message")
-    ooo.add_argument("--until", help="ISO 8601 date or date-time (default: a year)")
+    _data_dir(ooo, inherited=True)
+    ooo.add_argument("address", help="the KIM address")
+    ooo.add_argument("--message", help="the note's text (needed with --on)")
+    ooo.add_argument("--until", help="ISO 8601 date or date-time (default: a year from now)")
     switch = ooo.add_mutually_exclusive_group(required=True)
-    switch.add_argument("--on", dest="active", action="store_true")
-    switch.add_argument("--off", dest="active", action="store_false")
+    switch.add_argument("--on", dest="active", action="store_true", help="switch it on")
+    switch.add_argument("--off", dest="active", action="store_false", help="switch it off")
+    return account
 
+
+def _add_card(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     card = commands.add_parser(
         "card",
-        help="put your own keys on an emulated card (appliance stopped)",
-        description="Offline, before `run`: the Konnektor reads konnektor.json at start, so an "
-        "imported card survives restarts and private keys never go over the network.",
+        help="put your own keys on an emulated card, or renew a card's certificate",
+        description="`import` works offline, before `run`: the Konnektor reads konnektor.json "
+        "at start, so an imported card survives restarts and private keys never go over the "
+        "network. `renew` works on the running appliance: the new certificate goes into its VZD.",
     )
-    card.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    _data_dir(card)
     card_verbs = card.add_subparsers(dest="card_action", required=True, metavar="ACTION")
     card_import = card_verbs.add_parser(
         "import",
-        help="add a card with PEM key/certificate pairs (purpose from the certificate)",
+        help="add a card with PEM key/certificate pairs (appliance stopped)",
+        description="The purpose of each key (ENC, OSIG, AUT, QES) and the card type come "
+        "from its certificate's policies (digest §2.9).",
     )
-    card_import.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    _data_dir(card_import, inherited=True)
     card_import.add_argument("--iccsn", required=True, help="20 digits, unique in the Konnektor")
     card_import.add_argument(
-        "--key", type=Path, action="append", required=True, help="PEM private key (repeatable)"
+        "--key",
+        type=Path,
+        action="append",
+        required=True,
+        help="PEM private key, unencrypted (repeatable, one per --cert)",
     )
     card_import.add_argument(
-        "--cert", type=Path, action="append", required=True, help="its PEM certificate"
+        "--cert",
+        type=Path,
+        action="append",
+        required=True,
+        help="the PEM certificate of the --key at the same position (repeatable)",
     )
-    card_import.add_argument("--type", choices=["SMC-B", "HBA"], help="default: from the certs")
+    card_import.add_argument(
+        "--type", choices=["SMC-B", "HBA"], help="the card type (default: from the certificates)"
+    )
     card_import.add_argument("--holder", help="card holder name (default: the certificate CN)")
     card_import.add_argument(
-        "--telematik-id", help="default: registrationNumber of the Admission extension"
+        "--telematik-id",
+        help="the card's Telematik-ID (default: registrationNumber of the Admission extension)",
     )
-    card_import.add_argument("--mandant", help="default: the first Mandant of konnektor.json")
-    card_import.add_argument("--user-id", help="an HBA's holder (the POP3 username's UserId)")
+    card_import.add_argument(
+        "--mandant", help="the Mandant that sees the card (default: the first of konnektor.json)"
+    )
+    card_import.add_argument(
+        "--user-id", help="an HBA's holder, the POP3 username's UserId (needed for an HBA)"
+    )
+    renew = card_verbs.add_parser(
+        "renew",
+        help="a new key and certificate for one key of a card (running appliance)",
+        description="Issues a new key pair and certificate (same subject and profile) from the "
+        "test PKI, puts it on the card and into its key files (demo.json's export): the way out "
+        "of `fault --revoke`. A new ENC certificate must also go into the VZD, so senders find "
+        "it: the Konnektor refuses an ENC renewal it cannot publish there, and changes nothing.",
+    )
+    _data_dir(renew, inherited=True)
+    renew.add_argument(
+        "slot",
+        metavar="ICCSN:PURPOSE:CRYPT",
+        help="the key: ICCSN, ENC/OSIG/AUT/QES, RSA/ECC; e.g. 80276883110000100001:ENC:RSA",
+    )
+    return card
 
+
+def _add_message(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     message = commands.add_parser("message", help="seal or open a KIM message offline")
     verbs = message.add_subparsers(dest="verb", required=True, metavar="VERB")
     seal = verbs.add_parser(
@@ -146,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sign with the SMC-B OSIG key, encrypt for every --to certificate and the "
         "sender's own, and write the outer KIM mail (digest §2).",
     )
-    seal.add_argument("--signer-key", type=Path, required=True, help="PEM PKCS#8 OSIG key")
-    seal.add_argument("--signer-cert", type=Path, required=True, help="PEM C.HCI.OSIG cert")
+    seal.add_argument(
+        "--signer-key", type=Path, required=True, help="the sender's PEM PKCS#8 OSIG key"
+    )
+    seal.add_argument(
+        "--signer-cert", type=Path, required=True, help="its PEM C.HCI.OSIG certificate"
+    )
     seal.add_argument(
         "--from",
         dest="sender",
@@ -167,19 +409,42 @@ def build_parser() -> argparse.ArgumentParser:
     opener = verbs.add_parser(
         "open",
         help="decrypt and verify a KIM message (stdin) into the inner mail (stdout)",
-        description="Exit 0: decrypted and verified; 2: cannot decrypt; 3: signature, "
-        "certificate or header check failed. A report goes to stderr.",
+        description="Exit 0: decrypted and verified; 2: cannot decrypt; 3: the signature, "
+        "the signer's certificate or the header comparison failed, or the signer could not be "
+        "checked (IntegrityCheckResult 07: no trust anchors). A report goes to stderr.",
     )
-    opener.add_argument("--key", type=Path, action="append", required=True, help="PEM ENC key")
-    opener.add_argument("--cert", type=Path, action="append", required=True, help="PEM ENC cert")
+    opener.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        required=True,
+        help="a PEM ENC key of the recipient (repeatable, one per --cert)",
+    )
+    opener.add_argument(
+        "--cert",
+        type=Path,
+        action="append",
+        required=True,
+        help="the PEM certificate of the --key at the same position (repeatable)",
+    )
     opener.add_argument(
         "--trust",
         type=Path,
+        nargs="+",
         action="append",
-        default=[],
-        help="PEM of a trust anchor, intermediate CA or CRL (repeatable)",
+        metavar="PEM",
+        help="PEM files (or directories of them) with trust anchors, intermediate CAs and "
+        "CRLs; several after one --trust, and repeatable (default: those of --data-dir)",
     )
-    return parser
+    opener.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=DEFAULT_DATA_DIR,
+        help="without --trust, check the signer against DIR/pki (the test PKI's anchors and "
+        "CRLs) when it exists",
+    )
+    return message
 
 
 #: the umask of ``init`` and ``run``: whatever the appliance creates in the data dir (stores,
@@ -188,26 +453,24 @@ PRIVATE_UMASK = 0o077
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        if args.command in ("init", "run"):
-            os.umask(PRIVATE_UMASK)
-            from kim_appliance.demo import secure_data_dir
-
-            secure_data_dir(args.data_dir)
-        if args.command == "init":
-            return _init(args.data_dir)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "fault":
-            return _fault(args)
-        if args.command == "account":
-            return _account(args)
-        if args.command == "card":
-            return _card(args)
-        if args.verb == "seal":
-            return _seal(args)
-        return _open(args)
+        status = _dispatch(args)
+        # a reader that went away must be seen here, not at interpreter exit
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # `kim-appliance account list | head`: end quietly, as a Unix tool ended by SIGPIPE
+        # does; stdout goes to /dev/null so the interpreter's final flush fails no more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+    except UsageError as exc:
+        _usage_of(parser, args).print_usage(sys.stderr)
+        print(f"kim-appliance: error: {exc}", file=sys.stderr)
+        return EX_USAGE
     except (KimError, StoreError, OSError) as exc:
         print(f"kim-appliance: {exc}", file=sys.stderr)
         return 1
@@ -236,6 +499,44 @@ def _components(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("init", "run"):
+        from kim_appliance.store import check_url
+
+        check_url(args.store)  # before anything is written to the data dir
+        os.umask(PRIVATE_UMASK)
+        from kim_appliance.demo import secure_data_dir
+
+        secure_data_dir(args.data_dir)
+    if args.command == "init":
+        return _init(args.data_dir, args.store)
+    if args.command == "store":
+        return _store_copy(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "fault":
+        return _fault(args)
+    if args.command == "account":
+        return _account(args)
+    if args.command == "card":
+        return _card(args)
+    if args.verb == "seal":
+        return _seal(args)
+    return _open(args)
+
+
+def _usage_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``args`` came from (its usage goes with a UsageError)."""
+    current = parser
+    for name in ("command", "action", "card_action", "store_action", "verb"):
+        chosen = getattr(args, name, None)
+        actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if chosen is None or not actions:
+            continue
+        current = actions[0].choices.get(chosen, current)
+    return current
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups."""
     if isinstance(exc, BaseExceptionGroup):
@@ -243,21 +544,38 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _init(data_dir: Path) -> int:
+def _init(data_dir: Path, store_url: str | None) -> int:
     import json
+
+    import trio
 
     from kim_appliance import demo
     from kim_appliance.appliance import prepare_data_dir
 
-    if demo.is_initialised(data_dir):
+    if demo.is_initialised(data_dir) and store_url is None:
         print(f"{data_dir} is already initialised ({data_dir / 'demo.json'})", file=sys.stderr)
         return 0
-    prepare_data_dir(data_dir)
+    from kim_appliance.logs import configure
+
+    # the test PKI takes seconds: its progress lines (kim_appliance.pki, .demo) go to stderr
+    configure("INFO", stream=sys.stderr)
+    # with --store the demo's state goes into that store even for a data dir made before
+    where = trio.run(prepare_data_dir, data_dir, store_url)
     result = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
-    print(f"demo setup written to {data_dir / 'demo.json'}")
+    print(f"demo setup written to {data_dir / 'demo.json'}; state in the {where}")
     return 0
+
+
+def _store_copy(args: argparse.Namespace) -> int:
+    """``store copy``: the embedded store of a stopped appliance into PostgreSQL, verified."""
+    import trio
+
+    from kim_appliance.store.copy import copy_store
+
+    report = trio.run(lambda: copy_store(args.data_dir, args.to, force=args.force, out=sys.stdout))
+    return 0 if report.verified else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -280,6 +598,7 @@ def _run(args: argparse.Namespace) -> int:
                     args.data_dir,
                     ephemeral_ports=args.ephemeral_ports,
                     components=args.components or COMPONENTS,
+                    store_url=args.store,
                     task_status=task_status,
                 )
             )
@@ -298,29 +617,92 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    """POST the requested switches to the Konnektor admin API, print the resulting status."""
+    """POST the requested switches to the Konnektor admin API (GET the state when there are
+    none), print what is switched on (or the whole state with ``--json``)."""
     import json
 
-    endpoints, token = _running(args.data_dir)
     request: dict[str, object] = {}
     if args.clear:
         request["clear"] = True
-    for key in ("card_removed", "card_inserted", "pin_blocked"):
+    for key in ("card_removed", "card_inserted", "pin_blocked", "unblock_pin", "verify_pin"):
         if getattr(args, key):
-            request[key] = getattr(args, key)
+            request[key] = getattr(args, key)  # a list of ICCSNs (the option repeats)
     if args.revoke:
-        parts = args.revoke.split(":")
-        if len(parts) != 3:
-            raise KimError(f"--revoke {args.revoke!r}: expected ICCSN:PURPOSE:CRYPT")
-        request["revoke"] = dict(zip(("iccsn", "purpose", "crypt"), parts, strict=True))
-    if args.unreachable:
-        request["unreachable"] = args.unreachable == "on"
+        request["revoke"] = [_key_slot(slot, "--revoke") for slot in args.revoke]
     if args.latency_ms is not None:
         request["latency_ms"] = args.latency_ms
+    if args.unreachable:
+        request["unreachable"] = args.unreachable == "on"
+    endpoints, token = _running(args.data_dir)
     from kim_appliance.konnektor.admin_client import switch_faults
 
-    print(json.dumps(switch_faults(endpoints, request or None, token=token), indent=2))
+    status = switch_faults(endpoints, request or None, token=token)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print("\n".join(fault_summary(status)))
     return 0
+
+
+def fault_summary(status: dict[str, Any]) -> list[str]:
+    """What is switched on, one line each, from the admin API's state (and a hint how to
+    switch it off); one line when nothing is."""
+    on: list[str] = []
+    if status.get("unreachable"):
+        on.append("Konnektor unreachable: its SOAP services and connector.sds do not answer "
+                  "(--unreachable off)")  # fmt: skip
+    if status.get("latency"):
+        on.append(f"every card: {_ms(status['latency'])} per key operation (--latency-ms 0)")
+    ready = 0
+    revoked_on = {revoked["iccsn"] for revoked in status.get("revoked", [])}
+    for card in status.get("cards", []):
+        problems: list[str] = []
+        if not card["inserted"]:
+            problems.append(f"removed (--card-inserted {card['iccsn']})")
+        for name, pin in card["pins"].items():
+            if pin["status"] == "BLOCKED":
+                problems.append(f"{name} BLOCKED (--unblock-pin {card['iccsn']})")
+            elif pin["status"] == "VERIFIABLE" and card["inserted"]:
+                tries = f", {pin['left_tries']} tries left" if pin["left_tries"] < 3 else ""
+                problems.append(f"{name} not verified{tries} (--verify-pin {card['iccsn']})")
+            elif pin["status"] not in _READY_PINS and card["inserted"]:
+                problems.append(f"{name} {pin['status']}")
+        if card["latency"] != status.get("latency"):
+            problems.append(f"{_ms(card['latency'])} per key operation")
+        if problems:
+            on.append(f"card {card['iccsn']} ({card['holder']}): {'; '.join(problems)}")
+        elif card["iccsn"] not in revoked_on:
+            ready += 1
+    for revoked in status.get("revoked", []):
+        slot = f"{revoked['iccsn']}:{revoked['purpose']}:{revoked['crypt']}"
+        on.append(
+            f"card {revoked['iccsn']} ({revoked['holder']}): {revoked['purpose']} "
+            f"{revoked['crypt']} certificate (serial {revoked['serial']}) revoked "
+            f"(kim-appliance card renew {slot})"
+        )
+    total = len(status.get("cards", []))
+    if not on:
+        return [f"no faults switched on: {total} cards inserted with verified PINs, "
+                "Konnektor reachable, no latency, no revoked card certificate"]  # fmt: skip
+    footer = f"{ready} of {total} cards ready"
+    if len(on) > len(status.get("revoked", [])):
+        footer += "; `kim-appliance fault --clear` switches every fault but revocations off"
+    return ["faults switched on:", *(f"  {line}" for line in on), f"({footer})"]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms"
+
+
+def _key_slot(value: str, option: str) -> dict[str, str]:
+    """``ICCSN:PURPOSE:CRYPT`` as the admin API's ``{"iccsn", "purpose", "crypt"}``."""
+    parts = value.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise UsageError(
+            f"{option} {value!r}: expected ICCSN:PURPOSE:CRYPT, e.g. 80276883110000100001:ENC:RSA"
+        )
+    iccsn, purpose, crypt = parts
+    return {"iccsn": iccsn, "purpose": purpose.upper(), "crypt": crypt.upper()}
 
 
 def _account(args: argparse.Namespace) -> int:
@@ -331,10 +713,11 @@ def _account(args: argparse.Namespace) -> int:
     endpoints, token = _running(args.data_dir)
     fachdienste: dict[str, dict[str, str]] = endpoints["fachdienste"]
     if args.action == "list":
+        print(f"{'ADDRESS':40} {'STATUS':13} FACHDIENST")
         for domain, urls in fachdienste.items():
             reply = _admin_call(endpoints, token, urls["https"], "GET", "/accounts")
             for entry in reply["accounts"]:
-                note = " (absent)" if entry["out_of_office"]["active"] else ""
+                note = " (out of office)" if entry["out_of_office"]["active"] else ""
                 print(f"{entry['address']:40} {entry['status']:13} {domain}{note}")
         return 0
     domain = args.address.rpartition("@")[2].lower()
@@ -369,18 +752,21 @@ def _account(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    """``card import``: refuse while an appliance runs on the data dir, then edit its Konnektor."""
+    """``card import``: refuse while an appliance runs on the data dir, then edit its Konnektor.
+    ``card renew``: through the running appliance's Konnektor admin API."""
+    if args.card_action == "renew":
+        return _card_renew(args)
     from kim_appliance.konnektor.card_import import import_card
     from kim_appliance.konnektor.cards import CardType
 
     data_dir: Path = args.data_dir
+    if len(args.key) != len(args.cert):
+        raise UsageError("give one --cert for every --key, in the same order")
     if _appliance_running(data_dir):
         raise KimError(
             f"{data_dir}: an appliance is running on it; stop it first (the Konnektor reads "
             "konnektor.json at start), import, then start it again"
         )
-    if len(args.key) != len(args.cert):
-        raise KimError("give one --cert for every --key, in the same order")
     result = import_card(
         data_dir,
         iccsn=args.iccsn,
@@ -401,22 +787,49 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card_renew(args: argparse.Namespace) -> int:
+    """A new key pair and certificate for one card key, by the running appliance: its Konnektor
+    issues and uses it, and its VZD publishes a new ENC certificate."""
+    slot = _key_slot(args.slot, "ICCSN:PURPOSE:CRYPT")
+    data_dir: Path = args.data_dir
+    if not (data_dir / "endpoints.json").exists():
+        raise KimError(
+            f"{data_dir / 'endpoints.json'} not found: `card renew` works on the running "
+            "appliance (publishing the new certificate in the VZD needs it); start "
+            f"`kim-appliance run --data-dir {data_dir}` first"
+        )
+    endpoints, token = _running(data_dir)
+    from kim_appliance.konnektor.admin_client import switch_faults
+
+    renewed = switch_faults(endpoints, {"renew": slot}, token=token)["renewed"]
+    print(
+        f"card {renewed['iccsn']}: new {renewed['purpose']} {renewed['crypt']} key and "
+        f"certificate, serial {renewed['serial']} (was {renewed['old_serial']}), valid until "
+        f"{renewed['not_after'][:10]}"
+    )
+    if renewed["published"]:
+        print(f"published in the VZD for Telematik-ID {renewed['telematik_id']}")
+    print("the card's key files (demo.json's export) hold the new key and certificate")
+    return 0
+
+
 def _appliance_running(data_dir: Path) -> bool:
-    """True while a process holds a Fachdienst store lock of ``data_dir`` (store/sqlite.py)."""
-    import fcntl
-    import os
+    """True while an appliance runs on ``data_dir``: its store is in use (the embedded store
+    admits one process at a time)."""
+    import trio
 
-    from kim_appliance.store.sqlite import LOCK_NAME
+    from kim_appliance.store import StoreInUse, open_store
 
-    for lock in (data_dir / "fachdienst").glob(f"*/{LOCK_NAME}"):
-        fd = os.open(lock, os.O_RDWR)
+    async def probe() -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            async with open_store(None, data_dir):
+                return False
+        except StoreInUse:
             return True
-        finally:
-            os.close(fd)  # closing releases a lock we got
-    return False
+
+    if not (data_dir / "konnektor.json").exists():
+        return False  # not initialised: nothing runs there (import_card says what is missing)
+    return trio.run(probe)
 
 
 def _running(data_dir: Path) -> tuple[dict[str, Any], str]:
@@ -474,7 +887,7 @@ def _certified(specs: Sequence[str], option: str) -> list[Certified]:
     for spec in specs:
         address, sep, path = spec.partition("=")
         if not sep or not address or not path:
-            raise KimError(f"{option} {spec!r}: expected ADDR=ENC.pem")
+            raise UsageError(f"{option} {spec!r}: expected ADDR=ENC.pem")
         try:
             cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
         except ValueError as exc:
@@ -512,17 +925,47 @@ def _seal(args: argparse.Namespace) -> int:
 def _open(args: argparse.Namespace) -> int:
     from kim_appliance.cms.keys import SoftwareKey
     from kim_appliance.mail.unseal import open_message
-    from kim_appliance.pki import TrustStore
 
     if len(args.key) != len(args.cert):
-        raise KimError("give one --cert for every --key, in the same order")
+        raise UsageError("give one --cert for every --key, in the same order")
     keys = [SoftwareKey.from_files(k, c) for k, c in zip(args.key, args.cert, strict=True)]
-    trust = TrustStore.from_pem_files(args.trust) if args.trust else None
+    trust, source = _trust_for_open(args)
     report = open_message(sys.stdin.buffer, sys.stdout.buffer, keys=keys, trust=trust)
     sys.stdout.buffer.flush()
+    print(f"trust: {source}", file=sys.stderr)
     for line in report.lines():
         print(line, file=sys.stderr)
     return report.exit_code
+
+
+def _trust_for_open(args: argparse.Namespace) -> tuple[TrustStore | None, str]:
+    """The trust store ``message open`` checks the signer against, and where it came from:
+    the ``--trust`` files; else the test PKI of ``--data-dir`` (its anchors, CAs and CRLs)
+    when there is one; else none, and the signer is reported as not checked (07)."""
+    from kim_appliance.pki import TrustStore
+
+    if args.trust:
+        paths: list[Path] = []
+        for group in args.trust:
+            for path in group:
+                paths.extend(sorted(path.glob("*.pem")) if path.is_dir() else [path])
+        if not paths:
+            raise KimError("--trust: the directories given hold no .pem file")
+        store = TrustStore.from_pem_files(paths)
+        return store, f"{len(paths)} PEM file(s) given with --trust"
+    pki_dir: Path = args.data_dir / "pki"
+    anchors = sorted((pki_dir / "trust").glob("*.pem"))
+    if anchors:
+        crls = sorted(pki_dir.glob("*.crl.pem"))
+        store = TrustStore.from_pem_files([*anchors, *crls])
+        return store, (
+            f"the test PKI of {args.data_dir} ({len(anchors)} CA certificates, {len(crls)} "
+            "CRLs); --trust names others"
+        )
+    return None, (
+        f"none: no --trust given and no test PKI in {pki_dir}; the signer's certificate is "
+        "NOT checked"
+    )
 
 
 def _cm_version() -> str:

@@ -124,8 +124,18 @@ class ClientmodulConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where the appliance keeps its state (kim_appliance.store): ``None`` is the embedded store
+    in the data dir; ``postgresql://USER[:PASSWORD]@HOST:PORT/DB`` a PostgreSQL database that
+    several nodes may share. ``--store`` on the command line wins over this."""
+
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
+    store: StoreConfig = field(default_factory=StoreConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
@@ -160,6 +170,12 @@ DEFAULT_TOML = """\
 
 # Address every listener binds to. 127.0.0.1 keeps the appliance on this machine.
 bind = "127.0.0.1"
+
+# Where accounts, mail, the relay queue, KAS uploads and the directory are kept. Default: the
+# embedded store in this data dir (store/). A PostgreSQL database instead (shared by several
+# nodes; `kim-appliance store copy` moves an embedded store there); --store URL wins over this:
+[store]
+# url = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
 
 [fachdienst]
 max_message_size = 734003200      # bytes; maxMailSize (700 MiB)
@@ -274,7 +290,13 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     cm_raw = dict(top.pop("clientmodul", {}))
     console_raw = dict(top.pop("console", {}))
     limits_raw = dict(top.pop("limits", {}))
+    store_raw = dict(top.pop("store", {}))
     _no_more(top, where)
+    store_where = f"{where} [store]"
+    store = StoreConfig(
+        url=_store_url(_take(store_raw, "url", str, None, store_where), store_where)
+    )
+    _no_more(store_raw, store_where)
     limits_where = f"{where} [limits]"
     limits_defaults = defaults.limits
     try:
@@ -377,6 +399,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
     return Config(
         bind=bind,
+        store=store,
         fachdienst=fachdienst,
         directory=directory,
         konnektor=konnektor,
@@ -459,6 +482,19 @@ def _host_port(value: str) -> bool:
     """``host:port`` or ``[v6]:port`` with a port 1..65535."""
     host, sep, port = value.strip().rpartition(":")
     return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)
+
+
+def _store_url(url: str | None, where: str) -> str | None:
+    """The store URL if it is one (the message never shows a password in it)."""
+    from kim_appliance.store import EMBEDDED, StoreError, check_url
+
+    if url is None or url.strip().lower() in EMBEDDED:
+        return None
+    try:
+        check_url(url)
+    except StoreError as exc:
+        raise ConfigError(f"{where} url: {exc}") from None
+    return url
 
 
 def _domain(item: object, where: str) -> DomainConfig:

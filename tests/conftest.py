@@ -8,11 +8,16 @@ kim_appliance.pki.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import settings
 from parties import SAMPLE_ZIP, Party, SimpleCa
+from pg_server import TEMPLATE, PgServer, start_server, unavailable
+
+from kim_appliance.store.sqlite import SQLiteStore, open_sqlite_store
 
 # CI (.ci/run sets KIM_CI=1) replays the same examples every time, so that a landing commit is
 # judged on its own code; a developer's run explores new ones (and found, e.g., the year-140
@@ -72,3 +77,41 @@ def gematik_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with zipfile.ZipFile(root / f"recipient{who}keys.zip") as z:
             z.extractall(root / who)
     return root
+
+
+@pytest.fixture
+async def kim_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The appliance's embedded store in a fresh data dir (``tmp_path/kim-data``), opened."""
+    async with open_sqlite_store(tmp_path / "kim-data") as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py), with a template
+    database migrated by the store itself; skipped without PostgreSQL, except under CI."""
+    try:
+        server = start_server()
+    except (LookupError, RuntimeError, OSError) as exc:
+        unavailable(f"cannot start a throwaway PostgreSQL server: {exc}")
+        raise  # unreachable: unavailable() skips or fails
+    try:
+        from kim_appliance.store import open_store
+
+        async def migrate() -> None:
+            async with open_store(server.url(TEMPLATE), Path(server.root)):
+                pass
+
+        trio.run(migrate)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL (with a password) of a fresh PostgreSQL database with the store's schema."""
+    name = pg_server.new_database()
+    # not dropped: a drop forces a checkpoint (it doubled the contract suite's time), and the
+    # server's temp dir goes at the end of the session (about 8 MB per database)
+    return pg_server.url(name)

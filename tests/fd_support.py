@@ -5,27 +5,38 @@ The appliance comes from :mod:`kim_appliance.testing` (the plugin vendors use): 
 test session in a template data dir and copied for every test, so a test starts in well under
 a second with a fresh data dir. ``start_appliance`` starts one with config.toml overrides
 written before the start (``[fachdienst]`` keys such as a short relay give-up or a small
-message size) and an optional hook that changes the stores before the start (quota,
-deregistration): the store holds an exclusive lock while the appliance runs.
+message size) and an optional hook that changes the store before the start (quota,
+deregistration): the embedded store admits one process at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import logging
 import poplib
+import queue
 import smtplib
 import ssl
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
+from starlette.types import ASGIApp
 
-from kim_appliance.store import MailStore
+from kim_appliance.config import DomainConfig, FachdienstConfig
+from kim_appliance.fachdienst.accounts import Authenticator
+from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.serving.http import serve_asgi
+from kim_appliance.store import Store, open_store
 from kim_appliance.testing import KimAppliance, fast_hash, write_config
 
 
@@ -54,8 +65,8 @@ class Running:
         return cls(app.data_dir, dict(app.endpoints), demo, app)
 
 
-#: a hook that changes the stores (domain -> store) before the appliance starts
-Prepare = Callable[[dict[str, MailStore]], None]
+#: a hook that changes the appliance's store before the appliance starts
+Prepare = Callable[[Store], Awaitable[None]]
 
 
 class StartAppliance(Protocol):
@@ -190,3 +201,107 @@ async def wait_for_mail(
             if len(got) < count:
                 await trio.sleep(0.1)
     return got
+
+
+# -- a Fachdienst object on a real store, without listeners (unit tests of its parts) ----------
+
+
+def fachdienst_on(
+    store: Store,
+    domain: str,
+    *,
+    config: FachdienstConfig | None = None,
+    max_failed_logins: int = 5,
+    lockout_seconds: int = 900,
+    **fields: Any,
+) -> Fachdienst:
+    """A :class:`Fachdienst` of ``domain`` on ``store`` with default TLS contexts."""
+    return Fachdienst(
+        domain=domain,
+        config=config or FachdienstConfig(domains=(DomainConfig(domain, 0, 0),)),
+        store=store,
+        auth=Authenticator(
+            store,
+            domain=domain,
+            max_failed_logins=max_failed_logins,
+            lockout_seconds=lockout_seconds,
+        ),
+        endpoints=RelayEndpoints(),
+        server_ssl=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        client_ssl=ssl.create_default_context(),
+        log=logging.getLogger(f"tests.{domain.split('.')[0]}"),
+        **fields,
+    )
+
+
+async def store_bytes(store: Store, mailbox: str, body: bytes, prefix: bytes = b"") -> int:
+    """Deliver ``body`` to ``mailbox`` (no quota check); the new message's id."""
+    async with store.blobs.writer() as writer:
+        await writer.write(body)
+        blob = await writer.commit()
+        now = dt.datetime.now(dt.UTC)
+        [message] = await store.mail.deliver(blob, [(mailbox, prefix)], now, check_quota=False)
+    return message.id
+
+
+async def read_message(store: Store, message_id: int) -> bytes:
+    data = b""
+    async with store.mail.reader(message_id) as reader:
+        while chunk := await reader.read(1 << 20):
+            data += chunk
+    return data
+
+
+# -- an ASGI app on the store, served by trio in a background thread (sync tests) --------------
+
+T = TypeVar("T")
+
+
+class TrioServed:
+    """An ASGI app served over plain HTTP on 127.0.0.1 by a trio loop in a daemon thread, on a
+    store opened in that loop (the store and the Fachdienst's parts are trio code). Sync tests
+    (schemathesis, a blocking HTTP client) talk to :attr:`url`; :meth:`call` runs a coroutine
+    function in the loop, e.g. ``served.call(store.accounts.get, address)``."""
+
+    def __init__(self, url: str, token: trio.lowlevel.TrioToken, store: Store) -> None:
+        self.url = url
+        self.store = store
+        self._token = token
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    data_dir: Path, build: Callable[[Store], Awaitable[ASGIApp]]
+) -> Iterator[TrioServed]:
+    """Open the store of ``data_dir`` and serve ``await build(store)`` until the block ends."""
+    ready: queue.Queue[TrioServed | BaseException] = queue.Queue()
+    scope_holder: list[trio.CancelScope] = []
+
+    async def main() -> None:
+        try:
+            async with open_store(None, data_dir) as store, trio.open_nursery() as nursery:
+                scope_holder.append(nursery.cancel_scope)
+                app = await build(store)
+                host, port = await nursery.start(
+                    partial(serve_asgi, app, bind="127.0.0.1", port=0, ssl_context=None)
+                )
+                ready.put(TrioServed(f"http://{host}:{port}", trio.lowlevel.current_trio_token(),
+                                     store))  # fmt: skip
+        except BaseException as exc:
+            ready.put(exc)
+            raise
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    got = ready.get(timeout=60)
+    if isinstance(got, BaseException):
+        thread.join(timeout=10)
+        raise got
+    try:
+        yield got
+    finally:
+        trio.from_thread.run_sync(scope_holder[0].cancel, trio_token=got._token)
+        thread.join(timeout=30)

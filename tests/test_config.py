@@ -108,6 +108,20 @@ def test_the_clientmodul_partners_and_their_trust(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "url"),
+    [
+        ("", None),
+        ('[store]\nurl = "sqlite"\n', None),
+        ('[store]\nurl = "postgresql://kim:pw@db:5432/kim"\n', "postgresql://kim:pw@db:5432/kim"),
+    ],
+)
+def test_the_store_url(tmp_path: Path, text: str, url: str | None) -> None:
+    """[store] url: the embedded store by default, or a PostgreSQL database (issue 12)."""
+    (tmp_path / "config.toml").write_text(text)
+    assert config.load(tmp_path).store.url == url
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ('konnektor = "http://k:80/connector.sds"', "TLS only"),
@@ -129,3 +143,24 @@ def test_a_bad_clientmodul_setting_names_what_is_wrong(
     (tmp_path / "config.toml").write_text("[clientmodul]\n" + text + "\n")
     with pytest.raises(ConfigError, match=message):
         config.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[store]\nurl = "mysql://kim:hunter2@db/kim"\n',
+            r"\[store\] url: .*mysql://kim:\*\*\*@db",
+        ),
+        ('[store]\nurl = "postgresql://kim:hunter2@/kim"\n', "host and database are required"),
+        ("[store]\nurl = 5\n", "url: expected str"),
+        ('[store]\npath = "x"\n', r"\[store\]: unknown key\(s\) path"),
+    ],
+)
+def test_a_bad_store_section_is_refused_without_its_password(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as refused:
+        config.load(tmp_path)
+    assert "hunter2" not in str(refused.value)

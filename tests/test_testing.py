@@ -2,13 +2,16 @@
 
 The plugin is shown the way a vendor meets it: ``pytester`` writes a conftest-free test file
 into an empty directory and runs pytest on it. Every inner run reuses one template data dir
-(``--kim-data-dir``), so the demo setup is made once for this module.
+(``--kim-data-dir``), so the demo setup is made once for this module; the runs that show the
+template cache of the user's cache directory (issue 15) point it into a temporary directory.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -34,6 +37,7 @@ from kim_appliance.testing import (
     running_appliance,
     write_config,
 )
+from kim_appliance.testing._cache import cached_template, template_key
 
 pytest_plugins = ("pytester",)
 
@@ -46,10 +50,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_template(tmp_path_factory.mktemp("testing-template") / "kim-data")
 
 
-def _plugin_args(template: Path) -> list[str]:
-    """The inner run's options: the template, and the plugin itself unless the installed
-    kim-appliance already registers it through its pytest11 entry point."""
-    args = ["--kim-data-dir", str(template), "-p", "no:cacheprovider"]
+def _plugin_args(template: Path | None) -> list[str]:
+    """The inner run's options: the template (None: the plugin's own, from the user's cache
+    directory), and the plugin itself unless the installed kim-appliance already registers it
+    through its pytest11 entry point."""
+    args = ["-p", "no:cacheprovider"]
+    if template is not None:
+        args += ["--kim-data-dir", str(template)]
     installed = importlib.metadata.entry_points(group="pytest11", name="kim_appliance")
     if not installed:
         args += ["-p", PLUGIN]
@@ -316,3 +323,155 @@ def test_participants_are_found_by_address_local_part_or_predicate(template: Pat
     assert len(meyer.enc_certs) == len(meyer.enc_keys) >= 1
     with pytest.raises(LookupError, match=r"nobody.*known: .*praxis\.weber@"):
         app.participant("nobody")
+
+
+# --- the template cache (issue 15: the fixture starts in about a second) ------------------------
+
+
+class _Counted:
+    """A template maker that copies the module's real template and counts its calls."""
+
+    def __init__(self, template: Path) -> None:
+        self.template = template
+        self.calls = 0
+
+    def __call__(self, data_dir: Path) -> Path:
+        self.calls += 1
+        return copy_template(self.template, data_dir)
+
+
+def test_cached_template_is_made_once_per_key_and_reused(template: Path, tmp_path: Path) -> None:
+    """The first call makes the entry, later ones hand out the same finished one; another
+    version (another key) never shares it; the cache directory is private (0700)."""
+    make = _Counted(template)
+    first = cached_template(make, root=tmp_path / "cache", key="1.0.0-aaaa")
+    second = cached_template(make, root=tmp_path / "cache", key="1.0.0-aaaa")
+    other = cached_template(make, root=tmp_path / "cache", key="1.1.0-aaaa")
+    try:
+        assert (first.built, second.built, other.built) == (True, False, True)
+        assert first.data_dir == second.data_dir != other.data_dir
+        assert make.calls == 2
+        assert (first.data_dir / "demo.json").is_file()
+        assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+        entries = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
+        assert len(entries) == 2
+        assert entries[0].startswith("template-1.0.0-aaaa-")
+        assert entries[1].startswith("template-1.1.0-aaaa-")
+    finally:
+        for held in (first, second, other):
+            held.release()
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    """An error of the maker propagates; no entry (finished or half) is left to be found."""
+
+    def broken(data_dir: Path) -> None:
+        data_dir.mkdir(parents=True)
+        (data_dir / "demo.json").write_text("{}")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        cached_template(broken, root=tmp_path, key="1.0.0-aaaa")
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_an_old_entry_is_replaced_and_removed_once_nobody_holds_it(
+    template: Path, tmp_path: Path
+) -> None:
+    """An entry older than max_age is made again; the old one is removed only when no
+    process holds it (a session still copying from it keeps it)."""
+    make = _Counted(template)
+    old = cached_template(make, root=tmp_path, key="1.0.0-aaaa")
+    os.utime(old.data_dir.parent / "ready.json", (0, 0))  # long unused
+    ready = json.loads((old.data_dir.parent / "ready.json").read_text())
+    ready["created"] = 0
+    (old.data_dir.parent / "ready.json").write_text(json.dumps(ready))
+    new = cached_template(make, root=tmp_path, key="1.0.0-aaaa", max_age=3600)
+    assert new.built
+    assert new.data_dir != old.data_dir
+    assert old.data_dir.is_dir(), "removed while another session still held it"
+    old.release()
+    os.utime(old.data_dir.parent / "ready.json", (0, 0))
+    newest = cached_template(make, root=tmp_path, key="1.0.0-bbbb", max_age=3600)
+    assert not old.data_dir.exists()
+    assert new.data_dir.is_dir()
+    new.release()
+    newest.release()
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from kim_appliance.testing import copy_template
+from kim_appliance.testing._cache import cached_template
+
+def make(data_dir):
+    time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+    return copy_template(Path(sys.argv[2]), data_dir)
+
+held = cached_template(make, root=Path(sys.argv[1]), key="1.0.0-race")
+print(held.built, held.data_dir)
+"""
+
+
+def test_two_processes_at_once_make_one_entry(template: Path, tmp_path: Path) -> None:
+    """Two pytest processes starting together: one makes the entry (under the lock file),
+    the other waits and uses it; neither sees half of it."""
+    (tmp_path / "race.py").write_text(_RACE)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "race.py"), str(tmp_path / "cache"), str(template)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    answers = sorted(out.split() for out, _ in outputs)
+    assert [built for built, _ in answers] == ["False", "True"]
+    assert answers[0][1] == answers[1][1]
+    assert (Path(answers[0][1]) / "demo.json").is_file()
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(entries) == 1, entries
+
+
+def test_the_key_names_the_installed_version_and_the_code() -> None:
+    key = template_key()
+    version, _, digest = key.rpartition("-")
+    assert version == importlib.metadata.version("kim-appliance")
+    assert len(digest) == 16
+    assert int(digest, 16) >= 0
+    assert template_key() == key
+
+
+@pytest.mark.slow
+def test_vendor_run_reuses_the_cached_template_and_shows_no_warnings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """issue 15: a vendor's test run (its own process, none of our pytest settings) shows none
+    of our dependencies' warnings (ldap3's DeprecationWarning appeared in every one), and the
+    second run starts its appliance from the template the first one left in the user's cache
+    directory instead of making a new one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    pytester.makepyfile(
+        test_vendor="""
+        def test_sees_the_demo(kim_appliance):
+            assert kim_appliance.participant("praxis.weber").card_type == "SMC-B"
+        """
+    )
+    args = [*_plugin_args(None), "--durations=1", "-W", "default"]
+    first = pytester.runpytest_subprocess(*args, timeout=300)
+    first.assert_outcomes(passed=1)
+    cache = tmp_path / "xdg" / "kim-appliance"
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    made = json.loads((entry / "ready.json").read_text())["created"]
+    second = pytester.runpytest_subprocess(*args, timeout=300)
+    second.assert_outcomes(passed=1)
+    assert [p for p in cache.iterdir() if p.is_dir()] == [entry]
+    assert json.loads((entry / "ready.json").read_text())["created"] == made
+    for result in (first, second):
+        output = "\n".join(result.outlines + result.errlines)
+        assert "warnings summary" not in output, output
+        assert "Warning" not in output, output

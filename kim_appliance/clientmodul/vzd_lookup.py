@@ -121,8 +121,26 @@ class VzdLookup:
         self, addresses: Sequence[str], validator: CertificateValidator
     ) -> list[AddressLookup]:
         """:meth:`lookup` of every address, with one directory query for those not cached."""
-        entries = self._entries(addresses)
-        return [self._checked(a, entries[a.casefold()], validator) for a in addresses]
+        entries, fresh = self._entries(addresses)
+        found = [self._checked(a, entries[a.casefold()], validator) for a in addresses]
+        stale = [
+            a
+            for a, result in zip(addresses, found, strict=True)
+            if not result.certificates
+            and result.code == NOT_ENCRYPTABLE
+            and entries[a.casefold()].found
+            and a.casefold() not in fresh
+        ]
+        if not stale:
+            return found
+        # the cached certificates failed their checks: the VZD may hold a renewed one
+        for address in stale:
+            self.invalidate(address)
+        again, _ = self._entries(stale)
+        redone = {a.casefold(): self._checked(a, again[a.casefold()], validator) for a in stale}
+        return [
+            redone.get(a.casefold(), result) for a, result in zip(addresses, found, strict=True)
+        ]
 
     def _checked(
         self, address: str, cached: _Cached, validator: CertificateValidator
@@ -186,16 +204,16 @@ class VzdLookup:
 
     def telematik_id(self, address: str) -> str | None:
         """The Telematik-ID of the entry publishing ``address`` (None when none does)."""
-        return self._entries([address])[address.casefold()].entry_telematik_id
+        return self._entries([address])[0][address.casefold()].entry_telematik_id
 
     def version(self, address: str) -> str:
         """The KIM version of ``address`` in the VZD (``1.0`` when none is published)."""
-        return self._entries([address])[address.casefold()].version
+        return self._entries([address])[0][address.casefold()].version
 
-    def _entries(self, addresses: Sequence[str]) -> dict[str, _Cached]:
+    def _entries(self, addresses: Sequence[str]) -> tuple[dict[str, _Cached], set[str]]:
         """What the VZD says about each address (keyed case-folded): from the cache, or from one
         directory query for the others. An unknown address is not cached: it is asked again
-        next time (it may just have been registered)."""
+        next time (it may just have been registered). The set names the keys just asked."""
         out: dict[str, _Cached] = {}
         wanted: list[str] = []
         now = self.clock()
@@ -211,7 +229,7 @@ class VzdLookup:
                 else:
                     wanted.append(key)
         if not wanted:
-            return out
+            return out, set()
         records = self.directory.find_by_mail(wanted)
         now = self.clock()
         with self._lock:
@@ -229,7 +247,7 @@ class VzdLookup:
                     record.version,
                     now + self.ttl_version,
                 )
-        return out
+        return out, set(wanted)
 
 
 def _check(certificate: x509.Certificate, validator: CertificateValidator) -> str | None:

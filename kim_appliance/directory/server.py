@@ -186,7 +186,13 @@ async def serve_directory(
             assert ssl_context is not None
             wrapped = [trio.SSLListener(s, ssl_context, https_compatible=False) for s in tls]
             nursery.start_soon(partial(serve_guarded, tls_handler, wrapped, guard=guard("ldaps")))
-        log.info("directory: ldap %s, ldaps %s, base %s", addresses.ldap, addresses.ldaps, BASE_DN)
+        # host:port, not the tuples (issue 15); a listener that is off is left out
+        bound: list[str] = []
+        for scheme, pair in (("ldap", addresses.ldap), ("ldaps", addresses.ldaps)):
+            if pair is not None:
+                host = f"[{pair[0]}]" if ":" in pair[0] else pair[0]
+                bound.append(f"{scheme} {host}:{pair[1]}")
+        log.info("directory: %s, base %s", ", ".join(bound), BASE_DN)
         task_status.started(addresses)
 
 
@@ -233,6 +239,8 @@ async def serve_ldap_connection(
                 code, diagnostic = _check_bind(event, settings)
                 await stream.send_all(core.send_bind_result(event.message_id, code, diagnostic))
             case Search():
+                # a change made on another node is seen by the next search (change counter)
+                await store.refresh()
                 answer = await trio.to_thread.run_sync(
                     _search, core, store, settings, event, pages, limiter=cpu
                 )

@@ -14,11 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
-import trio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -27,7 +25,7 @@ from kim_appliance.config import MAX_MAIL_SIZE
 from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.accounts import AuthResult, client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
-from kim_appliance.store import MailStore
+from kim_appliance.store import Store
 from kim_appliance.store.base import UNLIMITED, Account
 from kim_appliance.web.errors import ApiError, JsonUtf8Response
 
@@ -90,26 +88,29 @@ def basic_credentials(authorization: str | None) -> tuple[str, str]:
     return username, password
 
 
-def account_limit_of(
-    store: MailStore,
+async def account_limit_of(
+    store: Store,
     address: str,
     *,
     now: dt.datetime | None = None,
-    usage: Callable[[Account], int] | None = None,
+    usage: Callable[[Account], Awaitable[int]] | None = None,
 ) -> AccountLimit:
-    """The limits of ``address`` (blocking: runs in a worker thread); ApiError 404 if the
-    account is gone or its deregistration date has passed (KOM-LE-A_2149/2150).
+    """The limits of ``address``; ApiError 404 if the account is gone or its deregistration
+    date has passed (KOM-LE-A_2149/2150).
 
-    ``usage`` gives the bytes counted against the quota (default: the mailbox only; the route
-    passes :func:`kim_appliance.fachdienst.quota.usage`, which adds the KAS uploads)."""
+    ``usage`` gives the bytes counted against the quota (default: the store's
+    ``mail.usage``: mailbox, KAS uploads and reservations, kim_appliance.fachdienst.quota)."""
     now = now or dt.datetime.now(dt.UTC)
-    account = store.get_account(address)
+    account = await store.accounts.get(address)
     if account is None or (account.dereg_date is not None and account.dereg_date <= now):
         raise ApiError(404, f"account {address} is not available (deregistered)")
     if account.quota_bytes == UNLIMITED:
         remain = UNLIMITED
     else:
-        used = usage(account) if usage is not None else store.mailbox_usage(account.address)
+        if usage is not None:
+            used = await usage(account)
+        else:
+            used = await store.mail.usage(account.address, dt.datetime.now(dt.UTC))
         remain = max(0, account.quota_bytes - used)
     return AccountLimit(
         data_time_to_live=account.data_ttl_days,
@@ -124,17 +125,14 @@ def account_limit_routes(fd: Fachdienst) -> list[BaseRoute]:
 
     async def get_limits(request: Request) -> Response:
         username, password = basic_credentials(request.headers.get("authorization"))
-        result: AuthResult = await trio.to_thread.run_sync(
-            partial(fd.auth.authenticate, username, password, client=client_of_request(request)),
-            limiter=fd.auth_limiter,
+        result: AuthResult = await fd.auth.authenticate(
+            username, password, client=client_of_request(request)
         )
         if not result.ok:
             fd.log.info("AccountLimit: %s", result.text)
             raise ApiError(401, result.text, headers=_CHALLENGE)
-        limit = await trio.to_thread.run_sync(
-            lambda: account_limit_of(
-                fd.store, result.address, now=fd.clock(), usage=lambda a: quota.usage(fd, a)
-            )
+        limit = await account_limit_of(
+            fd.store, result.address, now=fd.clock(), usage=lambda a: quota.usage(fd, a)
         )
         return JsonUtf8Response(limit.to_json())
 

@@ -46,6 +46,7 @@ from kim_appliance.store.base import (
     Account,
     AccountExists,
     OutOfOffice,
+    RegistrationCodeUsed,
 )
 from kim_appliance.store.passwords import hash_password
 from kim_appliance.web.errors import ApiError, JsonUtf8Response, error_response
@@ -239,11 +240,11 @@ class _AccountManager:
         if not isinstance(sub, str) or sub.lower() != username.lower():
             raise ApiError(401, f"JWT: sub {sub!r} is not the account {username}")
         password = _b64_header(request, "password")
-        account = await run_in_threadpool(self.fd.store.get_account, username)
-        if account is None or not self._ours(username):
+        account = await self.fd.local_account(username)
+        if account is None:
             raise ApiError(404, f"account {username}: no such account at {self.fd.domain}")
-        result = await run_in_threadpool(
-            self.fd.auth.authenticate, username, password, client=client_of_request(request)
+        result = await self.fd.auth.authenticate(
+            username, password, client=client_of_request(request)
         )
         if result.outcome is not AuthOutcome.OK:
             raise ApiError(401, result.text)
@@ -260,7 +261,7 @@ class _AccountManager:
         if not entry.active:
             raise ApiError(423, f"VZD entry of {telematik_id} is inactive (locked)")
 
-    def _vzd_set(self, account: Account, *, published: bool = True) -> None:
+    async def _vzd_set(self, account: Account, *, published: bool = True) -> None:
         """Write ``mail`` + komLeData/kimData for the account (hidden with noVzdMailEntry)."""
         self._vzd_entry_writable(account.telematik_id)
         address = KimAddress(
@@ -269,13 +270,13 @@ class _AccountManager:
             no_vzd_mail_entry=account.no_vzd_mail_entry or not published,
         )
         try:
-            self.directory.set_address(account.telematik_id, self.fd.domain, address)
+            await self.directory.set_address(account.telematik_id, self.fd.domain, address)
         except DirectoryError as exc:
             raise ApiError(502, f"VZD: {exc.message}") from None
 
-    def _vzd_remove(self, telematik_id: str, address: str) -> None:
+    async def _vzd_remove(self, telematik_id: str, address: str) -> None:
         try:
-            self.directory.remove_address(telematik_id, self.fd.domain, address)
+            await self.directory.remove_address(telematik_id, self.fd.domain, address)
         except DirectoryError as exc:
             if exc.status != 404:  # already gone is fine
                 raise ApiError(502, f"VZD: {exc.message}") from None
@@ -299,7 +300,7 @@ class _AccountManager:
         password = _new_password(body)
         if password is None:
             raise ApiError(400, "password: missing (the initial password must be replaced)")
-        code = await run_in_threadpool(self.state.check_code, reference_id, ini_password)
+        code = await self.state.check_code(reference_id, ini_password)
         if code is None:
             raise ApiError(401, "referenceID/iniPassword: unknown, used or wrong")
         telematik_id = claims.get("telematikID")
@@ -312,9 +313,9 @@ class _AccountManager:
             raise ApiError(401, f"JWT: sub {sub!r} is not the account {username}")
         if not self._ours(username):
             raise ApiError(420, f"username: {username} is not an address of {self.fd.domain}")
-        if await run_in_threadpool(self.fd.store.get_account, username) is not None:
+        if await self.fd.store.accounts.get(username) is not None:
             raise ApiError(409, f"username: {username} is already taken")
-        retired_for = await run_in_threadpool(self.fd.store.retired_telematik_id, username)
+        retired_for = await self.fd.store.accounts.retired_telematik_id(username)
         if retired_for is not None and retired_for != telematik_id:
             # A_19464-02: a deleted address is never given out again, except to the same
             # Telematik-ID (digest §3.2)
@@ -333,20 +334,24 @@ class _AccountManager:
             kim_version=version,
             no_vzd_mail_entry=no_vzd,
         )
-        self._vzd_set(account)
+        await self._vzd_set(account)
         try:
-            await run_in_threadpool(self.fd.store.create_account, account)
+            # the account and the code's use in one transaction: two registrations with one
+            # code cannot both succeed
+            await self.fd.store.accounts.create(account, reference_id=reference_id)
         except AccountExists:
-            self._vzd_remove(telematik_id, username)
+            await self._vzd_remove(telematik_id, username)
             raise ApiError(409, f"username: {username} is already taken") from None
-        await run_in_threadpool(self.state.mark_used, reference_id, username)
+        except RegistrationCodeUsed:
+            await self._vzd_remove(telematik_id, username)
+            raise ApiError(401, "referenceID/iniPassword: unknown, used or wrong") from None
         return Response(status_code=204)
 
     # -- get/setAccount, deregisterAccount, revokeDeregistration --
 
     async def get_account(self, request: Request) -> Response:
         account, _ = await self._account(request)
-        code = self.state.code_of(account.address)
+        code = await self.state.code_of(account.address)
         body: dict[str, Any] = {
             "username": account.address,
             "kimVersion": account.kim_version,
@@ -393,8 +398,8 @@ class _AccountManager:
             account.status != "deregistered"
         ):
             new_vzd = Account(**{**_account_kwargs(account), **changes})
-            self._vzd_set(new_vzd)
-        await run_in_threadpool(lambda: self.fd.store.update_account(account.address, **changes))
+            await self._vzd_set(new_vzd)
+        await self.fd.store.accounts.update(account.address, **changes)
         return Response(status_code=204)
 
     async def deregister(self, request: Request) -> Response:
@@ -403,12 +408,10 @@ class _AccountManager:
             return Response(status_code=204)  # idempotent: the first deregDate stays
         # KOM-LE-A_2149/2150: no sending or receiving from now on, POP3 until deregDate; the
         # address leaves the VZD so that nobody encrypts for it any more
-        self._vzd_remove(account.telematik_id, account.address)
+        await self._vzd_remove(account.telematik_id, account.address)
         dereg_date = self.clock() + DEREGISTRATION_GRACE
-        await run_in_threadpool(
-            lambda: self.fd.store.update_account(
-                account.address, status="deregistered", dereg_date=dereg_date
-            )
+        await self.fd.store.accounts.update(
+            account.address, status="deregistered", dereg_date=dereg_date
         )
         return Response(status_code=204)
 
@@ -416,16 +419,14 @@ class _AccountManager:
         account, _ = await self._account(request)
         if account.status != "deregistered":
             raise ApiError(403, f"account {account.address}: not deregistered")
-        restored = await run_in_threadpool(
-            lambda: self.fd.store.update_account(account.address, status="active", dereg_date=None)
+        restored = await self.fd.store.accounts.update(
+            account.address, status="active", dereg_date=None
         )
         try:
-            self._vzd_set(restored)
+            await self._vzd_set(restored)
         except ApiError:
-            await run_in_threadpool(
-                lambda: self.fd.store.update_account(
-                    account.address, status="deregistered", dereg_date=account.dereg_date
-                )
+            await self.fd.store.accounts.update(
+                account.address, status="deregistered", dereg_date=account.dereg_date
             )
             raise
         return Response(status_code=204)
@@ -434,7 +435,7 @@ class _AccountManager:
 
     async def get_otp(self, request: Request) -> Response:
         account, _ = await self._account(request)
-        otp = await run_in_threadpool(self.state.new_otp, account.address, self.clock())
+        otp = await self.state.new_otp(account.address, self.clock())
         encoded = base64.b64encode(otp.encode("ascii")).decode("ascii")
         return JsonUtf8Response({"otp": encoded})
 
@@ -444,7 +445,7 @@ class _AccountManager:
         new_tid = claims.get("telematikID")
         if not isinstance(new_tid, str) or not new_tid:
             raise ApiError(401, "JWT: no telematikID of the new card")
-        outcome = await run_in_threadpool(self.state.check_otp, account.address, otp, self.clock())
+        outcome = await self.state.check_otp(account.address, otp, self.clock())
         if outcome == OtpCheck.INVALID:
             raise ApiError(403, "otp: not valid for this account (call getOTP first)")
         if outcome == OtpCheck.EXPIRED:
@@ -456,15 +457,13 @@ class _AccountManager:
         if account.status != "deregistered":
             # the VZD holds an address once: take it out of the old entry, then into the new
             # one, and put it back where it was if that fails
-            self._vzd_remove(account.telematik_id, account.address)
+            await self._vzd_remove(account.telematik_id, account.address)
             try:
-                self._vzd_set(moved)
+                await self._vzd_set(moved)
             except ApiError:
-                self._vzd_set(account)
+                await self._vzd_set(account)
                 raise
-        await run_in_threadpool(
-            lambda: self.fd.store.update_account(account.address, telematik_id=new_tid)
-        )
+        await self.fd.store.accounts.update(account.address, telematik_id=new_tid)
         return Response(status_code=204)
 
     # -- createCert --
@@ -551,9 +550,7 @@ class _AccountManager:
         if start is not None and end is not None and end < start:
             raise ApiError(400, "endDate: before startDate")
         note = OutOfOffice(active=active, start=start, end=end, message=message)
-        await run_in_threadpool(
-            lambda: self.fd.store.update_account(account.address, out_of_office=note)
-        )
+        await self.fd.store.accounts.update(account.address, out_of_office=note)
         return Response(status_code=204)
 
 
@@ -591,15 +588,19 @@ def account_manager_routes(
 ) -> list[BaseRoute]:
     """The routes of ``/AccountMgmt/v2.4`` (digest §3.3) for ``fd``.
 
-    ``state`` holds the registration codes and OTPs (in memory if ``None``; the appliance
-    passes ``AccountManagerState.open(<fachdienst data dir>)``). ``clock`` defaults to the
-    Fachdienst's. The Fachdienst learns ``directory`` here if it has none yet (the retention
-    purge removes purged addresses from it).
+    ``state`` holds the registration codes and OTPs (default: those of ``fd``'s domain in its
+    store). ``clock`` defaults to the Fachdienst's. The Fachdienst learns ``directory`` here if
+    it has none yet (the retention purge removes purged addresses from it).
     """
     if fd.directory is None:
         fd.directory = directory
     am = _AccountManager(
-        fd, directory, pki, verify_jwt, state or AccountManagerState(), clock or fd.clock
+        fd,
+        directory,
+        pki,
+        verify_jwt,
+        state or AccountManagerState(fd.store, fd.domain),
+        clock or fd.clock,
     )
     account = "/account/{username}"
     table: dict[str, dict[str, Handler]] = {

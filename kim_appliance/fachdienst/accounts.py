@@ -8,12 +8,13 @@ before. After ``max_failed_logins`` failures in a row from one client the accoun
 that client for ``lockout_seconds``, each further lock of the same client twice as long, up to
 ``max_lockout_seconds``; a successful login from that client starts again at zero. The counters
 are in the store (durable, shared by every node and protocol: SMTP, POP3, AccountLimit, KAS,
-Account Manager). An IPv6 client counts by its /64 prefix (one host has a whole /64).
+Account Manager). An IPv6 client counts by its /64 prefix (one host has a whole /64). The store
+holds every Fachdienst's accounts: an account of another domain is an unknown account here.
 
 No account enumeration: an unknown account, a wrong password and a running lock give the SAME
 answer text, and the same work (one scrypt check; an unknown account's failures are counted
 like any other). The outcome in :class:`AuthResult` tells the log which one it was; the text is
-what the client sees. Blocking (store, scrypt): callers run it in a worker thread.
+what the client sees. The scrypt check runs in a worker thread under the caller's limiter.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING
 
-from kim_appliance.store import LockoutPolicy, MailStore
+import trio
+
+from kim_appliance.store import LockoutPolicy, Store, domain_of
 from kim_appliance.store.passwords import dummy_verify, prepare_dummy, verify_password
 
 if TYPE_CHECKING:
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
 
 #: the longest a lock of one client grows to by doubling (and at least ``lockout_seconds``)
 MAX_LOCKOUT_SECONDS = 4 * 3600
+#: scrypt needs 16 MiB and a core per check: at most two at a time, so that ten parallel
+#: logins neither spike the memory nor starve the sessions (bench/fachdienst.py)
+PARALLEL_CHECKS = 2
 #: failed logins on one SMTP/POP3 connection before the server closes it (after its answer)
 MAX_AUTH_FAILURES_PER_CONNECTION = 3
 #: a username longer than this is never an account; its counter key is cut to this length
@@ -107,17 +114,23 @@ def failure_text(username: str, max_failures: int) -> str:
 
 
 class Authenticator:
-    """Checks credentials against one Fachdienst's accounts (see the module docstring)."""
+    """Checks credentials against one Fachdienst's accounts (see the module docstring).
+
+    ``limiter`` bounds the scrypt checks running at once (default: :data:`PARALLEL_CHECKS`)."""
 
     def __init__(
         self,
-        store: MailStore,
+        store: Store,
         *,
+        domain: str,
         max_failed_logins: int,
         lockout_seconds: int,
         max_lockout_seconds: int = MAX_LOCKOUT_SECONDS,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._store = store
+        self.domain = domain.lower()
+        self.limiter = limiter or trio.CapacityLimiter(PARALLEL_CHECKS)
         self.policy = LockoutPolicy(
             max_failures=max_failed_logins,
             first_lockout=dt.timedelta(seconds=lockout_seconds),
@@ -125,20 +138,23 @@ class Authenticator:
         )
         prepare_dummy()
 
-    def authenticate(
+    async def authenticate(
         self, username: str, password: str, *, client: str, now: dt.datetime | None = None
     ) -> AuthResult:
         """Check ``username``/``password`` from ``client`` (a :func:`client_key`)."""
         now = now or dt.datetime.now(dt.UTC)
         key = username.lower()[:_MAX_KEY]
-        state = self._store.login_state(key, client)
-        account = self._store.get_account(username)
+        store = self._store
+        state = await store.logins.state(key, client)
+        account = None
+        if domain_of(username) == self.domain:
+            account = await store.accounts.get(username)
         # exactly one scrypt check on every path, so that the time taken tells nothing either
         if account is None:
-            dummy_verify(password)
-            right = False
+            check = partial(dummy_verify, password)
         else:
-            right = verify_password(password, account.password_hash)
+            check = partial(verify_password, password, account.password_hash)
+        right = await trio.to_thread.run_sync(check, limiter=self.limiter)
         failed = AuthResult(
             AuthOutcome.UNKNOWN_ACCOUNT if account is None else AuthOutcome.WRONG_PASSWORD,
             username,
@@ -150,7 +166,7 @@ class Authenticator:
             return AuthResult(AuthOutcome.LOCKED, username, failed.text, locked=True)
         if right and account is not None:
             if state is not None:
-                self._store.clear_login_failures(key, client)
+                await store.logins.clear(key, client)
             return AuthResult(AuthOutcome.OK, account.address, "authentication successful")
-        after = self._store.record_login_failure(key, client, now, self.policy)
+        after = await store.logins.record_failure(key, client, now, self.policy)
         return AuthResult(failed.outcome, username, failed.text, locked=after.locked(now))

@@ -58,14 +58,14 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
 
     async def account_of(request: Request) -> Account:
         address = request.path_params["address"]
-        account = await trio.to_thread.run_sync(fd.store.get_account, address)
+        account = await fd.local_account(address)
         if account is None:
             raise ApiError(404, f"no mailbox {address} at {fd.domain}")
         return account
 
     async def list_accounts(request: Request) -> Response:
         await authorise(request)
-        accounts = await trio.to_thread.run_sync(fd.store.list_accounts)
+        accounts = await fd.store.accounts.list(fd.domain)
         return JsonUtf8Response({"accounts": [_public(a) for a in accounts]})
 
     async def add_account(request: Request) -> Response:
@@ -82,7 +82,7 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
             display_name=text(data, "display_name", required=False) or address,
         )
         try:
-            await trio.to_thread.run_sync(fd.store.create_account, account)
+            await fd.store.accounts.create(account)
         except AccountExists:
             raise ApiError(409, f"mailbox {address} exists already") from None
         fd.log.info("admin: mailbox %s added", address)
@@ -93,11 +93,9 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
         account = await account_of(request)
         password = text(await body(request), "password") or ""
         hashed = await trio.to_thread.run_sync(hash_password, password)
-        await trio.to_thread.run_sync(
-            lambda: fd.store.update_account(account.address, password_hash=hashed)
-        )
+        await fd.store.accounts.update(account.address, password_hash=hashed)
         # a new password unlocks the account for every client (KOM-LE-A_2168)
-        await trio.to_thread.run_sync(fd.store.clear_login_failures, account.address)
+        await fd.store.logins.clear(account.address)
         fd.log.info("admin: password of %s set", account.address)
         return Response(status_code=204)
 
@@ -109,10 +107,8 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
         if not isinstance(days, int) or not 0 <= days <= 365:
             raise ApiError(400, "pop3_days: an integer 0..365 is required")
         until = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
-        updated = await trio.to_thread.run_sync(
-            lambda: fd.store.update_account(
-                account.address, status="deregistered", dereg_date=until
-            )
+        updated = await fd.store.accounts.update(
+            account.address, status="deregistered", dereg_date=until
         )
         fd.log.info("admin: mailbox %s deregistered", account.address)
         return JsonUtf8Response(_public(updated))
@@ -146,9 +142,7 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
                 note = OutOfOffice(active=True, start=now, end=until, message=message)
             except ValueError as exc:
                 raise ApiError(400, str(exc)) from None
-        updated = await trio.to_thread.run_sync(
-            lambda: fd.store.update_account(account.address, out_of_office=note)
-        )
+        updated = await fd.store.accounts.update(account.address, out_of_office=note)
         return JsonUtf8Response(_public(updated))
 
     return [

@@ -1,8 +1,10 @@
 """What every part of one Fachdienst shares: its domain, configuration, store and TLS contexts.
 
-One :class:`Fachdienst` exists per KIM domain the appliance serves. The SMTP and POP3 sessions,
-the delivery code and the relay worker receive it instead of reaching into each other. This
-module holds state only; it never opens a socket.
+One :class:`Fachdienst` exists per KIM domain the appliance serves; they share the appliance's
+one :class:`~kim_appliance.store.Store` (every durable or shared piece of state is there:
+accounts, mail, relay queue, KAS, quota reservations, maildrop locks, the reply ledger). The
+SMTP and POP3 sessions, the delivery code and the relay worker receive it instead of reaching
+into each other. This module holds references only; it never opens a socket or a file.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import trio
 
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.quota import QuotaLedger
+from kim_appliance.fachdienst.maildrops import MaildropLeases
 from kim_appliance.serving import ListenerLimits
-from kim_appliance.store import MailStore
+from kim_appliance.store import LOCAL_NODE, Account, Store, domain_of
 
 if TYPE_CHECKING:
     from kim_appliance.directory.store import DirectoryStore
-    from kim_appliance.fachdienst.kas_store import KasStore
 
 
 def utcnow() -> dt.datetime:
@@ -59,7 +60,8 @@ class RelayEndpoints:
 class Fachdienst:
     domain: str
     config: FachdienstConfig
-    store: MailStore
+    #: the appliance's store, shared by every Fachdienst (rows carry their domain)
+    store: Store
     auth: Authenticator
     endpoints: RelayEndpoints
     #: C.FD.TLS-S; asks for (but does not require) a client certificate, so that another
@@ -68,19 +70,7 @@ class Fachdienst:
     #: C.FD.TLS-C for relaying; verifies the other Fachdienst against the TLS CA
     client_ssl: ssl.SSLContext
     log: logging.Logger
-    #: mailboxes with an open POP3 session (RFC 1939: one maildrop lock per mailbox)
-    pop3_locks: set[str] = field(default_factory=set)
     relay_wakeup: trio.Event = field(default_factory=trio.Event)
-    #: (mailbox, sender, note start) pairs already answered with the absence note (RFC 3834)
-    auto_replied: set[tuple[str, str, str]] = field(default_factory=set)
-    #: scrypt needs 16 MiB and a core per check: at most two at a time, so that ten parallel
-    #: logins neither spike the memory nor starve the sessions (bench/fachdienst.py)
-    auth_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
-    #: per-mailbox quota locks and KAS reservations (digest §3.2/§3.5, fachdienst.quota)
-    quota: QuotaLedger = field(default_factory=QuotaLedger)
-    #: the KAS store, whose uploads count in the quota and are purged with the account; set by
-    #: whoever opens it (``kas_routes`` does, if it is still None)
-    kas: KasStore | None = None
     #: the VZD the Account Manager writes (§4.2); the retention purge removes a purged
     #: account's address from it. Set by ``account_manager_routes`` if still None
     directory: DirectoryStore | None = None
@@ -88,10 +78,29 @@ class Fachdienst:
     clock: Callable[[], dt.datetime] = utcnow
     #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
+    #: the node this process is (relay claims, maildrop lock holders)
+    node: str = LOCAL_NODE
+    #: the maildrop locks of this Fachdienst's open POP3 sessions (renewed by a worker)
+    maildrops: MaildropLeases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.domain = self.domain.lower()
+        self.maildrops = MaildropLeases(self.store, self.log)
 
     @property
     def hostname(self) -> str:
         return self.domain
+
+    def is_local(self, address: str) -> bool:
+        """True if ``address`` belongs to this Fachdienst's domain."""
+        return domain_of(address) == self.domain
+
+    async def local_account(self, address: str) -> Account | None:
+        """The account of ``address`` if it is one of this Fachdienst's (the store holds every
+        Fachdienst's accounts: another domain's is None here, as if it did not exist)."""
+        if not self.is_local(address):
+            return None
+        return await self.store.accounts.get(address)
 
     def wake_relay(self) -> None:
         """Tell the relay worker that new entries are queued (call from the trio thread)."""

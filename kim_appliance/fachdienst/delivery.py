@@ -1,7 +1,7 @@
 """Storing and routing an accepted message: local mailboxes, the relay queue, delivery reports.
 
-:func:`accept` runs in a worker thread once the body is in a blob file. It commits the blob
-(fsync + rename), delivers to this Fachdienst's mailboxes with a trace prefix each
+:func:`accept` runs once the body is in a blob. It commits the blob (durable), delivers to
+this Fachdienst's mailboxes with a trace prefix each
 (Return-Path + Received, RFC 5321 §4.4), queues the other domains' recipients for the relay
 worker, and writes the delivery confirmations asked for with NOTIFY=SUCCESS (RFC 3461; the
 receiving Fachdienst reports, with In-Reply-To = the outer Message-ID, digest §3.2). Only when
@@ -14,7 +14,8 @@ mailbox at most once per relay id (the store remembers them, ``deliver(relay_id=
 the sender crashed after our ``250`` and before removing its queue entry, its repeat is
 answered ``250`` again and stored nowhere (docs/decisions.md).
 
-It must never be called from the trio thread (it blocks on disk) and never reads the body.
+Every store call is one transaction of the store (kim_appliance.store); the quota check is the
+store's too (``check_quota=True``: atomic with the delivery). This module never reads the body.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.quota import QuotaExceeded as QuotaExceeded  # re-exported
 from kim_appliance.mail.autoreply import build_auto_reply, wants_auto_reply
@@ -91,41 +91,42 @@ def relay_id_of(envelope: Envelope) -> str | None:
     return match.group(1).decode("ascii").lower() if match else None
 
 
-def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult:
+async def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult:
     """Commit, deliver, queue and report one message; QuotaExceeded (552 5.2.2) if a local
     mailbox has no room: then nothing is delivered or queued.
 
-    The quota check and the delivery run under the local mailboxes' locks (fachdienst.quota):
-    two messages that each fit but together overshoot cannot both pass the check.
+    The quota check and the delivery are one transaction of the store: two messages that each
+    fit but together overshoot cannot both pass the check (kim_appliance.fachdienst.quota).
     """
     now = dt.datetime.now(dt.UTC)
     queue_id = new_queue_id()
     local = [r for r in envelope.recipients if domain_of(r.address) == fd.domain]
     remote = [r for r in envelope.recipients if domain_of(r.address) != fd.domain]
     relay_id = relay_id_of(envelope)
+    by_domain: dict[str, list[Recipient]] = {}
     # leaving the block releases the blob: removed unless a delivery or queue entry holds it
-    with blob:
-        ref = blob.commit()  # the fsync outside the mailbox locks; refused -> released below
-        with quota.room_for_delivery(fd, [r.address for r in local], blob.size):
-            local = _deliver_local(fd, envelope, ref, local, queue_id, now, relay_id)
-        by_domain: dict[str, list[Recipient]] = {}
+    async with blob:
+        ref = await blob.commit()
+        local = await _deliver_local(fd, envelope, ref, local, queue_id, now, relay_id)
         for r in remote:
             by_domain.setdefault(domain_of(r.address), []).append(r)
         for domain, recipients in by_domain.items():
-            fd.store.enqueue_relay(
+            await fd.store.relay.enqueue(
                 ref,
                 sender=envelope.mail_from,
                 recipients=[RelayRecipient(r.address, r.notify, r.orcpt) for r in recipients],
                 envid=envelope.envid,
                 ret=envelope.ret,
+                source_domain=fd.domain,
                 domain=domain,
                 not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
+                now=now,
             )
     relayed = bool(by_domain)
-    relayed |= _absence_notes(fd, envelope, local, now)
+    relayed |= await _absence_notes(fd, envelope, local, now)
     confirmed = [r for r in local if r.notify and "SUCCESS" in r.notify]
     if confirmed and envelope.mail_from:
-        relayed |= _report_quietly(
+        relayed |= await _report_quietly(
             fd,
             to=envelope.mail_from,
             envelope=envelope,
@@ -143,7 +144,7 @@ def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> AcceptResult
     return AcceptResult(queue_id, relayed)
 
 
-def _deliver_local(
+async def _deliver_local(
     fd: Fachdienst,
     envelope: Envelope,
     ref: BlobRef,
@@ -174,7 +175,10 @@ def _deliver_local(
         )
         for r in local
     ]
-    stored = {m.mailbox for m in fd.store.deliver(ref, deliveries, relay_id=relay_id)}
+    delivered = await fd.store.mail.deliver(
+        ref, deliveries, now, check_quota=True, relay_id=relay_id
+    )
+    stored = {m.mailbox for m in delivered}
     fresh = [r for r in local if r.address.lower() in stored]
     if len(fresh) < len(local):
         repeated = [r.address for r in local if r.address.lower() not in stored]
@@ -182,7 +186,7 @@ def _deliver_local(
     return fresh
 
 
-def _report_quietly(
+async def _report_quietly(
     fd: Fachdienst,
     *,
     to: str,
@@ -193,13 +197,15 @@ def _report_quietly(
     """:func:`send_report` for a message that is already delivered: a failing report is logged
     and never turns the delivery into an error (the client would send the message again)."""
     try:
-        return send_report(fd, to=to, envelope=envelope, arrival=arrival, recipients=recipients)
+        return await send_report(
+            fd, to=to, envelope=envelope, arrival=arrival, recipients=recipients
+        )
     except Exception:
         fd.log.exception("delivery report to %s failed", to)
         return False
 
 
-def send_report(
+async def send_report(
     fd: Fachdienst,
     *,
     to: str,
@@ -228,23 +234,26 @@ def send_report(
         arrival=arrival,
         recipients=recipients,
     )
-    return deliver_system_message(fd, report, to)
+    return await deliver_system_message(fd, report, to)
 
 
-def deliver_system_message(fd: Fachdienst, message: bytes, to: str) -> bool:
-    """Deliver a message from the null sender locally or queue it; True if queued for relay."""
+async def deliver_system_message(fd: Fachdienst, message: bytes, to: str) -> bool:
+    """Deliver a message from the null sender locally or queue it; True if queued for relay.
+
+    System messages (delivery reports, absence notes) are not held to the quota: a full
+    mailbox must still learn that its mail bounced."""
     now = dt.datetime.now(dt.UTC)
     domain = domain_of(to)
     local = domain == fd.domain
-    if local and fd.store.get_account(to) is None:
+    if local and await fd.store.accounts.get(to) is None:
         fd.log.warning("report for unknown local mailbox %s dropped", to)
         return False
-    with fd.store.new_blob() as writer:
-        writer.write(message)
-        return _deliver_committed(fd, writer.commit(), to, local, now)
+    async with fd.store.blobs.writer() as writer:
+        await writer.write(message)
+        return await _deliver_committed(fd, await writer.commit(), to, local, now)
 
 
-def _deliver_committed(
+async def _deliver_committed(
     fd: Fachdienst, ref: BlobRef, to: str, local: bool, now: dt.datetime
 ) -> bool:
     domain = domain_of(to)
@@ -262,28 +271,30 @@ def _deliver_committed(
             when=now,
             tls=None,
         )
-        fd.store.deliver(ref, [(to, prefix)])
+        await fd.store.mail.deliver(ref, [(to, prefix)], now, check_quota=False)
         return False
-    fd.store.enqueue_relay(
+    await fd.store.relay.enqueue(
         ref,
         sender="",
         recipients=[RelayRecipient(to, frozenset({"NEVER"}), None)],
         envid=None,
         ret=None,
+        source_domain=fd.domain,
         domain=domain,
         not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
+        now=now,
     )
     return True
 
 
-def _absence_notes(
+async def _absence_notes(
     fd: Fachdienst, envelope: Envelope, local: Sequence[Recipient], now: dt.datetime
 ) -> bool:
     """Answer the sender for each local recipient with an active absence note, at most once
     per sender and note (KOM-LE-A_2223, A_2277, A_2278; RFC 3834). True if a reply is relayed.
 
-    The "once" is remembered in memory per Fachdienst: after a restart a sender may get the
-    note once more (a harmless repeat, RFC 3834 §2 allows it).
+    The "once" is the store's reply ledger (``autoreplies.remember``): durable, so it holds
+    across restarts and across the nodes sharing the store.
     """
     if not local or not envelope.mail_from:
         return False
@@ -295,18 +306,18 @@ def _absence_notes(
         return False
     relayed = False
     for r in local:
-        account = fd.store.get_account(r.address)
+        account = await fd.store.accounts.get(r.address)
         if account is None:
             continue
         note = account.out_of_office
-        if not note.active or note.message is None or note.start is None or note.end is None:
+        if not note.running(now) or note.message is None or note.start is None:
             continue
-        if not note.start <= now <= note.end:
+        if envelope.mail_from.lower() == account.address.lower():
             continue
-        key = (account.address.lower(), envelope.mail_from.lower(), note.start.isoformat())
-        if key in fd.auto_replied or envelope.mail_from.lower() == account.address.lower():
+        if not await fd.store.autoreplies.remember(
+            account.address, envelope.mail_from, note.start, now
+        ):
             continue
-        fd.auto_replied.add(key)
         reply = build_auto_reply(
             absent=account.address,
             display_name=account.display_name,
@@ -316,7 +327,7 @@ def _absence_notes(
             domain=fd.domain,
         )
         try:
-            relayed |= deliver_system_message(fd, reply, envelope.mail_from)
+            relayed |= await deliver_system_message(fd, reply, envelope.mail_from)
         except Exception:
             fd.log.exception("absence note of %s to %s failed", account.address, envelope.mail_from)
     return relayed

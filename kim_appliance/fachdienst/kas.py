@@ -4,8 +4,11 @@ Implements gematik's ``AttachmentService.yaml`` v2.4.0 (digest §3.5) under
 ``/attachments/v2.4``: addMailData (``POST /attachment/``, multipart with one ``recipients`` part
 per address, HTTP Basic with the sender's mail account), readMailData (``GET``, header
 ``recipient``), its ``HEAD`` (size only, A_24002) and deleteMailData (``DELETE``, uploader only).
-Uploads and downloads are streamed through :class:`~kim_appliance.fachdienst.kas_store.KasStore`
-in chunks of at most :data:`FLUSH_BYTES`; a 500 MiB blob is never held in memory.
+The attachments live in the appliance's store (``store.kas`` on the shared blob store, rows
+carrying this Fachdienst's domain); uploads and downloads stream through it in chunks of at most
+:data:`FLUSH_BYTES`, so a 500 MiB blob is never held in memory. An upload's declared size is
+reserved in the uploader's quota when its part begins and turns into the stored attachment in
+one store transaction (kim_appliance.fachdienst.quota).
 
 Every failure is an :class:`~kim_appliance.web.errors.ApiError` with a status documented in the
 YAML and a message naming the field and the reason. This module never logs or echoes a password,
@@ -17,12 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,11 +35,12 @@ from starlette.routing import BaseRoute, Route
 from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.accounts import client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
-from kim_appliance.fachdienst.kas_store import (
+from kim_appliance.store import (
+    Attachment,
     AttachmentNotFound,
-    KasStore,
-    KasUpload,
-    SizeMismatch,
+    BlobWriter,
+    QuotaExceeded,
+    Store,
 )
 from kim_appliance.web.errors import JSON_UTF8, ApiError, JsonUtf8Response
 
@@ -79,10 +80,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class SizeMismatch(ValueError):
+    """The upload's bytes differ from the size it declared (part Content-Length)."""
+
+
 @dataclass
 class _KasState:
     fd: Fachdienst
-    kas: KasStore
     #: ``https://host:port`` of the listener, or a function giving it once it is bound
     base_url: str | Callable[[], str]
     settings: KasSettings
@@ -128,10 +132,7 @@ async def _authenticate(state: _KasState, request: Request) -> str:
             401, "Authorization: Basic credentials are not 'username:password'", headers=challenge
         )
     fd = state.fd
-    result = await trio.to_thread.run_sync(
-        partial(fd.auth.authenticate, username, password, client=client_of_request(request)),
-        limiter=fd.auth_limiter,
-    )
+    result = await fd.auth.authenticate(username, password, client=client_of_request(request))
     if not result.ok:
         raise ApiError(401, result.text, headers=challenge)
     return result.address
@@ -243,22 +244,36 @@ class _Upload:
     """What addMailData has read so far."""
 
     fields: dict[str, list[str]] = field(default_factory=dict)
-    upload: KasUpload | None = None
+    writer: BlobWriter | None = None
+    #: the quota reservation of the attachment's declared size (store.kas.reserve)
+    reservation: str | None = None
     filename: str | None = None
     declared: int = 0
 
+    async def write(self, data: bytes) -> None:
+        assert self.writer is not None
+        if self.writer.size + len(data) > self.declared:
+            raise SizeMismatch(
+                f"attachment: more bytes than its declared Content-Length {self.declared}"
+            )
+        await self.writer.write(data)
 
-async def _reserve_quota(state: _KasState, uploader: str, size: int) -> None:
+
+def _store(state: _KasState) -> Store:
+    return state.fd.store
+
+
+async def _reserve_quota(state: _KasState, uploader: str, size: int) -> str:
     """Check and reserve ``size`` bytes of the uploader's quota in one step, or 507 (digest
-    §3.5; the quota is shared by the mailbox and the KAS, §3.2, fachdienst.quota). The caller
-    releases the reservation when the upload has committed or failed."""
-    fd, kas = state.fd, state.kas
-    free = (await trio.to_thread.run_sync(shutil.disk_usage, kas.root)).free
-    if size > free:
+    §3.5; the quota is shared by the mailbox and the KAS, §3.2, fachdienst.quota). Returns the
+    reservation, which the commit turns into the attachment (or the caller releases)."""
+    store = _store(state)
+    free = await store.blobs.space()
+    if free is not None and size > free:
         raise ApiError(507, f"attachment: {size} bytes, but the KAS has only {free} bytes free")
     try:
-        await trio.to_thread.run_sync(quota.reserve_upload, fd, uploader, size)
-    except quota.QuotaExceeded as exc:
+        return await store.kas.reserve(uploader, size, _utcnow(), quota.UPLOAD_RESERVATION_TTL)
+    except QuotaExceeded as exc:
         raise ApiError(
             507,
             f"attachment: {size} bytes exceed the remaining quota of {uploader} "
@@ -270,7 +285,7 @@ async def _reserve_quota(state: _KasState, uploader: str, size: int) -> None:
 async def _start_attachment(
     state: _KasState, uploader: str, form: _Upload, headers: dict[str, str], filename: str | None
 ) -> None:
-    if form.upload is not None:
+    if form.writer is not None:
         raise ApiError(400, "attachment: more than one attachment part")
     raw = headers.get("content-length")
     if raw is None:
@@ -287,16 +302,11 @@ async def _start_attachment(
             413,
             f"attachment: {size} bytes exceed the maximum of {state.settings.max_size} bytes",
         )
-    await _reserve_quota(state, uploader, size)
+    form.reservation = await _reserve_quota(state, uploader, size)
     form.declared = size
     form.filename = filename
-    try:
-        form.upload = await trio.to_thread.run_sync(
-            lambda: state.kas.new_upload(declared_size=size)
-        )
-    except BaseException:
-        state.fd.quota.release(uploader, size)
-        raise
+    # encrypted data does not compress
+    form.writer = _store(state).blobs.writer(compress=False)
 
 
 async def _read_form(state: _KasState, request: Request, uploader: str, form: _Upload) -> None:
@@ -313,11 +323,11 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
     pending = bytearray()
 
     async def flush() -> None:
-        if pending and form.upload is not None:
+        if pending and form.writer is not None:
             data = bytes(pending)
             pending.clear()
             try:
-                await trio.to_thread.run_sync(form.upload.write, data)
+                await form.write(data)
             except SizeMismatch as exc:
                 raise ApiError(400, str(exc)) from None
 
@@ -356,10 +366,6 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
                     current = None
     except ClientDisconnect:
         raise ApiError(400, "request body: the client disconnected during the upload") from None
-    finally:
-        if form.upload is not None:
-            # the committed attachment now counts through KasStore.usage (or it failed)
-            state.fd.quota.release(uploader, form.declared)
     if not parser.ended:
         raise ApiError(400, "request body: multipart/form-data ends before its final boundary")
 
@@ -378,22 +384,24 @@ async def add_mail_data(state: _KasState, request: Request) -> Response:
             f"Content-Length: {raw_length} bytes exceed the maximum attachment size of "
             f"{state.settings.max_size} bytes",
         )
-    account = await trio.to_thread.run_sync(state.fd.store.get_account, uploader)
+    store = _store(state)
+    account = await state.fd.local_account(uploader)
     if account is None or account.status != "active":
         raise ApiError(401, f"account {uploader} is deregistered and cannot send (KOM-LE-A_2149)")
     form = _Upload()
+    attachment: Attachment | None = None
     try:
         await _read_form(state, request, uploader, form)
         fields = form.fields
         for name in ("messageID", "recipients", "expires"):
             if not fields.get(name) or not any(fields[name]):
                 raise ApiError(400, f"{name}: form part missing or empty")
-        if form.upload is None:
+        if form.writer is None:
             raise ApiError(400, "attachment: form part missing")
-        if form.upload.size != form.declared:
+        if form.writer.size != form.declared:
             raise ApiError(
                 400,
-                f"attachment: {form.upload.size} bytes received, its Content-Length declared "
+                f"attachment: {form.writer.size} bytes received, its Content-Length declared "
                 f"{form.declared}",
             )
         recipients = fields["recipients"]
@@ -404,20 +412,25 @@ async def add_mail_data(state: _KasState, request: Request) -> Response:
         expires = _parse_expires(fields["expires"][0], now)
         # KAS blobs follow the account's dataTimeToLive (digest §3.2): never kept longer
         expires = min(expires, now + timedelta(days=account.data_ttl_days))
-        upload = form.upload
-        attachment = await trio.to_thread.run_sync(
-            lambda: upload.commit(
-                uploader=uploader,
-                recipients=recipients,
-                message_id=fields["messageID"][0],
-                filename=form.filename,
-                expires_at=expires,
-                now=now,
-            )
+        blob = await form.writer.commit()
+        # one transaction: the attachment row, and its reservation gone from the quota
+        attachment = await store.kas.commit(
+            blob,
+            reservation_id=form.reservation,
+            domain=state.fd.domain,
+            uploader=uploader,
+            recipients=recipients,
+            message_id=fields["messageID"][0],
+            filename=form.filename,
+            expires_at=expires,
+            now=now,
         )
     finally:
-        if form.upload is not None:
-            await trio.to_thread.run_sync(form.upload.abort)
+        if form.writer is not None:
+            await form.writer.abort()  # releases the blob unless the attachment holds it
+        if attachment is None and form.reservation is not None:
+            with trio.CancelScope(shield=True):
+                await store.kas.release(form.reservation)
     state.fd.log.info(
         "KAS: %s stored attachment %s (%d bytes) for %d recipient(s)",
         uploader,
@@ -455,8 +468,9 @@ async def read_mail_data(state: _KasState, request: Request) -> Response:
             raise
         raise ApiError(404, exc.message) from None
     now = state.clock()
+    store = _store(state)
     try:
-        attachment = await trio.to_thread.run_sync(lambda: state.kas.get(attachment_id, now=now))
+        attachment = await store.kas.get(attachment_id, state.fd.domain, now)
     except AttachmentNotFound:
         raise ApiError(404, f"attachment {attachment_id[:64]!r}: not found or expired") from None
     size_headers = {
@@ -472,10 +486,8 @@ async def read_mail_data(state: _KasState, request: Request) -> Response:
     if not attachment.is_recipient(recipient):
         raise ApiError(403, f"recipient: {recipient} is not a recipient of this KIM mail")
     window = timedelta(seconds=state.settings.download_window_seconds)
-    allowed = await trio.to_thread.run_sync(
-        lambda: state.kas.record_download(
-            attachment.id, recipient, now=now, limit=state.settings.max_downloads, window=window
-        )
+    allowed = await store.kas.record_download(
+        attachment.id, recipient, now=now, limit=state.settings.max_downloads, window=window
     )
     if not allowed:
         raise ApiError(
@@ -484,20 +496,18 @@ async def read_mail_data(state: _KasState, request: Request) -> Response:
             f"{recipient} within {state.settings.download_window_seconds} s; try again later",
             headers={"Retry-After": str(state.settings.download_window_seconds)},
         )
+    reader = store.kas.reader(attachment)
     try:
-        fh = await trio.to_thread.run_sync(state.kas.open_blob, attachment)
+        await reader.__aenter__()
     except AttachmentNotFound:
         raise ApiError(404, f"attachment {attachment.id}: not found or expired") from None
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            while True:
-                chunk = await trio.to_thread.run_sync(fh.read, DOWNLOAD_CHUNK)
-                if not chunk:
-                    return
+            while chunk := await reader.read(DOWNLOAD_CHUNK):
                 yield chunk
         finally:
-            fh.close()
+            await reader.aclose()
 
     return StreamingResponse(body(), status_code=200, headers=size_headers)
 
@@ -507,11 +517,12 @@ async def delete_mail_data(state: _KasState, request: Request) -> Response:
     user = await _authenticate(state, request)
     attachment_id = request.path_params["attachmentId"]
     now = state.clock()
+    store = _store(state)
     try:
-        attachment = await trio.to_thread.run_sync(lambda: state.kas.get(attachment_id, now=now))
+        attachment = await store.kas.get(attachment_id, state.fd.domain, now)
         if attachment.uploader != user.lower():
             raise AttachmentNotFound(attachment_id)
-        await trio.to_thread.run_sync(state.kas.delete, attachment.id)
+        await store.kas.delete(attachment.id, state.fd.domain)
     except AttachmentNotFound:
         raise ApiError(
             404, f"attachment {attachment_id[:64]!r}: not found among the uploads of {user}"
@@ -527,22 +538,14 @@ def kas_routes(
     fd: Fachdienst,
     *,
     base_url: str | Callable[[], str],
-    kas: KasStore | None = None,
     settings: KasSettings | None = None,
     clock: Callable[[], datetime] = _utcnow,
 ) -> list[BaseRoute]:
-    """The KAS routes, mounted at ``/attachments/v2.4``.
+    """The KAS routes, mounted at ``/attachments/v2.4``, on the Fachdienst's store.
 
-    ``base_url`` (``https://host:port``) prefixes every ``sharedLink``. ``kas`` defaults to a
-    store under the Fachdienst's data dir ``kas/`` (:func:`open_kas_store`; left open for the
-    life of the process). ``clock`` is for tests.
+    ``base_url`` (``https://host:port``) prefixes every ``sharedLink``. ``clock`` is for tests.
     """
-    if kas is None:
-        kas = open_kas_store(fd)
-    if fd.kas is None:
-        # the mail server's quota check and the retention purge see this KAS from now on
-        fd.kas = kas
-    state = _KasState(fd, kas, base_url, settings or KasSettings(), clock)
+    state = _KasState(fd, base_url, settings or KasSettings(), clock)
 
     def bind(
         handler: Callable[[_KasState, Request], Awaitable[Response]],
@@ -569,33 +572,21 @@ def kas_routes(
     ]
 
 
-def open_kas_store(fd: Fachdienst) -> KasStore:
-    """The KAS store in the Fachdienst's data dir (``<data dir>/kas``)."""
-    data_dir = getattr(fd.store, "data_dir", None)
-    if not isinstance(data_dir, Path):
-        raise ValueError(
-            f"{fd.domain}: the mail store has no data dir; pass kas=KasStore.open(path)"
-        )
-    return KasStore.open(data_dir / "kas")
-
-
-def expire_kas(fd_kas: KasStore, now: datetime) -> int:
-    """Delete the attachments whose ``expires`` has passed (KAS-ref cleanup, digest §3.5).
-
-    Blocking: run it through ``trio.to_thread``. Returns the number deleted.
-    """
-    return fd_kas.expire(now)
+async def expire_kas(fd: Fachdienst, now: datetime) -> int:
+    """Delete the attachments of ``fd`` whose ``expires`` has passed (KAS-ref cleanup, digest
+    §3.5). Returns the number deleted."""
+    return await fd.store.kas.expire(now, fd.domain)
 
 
 async def run_kas_expiry(
-    fd_kas: KasStore,
+    fd: Fachdienst,
     *,
     interval_seconds: float = 3600,
     clock: Callable[[], datetime] = _utcnow,
 ) -> None:
     """Background task: :func:`expire_kas` every ``interval_seconds`` until cancelled."""
     while True:
-        await trio.to_thread.run_sync(expire_kas, fd_kas, clock())
+        await expire_kas(fd, clock())
         await trio.sleep(interval_seconds)
 
 
@@ -603,8 +594,8 @@ __all__ = [
     "BASE_PATH",
     "JSON_UTF8",
     "KasSettings",
+    "SizeMismatch",
     "expire_kas",
     "kas_routes",
-    "open_kas_store",
     "run_kas_expiry",
 ]

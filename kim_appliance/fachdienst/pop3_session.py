@@ -5,14 +5,15 @@ The username is the plain KIM address (KOM-LE-A_2161); USER/PASS and AUTH PLAIN 
 APOP (listed in KOM-LE-A_2151) needs the password in clear on the server, which KOM-LE-A_2164
 forbids: the Fachdienst offers no APOP timestamp and answers APOP with ``-ERR`` (our choice,
 written down in docs/conformance.md). The maildrop is locked for the session (RFC 1939 §8,
-``[IN-USE]``); UIDs come from the store and are never reused (KOM-LE-A_2152); deletions take
-effect at QUIT only. Messages stream from the store in 1 MiB reads, dot-stuffed natively.
+``[IN-USE]``) by a lease in the store, so the lock holds across the nodes sharing it
+(:mod:`kim_appliance.fachdienst.maildrops` renews it while the session is open). UIDs come
+from the store and are never reused (KOM-LE-A_2152); deletions take effect at QUIT only.
+Messages stream from the store in 1 MiB reads, dot-stuffed natively.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import BinaryIO
+import secrets
 
 import trio
 
@@ -36,7 +37,7 @@ from kim_appliance.protocols.pop3 import (
     Uidl,
 )
 from kim_appliance.protocols.session import SessionIO, peer_name, run_core, serve_session
-from kim_appliance.store import StoredMessage
+from kim_appliance.store import BlobReader, MessageNotFound, StoredMessage, StoreError
 
 READ_SIZE = 1024 * 1024
 RECEIVE_SIZE = 65536
@@ -54,11 +55,14 @@ class Pop3Session:
         #: the last line and the connection closes (``closing``)
         self.auth_failures = 0
         self.closing = False
+        #: who holds the maildrop lock in the store: this session, on this node
+        self.holder = f"{fd.node}/{secrets.token_hex(8)}"
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        """Give the maildrop lock back."""
         if self.mailbox is not None:
-            self.fd.pop3_locks.discard(self.mailbox)
             self.mailbox = None
+            await self.fd.maildrops.unlock(self.holder)
 
     def _message(self, number: int) -> StoredMessage | None:
         if 1 <= number <= len(self.messages) and number not in self.deleted:
@@ -97,14 +101,8 @@ class Pop3Session:
             return Response(
                 False, "APOP is not offered: passwords are stored hashed only", RespCode.AUTH
             )
-        result = await trio.to_thread.run_sync(
-            partial(
-                self.fd.auth.authenticate,
-                event.username,
-                event.password,
-                client=client_of_peer(self.peer),
-            ),
-            limiter=self.fd.auth_limiter,
+        result = await self.fd.auth.authenticate(
+            event.username, event.password, client=client_of_peer(self.peer)
         )
         self.fd.log.info("pop3 %s AUTH %s %s", self.peer, event.username, result.for_log)
         if not result.ok:
@@ -114,7 +112,7 @@ class Pop3Session:
                 text = f"{result.text}; {self.auth_failures} failures, closing the connection"
                 return Response(False, text, RespCode.AUTH)
             return Response(False, result.text, RespCode.AUTH)
-        account = await trio.to_thread.run_sync(self.fd.store.get_account, result.address)
+        account = await self.fd.local_account(result.address)
         # KOM-LE-A_2149/2150 (digest §3.2): a deregistered account reads its mailbox by POP3
         # until deregDate, and not after
         dereg_date = account.dereg_date if account is not None else None
@@ -132,11 +130,10 @@ class Pop3Session:
                 "the mailbox can no longer be read",
                 RespCode.AUTH,
             )
-        if result.address in self.fd.pop3_locks:
+        if not await self.fd.maildrops.lock(result.address, self.holder):
             return Response(False, f"mailbox {result.address} is in use", RespCode.IN_USE)
-        self.fd.pop3_locks.add(result.address)
         self.mailbox = result.address
-        self.messages = await trio.to_thread.run_sync(self.fd.store.list_messages, result.address)
+        self.messages = await self.fd.store.mail.list(result.address)
         size = sum(m.size for m in self.messages)
         return Response(True, f"{result.address} has {len(self.messages)} messages ({size} octets)")
 
@@ -164,58 +161,70 @@ class Pop3Session:
         if message is None:
             await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
             return
+        opened = False
         try:
-            source = await trio.to_thread.run_sync(self.fd.store.open_message, message.id)
-        except LookupError:
+            async with self.fd.store.mail.reader(message.id) as source:
+                opened = True
+                await stream.send_all(core.send_multiline(f"{message.size} octets"))
+                if isinstance(event, Retr):
+                    while data := await source.read(READ_SIZE):
+                        # dot-stuffing 1 MiB natively is too long a call for the trio thread
+                        # (DESIGN: large native calls run via to_thread)
+                        piece = await trio.to_thread.run_sync(core.send_body, data)
+                        await stream.send_all(piece)
+                else:
+                    await stream.send_all(core.send_body(await _top(source, event.lines)))
+        except MessageNotFound:
+            if opened:
+                raise
+            # expired or deleted by another session meanwhile (retention runs on its own)
             await stream.send_all(
                 core.send(Response(False, f"message {event.msg} has expired", RespCode.SYS_PERM))
             )
             return
-        try:
-            await stream.send_all(core.send_multiline(f"{message.size} octets"))
-            if isinstance(event, Retr):
-                # read and dot-stuff in the worker thread: 1 MiB of native stuffing is too long
-                # a call for the trio thread (DESIGN: large native calls run via to_thread)
-                def next_piece() -> bytes:
-                    data = source.read(READ_SIZE)
-                    return core.send_body(data) if data else b""
-
-                while piece := await trio.to_thread.run_sync(next_piece):
-                    await stream.send_all(piece)
-            else:
-                await stream.send_all(core.send_body(await _top(source, event.lines)))
-        finally:
-            source.close()
         await stream.send_all(core.end_multiline())
 
     async def _quit(self) -> Response:
         if self.mailbox is None:
             return Response(True, "bye")
-        ids = [self.messages[n - 1].id for n in sorted(self.deleted)]
-        if ids:
-            await trio.to_thread.run_sync(self.fd.store.delete_messages, self.mailbox, ids)
         mailbox = self.mailbox
-        self.release()
+        ids = [self.messages[n - 1].id for n in sorted(self.deleted)]
+        if ids and self.fd.maildrops.lost(self.holder):
+            await self.release()
+            return Response(
+                False, "the maildrop lock lapsed during the session; no message was removed",
+                RespCode.SYS_TEMP,
+            )  # fmt: skip
+        if ids:
+            try:
+                await self.fd.store.mail.delete(mailbox, ids)
+            except StoreError as exc:
+                self.fd.log.error("pop3 %s QUIT %s: deleting failed: %s", self.peer, mailbox, exc)
+                await self.release()
+                return Response(
+                    False, "the mail store is unavailable; no message was removed",
+                    RespCode.SYS_TEMP,
+                )  # fmt: skip
+        await self.release()
         self.fd.log.info("pop3 %s QUIT %s: %d deleted", self.peer, mailbox, len(ids))
         return Response(True, f"{len(ids)} messages deleted, bye")
 
 
-async def _top(source: BinaryIO, lines: int) -> bytes:
+async def _top(source: BlobReader, lines: int) -> bytes:
     """The header, the empty line and the first ``lines`` lines of the body (RFC 1939 TOP)."""
-    read = source.read
     data = b""
     while True:
         end = data.find(b"\r\n\r\n")
         if end >= 0:
             break
-        chunk = await trio.to_thread.run_sync(read, 64 * 1024)
+        chunk = await source.read(64 * 1024)
         if not chunk:
             return data
         data += chunk
     header_end = end + 4
     body = data[header_end:]
     while body.count(b"\r\n") < lines:
-        chunk = await trio.to_thread.run_sync(read, 64 * 1024)
+        chunk = await source.read(64 * 1024)
         if not chunk:
             break
         body += chunk
@@ -263,7 +272,7 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
 
     async def cleanup() -> None:
         # nothing is deleted unless QUIT reached UPDATE; the maildrop lock goes
-        session.release()
+        await session.release()
 
     await serve_session(
         name="pop3",

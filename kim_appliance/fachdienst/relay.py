@@ -11,6 +11,11 @@ than losing it; the repeat carries the entry's relay id (``KIM-Relay-ID``, first
 which the other Fachdienst recognises what it already delivered (fachdienst.delivery), so a
 repeat is never a second copy.
 
+Claims: the worker takes due entries from its Fachdienst's queue in the store with a claim
+(``relay.claim``, a lease of :data:`RELAY_LEASE`), so that two nodes sharing a store never
+attempt one entry at once, and an entry whose node died is attempted by another once the lease
+has lapsed.
+
 Restarts: the workers of an appliance start working only once every Fachdienst of the
 appliance has registered its endpoint (``RelayEndpoints.complete``), and a domain without a
 known endpoint is a temporary failure for a TI domain (see :func:`no_route_reply`): a queued
@@ -30,7 +35,6 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 from dataclasses import dataclass, field
-from functools import partial
 from types import TracebackType
 
 import trio
@@ -55,7 +59,14 @@ POLL_SECONDS = 5.0
 #: one attempt (connect, send, QUIT) may take this long
 ATTEMPT_TIMEOUT = 300.0
 PARALLEL_ATTEMPTS = 4
+#: entries claimed per round: what the parallel attempts finish in two rounds of attempts
+CLAIM_BATCH = 2 * PARALLEL_ATTEMPTS
+#: a claim lasts this long: longer than two attempts in a row (CLAIM_BATCH), so a live node
+#: never loses an entry to another while it still works on it
+RELAY_LEASE = dt.timedelta(seconds=3 * ATTEMPT_TIMEOUT)
 READ_SIZE = 1024 * 1024
+#: a delivery report carries at most this much of the relayed message's header
+HEADER_READ = 256 * 1024
 #: an unused relay connection is closed (QUIT) after this long; well below the receiving
 #: side's session timeout (300 s by default), and a closed one is noticed by the RSET anyway
 IDLE_SECONDS = 30.0
@@ -239,8 +250,9 @@ async def relay_worker(fd: Fachdienst) -> None:
 
     Starts working once every Fachdienst of the process has registered its endpoint
     (``fd.endpoints.complete``): before that a due entry for a sibling would find no route.
-    Between rounds it sleeps until woken, until the earliest retry it scheduled, or at most
-    ``POLL_SECONDS`` (so a retry wait shorter than the poll interval is kept).
+    Each round claims up to CLAIM_BATCH due entries; a full batch is followed by the next round
+    at once. Between rounds it sleeps until woken, until the earliest retry it scheduled, or at
+    most ``POLL_SECONDS`` (so a retry wait shorter than the poll interval is kept).
     """
     await fd.endpoints.complete.wait()
     limiter = trio.CapacityLimiter(PARALLEL_ATTEMPTS)
@@ -248,12 +260,16 @@ async def relay_worker(fd: Fachdienst) -> None:
         while True:
             fd.relay_wakeup = trio.Event()
             now = dt.datetime.now(dt.UTC)
-            due = await trio.to_thread.run_sync(fd.store.due_relays, now)
+            due = await fd.store.relay.claim(
+                fd.node, fd.domain, now, limit=CLAIM_BATCH, lease=RELAY_LEASE
+            )
             retries: list[dt.datetime] = []
             async with trio.open_nursery() as nursery:
                 for entry in due:
                     nursery.start_soon(_attempt_limited, fd, entry, limiter, retries, connections)
             await connections.close_idle()
+            if len(due) >= CLAIM_BATCH:
+                continue  # more may be due now
             if not due:
                 with trio.move_on_after(POLL_SECONDS):
                     await fd.relay_wakeup.wait()
@@ -274,7 +290,7 @@ async def _attempt_limited(
     async with limiter:
         outcome = await attempt(fd, entry, connections)
     try:
-        next_attempt = await trio.to_thread.run_sync(_settle, fd, entry, outcome)
+        next_attempt = await _settle(fd, entry, outcome)
     except Exception:
         # a bug or a store failure must not stop the worker (and with it the Fachdienst):
         # log it and try the entry again after the next wait
@@ -283,9 +299,7 @@ async def _attempt_limited(
         next_attempt = dt.datetime.now(dt.UTC) + dt.timedelta(
             seconds=waits[min(entry.attempts, len(waits) - 1)]
         )
-        await trio.to_thread.run_sync(
-            partial(fd.store.relay_attempted, entry.id, next_attempt=next_attempt, error="internal")
-        )
+        await fd.store.relay.attempted(entry.id, next_attempt=next_attempt, error="internal")
     if next_attempt is not None:
         retries.append(next_attempt)
 
@@ -369,13 +383,10 @@ async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _
     go = await _reply(stream, client)
     if go.code != 354:
         raise _TemporaryFailure(f"DATA {go.code} {go.text}")
-    blob = await trio.to_thread.run_sync(fd.store.open_blob, entry.blob)
-    try:
+    async with fd.store.blobs.reader(entry.blob) as blob:
         await stream.send_all(client.body(relay_id))
-        while chunk := await trio.to_thread.run_sync(blob.read, READ_SIZE):
+        while chunk := await blob.read(READ_SIZE):
             await stream.send_all(client.body(chunk))
-    finally:
-        blob.close()
     await stream.send_all(client.end_body())
     final = await _reply(stream, client)
     if final.code < 400:
@@ -404,8 +415,8 @@ async def _reply(stream: trio.SSLStream[trio.SocketStream], client: SmtpClient) 
         raise _TemporaryFailure("the other Fachdienst closed the connection")
 
 
-def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime | None:
-    """Record the attempt, reschedule what is deferred, bounce what failed (worker thread).
+async def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime | None:
+    """Record the attempt, reschedule what is deferred, bounce what failed.
 
     Returns when the entry is next due, or None if it is done.
     """
@@ -436,8 +447,8 @@ def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime
             if r.notify is None or "FAILURE" in r.notify
         ]
         if reports:
-            original_header = _original_header(fd, entry)
-            send_report(
+            original_header = await _original_header(fd, entry)
+            await send_report(
                 fd,
                 to=entry.sender,
                 original_header=original_header,
@@ -455,14 +466,14 @@ def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime
         wait = waits[min(entry.attempts, len(waits) - 1)]
         next_attempt = now + dt.timedelta(seconds=wait)
         pending = {r.address.lower() for r in deferred}
-        fd.store.relay_attempted(
+        await fd.store.relay.attempted(
             entry.id,
             next_attempt=next_attempt,
             error=outcome.error,
             done=[r.address for r in entry.recipients if r.address.lower() not in pending],
         )
         return next_attempt
-    fd.store.relay_attempted(entry.id, next_attempt=None, error=None)
+    await fd.store.relay.attempted(entry.id, next_attempt=None, error=None)
     return None
 
 
@@ -471,13 +482,12 @@ def _final_status(reply: ServerReply) -> str:
     return "5" + status[1:] if status.startswith("4") else status
 
 
-def _original_header(fd: Fachdienst, entry: RelayEntry) -> bytes:
+async def _original_header(fd: Fachdienst, entry: RelayEntry) -> bytes:
     """The header of the relayed message (RET=HDRS: reports carry headers only)."""
-    blob = fd.store.open_blob(entry.blob)
-    try:
-        head = blob.read(256 * 1024)
-    finally:
-        blob.close()
+    head = b""
+    async with fd.store.blobs.reader(entry.blob) as blob:
+        while len(head) < HEADER_READ and (chunk := await blob.read(HEADER_READ - len(head))):
+            head += chunk
     for separator in (b"\r\n\r\n", b"\n\n"):
         end = head.find(separator)
         if end >= 0:

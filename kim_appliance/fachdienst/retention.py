@@ -5,21 +5,22 @@ every ``retention_interval_seconds``) does, at the time ``now`` it is given:
 
 * deletes every stored message older than its account's ``dataTimeToLive`` (digest §3.2:
   10-365 days, default 90);
-* purges every deregistered account whose ``deregDate`` plus its retention has passed
-  (KOM-LE-A_2155 "all data is deleted after the retention period"): its KAS uploads, its
-  address in the VZD (if still there), its mailbox with the blobs and the account row. The
-  store keeps a tombstone (address + Telematik-ID) so that the Account Manager never gives the
-  address to another Telematik-ID (A_19464-02);
-* deletes KAS uploads whose uploader has no account any more (left when the KAS was not yet
-  known to the Fachdienst during a purge).
+* purges every deregistered account of this Fachdienst whose ``deregDate`` plus its retention
+  has passed (KOM-LE-A_2155 "all data is deleted after the retention period"): its address in
+  the VZD (if still there), then in one store transaction its mailbox with the blobs, its KAS
+  uploads and the account row. The store keeps a tombstone (address + Telematik-ID) so that
+  the Account Manager never gives the address to another Telematik-ID (A_19464-02);
+* deletes KAS uploads whose uploader has no account any more (left by a data dir of an earlier
+  version, whose KAS was a store of its own);
+* forgets bookkeeping that has served its time: failed-login counters idle for
+  :data:`LOGIN_FAILURE_KEEP`, the reply ledger of absence notes that no longer run.
 
 Spec gap (digest §7.1): the "Löschfrist nach der endgültigen Deregistrierung" is a configuration
 value whose default gematik does not publish. Here the retention after ``deregDate`` is the
 account's own ``dataTimeToLive`` (default 90 days), the period the participant chose for their
 data; ``retention_after_deregistration`` overrides it for every account.
 
-Blocking (store, KAS, VZD): run it through ``trio.to_thread``. It never speaks SMTP or HTTP
-and never touches an account that is not deregistered.
+It never speaks SMTP or HTTP and never touches an account that is not deregistered.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from dataclasses import dataclass, field
 from kim_appliance.directory.store import DirectoryError
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.store.base import Account, AccountNotFound
+
+#: a failed-login counter with no failure for this long and no lock running is forgotten (the
+#: lockout policy itself starts again at zero after its forget_after, 24 h)
+LOGIN_FAILURE_KEEP = dt.timedelta(days=2)
 
 
 @dataclass(frozen=True)
@@ -54,43 +59,44 @@ def purge_due(
     return account.dereg_date + keep
 
 
-def purge_account(fd: Fachdienst, account: Account, now: dt.datetime) -> tuple[int, int]:
+async def purge_account(fd: Fachdienst, account: Account, now: dt.datetime) -> tuple[int, int]:
     """Delete every piece of ``account``'s data (KOM-LE-A_2155); (messages, attachments).
 
-    Order: KAS uploads and the VZD address first, the mailbox and account row last, so that a
-    crash in between leaves a deregistered account that the next pass purges again.
+    Order: the VZD address first, then the store's purge (mailbox, KAS uploads, account row,
+    tombstone: one transaction), so that a crash in between leaves a deregistered account that
+    the next pass purges again.
     """
-    attachments = fd.kas.delete_uploads_of(account.address) if fd.kas is not None else 0
     if fd.directory is not None:
         try:
-            fd.directory.remove_address(account.telematik_id, fd.domain, account.address)
+            await fd.directory.remove_address(account.telematik_id, fd.domain, account.address)
         except DirectoryError as exc:
             if exc.status != 404:  # the Account Manager took it out at deregistration
                 raise
     try:
-        messages = fd.store.purge_account(account.address, now=now)
+        purged = await fd.store.accounts.purge(account.address, now=now)
     except AccountNotFound:
-        messages = 0
-    return messages, attachments
+        return 0, 0
+    return purged.messages, purged.attachments
 
 
-def retention_pass(
+async def retention_pass(
     fd: Fachdienst,
     now: dt.datetime,
     *,
     retention_after_deregistration: dt.timedelta | None = None,
 ) -> RetentionResult:
     """One pass of the retention task at ``now`` (see the module docstring)."""
-    expired = fd.store.expire(now)
+    store = fd.store
+    expired = await store.mail.expire(now)
     purged: list[str] = []
     purged_messages = purged_attachments = 0
     errors: list[str] = []
-    for account in fd.store.list_accounts():
+    for account in await store.accounts.list(fd.domain):
         due = purge_due(account, now, retention_after_deregistration)
         if due is None or due > now:
             continue
         try:
-            messages, attachments = purge_account(fd, account, now)
+            messages, attachments = await purge_account(fd, account, now)
         except Exception as exc:  # one broken account must not stop the others' deletion
             errors.append(f"{account.address}: {exc}")
             fd.log.exception("fachdienst %s: purge of %s failed", fd.domain, account.address)
@@ -103,10 +109,11 @@ def retention_pass(
             fd.domain, account.address, messages, attachments,
         )  # fmt: skip
     orphans = 0
-    if fd.kas is not None:
-        for uploader in fd.kas.uploaders():
-            if fd.store.get_account(uploader) is None:
-                orphans += fd.kas.delete_uploads_of(uploader)
+    for uploader in await store.kas.uploaders(fd.domain):
+        if await store.accounts.get(uploader) is None:
+            orphans += await store.kas.delete_uploads_of(uploader)
+    await store.logins.expire(now, LOGIN_FAILURE_KEEP)
+    await store.autoreplies.expire(now)
     return RetentionResult(
         expired_messages=expired,
         purged_accounts=tuple(purged),

@@ -1,4 +1,5 @@
-"""One Fachdienst as a task: its SMTPS and POP3S listeners, the relay worker and retention.
+"""One Fachdienst as a task: its SMTPS and POP3S listeners, the relay worker, retention and the
+renewal of its POP3 maildrop locks.
 
 :func:`serve_fachdienst` has the ``trio.serve_listeners`` shape: it binds, reports the bound
 addresses through ``task_status.started(...)`` and serves until cancelled. Every connection runs
@@ -100,6 +101,7 @@ async def serve_fachdienst(
         workers = Supervisor(nursery, fd.log)
         workers.start_soon(f"{name} relay worker", partial(relay_worker, fd))
         workers.start_soon(f"{name} retention", partial(retention_worker, fd))
+        workers.start_soon(f"{name} maildrop locks", fd.maildrops.run)
         fd.log.info("fachdienst %s: smtps %s:%d, pop3s %s:%d", fd.domain, *addresses.smtp,
                     *addresses.pop3)  # fmt: skip
         task_status.started(addresses)
@@ -116,7 +118,7 @@ async def retention_worker(fd: Fachdienst, *, interval_seconds: float | None = N
     interval = interval_seconds or fd.config.retention_interval_seconds
     while True:
         try:
-            result = await trio.to_thread.run_sync(retention_pass, fd, fd.clock())
+            result = await retention_pass(fd, fd.clock())
         except Exception:
             fd.log.exception("fachdienst %s: retention pass failed", fd.domain)
         else:

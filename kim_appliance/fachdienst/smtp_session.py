@@ -6,17 +6,17 @@ with its C.FD.TLS-C client certificate, and then only to this Fachdienst's mailb
 (TI only, sender integrity, size, quota) are in :mod:`kim_appliance.fachdienst.rules`; storing
 and routing an accepted message is :mod:`kim_appliance.fachdienst.delivery`.
 
-Resource handling: the message body streams to a blob file in 1 MiB writes from a worker
-thread; nothing is acknowledged before the blob is fsync'd and the delivery committed, and a
-session that ends before that leaves no trace (the blob writer is aborted). Error handling:
-every refusal is an SMTP reply that says why; a broken connection ends the session quietly.
+Resource handling: the message body streams to a blob of the store in 1 MiB writes; nothing is
+acknowledged before the blob is durable and the delivery committed, and a session that ends
+before that leaves no trace (the blob writer is aborted). Error handling: every refusal is an
+SMTP reply that says why; a store that fails (`StoreUnavailable`) is ``451 4.3.0``, try again
+later; a broken connection ends the session quietly.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 
@@ -41,7 +41,7 @@ from kim_appliance.protocols.smtp import (
     ServerEvent,
     SmtpServer,
 )
-from kim_appliance.store import BlobWriter
+from kim_appliance.store import BlobWriter, StoreUnavailable
 
 RECEIVE_SIZE = 256 * 1024
 WRITE_BATCH = 1024 * 1024
@@ -89,7 +89,7 @@ class SmtpSession:
         if isinstance(event, RcptTo):
             return await self._rcpt(event)
         if isinstance(event, DataStart):
-            self.tx.blob = await trio.to_thread.run_sync(self.fd.store.new_blob)
+            self.tx.blob = self.fd.store.blobs.writer()
             return Reply(354, None, "send the message, end with <CR><LF>.<CR><LF>")
         if isinstance(event, DataChunk):
             await self._data(event.data)
@@ -101,14 +101,8 @@ class SmtpSession:
     async def _auth(self, event: AuthAttempt) -> Reply:
         if self.relay_peer is not None:
             return Reply(503, "5.5.1", "already identified by the Fachdienst client certificate")
-        result = await trio.to_thread.run_sync(
-            partial(
-                self.fd.auth.authenticate,
-                event.username,
-                event.password,
-                client=client_of_peer(self.peer),
-            ),
-            limiter=self.fd.auth_limiter,
+        result = await self.fd.auth.authenticate(
+            event.username, event.password, client=client_of_peer(self.peer)
         )
         self.fd.log.info("smtp %s AUTH %s %s", self.peer, event.username, result.for_log)
         if result.ok:
@@ -122,14 +116,14 @@ class SmtpSession:
         return Reply(535, "5.7.8", result.text)
 
     async def _mail_from(self, event: MailFrom) -> Reply:
-        self.abort_transaction()
+        await self.abort_transaction()
         if self.relay_peer is not None:
             refusal = rules.check_relay_mail_from(event.address)
         else:
             assert self.login is not None  # the core requires AUTH first
             refusal = rules.check_mail_from(event.address, self.login)
             if refusal is None:
-                account = await trio.to_thread.run_sync(self.fd.store.get_account, self.login)
+                account = await self.fd.local_account(self.login)
                 if account is not None and account.status != "active":
                     # KOM-LE-A_2150: a deregistered account sends nothing
                     refusal = rules.Refusal(
@@ -148,44 +142,31 @@ class SmtpSession:
         return Reply(250, "2.1.0", f"sender <{event.address}> ok")
 
     async def _rcpt(self, event: RcptTo) -> Reply:
-        store = self.fd.store
-
-        def exists(address: str) -> bool:
-            return store.get_account(address) is not None
-
-        def active(address: str) -> bool:
-            account = store.get_account(address)
-            return account is not None and account.status == "active"
-
-        size = self.tx.size
-
-        def check() -> rules.Refusal | None:
-            refusal = rules.check_rcpt(
-                event.address,
-                local_domains={self.fd.domain},
-                # a relaying Fachdienst may only deliver here: no open relay
-                relay_domains=() if self.relay_peer else set(self.fd.endpoints.by_domain),
-                mailbox_exists=exists,
-                mailbox_active=active,
-            )
-            if refusal is not None or delivery.domain_of(event.address) != self.fd.domain:
-                return refusal
+        fd = self.fd
+        account = None
+        if rules.is_ti_address(event.address) and fd.is_local(event.address):
+            account = await fd.local_account(event.address)
+        refusal = rules.check_rcpt(
+            event.address,
+            local_domains={fd.domain},
+            # a relaying Fachdienst may only deliver here: no open relay
+            relay_domains=() if self.relay_peer else set(fd.endpoints.by_domain),
+            mailbox_exists=lambda _: account is not None,
+            mailbox_active=lambda _: account is not None and account.status == "active",
+        )
+        if refusal is None and account is not None and account.quota_bytes >= 0:
             # a full mailbox is refused here, per recipient, so that the other recipients
             # still get the message (after DATA one reply answers for all); the final check
-            # with the real size, atomic with the delivery, is in delivery.accept (digest §3.2;
+            # with the real size, atomic with the delivery, is the store's (delivery.accept;
             # mailbox and KAS uploads count, fachdienst.quota)
-            account = store.get_account(event.address)
-            if account is None or account.quota_bytes < 0:
-                return None
-            remaining = account.quota_bytes - quota.usage(self.fd, account)
-            return rules.check_size(
+            remaining = account.quota_bytes - await quota.usage(fd, account)
+            size = self.tx.size
+            refusal = rules.check_size(
                 size if size is not None else 1,
-                max_message_size=self.fd.config.max_message_size,
+                max_message_size=fd.config.max_message_size,
                 quota_remaining=remaining,
                 mailbox=account.address,
             )
-
-        refusal = await trio.to_thread.run_sync(check)
         if refusal is not None:
             self.fd.log.info("smtp %s RCPT refused: %s", self.peer, refusal.text)
             return Reply(refusal.code, refusal.enhanced, refusal.text)
@@ -208,28 +189,27 @@ class SmtpSession:
         tx = self.tx
         if tx.pending and tx.blob is not None:
             pieces, tx.pending, tx.pending_size = tx.pending, [], 0
-            blob = tx.blob
-            # the join happens in the worker thread too: the trio thread only collects
-            await trio.to_thread.run_sync(lambda: blob.write(b"".join(pieces)))
+            # one write per batch: a large one goes to the store's worker thread
+            await tx.blob.write(b"".join(pieces))
 
     async def _data_end(self, event: DataEnd) -> Reply:
         tx = self.tx
         if event.too_big:
-            self.abort_transaction()
+            await self.abort_transaction()
             limit = self.fd.config.max_message_size
             return Reply(552, "5.3.4", f"message exceeds the size limit of {limit} bytes")
         await self._flush()
         if event.bare_lf or event.bare_cr:
             # RFC 5321 §2.3.8: CR and LF only as CRLF; stored mail must come back byte for byte
             # through POP3, whose clients split lines on LF (a bare LF before a dot would end it)
-            self.abort_transaction()
+            await self.abort_transaction()
             return Reply(
                 550, "5.6.0", "the message has bare CR or LF line ends; send CRLF (RFC 5321)"
             )
         try:
             header, _ = read_header_block(io.BytesIO(bytes(tx.head)))
         except MailFormatError as exc:
-            self.abort_transaction()
+            await self.abort_transaction()
             return Reply(550, "5.6.0", f"the message header is malformed: {exc}")
         assert tx.mail_from is not None
         if tx.mail_from:  # DSNs (null sender) carry no participant headers to check
@@ -237,7 +217,7 @@ class SmtpSession:
                 header, mail_from=tx.mail_from, rcpt_to=[r.address for r in tx.recipients]
             )
             if refusal is not None:
-                self.abort_transaction()
+                await self.abort_transaction()
                 self.fd.log.info("smtp %s DATA refused: %s", self.peer, refusal.text)
                 return Reply(refusal.code, refusal.enhanced, refusal.text)
         envelope = delivery.Envelope(
@@ -254,10 +234,12 @@ class SmtpSession:
         blob, tx.blob = tx.blob, None
         assert blob is not None
         try:
-            result = await trio.to_thread.run_sync(delivery.accept, self.fd, envelope, blob)
+            result = await delivery.accept(self.fd, envelope, blob)
         except quota.QuotaExceeded as exc:
-            self.abort_transaction()
             return Reply(552, "5.2.2", str(exc))
+        except StoreUnavailable as exc:
+            self.fd.log.error("smtp %s: the store failed: %s", self.peer, exc)
+            return Reply(451, "4.3.0", "the mail store is unavailable; try again later")
         finally:
             self.tx = _Transaction()
         if result.relayed:
@@ -268,11 +250,11 @@ class SmtpSession:
         )  # fmt: skip
         return Reply(250, "2.0.0", f"{result.queue_id} message accepted")
 
-    def abort_transaction(self) -> None:
+    async def abort_transaction(self) -> None:
         blob = self.tx.blob
         self.tx = _Transaction()
         if blob is not None:
-            blob.abort()
+            await blob.abort()
 
 
 def _header_bytes(head: bytes) -> bytes:
@@ -340,7 +322,7 @@ async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
     async def cleanup() -> None:
         # nothing unacknowledged is kept, whatever ended the session
         if session is not None:
-            session.abort_transaction()
+            await session.abort_transaction()
 
     await serve_session(
         name="smtp",

@@ -28,7 +28,7 @@ from kim_appliance.konnektor.errors import (
     ParameterError,
 )
 from kim_appliance.konnektor.faults import FaultAdmin, FaultState
-from kim_appliance.konnektor.infomodell import Context, Infomodell, KonnektorConfig, from_demo
+from kim_appliance.konnektor.infomodell import Context, Infomodell, KonnektorConfig
 from kim_appliance.konnektor.operations import (
     CertificateVerification,
     DocumentVerification,
@@ -67,5 +67,4 @@ __all__ = [
     "PinResult",
     "PinStatus",
     "PinStatusResult",
-    "from_demo",
 ]

@@ -1,11 +1,13 @@
 """The client of the Konnektor's fault admin API (``endpoints.json`` ``konnektor.admin``):
-one POST of fault switches, answered with the fault status, with the appliance's admin token
-(``DATA_DIR/admin-token``) as the bearer token. Used by ``kim-appliance fault`` and by
-``kim_appliance.testing``; it never talks to anything but the URL endpoints.json names.
+one POST of fault switches (or a renewal), answered with the fault status, with the
+appliance's admin token (``DATA_DIR/admin-token``) as the bearer token. Used by ``kim-appliance
+fault`` and ``card renew`` and by ``kim_appliance.testing``; it never talks to anything but the
+URL endpoints.json names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.error
@@ -45,7 +47,9 @@ def switch_faults(
             return status
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        raise FaultSwitchError(f"the Konnektor refused the fault switch: {detail}") from exc
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            detail = str(json.loads(detail)["error"])  # the admin API's {"error": "..."}
+        raise FaultSwitchError(f"the Konnektor refused: {detail}") from exc
     except urllib.error.URLError as exc:
         raise FaultSwitchError(
             f"cannot reach the Konnektor admin API at {url}: {exc.reason}"

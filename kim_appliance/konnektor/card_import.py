@@ -47,7 +47,7 @@ from kim_appliance.konnektor.infomodell import (
     FILE_NAME,
     KonnektorConfig,
     User,
-    load_or_create,
+    load,
 )
 from kim_appliance.pki.admission import admission_of
 
@@ -182,9 +182,9 @@ def import_card(
         raise CardImportError(f"--iccsn {iccsn!r}: an ICCSN is 20 digits")
     if not pairs:
         raise CardImportError("give at least one --key/--cert pair")
-    if not (data_dir / "demo.json").is_file() and not (data_dir / FILE_NAME).is_file():
+    if not (data_dir / FILE_NAME).is_file():
         raise CardImportError(f"{data_dir}: not an initialised data dir (kim-appliance init)")
-    config = load_or_create(data_dir)
+    config = load(data_dir)
     if any(c.iccsn == iccsn for c in config.cards):
         raise CardImportError(f"--iccsn {iccsn}: the Konnektor already has a card with it")
 

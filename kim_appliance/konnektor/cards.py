@@ -14,7 +14,9 @@ and PrK.HP.AUT of an HBA need PIN.CH; PrK.HP.QES needs PIN.QES, which this emula
 offer (QES is no KIM operation). A missing security state is error 4085. Removing a card
 invalidates its handle (4008) and drops the PINs' verified state, as on a real card; inserting
 it again gives a new handle. A card's private keys never leave it: there is no accessor for
-them. They exist on disk only as the explicit test export of the demo (demo.json).
+them. They exist on disk only as the explicit test export of the demo (demo.json); a renewal
+(:meth:`Card.renew`, a new key pair for one slot) overwrites that export, so it stays the
+card's key.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +51,7 @@ from kim_appliance.konnektor.errors import (
     ParameterError,
 )
 from kim_appliance.konnektor.faults import FaultState
+from kim_appliance.pki.authority import Issued
 
 
 class CardType(enum.StrEnum):
@@ -159,6 +163,8 @@ class Pin:
         self.status = status
         self.left_tries = 0 if status is PinStatus.BLOCKED else MAX_PIN_TRIES
         self._lock = lock or threading.RLock()
+        #: what konnektor.json configured: :meth:`restore` goes back to it
+        self._first = (secret, status)
 
     @property
     def usable(self) -> bool:
@@ -223,6 +229,22 @@ class Pin:
         with self._lock:
             self.status = status
             self.left_tries = 0 if status is PinStatus.BLOCKED else MAX_PIN_TRIES
+
+    def reset_retry_counter(self) -> None:
+        """What UnblockPin with the card's PUK does (RESET RETRY COUNTER): a BLOCKED PIN
+        becomes VERIFIABLE, and the retry counter is full again; any other state stays (a
+        VERIFIED PIN stays verified). The fault switch ``unblock_pin``."""
+        with self._lock:
+            if self.status is PinStatus.BLOCKED:
+                self.status = PinStatus.VERIFIABLE
+            self.left_tries = MAX_PIN_TRIES
+
+    def restore(self) -> None:
+        """Back to the PIN and state konnektor.json configured, with a full retry counter (the
+        fault switch ``clear``: for the demo and imported cards, VERIFIED)."""
+        with self._lock:
+            self._secret, status = self._first
+            self.force(status)
 
     def reset_security_state(self) -> None:
         """The card was pulled: a verified PIN must be verified again."""
@@ -333,6 +355,17 @@ def _load_pair(base: Path, spec: CardKeySpec, where: str) -> _KeyPair:
     return _KeyPair(key, certificate)
 
 
+def _write_file(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write ``path`` through a temporary file and a rename (mode 0600 when ``private``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 # --- the card ----------------------------------------------------------------------------------
 
 
@@ -369,6 +402,8 @@ class Card:
         self.telematik_id = spec.telematik_id
         self.slot_id = slot_id
         self.ct_id = ct_id
+        #: the directory the key and certificate paths of ``spec`` are relative to
+        self.base = base
         self.lock = threading.RLock()
         self._faults = faults
         where = f"card {spec.iccsn} ({spec.holder})"
@@ -409,6 +444,14 @@ class Card:
             self._handle = None
             for pin in self.pins.values():
                 pin.reset_security_state()
+
+    def restore(self) -> None:
+        """The card's first state: inserted (a removed card gets a new handle; an inserted one
+        keeps its handle), every PIN as konnektor.json configured it, retry counters full."""
+        with self.lock:
+            self.insert()
+            for pin in self.pins.values():
+                pin.restore()
 
     def check_present(self, card_handle: str) -> None:
         """4008 unless this card is inserted under ``card_handle``."""
@@ -471,8 +514,40 @@ class Card:
     def algorithms(self, purpose: KeyPurpose) -> list[Crypt]:
         return [crypt for crypt in Crypt if (purpose, crypt) in self._keys]
 
+    def key_slots(self) -> list[tuple[KeyPurpose, Crypt]]:
+        """The (purpose, algorithm) of every key on the card."""
+        with self.lock:
+            return list(self._keys)
+
     def certificate(self, purpose: KeyPurpose, crypt: Crypt) -> x509.Certificate:
         return self._pair(purpose, crypt).certificate
+
+    def renew(
+        self,
+        purpose: KeyPurpose,
+        crypt: Crypt,
+        issue: Callable[[x509.Certificate], Issued],
+    ) -> tuple[x509.Certificate, x509.Certificate]:
+        """Replace the key of ``purpose``/``crypt`` with a new key pair from ``issue`` (given
+        the old certificate, it returns a new key with its certificate: the test PKI's
+        ``renew``). The pair is written over the card's key and certificate files first
+        (atomically, the key 0600), so the renewal survives a restart, then the card uses it.
+        Returns (old certificate, new certificate).
+
+        Keys handed out before (:meth:`key`) keep the old key, as a CardKey of a card that
+        was replaced would; every operation asks for its key anew.
+        """
+        with self.lock:
+            old = self._pair(purpose, crypt)
+            issued = issue(old.certificate)
+            new_key = issued.private_key
+            if isinstance(new_key, rsa.RSAPrivateKey) != (crypt is Crypt.RSA):
+                raise ValueError(f"renew: the new key of {purpose}/{crypt} is not a {crypt} key")
+            spec = next(k for k in self.spec.keys if (k.purpose, k.crypt) == (purpose, crypt))
+            _write_file(self.base / spec.key, issued.key_pem(), private=True)
+            _write_file(self.base / spec.cert, issued.cert_pem())
+            self._keys[(purpose, crypt)] = _KeyPair(new_key, issued.certificate)
+            return old.certificate, issued.certificate
 
     def key(self, purpose: KeyPurpose, crypt: Crypt, card_handle: str) -> CardKey:
         """The key of ``purpose``/``crypt`` for use under ``card_handle`` (checked at each use)."""

@@ -15,9 +15,9 @@ The data dir keeps the Infomodell together with the card descriptions in ``konne
      "users": [{"id": "dr.meyer", "mandant": "Mandant1", "cards": ["<ICCSN of her HBA>"]}],
      "cards": [<CardSpec.to_json()>, ...]}
 
-Key and certificate paths in it are relative to the data dir. :func:`from_demo` derives all of
-it from ``demo.json`` and the card files of :mod:`kim_appliance.demo`. This module never
-touches a key; it reads and writes that one JSON file.
+Key and certificate paths in it are relative to the data dir. ``kim-appliance init`` writes it
+for the demo cards (:func:`kim_appliance.demo.konnektor_config`); the Konnektor reads nothing
+else of the demo. This module never touches a key; it reads and writes that one JSON file.
 """
 
 from __future__ import annotations
@@ -31,15 +31,7 @@ from typing import Any, Final
 
 from kim_appliance.errors import ConfigError
 from kim_appliance.konnektor.cards import (
-    PIN_CH,
-    PIN_SMC,
-    CardKeySpec,
     CardSpec,
-    CardType,
-    Crypt,
-    KeyPurpose,
-    PinSpec,
-    PinStatus,
 )
 from kim_appliance.konnektor.errors import (
     CLIENT_SYSTEM_NOT_OF_MANDANT,
@@ -229,105 +221,13 @@ class KonnektorConfig:
         return cls(Infomodell.from_json(data), cards)
 
 
-# --- the demo ---------------------------------------------------------------------------------
-
-_PURPOSE_OF_FILE = {
-    "enc": KeyPurpose.ENC,
-    "osig": KeyPurpose.OSIG,
-    "aut": KeyPurpose.AUT,
-    "qes": KeyPurpose.QES,
-}
-
-
-def _keys_in(card_dir: Path, data_dir: Path, names: Sequence[str]) -> tuple[CardKeySpec, ...]:
-    """The ``<name>-<rsa|ecc>.cert.pem`` / ``.key.pem`` pairs demo.py wrote into ``card_dir``."""
-    keys: list[CardKeySpec] = []
-    for name in names:
-        for crypt in Crypt:
-            cert = card_dir / f"{name}-{crypt.value.lower()}.cert.pem"
-            key = card_dir / f"{name}-{crypt.value.lower()}.key.pem"
-            if cert.is_file() and key.is_file():
-                keys.append(
-                    CardKeySpec(
-                        _PURPOSE_OF_FILE[name],
-                        crypt,
-                        str(cert.relative_to(data_dir)),
-                        str(key.relative_to(data_dir)),
-                    )
-                )
-    return tuple(keys)
-
-
-def _practice_iccsn(hba_iccsn: str) -> str:
-    """An ICCSN for the SMC-B of an HBA holder's practice, derived from the HBA's."""
-    return hba_iccsn[:-3] + "9" + hba_iccsn[-2:]
-
-
-def from_demo(data_dir: Path) -> KonnektorConfig:
-    """The Konnektor of the demo setup, from ``demo.json`` and ``cards/<local part>/``.
-
-    Mandant1/PVS1/AP1 (demo.MANDANT, CLIENT_SYSTEM, WORKPLACE) sees every SMC-B; each HBA is
-    visible only with its holder's UserId (the mailbox local part, which the demo POP3
-    username carries as index 5, digest §1.2). An HBA holder signs KIM messages with the SMC-B
-    of her practice (KOM-LE-A_2129): demo.py writes that C.HCI.OSIG into the HBA's directory,
-    and the Konnektor holds it on a separate SMC-B card named after the practice. Every PIN is
-    VERIFIED at start (the practice unlocked its cards in the morning); the PIN is
-    :data:`DEMO_PIN`, the PUK :data:`DEMO_PUK`.
-    """
-    from kim_appliance import demo
-
-    demo_path = data_dir / "demo.json"
-    try:
-        participants = json.loads(demo_path.read_text(encoding="utf-8"))["participants"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{demo_path}: cannot read the demo participants: {exc!r}") from exc
-    cards: list[CardSpec] = []
-    mandant = Mandant(
-        demo.MANDANT, {demo.CLIENT_SYSTEM}, {demo.WORKPLACE: {demo.CLIENT_SYSTEM}}, set()
-    )
-    users: list[User] = []
-    for p in participants:
-        local = str(p["address"]).split("@", 1)[0]
-        card_dir = data_dir / "cards" / local
-        card_type = CardType(p["card"]["type"])
-        iccsn = str(p["card"]["iccsn"])
-        if card_type is CardType.SMC_B:
-            pins = (PinSpec(PIN_SMC, DEMO_PIN, PinStatus.VERIFIED, DEMO_PUK),)
-            keys = _keys_in(card_dir, data_dir, ("enc", "osig", "aut"))
-            holder, telematik_id = str(p["display_name"]), p["telematik_id"]
-            cards.append(CardSpec(iccsn, card_type, holder, telematik_id, keys, pins))
-            mandant.cards.add(iccsn)
-            continue
-        pins = (PinSpec(PIN_CH, DEMO_PIN, PinStatus.VERIFIED, DEMO_PUK),)
-        keys = _keys_in(card_dir, data_dir, ("enc", "aut", "qes"))
-        cards.append(CardSpec(iccsn, card_type, p["display_name"], p["telematik_id"], keys, pins))
-        users.append(User(local, mandant.id, {iccsn}))
-        practice_keys = _keys_in(card_dir, data_dir, ("osig",))
-        if practice_keys:
-            practice_iccsn = _practice_iccsn(iccsn)
-            holder = _practice_name(local) or f"Praxis {p['display_name']}"
-            smcb_pins = (PinSpec(PIN_SMC, DEMO_PIN, PinStatus.VERIFIED, DEMO_PUK),)
-            cards.append(
-                CardSpec(practice_iccsn, CardType.SMC_B, holder, None, practice_keys, smcb_pins)
-            )
-            mandant.cards.add(practice_iccsn)
-    return KonnektorConfig(Infomodell([mandant], users), cards)
-
-
-def _practice_name(local_part: str) -> str | None:
-    from kim_appliance import demo
-
-    for participant in demo.PARTICIPANTS:
-        if participant.local_part == local_part:
-            return participant.practice_name
-    return None
-
-
-def load_or_create(data_dir: Path) -> KonnektorConfig:
-    """``DATA/konnektor.json``; created from the demo (and saved) when it does not exist yet."""
+def load(data_dir: Path) -> KonnektorConfig:
+    """``DATA/konnektor.json`` (written by ``kim-appliance init``, kim_appliance.demo);
+    ConfigError naming the file when it is missing."""
     path = data_dir / FILE_NAME
-    if path.is_file():
-        return KonnektorConfig.load(path)
-    config = from_demo(data_dir)
-    config.save(path)
-    return config
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: missing; the Konnektor's cards are described there (kim-appliance init "
+            "writes it)"
+        )
+    return KonnektorConfig.load(path)

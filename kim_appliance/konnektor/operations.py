@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,7 @@ from kim_appliance.konnektor.errors import (
     ParameterError,
 )
 from kim_appliance.konnektor.faults import FaultAdmin, FaultState
-from kim_appliance.konnektor.infomodell import Context, Infomodell, KonnektorConfig, load_or_create
+from kim_appliance.konnektor.infomodell import Context, Infomodell, KonnektorConfig, load
 from kim_appliance.pki import (
     CertProfile,
     PathValidationError,
@@ -203,18 +202,22 @@ class Konnektor:
         self.infomodell: Infomodell = config.infomodell
         self.cards = CardSet.load(config.cards, data_dir, self.faults)
         self.trust = trust
-        self.admin = FaultAdmin(self.faults, self.cards, pki=pki, pki_dir=pki_dir)
+        # the revocations the status lists are read from the CRLs this Konnektor validates
+        # against, so they are the truth also after a restart (issue 15)
+        self.admin = FaultAdmin(
+            self.faults, self.cards, pki=pki, pki_dir=pki_dir, crls=trust.current_crls
+        )
 
     @classmethod
     def from_data_dir(
         cls, data_dir: Path, *, persist_revocations: bool = True, pki: TestPki | None = None
     ) -> Konnektor:
-        """The Konnektor of an initialised data dir: ``konnektor.json`` (created from the demo
-        when missing), the test PKI in ``pki/`` (trust anchors, CRLs, CA keys for revoking).
+        """The Konnektor of an initialised data dir: ``konnektor.json``, the test PKI in ``pki/``
+        (trust anchors, CRLs, CA keys for revoking).
 
         Pass the process's loaded ``pki`` when other components validate against it: a
         certificate revoked through the fault switches is then seen by all of them at once."""
-        config = load_or_create(data_dir)
+        config = load(data_dir)
         pki_dir = data_dir / "pki"
         if pki is not None or (pki_dir / "index.json").is_file():
             pki = pki or TestPki.load(pki_dir)
@@ -225,8 +228,8 @@ class Konnektor:
                 pki=pki,
                 pki_dir=pki_dir if persist_revocations else None,
             )
-        anchors = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
-        trust = TrustStore.from_pem_files(Path(p) for p in anchors.get("trust_anchors", []))
+        # no CA keys: trust the anchors the PKI left in pki/trust (kim_appliance.demo)
+        trust = TrustStore.from_pem_files(sorted((pki_dir / "trust").glob("*.pem")))
         return cls(config, data_dir, trust=trust)
 
     # -- the common prologue ----------------------------------------------------------------

@@ -67,6 +67,9 @@ NO_SIGNATURE = "03"
 WRONG_SIGNATURE_FORMAT = "04"
 PATH_NOT_VALIDATABLE = "05"
 UNEXPECTED = "06"
+#: INCONCLUSIVE / 4264, "maths OK, certificate status unknown": a path without CRLs, and also
+#: no trust anchors at all, so a signer that was not checked is never reported VALID (issue 15)
+SIGNER_NOT_CHECKED = "07"
 HEADERS_DIFFER = "08"
 RECIPIENT_EMAILS_DIFFER = "09"
 
@@ -114,7 +117,8 @@ class OpenReport:
 
     @property
     def exit_code(self) -> int:
-        """The CLI contract: 0 decrypted and verified, 2 not decrypted, 3 verification failed."""
+        """The CLI contract: 0 decrypted and verified, 2 not decrypted, 3 verification failed
+        or not done (a signer that was not checked is not verified)."""
         if not self.decrypted:
             return 2
         return 0 if self.verified else 3
@@ -138,6 +142,8 @@ class OpenReport:
         out.append(f"X-KIM-DecryptionResult: {self.decryption_result}")
         out.extend(f"X-KIM-IntegrityCheckResult: {r}" for r in self.integrity_results)
         verdict = {0: "decrypted and verified", 2: "NOT decrypted", 3: "verification FAILED"}
+        if self.decrypted and self.integrity_results == [SIGNER_NOT_CHECKED]:
+            verdict[3] = "decrypted, signature verifies, signer's certificate NOT fully checked"
         out.append(f"result: {verdict[self.exit_code]}")
         return out
 
@@ -419,11 +425,14 @@ def _check_signer(
     )
     report.signing_time = signature.signing_time
     if trust is None:
-        report.notes.append("certificate path not checked: no trust anchors given (--trust)")
+        # the signature verifies, but nobody checked whose key made it: Tab_Verm_Sig_Prüf's
+        # INCONCLUSIVE "certificate status unknown" (07), never VALID (digest §1.6)
+        report.problems.append("signer certificate NOT checked: no trust anchors given")
+        report.integrity_results.append(SIGNER_NOT_CHECKED)
         return
     try:
         # the signer must be the SM-B's C.HCI.OSIG (KOM-LE-A_2129)
-        trust.validate(
+        path = trust.validate(
             cert,
             purpose=Purpose.SIGNATURE,
             profile=CertProfile.C_HCI_OSIG,
@@ -434,12 +443,20 @@ def _check_signer(
     except PathValidationError as exc:
         report.problems.append(f"signer certificate: {exc}")
         report.integrity_results.append(PATH_NOT_VALIDATABLE)
+        return
     except PARSER_FAILURES as exc:
         # a sender's certificate that the path checks cannot even read (an extension
         # cryptography refuses lazily, an unknown key type): no path can be validated
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         report.problems.append(f"signer certificate: cannot be checked ({detail})")
         report.integrity_results.append(PATH_NOT_VALIDATABLE)
+        return
+    unchecked = [w for w in path.warnings if "not checked" in w]
+    if unchecked:
+        # a path without CRLs: the signer's status is unknown, as the Konnektor answers
+        # INCONCLUSIVE/4264 then (digest §1.6, IntegrityCheckResult 07), never VALID
+        report.problems.append(f"signer certificate: {unchecked[0]}")
+        report.integrity_results.append(SIGNER_NOT_CHECKED)
 
 
 def _compare_recipient_emails(signed: bytes, unprotected: bytes | None, report: OpenReport) -> None:

@@ -4,13 +4,17 @@ Laid out like gematik's TI PKI (GEM.RCA -> GEM.SMCB-CA / GEM.HBA-CA / GEM.KOMP-C
 §2.9), once for RSA-2048 and once for brainpoolP256r1, without cross certificates. Every name
 carries ``kim-appliance NOT-VALID`` in O, so nobody mistakes these CAs for gematik's. ``save``
 writes PEM files and an ``index.json`` into a directory; ``load`` reads them back, including
-revocations. This module must never touch files outside the directory it is given.
+revocations; ``renew`` issues a successor for one of its end-entity certificates (new key,
+same subject and profile). Making the PKI takes seconds (RSA key generation): ``generate`` logs
+its progress on the ``kim_appliance.pki`` logger, so ``kim-appliance init`` is not silent. This
+module must never touch files outside the directory it is given.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,15 +22,22 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
+from kim_appliance.pki.admission import admission_of
 from kim_appliance.pki.authority import (
     CertificateAuthority,
     Issued,
     add_years,
+    algorithm_of,
     start_of_day,
 )
-from kim_appliance.pki.profiles import Algorithm, CaKind, CertProfile
+from kim_appliance.pki.profiles import Algorithm, CaKind, CertProfile, profile_of
 from kim_appliance.pki.validate import TrustStore
+
+log = logging.getLogger("kim_appliance.pki")
+#: how ``generate`` names the algorithms in its progress lines
+_ALGORITHM_NAMES = {Algorithm.RSA: "RSA-2048", Algorithm.ECC: "brainpoolP256r1"}
 
 INDEX_FORMAT = "kim-appliance-testpki/1"
 ROOT_UNIT = "Zentrale Root-CA der Telematikinfrastruktur"
@@ -80,6 +91,12 @@ class TestPki:
         intermediates: list[CertificateAuthority] = []
         for algorithm in Algorithm:
             number = GENERATION[algorithm]
+            log.info(
+                "test PKI: making the %s root GEM.RCA%d and its %d CAs",
+                _ALGORITHM_NAMES[algorithm],
+                number,
+                len(CA_LAYOUT),
+            )
             root = CertificateAuthority.create_root(
                 f"GEM.RCA{number} TEST-ONLY",
                 algorithm,
@@ -120,6 +137,63 @@ class TestPki:
     def issue(self, profile: CertProfile, algorithm: Algorithm, **kwargs: Any) -> Issued:
         """:meth:`CertificateAuthority.issue` on :meth:`ca_for` (same keyword arguments)."""
         return self.ca_for(profile, algorithm).issue(profile, algorithm, **kwargs)
+
+    def renew(self, certificate: x509.Certificate) -> Issued:
+        """A successor of ``certificate`` from the CA that issued it: a new key of the same
+        algorithm, a certificate of the same profile with the same subject (CN, serialNumber,
+        Telematik-ID and profession in the Admission, e-mail, DNS and IP alternative names),
+        valid from today. ValueError when this PKI did not issue it, or it is no end-entity
+        certificate of a gematik profile.
+
+        A new key, not the old one certified again: a real card renewal is a new card with new
+        keys, and a certificate revoked for key compromise (what the fault switch says) must
+        never be certified again (RFC 5280 §5.3.1).
+        """
+        ca = self.issuer_of(certificate)
+        if ca is None:
+            raise ValueError(
+                f"renew: '{certificate.subject.rfc4514_string()}' (serial "
+                f"0x{certificate.serial_number:x}) was not issued by this test PKI"
+            )
+        profile = profile_of(certificate)
+        if profile is None:
+            raise ValueError(
+                f"renew: '{certificate.subject.rfc4514_string()}' has no gematik certificate "
+                "type among its policies"
+            )
+        key = certificate.public_key()
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise ValueError(f"renew: {type(key).__name__} keys are not issued here (RSA, ECC)")
+        admission = admission_of(certificate)
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        serials = certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        emails: list[str] = []
+        dns_names: list[str] = []
+        addresses: list[str] = []
+        try:
+            alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            pass
+        else:
+            emails = alt.value.get_values_for_type(x509.RFC822Name)
+            dns_names = alt.value.get_values_for_type(x509.DNSName)
+            addresses = [str(a) for a in alt.value.get_values_for_type(x509.IPAddress)]
+        return ca.issue(
+            profile,
+            algorithm_of(key),
+            common_name=str(names[0].value) if names else "",
+            telematik_id=admission.telematik_id if admission else None,
+            profession_oid=admission.profession_oids[0]
+            if admission and admission.profession_oids
+            else None,
+            profession_text=admission.profession_texts[0]
+            if admission and admission.profession_texts
+            else None,
+            email=emails[0] if emails else None,
+            dns_names=dns_names,
+            ip_addresses=addresses,
+            subject_serial_number=str(serials[0].value) if serials else None,
+        )
 
     def authorities(self) -> list[CertificateAuthority]:
         return [*self.roots, *self.intermediates]

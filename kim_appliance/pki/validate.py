@@ -100,6 +100,14 @@ class PathValidationError(KimError, ValueError):
         self.certificate_subject = certificate.subject.rfc4514_string()
 
 
+class Validated(Protocol):
+    """What a :class:`CertificateValidator` found: ``warnings`` name what could not be checked
+    (a warning containing "not checked" means the certificate's status is unknown)."""
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+
 class CertificateValidator(Protocol):
     """What checks a certificate before it is trusted: a :class:`TrustStore`, or a Konnektor's
     VerifyCertificate behind the Clientmodul's Konnektor port. Raises
@@ -113,7 +121,7 @@ class CertificateValidator(Protocol):
         purpose: Purpose,
         profile: CertProfile | None = None,
         at: dt.datetime | None = None,
-    ) -> object: ...
+    ) -> Validated: ...
 
 
 class ValidatedPath(list[x509.Certificate]):

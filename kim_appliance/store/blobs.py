@@ -52,7 +52,7 @@ def fsync_dir(path: Path) -> None:
 
 def make_blob_root(root: Path) -> None:
     """Create a blob root (``tmp/`` plus the shard directories, 0700) if missing; a new root is
-    made durable in its parent. Shared by the mail store's and the KAS's blob files."""
+    made durable in its parent."""
     created = not root.exists()
     private_dir(root)
     (root / TMP_DIR).mkdir(mode=DIR_MODE, exist_ok=True)
@@ -81,8 +81,11 @@ class BlobFiles:
         compress: bool,
         on_commit: Callable[[BlobRef], None],
         on_release: Callable[[BlobRef], None],
+        name: str | None = None,
     ) -> FileBlobWriter:
-        return FileBlobWriter(self, compress=compress, on_commit=on_commit, on_release=on_release)
+        return FileBlobWriter(
+            self, compress=compress, on_commit=on_commit, on_release=on_release, name=name
+        )
 
     def open(self, ref: BlobRef) -> BinaryIO:
         """The logical bytes of `ref`, decompressed if needed, length-checked."""
@@ -121,7 +124,8 @@ class BlobFiles:
 class FileBlobWriter:
     """Writes one body to `tmp/`, and on `commit` makes it durable under its final name.
 
-    See `store.base.BlobWriter` for how to use it. Not for use by several threads at once.
+    The blocking half of the embedded store's `store.base.BlobWriter` (``store.sqlite._blobs``
+    wraps it for trio). Not for use by several threads at once.
     """
 
     def __init__(
@@ -131,12 +135,13 @@ class FileBlobWriter:
         compress: bool,
         on_commit: Callable[[BlobRef], None],
         on_release: Callable[[BlobRef], None],
+        name: str | None = None,
     ) -> None:
         self._files = files
         self._compress = compress
         self._on_commit = on_commit
         self._on_release = on_release
-        self.name = secrets.token_hex(16)
+        self.name = name or secrets.token_hex(16)
         self._tmp = files.root / TMP_DIR / (self.name + _PART)
         self._fh: BinaryIO | None = create_private(self._tmp)  # closed in commit/abort
         self._zw: zstandard.ZstdCompressionWriter | None = None
@@ -177,7 +182,8 @@ class FileBlobWriter:
         return ref
 
     def abort(self) -> None:
-        """Before commit: remove the temp file. After commit: release the blob (see base)."""
+        """Before commit: remove the temp file. After commit: release the blob (see base).
+        Idempotent."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None

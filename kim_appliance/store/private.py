@@ -1,6 +1,6 @@
-"""File modes of the stores: every directory 0700, every file 0600 (issue 11).
+"""File modes of the store: every directory 0700, every file 0600 (issue 11).
 
-The stores hold mail, password hashes and the failed-login counters of one appliance; no other
+The store holds mail, password hashes and the failed-login counters of one appliance; no other
 user of the machine may read them, whatever umask the process runs with (the CLI sets 0o077,
 an application embedding the appliance in its tests may not). This module only creates files
 and directories and narrows modes; it must never widen one or touch a file outside a store.

@@ -287,7 +287,7 @@ def make_template(data_dir: Path, *, fast_logins: bool = True) -> Path:
     data_dir = Path(data_dir)
     trio.run(_start_and_stop, data_dir)
     if fast_logins:
-        _fast_logins(data_dir)
+        trio.run(_fast_logins, data_dir)
     return data_dir
 
 
@@ -366,7 +366,7 @@ async def running_appliance(
             if template is not None:
                 await trio.to_thread.run_sync(copy_template, Path(template), data_dir)
             if config:
-                await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+                await prepare_data_dir(data_dir)
                 await trio.to_thread.run_sync(write_config, data_dir, config)
         except Exception as exc:
             raise ApplianceStartError(f"kim-appliance in {data_dir} did not start: {exc}") from exc
@@ -423,20 +423,15 @@ async def _start_and_stop(data_dir: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _fast_logins(data_dir: Path) -> None:
+async def _fast_logins(data_dir: Path) -> None:
+    """The demo passwords as fast test hashes, written through the appliance's store."""
     from kim_appliance.store import open_store
 
     demo = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
-    for fd_dir in sorted((data_dir / "fachdienst").iterdir()):
-        if not fd_dir.is_dir():
-            continue
-        store = open_store(fd_dir)
-        try:
-            for p in demo["participants"]:
-                if store.get_account(p["address"]) is not None:
-                    store.update_account(p["address"], password_hash=fast_hash(p["password"]))
-        finally:
-            store.close()
+    async with open_store(None, data_dir) as store:
+        for p in demo["participants"]:
+            if await store.accounts.get(p["address"]) is not None:
+                await store.accounts.update(p["address"], password_hash=fast_hash(p["password"]))
 
 
 def fast_hash(password: str) -> str:

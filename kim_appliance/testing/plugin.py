@@ -5,9 +5,12 @@ Fixtures (the sync flavour, :class:`~kim_appliance.testing.KimApplianceThread`, 
 any test suite, trio or not):
 
 - ``kim_template`` (session): an initialised data dir (demo setup, TLS certificates, seeded
-  mailboxes, fast test logins) that the appliances are copied from. ``--kim-data-dir DIR``
-  makes it ``DIR``, initialised on first use and kept between runs (the demo keys and
-  passwords stay the same; the appliances still run in copies).
+  mailboxes, fast test logins) that the appliances are copied from. It is made once per
+  kim-appliance version and kept in the user's cache directory (:mod:`._cache`), so a run
+  starts its first appliance in about a second; ``--kim-no-cache`` makes a new one for the
+  session instead. ``--kim-data-dir DIR`` makes it ``DIR``, initialised on first use and kept
+  between runs (the demo keys and passwords stay the same; the appliances still run in
+  copies).
 - ``kim_appliance`` (session): one appliance for the whole session -- the cheap choice.
 - ``kim_appliance_fresh`` (function): an appliance of its own per test, with empty mailboxes;
   ``@pytest.mark.kim_config({"fachdienst": {...}})`` merges config.toml overrides first.
@@ -40,6 +43,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="kim-appliance: keep the initialised template data dir here between runs "
         "(made on first use); the fixtures' appliances run in copies of it",
     )
+    group.addoption(
+        "--kim-no-cache",
+        action="store_true",
+        default=False,
+        help="kim-appliance: make a new template data dir for this session instead of "
+        "reusing the one cached in the user's cache directory",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,7 +71,14 @@ def kim_template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         if not (template / "demo.json").is_file():
             make_template(template)
         return template
-    return make_template(tmp_path_factory.mktemp("kim-template") / "kim-data")
+    if request.config.getoption("kim_no_cache", default=False):
+        return make_template(tmp_path_factory.mktemp("kim-template") / "kim-data")
+    from kim_appliance.testing._cache import cached_template
+
+    cached = cached_template(make_template)
+    # held (a shared lock) until the session ends: nobody removes it while we copy from it
+    request.config.add_cleanup(cached.release)
+    return cached.data_dir
 
 
 @pytest.fixture(scope="session")

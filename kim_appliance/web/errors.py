@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kim_appliance.errors import KimError
+from kim_appliance.store import StoreUnavailable
 
 log = logging.getLogger("kim_appliance.web")
 
@@ -81,6 +82,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, headers=exc.headers)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("HTTP 503 on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503, "the store is unavailable; try again later", headers={"Retry-After": "30"}
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     trace_id = new_trace_id()
     log.exception("HTTP 500 traceId=%s on %s %s", trace_id, request.method, request.url.path)
@@ -91,7 +99,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: Starlette) -> None:
     """Make ``app`` answer ApiError, routing errors and unexpected exceptions with the Error
-    body (an unexpected exception is logged with its trace id and answered with 500)."""
+    body (an unexpected exception is logged with its trace id and answered with 500; a store
+    that fails, `StoreUnavailable`, is a temporary 503)."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_exception)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

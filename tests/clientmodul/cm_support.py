@@ -25,7 +25,8 @@ from kim_appliance.testing import (
     Participant,
 )
 
-PrepareDir = Callable[[Path], None]
+#: changes a data dir before its appliance starts (through the store: an async hook)
+PrepareDir = Callable[[Path], Awaitable[None]]
 
 
 class StartKim(Protocol):

@@ -1,12 +1,13 @@
 """Fixtures for tests of the appliance's own Clientmodul (endpoints ``clientmodul.smtp/pop3``).
 
 ``start_kim(config=..., prepare=...)`` copies a session template data dir, lets ``prepare``
-change it before the start (VZD entries, mailbox quotas: the stores are locked while the
-appliance runs), and runs the appliance in-process with :func:`kim_appliance.testing.
-running_appliance`; smtplib and poplib then play the PVS against its Clientmodul. ``cm`` is
-such an appliance with the default configuration, wrapped in :class:`Kim` (the PVS side, the
-Fachdienst side straight, the participants' exported keys). Faults are switched through the
-Konnektor admin API (:meth:`KimAppliance.fault`), as a vendor's test would.
+change it before the start (VZD entries, mailbox quotas, through the store: the embedded store
+admits one process at a time), and runs the appliance in-process with
+:func:`kim_appliance.testing.running_appliance`; smtplib and poplib then play the PVS against
+its Clientmodul. ``cm`` is such an appliance with the default configuration, wrapped in
+:class:`Kim` (the PVS side, the Fachdienst side straight, the participants' exported keys).
+Faults are switched through the Konnektor admin API (:meth:`KimAppliance.fault`), as a vendor's
+test would.
 
 These fixtures must never build a Clientmodul of their own next to the appliance: the tests
 exercise the one ``kim-appliance run`` starts.
@@ -90,7 +91,7 @@ async def start_kim(
             data_dir = tmp_path / f"kim-data-{count}"
             copy_template(kim_cm_template, data_dir)
             if prepare is not None:
-                prepare(data_dir)
+                await prepare(data_dir)
             merged = _merged(mode, config or {})
             app: KimAppliance = await nursery.start(_run, data_dir, merged or None)
             return app

@@ -8,6 +8,7 @@ test sends a real 30 MB mail above the default 15 MiB threshold.
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import email.utils
 import io
@@ -15,6 +16,7 @@ import json
 import os
 import poplib
 import smtplib
+import sqlite3
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
@@ -119,21 +121,19 @@ def parsed(mail: bytes) -> Message:
     return email.message_from_bytes(mail, policy=email.policy.default)
 
 
-def set_version(data_dir: Path, address: str, version: str) -> None:
-    directory = DirectoryStore.open(data_dir)
-    entry = directory.find_by_mail(address)
-    assert entry is not None
-    directory.set_address(
-        entry.telematik_id, address.rpartition("@")[2], KimAddress(address, version)
-    )
+async def set_version(data_dir: Path, address: str, version: str) -> None:
+    async with open_store(None, data_dir) as store:
+        directory = await DirectoryStore.open(store.directory)
+        entry = directory.find_by_mail(address)
+        assert entry is not None
+        await directory.set_address(
+            entry.telematik_id, address.rpartition("@")[2], KimAddress(address, version)
+        )
 
 
-def set_quota(data_dir: Path, address: str, quota: int) -> None:
-    store = open_store(data_dir / "fachdienst" / address.rpartition("@")[2])
-    try:
-        store.update_account(address, quota_bytes=quota)
-    finally:
-        store.close()
+async def set_quota(data_dir: Path, address: str, quota: int) -> None:
+    async with open_store(None, data_dir) as store:
+        await store.accounts.update(address, quota_bytes=quota)
 
 
 def demo_address(data_dir: Path, local: str) -> str:
@@ -166,9 +166,15 @@ def kas_settings(monkeypatch: pytest.MonkeyPatch, **changes: int) -> None:
     monkeypatch.setattr(kas, "KasSettings", lambda: original(**changes))  # type: ignore[misc]
 
 
-def kas_blobs(data_dir: Path, address: str) -> list[Path]:
-    root = data_dir / "fachdienst" / address.rpartition("@")[2] / "kas"
-    return [p for d in root.iterdir() if d.is_dir() and len(d.name) == 2 for p in d.iterdir()]
+def kas_uploads(data_dir: Path, address: str) -> list[str]:
+    """The KAS attachments ``address`` has stored, read from the running appliance's embedded
+    store (read-only: the store admits one writer process)."""
+    db = data_dir / "store" / "kim.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        rows = conn.execute(
+            "SELECT id FROM kas_attachments WHERE uploader = ?", (address.lower(),)
+        ).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def kim_link(app: KimAppliance, recipient: str) -> str:
@@ -291,7 +297,7 @@ async def test_blob_is_deleted_when_the_mail_is_not_sent_after_the_upload(
     data = client_mail(weber.address, [klein.address], attachment=os.urandom(100_000))
     with pytest.raises(smtplib.SMTPDataError):
         await trio.to_thread.run_sync(send, app, WEBER, [KLEIN], data)
-    assert kas_blobs(app.data_dir, weber.address) == []
+    assert kas_uploads(app.data_dir, weber.address) == []
 
 
 # --- receive side -------------------------------------------------------------------------------

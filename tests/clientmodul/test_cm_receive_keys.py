@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from kim_appliance.adapters import InProcessKonnektor
-from kim_appliance.appliance import prepare_data_dir
+from kim_appliance.appliance import prepare_files
 from kim_appliance.clientmodul.keys import (
     TTL_EMAIL_ICCSN,
     DecryptionKeyFinder,
@@ -33,7 +33,7 @@ CONTEXT = CallContext("Mandant1", "PVS1", "AP1")
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cm-keys") / "kim-data"
-    prepare_data_dir(path)
+    prepare_files(path)
     return path
 
 

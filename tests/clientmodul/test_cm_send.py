@@ -16,7 +16,7 @@ import email.policy
 import io
 import re
 import smtplib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from email.message import EmailMessage
 from functools import partial
@@ -29,6 +29,7 @@ from cm_support import Kim, StartKim, closed_port, demo_address, with_upstream
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.mail.unseal import OpenReport, open_message
+from kim_appliance.store import open_store
 
 #: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
 both_modes = pytest.mark.usefixtures("cm_mode")
@@ -353,14 +354,15 @@ async def test_no_valid_recipient_is_451_with_report(cm: Kim) -> None:
     assert UNKNOWN in sender_report.as_string()
 
 
-def _drop_certificates(local: str) -> Callable[[Path], None]:
+def _drop_certificates(local: str) -> Callable[[Path], Awaitable[None]]:
     """A ``prepare`` hook: the VZD entry of ``local`` loses its certificates."""
 
-    def prepare(data_dir: Path) -> None:
-        directory = DirectoryStore.open(data_dir)
-        entry = directory.find_by_mail(demo_address(data_dir, local))
-        assert entry is not None
-        directory.put_entry(replace(entry, certificates=()))
+    async def prepare(data_dir: Path) -> None:
+        async with open_store(None, data_dir) as store:
+            directory = await DirectoryStore.open(store.directory)
+            entry = directory.find_by_mail(demo_address(data_dir, local))
+            assert entry is not None
+            await directory.put_entry(replace(entry, certificates=()))
 
     return prepare
 
@@ -368,7 +370,7 @@ def _drop_certificates(local: str) -> Callable[[Path], None]:
 @both_modes
 async def test_sender_without_certificate_is_553(start_kim: StartKim) -> None:
     """digest §1.4 step 6 (FAQ): no encryption certificate of the sender -> 553, nothing sent."""
-    # the VZD store is locked while the appliance runs: the entry is changed before the start
+    # the entry is changed before the start, through the store
     cm = Kim(await start_kim(prepare=_drop_certificates("praxis.weber")))
     to = cm.address("apotheke.sonne")
     with pytest.raises(smtplib.SMTPDataError) as caught:

@@ -23,8 +23,10 @@ from kim_appliance.clientmodul.send import (
 )
 from kim_appliance.clientmodul.vzd_lookup import TTL_ENC_CERT, TTL_VERSION, VzdLookup
 from kim_appliance.directory import DirectoryStore
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.pki import TestPki
+from kim_appliance.store import Store
 
 
 class Clock:
@@ -54,14 +56,16 @@ def pki(kim_cm_template: Path) -> TestPki:
 
 
 @pytest.fixture
-def directory(kim_cm_template: Path) -> DirectoryStore:
-    store = DirectoryStore(None)  # in memory: the tests change entries
-    for entry in DirectoryStore.open(kim_cm_template).entries():
-        store.put_entry(entry)
+async def directory(kim_cm_template: Path, kim_store: Store) -> DirectoryStore:
+    """The demo's VZD entries in a store of this test's own: the tests change entries."""
+    store = await DirectoryStore.open(kim_store.directory)
+    await store.populate(entries_from_demo(kim_cm_template))
     return store
 
 
-def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_certificates_are_cached_for_ttl_enc_cert(
+    directory: DirectoryStore, pki: TestPki
+) -> None:
     """KOM-LE-A_2026: the VZD is asked again only after TTL_ENC_CERT (12 h)."""
     clock = Clock()
     lookup = VzdLookup(InProcessDirectory(directory), clock=clock)
@@ -75,7 +79,7 @@ def test_certificates_are_cached_for_ttl_enc_cert(directory: DirectoryStore, pki
     assert lookup.queries == 2
 
 
-def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: TestPki) -> None:
     """A_22340: a KIM version from the VZD is reused for at most 24 h."""
     clock = Clock()
     lookup = VzdLookup(InProcessDirectory(directory), ttl_enc_cert=10 * TTL_VERSION, clock=clock)
@@ -85,7 +89,7 @@ def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: Test
     entry = directory.find_by_mail(address)
     assert entry is not None
     fad, addresses = next(iter(entry.fachdaten.items()))
-    directory.put_entry(
+    await directory.put_entry(
         replace(entry, fachdaten={fad: tuple(replace(a, version=after) for a in addresses)})
     )
     clock.now += TTL_VERSION - 1
@@ -94,7 +98,7 @@ def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki: Test
     assert lookup.version(address) == after
 
 
-def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
+async def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
     """KOM-LE-A_2023/2024-01: an address the VZD does not know gets code 4004."""
     found = VzdLookup(InProcessDirectory(directory)).lookup(
         "niemand@fd1.kim.telematik-test", pki.trust_store()
@@ -104,7 +108,7 @@ def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: Test
     assert "not in the directory" in found.reason
 
 
-def test_only_enc_certificates_are_used(
+async def test_only_enc_certificates_are_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,
@@ -115,14 +119,14 @@ def test_only_enc_certificates_are_used(
     entry = directory.find_by_mail(address)
     assert entry is not None
     osig = _der(_participant(kim_cm_template, "praxis.weber")["export"]["osig_cert"][0])
-    directory.put_entry(replace(entry, certificates=(osig,)))
+    await directory.put_entry(replace(entry, certificates=(osig,)))
     found = VzdLookup(InProcessDirectory(directory)).lookup(address, pki.trust_store())
     assert not found.usable
     assert found.code == "4004"
     assert "KOM-LE-A_2128" in found.reason
 
 
-def test_certificates_of_two_telematik_ids_are_not_used(
+async def test_certificates_of_two_telematik_ids_are_not_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,
@@ -132,20 +136,22 @@ def test_certificates_of_two_telematik_ids_are_not_used(
     entry = directory.find_by_mail(address)
     assert entry is not None
     other = _der(_participant(kim_cm_template, "apotheke.sonne")["export"]["enc_cert"][0])
-    directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
+    await directory.put_entry(replace(entry, certificates=(*entry.certificates, other)))
     found = VzdLookup(InProcessDirectory(directory)).lookup(address, pki.trust_store())
     assert not found.usable
     assert found.code == "4005"
     assert "KOM-LE-A_2178" in found.reason
 
 
-def test_revoked_certificate_is_not_used(
+async def test_revoked_certificate_is_not_used(
     directory: DirectoryStore,
     pki: TestPki,
     kim_cm_template: Path,
 ) -> None:
     """Cached certificates are checked at each use: a revocation takes effect at once, the
-    recipient has then no valid encryption certificate (4004)."""
+    recipient has then no valid encryption certificate (4004). When no cached certificate
+    passes, the VZD is asked again at once (it may hold a renewed one, `card renew`), not only
+    after TTL_ENC_CERT (KOM-LE-A_2026)."""
     lookup = VzdLookup(InProcessDirectory(directory))
     address = "praxis.weber@fd1.kim.telematik-test"
     assert lookup.lookup(address, pki.trust_store()).usable
@@ -154,7 +160,7 @@ def test_revoked_certificate_is_not_used(
     found = lookup.lookup(address, pki.trust_store())
     assert not found.usable
     assert "revoked" in found.reason
-    assert lookup.queries == 1
+    assert lookup.queries == 2  # the cached entry, then once more: nothing renewed there
 
 
 def test_rewrite_drops_recipients_from_to_and_cc_and_keeps_the_rest() -> None:

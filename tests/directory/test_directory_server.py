@@ -30,8 +30,10 @@ from directory_helpers import (
 from ldap3.core.exceptions import LDAPException
 
 from kim_appliance.directory import DirectoryAddresses, DirectoryStore, serve_directory
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.directory.entries import DirectoryEntry, KimAddress
 from kim_appliance.pki.tls import server_context
+from kim_appliance.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def tls_files(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 @pytest.fixture
-def store(demo_dir: Path) -> DirectoryStore:
-    s = DirectoryStore()  # in memory
-    s.populate_from_demo(demo_dir)
+async def store(demo_dir: Path, kim_store: Store) -> DirectoryStore:
+    s = await DirectoryStore.open(kim_store.directory)
+    await s.populate(entries_from_demo(demo_dir))
     return s
 
 
@@ -164,7 +166,7 @@ async def test_size_limit_100_with_the_entries_sent(
     prints the 100 entries it got."""
     template = store.get("1-SMC-B-Testkarte-883110000100001")
     for i in range(120):
-        store.put_entry(
+        await store.put_entry(
             replace(
                 template, uid=DirectoryEntry.new_uid(), telematik_id=f"9-test-{i}",
                 fachdaten={"fd3.kim.telematik-test": (KimAddress(f"p{i}@fd3.kim.telematik-test"),)},
@@ -177,6 +179,25 @@ async def test_size_limit_100_with_the_entries_sent(
     code, out, _ = await ldapsearch(url(vzd.ldap), "-z", "5", "(mail=p*)", "1.1")
     assert code == 4
     assert len(ldif_entries(out)) == 5
+
+
+@needs_ldapsearch
+async def test_a_change_made_on_another_node_is_found_by_the_next_search(
+    vzd: DirectoryAddresses, store: DirectoryStore, kim_store: Store
+) -> None:
+    """One store, two nodes: the Account Manager of another node adds an address through its
+    own DirectoryStore; this node's LDAP server finds it at the next search (the store's change
+    counter), without a restart."""
+    other_node = await DirectoryStore.open(kim_store.directory)
+    entry = store.find_by_mail(WEBER)
+    assert entry is not None
+    new = "vertretung@fd1.kim.telematik-test"
+    code, out, _ = await ldapsearch(url(vzd.ldap), f"(mail={new})", "telematikID")
+    assert (code, ldif_entries(out)) == (0, [])
+    await other_node.set_address(entry.telematik_id, "fd1.kim.telematik-test", KimAddress(new))
+    code, out, err = await ldapsearch(url(vzd.ldap), f"(mail={new})", "telematikID")
+    assert code == 0, err
+    assert f"telematikID: {entry.telematik_id}" in out
 
 
 @needs_ldapsearch

@@ -1,5 +1,5 @@
-"""The VZD store: demo entries, persistence, and the §4.2 maintenance API for the Account
-Manager (I_Directory_Application_Maintenance)."""
+"""The VZD store: demo entries, persistence in the appliance's store, readers on other nodes,
+and the §4.2 maintenance API for the Account Manager (I_Directory_Application_Maintenance)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import pytest
 from cryptography import x509
 
 from kim_appliance.directory import DirectoryError, DirectoryStore, EntryNotFound, KimAddress
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.pki import admission_of
+from kim_appliance.store import Store, open_store
 
 FAD = "fd1.kim.telematik-test"
 
 
 @pytest.fixture
-def store(demo_dir: Path, tmp_path: Path) -> DirectoryStore:
-    s = DirectoryStore(tmp_path / "directory.json")
-    s.populate_from_demo(demo_dir)
+async def store(demo_dir: Path, kim_store: Store) -> DirectoryStore:
+    s = await DirectoryStore.open(kim_store.directory)
+    await s.populate(entries_from_demo(demo_dir))
     return s
 
 
@@ -28,7 +30,7 @@ def weber(store: DirectoryStore) -> str:
     return entry.telematik_id
 
 
-def test_demo_entries_carry_every_enc_certificate_and_the_admission_data(
+async def test_demo_entries_carry_every_enc_certificate_and_the_admission_data(
     store: DirectoryStore, demo_dir: Path
 ) -> None:
     """digest §4.1: one entry per Telematik-ID, RSA and ECC ENC certificates side by side."""
@@ -53,21 +55,62 @@ def test_demo_entries_carry_every_enc_certificate_and_the_admission_data(
         assert entry.dn == f"uid={entry.uid},dc=data,dc=vzd"
 
 
-def test_changes_survive_a_reopen(store: DirectoryStore) -> None:
+async def test_changes_survive_a_reopen(demo_dir: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "own"
+    async with open_store(None, data_dir) as kim:
+        store = await DirectoryStore.open(kim.directory)
+        await store.populate(entries_from_demo(demo_dir))
+        tid = weber(store)
+        await store.set_address(tid, FAD, KimAddress("empfang.weber@fd1.kim.telematik-test", "1.5"))
+        before = store.get(tid)
+    async with open_store(None, data_dir) as kim:
+        reopened = await DirectoryStore.open(kim.directory)
+        assert reopened.get(tid) == before
+        found = reopened.find_by_mail("empfang.weber@fd1.kim.telematik-test")
+        assert found is not None
+        assert found.telematik_id == tid
+
+
+async def test_a_change_on_another_node_is_seen_after_refresh(
+    store: DirectoryStore, kim_store: Store
+) -> None:
+    """Two DirectoryStores on one store (two nodes sharing it): a change made through one is
+    invisible to the other's snapshot until its refresh sees the change counter move."""
+    other = await DirectoryStore.open(kim_store.directory)
     tid = weber(store)
-    store.set_address(tid, FAD, KimAddress("empfang.weber@fd1.kim.telematik-test", "1.5"))
-    assert store.path is not None
-    reopened = DirectoryStore(store.path)
-    assert reopened.get(tid) == store.get(tid)
-    found = reopened.find_by_mail("empfang.weber@fd1.kim.telematik-test")
+    await store.set_address(tid, FAD, KimAddress("neu@fd1.kim.telematik-test", "1.5"))
+    assert other.find_by_mail("neu@fd1.kim.telematik-test") is None
+    assert await other.refresh() is True
+    found = other.find_by_mail("neu@fd1.kim.telematik-test")
     assert found is not None
     assert found.telematik_id == tid
+    assert await other.refresh() is False  # nothing new: one cheap version query
 
 
-def test_add_get_modify_delete_fachdaten(store: DirectoryStore) -> None:
+async def test_a_change_validated_against_a_stale_snapshot_is_checked_again(
+    store: DirectoryStore, kim_store: Store
+) -> None:
+    """digest §4.2: an address is in the directory once. Another node added it to Weber's
+    entry; a node whose snapshot predates that must not add it to Sonne's entry: its write
+    meets the new version, it reloads, and the validation refuses (400)."""
+    stale = await DirectoryStore.open(kim_store.directory)
+    tid = weber(store)
+    sonne = store.find_by_mail("apotheke.sonne@fd2.kim.telematik-test")
+    assert sonne is not None
+    await store.set_address(tid, FAD, KimAddress("doppelt@fd1.kim.telematik-test"))
+    with pytest.raises(DirectoryError, match="already in the entry"):
+        await stale.set_address(
+            sonne.telematik_id,
+            "fd2.kim.telematik-test",
+            KimAddress("doppelt@fd1.kim.telematik-test"),
+        )
+    assert stale.version == store.version
+
+
+async def test_add_get_modify_delete_fachdaten(store: DirectoryStore) -> None:
     """digest §4.2: add (201), get (FAD1), modify writes the whole list, delete."""
     tid = weber(store)
-    added = store.add_fachdaten(
+    added = await store.add_fachdaten(
         tid, "fd9.kim.telematik-test",
         [KimAddress("a@fd9.kim.telematik-test", "1.5+", ("eEB;V1.0", "DALE-UV;Einsendung;V1.0"))],
     )  # fmt: skip
@@ -80,38 +123,42 @@ def test_add_get_modify_delete_fachdaten(store: DirectoryStore) -> None:
         b"a@fd9.kim.telematik-test,1.5+,eEB;V1.0|DALE-UV;Einsendung;V1.0" in attributes["kimData"]
     )
     assert b"1.5+,a@fd9.kim.telematik-test" in attributes["komLeData"]
-    store.modify_fachdaten(tid, "fd9.kim.telematik-test", [KimAddress("b@fd9.kim.telematik-test")])
+    await store.modify_fachdaten(
+        tid, "fd9.kim.telematik-test", [KimAddress("b@fd9.kim.telematik-test")]
+    )
     got = store.get_fachdaten(tid, "fd9.kim.telematik-test")
     assert [(a.mail, a.version) for a in got.addresses] == [("b@fd9.kim.telematik-test", "1.0")]
     assert store.find_by_mail("a@fd9.kim.telematik-test") is None
-    store.delete_fachdaten(tid, "fd9.kim.telematik-test")
+    await store.delete_fachdaten(tid, "fd9.kim.telematik-test")
     with pytest.raises(DirectoryError) as info:
         store.get_fachdaten(tid, "fd9.kim.telematik-test")
     assert info.value.status == 404
     assert store.find_by_mail("praxis.weber@fd1.kim.telematik-test") is not None
 
 
-def test_set_and_remove_one_address_keep_the_others(store: DirectoryStore) -> None:
+async def test_set_and_remove_one_address_keep_the_others(store: DirectoryStore) -> None:
     tid = weber(store)
-    store.set_address(tid, FAD, KimAddress("zweite@fd1.kim.telematik-test"))
-    store.set_address(tid, FAD, KimAddress("praxis.weber@fd1.kim.telematik-test", "1.0"))
+    await store.set_address(tid, FAD, KimAddress("zweite@fd1.kim.telematik-test"))
+    await store.set_address(tid, FAD, KimAddress("praxis.weber@fd1.kim.telematik-test", "1.0"))
     mails = {a.mail: a.version for a in store.get_fachdaten(tid, FAD).addresses}
     assert mails == {
         "praxis.weber@fd1.kim.telematik-test": "1.0",
         "zweite@fd1.kim.telematik-test": "1.0",
     }
-    store.remove_address(tid, FAD, "ZWEITE@fd1.kim.telematik-test")
+    await store.remove_address(tid, FAD, "ZWEITE@fd1.kim.telematik-test")
     assert [a.mail for a in store.get_fachdaten(tid, FAD).addresses] == [
         "praxis.weber@fd1.kim.telematik-test"
     ]
     with pytest.raises(DirectoryError, match="not among"):
-        store.remove_address(tid, FAD, "zweite@fd1.kim.telematik-test")
+        await store.remove_address(tid, FAD, "zweite@fd1.kim.telematik-test")
 
 
-def test_no_vzd_mail_entry_keeps_the_address_out_of_ldap(store: DirectoryStore) -> None:
+async def test_no_vzd_mail_entry_keeps_the_address_out_of_ldap(store: DirectoryStore) -> None:
     """A_24039 (Basis-Consumer): noVzdMailEntry leaves mail and komLeData unfilled."""
     tid = weber(store)
-    store.set_address(tid, FAD, KimAddress("basis@fd1.kim.telematik-test", no_vzd_mail_entry=True))
+    await store.set_address(
+        tid, FAD, KimAddress("basis@fd1.kim.telematik-test", no_vzd_mail_entry=True)
+    )
     attributes = store.get(tid).ldap_attributes()
     assert all(b"basis@" not in v for v in attributes["mail"] + attributes["komLeData"])
     assert store.find_by_mail("basis@fd1.kim.telematik-test") is None
@@ -128,14 +175,14 @@ def test_no_vzd_mail_entry_keeps_the_address_out_of_ldap(store: DirectoryStore) 
          "mail", "twice"),
     ],
 )  # fmt: skip
-def test_invalid_fachdaten_are_refused_with_400(
+async def test_invalid_fachdaten_are_refused_with_400(
     store: DirectoryStore, addresses: list[KimAddress], attribute: str, text: str
 ) -> None:
     """digest §4.2 Error body: 400 with attributeName/attributeError; nothing is changed."""
     tid = weber(store)
     before = store.get(tid)
     with pytest.raises(DirectoryError) as info:
-        store.modify_fachdaten(tid, FAD, addresses)
+        await store.modify_fachdaten(tid, FAD, addresses)
     assert info.value.status == 400
     body = info.value.to_json()
     assert any(
@@ -144,14 +191,14 @@ def test_invalid_fachdaten_are_refused_with_400(
     assert store.get(tid) == before
 
 
-def test_unknown_telematik_id_is_404(store: DirectoryStore) -> None:
+async def test_unknown_telematik_id_is_404(store: DirectoryStore) -> None:
     with pytest.raises(EntryNotFound) as info:
-        store.add_fachdaten("9-nobody", FAD, [KimAddress("n@fd1.kim.telematik-test")])
+        await store.add_fachdaten("9-nobody", FAD, [KimAddress("n@fd1.kim.telematik-test")])
     assert info.value.status == 404
     assert "9-nobody" in str(info.value)
 
 
-def test_search_fachdaten_with_wildcards(store: DirectoryStore) -> None:
+async def test_search_fachdaten_with_wildcards(store: DirectoryStore) -> None:
     """digest §4.2 search_Directory_FA-Attributes: `*` wildcards, "" for absent."""
     assert {f.fad for f in store.search_fachdaten(mail="*@fd2.kim.telematik-test")} == {
         "fd2.kim.telematik-test"
@@ -159,6 +206,6 @@ def test_search_fachdaten_with_wildcards(store: DirectoryStore) -> None:
     assert len(store.search_fachdaten(kom_le_data="1.5+,*")) == 4
     assert store.search_fachdaten(mail="nobody*") == []
     tid = weber(store)
-    store.modify_fachdaten(tid, FAD, [])
+    await store.modify_fachdaten(tid, FAD, [])
     (empty,) = store.search_fachdaten(mail="")
     assert empty.telematik_id == tid

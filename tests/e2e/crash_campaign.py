@@ -158,13 +158,14 @@ class Rig:
             write_config(self.data_dir, overrides)
 
     def stores(self) -> list[Path]:
-        return sorted(p for p in (self.data_dir / "fachdienst").iterdir() if p.is_dir())
+        """The appliance's store directory (one store for every Fachdienst, issue 12)."""
+        return [self.data_dir / "store"]
 
     def relay_queue(self) -> tuple[int, list[str]]:
         """Entries in every relay queue, and their last errors (read-only SQLite reads)."""
         count, errors = 0, []
         for store in self.stores():
-            db = store / "mail.sqlite3"
+            db = store / "kim.sqlite3"
             if not db.exists():
                 continue
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)

@@ -41,11 +41,13 @@ def test_fault_cli_switches_the_konnektor_unreachable_and_back(
     app = launcher.start(data_dir)
     on = cli("fault", "--data-dir", str(data_dir), "--unreachable", "on", cwd=data_dir.parent)
     assert on.returncode == 0, on.stderr
-    assert json.loads(on.stdout)["unreachable"] is True
+    assert "Konnektor unreachable" in on.stdout
+    state = cli("fault", "--data-dir", str(data_dir), "--json", cwd=data_dir.parent)
+    assert json.loads(state.stdout)["unreachable"] is True
     sds = app.endpoints["konnektor"]["sds"]
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         _get(sds, app.endpoints["tls_ca"])
-    off = cli("fault", "--data-dir", str(data_dir), "--clear", cwd=data_dir.parent)
+    off = cli("fault", "--data-dir", str(data_dir), "--clear", "--json", cwd=data_dir.parent)
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["unreachable"] is False
     assert b"ServiceInformation" in _get(sds, app.endpoints["tls_ca"])

@@ -32,8 +32,8 @@ def _wide(root: Path) -> dict[str, str]:
 def test_a_fresh_data_dir_is_private(template_dir: Path) -> None:
     """Issue 11: ``init`` and a first ``run`` (the session template) leave no file or directory
     that group or others may read: data dir 0700; demo.json (passwords), admin-token, the card,
-    PKI and TLS keys, konnektor.json, directory.json, the stores (mail.sqlite3 with -wal/-shm,
-    blobs, the KAS) 0600/0700."""
+    PKI and TLS keys, konnektor.json, the store (kim.sqlite3 with -wal/-shm, the blobs of mail
+    and KAS) 0600/0700."""
     assert stat.S_IMODE(os.stat(template_dir).st_mode) == 0o700
     assert _wide(template_dir) == {}
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -107,12 +108,18 @@ def test_restart_keeps_accounts_and_messages(data_dir: Path, launcher: Launcher)
 
 
 def test_restart_after_kill_publishes_fresh_endpoints(data_dir: Path, launcher: Launcher) -> None:
-    """After a kill -9 the old endpoints.json stays behind; the next run replaces it with one
-    whose ports answer, and still removes it on a clean stop."""
+    """After a kill -9 the old endpoints.json stays behind, carrying the pid of the dead run (a
+    waiting script can tell it is stale); the next run replaces it with one whose ports answer
+    and whose pid is the new process's, and still removes it on a clean stop."""
     first = launcher.start(data_dir)
+    assert first.endpoints["pid"] == first.process.pid
     first.kill9()
-    assert (data_dir / ENDPOINTS).exists()
+    stale = json.loads((data_dir / ENDPOINTS).read_text(encoding="utf-8"))
+    assert stale["pid"] == first.process.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(stale["pid"], 0)
     second = launcher.start(data_dir)
+    assert second.endpoints["pid"] == second.process.pid
     _check_every_listener(second.endpoints)
     assert second.stop()[0] == 0
     assert not (data_dir / ENDPOINTS).exists()

@@ -17,13 +17,13 @@ import trio
 from fd_support import Prepare, Running, StartAppliance
 
 from kim_appliance.appliance import ENDPOINTS_FILE
-from kim_appliance.store import MailStore, open_store
+from kim_appliance.store import open_store
 from kim_appliance.testing import copy_template, make_template, serve_appliance
 
 
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir after one full start and clean stop: demo setup, TLS certs, seeded stores,
+    """A data dir after one full start and clean stop: demo setup, TLS certs, seeded store,
     the demo passwords as fast test hashes (kim_appliance.testing.make_template)."""
     data_dir = make_template(tmp_path_factory.mktemp("template") / "kim-data")
     assert not (data_dir / ENDPOINTS_FILE).exists()
@@ -44,14 +44,8 @@ async def start_appliance(tmp_path: Path, template_dir: Path) -> AsyncIterator[S
             data_dir = tmp_path / f"kim-data-{count}"
             copy_template(template_dir, data_dir)
             if prepare is not None:
-                stores: dict[str, MailStore] = {
-                    d.name: open_store(d) for d in (data_dir / "fachdienst").iterdir() if d.is_dir()
-                }
-                try:
-                    prepare(stores)
-                finally:
-                    for store in stores.values():
-                        store.close()
+                async with open_store(None, data_dir) as store:
+                    await prepare(store)
             config = {"fachdienst": fachdienst} if fachdienst else None
             # the appliance runs as a task of this fixture's nursery, so it outlives the call
             app = await nursery.start(partial(serve_appliance, data_dir, config=config))

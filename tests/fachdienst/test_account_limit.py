@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
-import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
+from fd_support import fachdienst_on, store_bytes
 
 from kim_appliance.config import DomainConfig, FachdienstConfig
-from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
-from kim_appliance.store import Account, hash_password, open_store
-from kim_appliance.web import fachdienst_app
+from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.rest import fachdienst_app
+from kim_appliance.store import Account, Store, hash_password
 
 DOMAIN = "a.kim.telematik-test"
 ADDRESS = f"weber@{DOMAIN}"
@@ -25,29 +22,20 @@ PASSWORD = "Praxis-Weber-2026!"
 URL = "https://fd/AccountLimit/v1.1/limit"
 
 
-def make_fd(directory: Path) -> Fachdienst:
-    store = open_store(directory)
-    store.create_account(
+async def make_fd(store: Store) -> Fachdienst:
+    await store.accounts.create(
         Account(
             ADDRESS, hash_password(PASSWORD), "1-1", "Weber", quota_bytes=5000, data_ttl_days=30
         )
     )
-    store.create_account(Account(f"frei@{DOMAIN}", hash_password(PASSWORD), "1-2", "Frei"))
-    return Fachdienst(
-        domain=DOMAIN,
-        config=FachdienstConfig(domains=(DomainConfig(DOMAIN, 0, 0),), max_failed_logins=3),
-        store=store,
-        auth=Authenticator(store, max_failed_logins=3, lockout_seconds=900),
-        endpoints=RelayEndpoints(),
-        server_ssl=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
-        client_ssl=ssl.create_default_context(),
-        log=logging.getLogger("tests.account_limit"),
-    )
+    await store.accounts.create(Account(f"frei@{DOMAIN}", hash_password(PASSWORD), "1-2", "Frei"))
+    config = FachdienstConfig(domains=(DomainConfig(DOMAIN, 0, 0),), max_failed_logins=3)
+    return fachdienst_on(store, DOMAIN, config=config, max_failed_logins=3)
 
 
 @pytest.fixture
-def fd(tmp_path: Path) -> Fachdienst:
-    return make_fd(tmp_path)
+async def fd(kim_store: Store) -> Fachdienst:
+    return await make_fd(kim_store)
 
 
 @pytest.fixture
@@ -62,21 +50,19 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def _deliver(fd: Fachdienst, size: int) -> None:
-    with fd.store.new_blob() as writer:
-        writer.write(b"x" * size)
-        fd.store.deliver(writer.commit(), [(ADDRESS, b"")])
+async def _deliver(fd: Fachdienst, size: int) -> None:
+    await store_bytes(fd.store, ADDRESS, b"x" * size)
 
 
 async def test_limits_come_from_the_account(client: httpx.AsyncClient, fd: Fachdienst) -> None:
     """quota, remainQuota = quota - stored bytes, dataTimeToLive, maxMailSize 734003200."""
-    _deliver(fd, 1200)
+    await _deliver(fd, 1200)
     response = await client.get(URL, headers=basic(ADDRESS, PASSWORD))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json; charset=utf-8"
     body = response.json()
     assert body["quota"] == 5000
-    assert body["remainQuota"] == 5000 - fd.store.mailbox_usage(ADDRESS)
+    assert body["remainQuota"] == 5000 - await fd.store.mail.usage(ADDRESS, dt.datetime.now(dt.UTC))
     assert body["remainQuota"] < 5000
     assert body["dataTimeToLive"] == 30
     assert body["maxMailSize"] == 734003200
@@ -90,7 +76,7 @@ async def test_unlimited_quota_is_minus_one(client: httpx.AsyncClient) -> None:
 
 
 async def test_over_quota_reports_zero_remaining(client: httpx.AsyncClient, fd: Fachdienst) -> None:
-    _deliver(fd, 6000)
+    await _deliver(fd, 6000)
     assert (await client.get(URL, headers=basic(ADDRESS, PASSWORD))).json()["remainQuota"] == 0
 
 
@@ -133,7 +119,7 @@ async def test_account_past_its_deregistration_date_is_404(
 ) -> None:
     """KOM-LE-A_2149/2150: after deregDate the account is no longer available."""
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    fd.store.update_account(ADDRESS, status="deregistered", dereg_date=past)
+    await fd.store.accounts.update(ADDRESS, status="deregistered", dereg_date=past)
     response = await client.get(URL, headers=basic(ADDRESS, PASSWORD))
     assert response.status_code == 404
     assert "not available" in response.json()["message"]

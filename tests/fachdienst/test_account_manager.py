@@ -1,7 +1,8 @@
 """Account Manager REST API (digest §3.3, AccountManager.yaml v2.4): every documented status code.
 
-The app under test is the Account Manager routes in the web package's REST app, with an
-in-memory VZD and mail store; the JWT verifier is a stand-in that reads ``sub|telematikID``
+The app under test is the Account Manager routes in a REST app on the appliance's real store (VZD
+and mail store), served over loopback HTTP by a trio loop in a background thread
+(fd_support.serve_in_thread); the JWT verifier is a stand-in that reads ``sub|telematikID``
 tokens (the real verifier is tested with the JWT module).
 """
 
@@ -9,34 +10,35 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
-import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 import schemathesis
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from fd_support import _quick_hash
+from fd_support import TrioServed, _quick_hash, fachdienst_on, serve_in_thread
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
-from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.directory.entries import DirectoryEntry
 from kim_appliance.directory.store import DirectoryStore
 from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
 from kim_appliance.fachdienst.account_manager import account_manager_routes
-from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.pki.profiles import CertProfile, profile_of
 from kim_appliance.pki.testpki import TestPki
-from kim_appliance.store import open_store
+from kim_appliance.store import Store
 from kim_appliance.store.base import Account
 from kim_appliance.web import OPENAPI_DIR
 from kim_appliance.web.server import rest_app
+
+T = TypeVar("T")
 
 DOMAIN = "am.kim.telematik-test"
 TID = "1-SMC-B-Testkarte-883110000111"
@@ -74,58 +76,67 @@ def pki() -> TestPki:
 
 
 class Env:
-    def __init__(self, client: TestClient, fd: Fachdienst, directory: DirectoryStore) -> None:
-        self.client = client
+    """The Account Manager served in a trio thread; ``call`` runs store/VZD coroutines there."""
+
+    def __init__(
+        self,
+        served: TrioServed,
+        fd: Fachdienst,
+        directory: DirectoryStore,
+        state: AccountManagerState,
+    ) -> None:
+        self.client = httpx.Client(base_url=served.url, timeout=30)
+        self.url = served.url
+        self.served = served
         self.fd = fd
         self.directory = directory
-        self.state = AccountManagerState()
+        self.state = state
         self.now = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self.served.call(fn, *args)
+
     def account(self, address: str = USER) -> Account:
-        account = self.fd.store.get_account(address)
+        account = self.call(self.fd.store.accounts.get, address)
         assert account is not None
         return account
 
 
 @pytest.fixture
 def env(tmp_path: Path, pki: TestPki) -> Iterator[Env]:
-    store = open_store(tmp_path / "fd")
-    directory = DirectoryStore()
-    for tid, active in ((TID, True), (TID_NEW, True), (TID_LOCKED, False)):
-        directory.put_entry(
-            DirectoryEntry(uid=tid, telematik_id=tid, display_name=f"Praxis {tid}", active=active)
+    holder: dict[str, Any] = {}
+
+    async def build(store: Store) -> ASGIApp:
+        directory = await DirectoryStore.open(store.directory)
+        for tid, active in ((TID, True), (TID_NEW, True), (TID_LOCKED, False)):
+            await directory.put_entry(
+                DirectoryEntry(
+                    uid=tid, telematik_id=tid, display_name=f"Praxis {tid}", active=active
+                )
+            )
+        fd = fachdienst_on(store, DOMAIN, config=FachdienstConfig(domains=()))
+        state = AccountManagerState(store, DOMAIN)
+        routes = account_manager_routes(
+            fd,
+            directory=directory,
+            pki=pki,
+            verify_jwt=fake_verify,
+            state=state,
+            clock=lambda: holder["env"].now,
         )
-    fd = Fachdienst(
-        domain=DOMAIN,
-        config=FachdienstConfig(domains=()),
-        store=store,
-        auth=Authenticator(store, max_failed_logins=5, lockout_seconds=900),
-        endpoints=RelayEndpoints(),
-        server_ssl=ssl.create_default_context(),
-        client_ssl=ssl.create_default_context(),
-        log=logging.getLogger("test"),
-    )
-    holder: dict[str, Env] = {}
-    state = AccountManagerState()
-    routes = account_manager_routes(
-        fd,
-        directory=directory,
-        pki=pki,
-        verify_jwt=fake_verify,
-        state=state,
-        clock=lambda: holder["env"].now,
-    )
-    with TestClient(rest_app(routes), raise_server_exceptions=False) as client:
-        e = Env(client, fd, directory)
-        e.state = state
+        holder.update(fd=fd, directory=directory, state=state)
+        return rest_app(routes)
+
+    with serve_in_thread(tmp_path / "kim-data", build) as served:
+        e = Env(served, holder["fd"], holder["directory"], holder["state"])
         holder["env"] = e
-        yield e
-    store.close()
+        with e.client:
+            yield e
 
 
 def register(env: Env, *, address: str = USER, tid: str = TID, **body: Any) -> Any:
-    if env.state.get_code("REF-1") is None:
-        env.state.add_code("REF-1", "Start-Kennwort-1!", telematik_id=tid)
+    if env.call(env.state.get_code, "REF-1") is None:
+        env.call(partial(env.state.add_code, telematik_id=tid), "REF-1", "Start-Kennwort-1!")
     payload = {"referenceID": "REF-1", "username": address, "password": b64(PASSWORD), **body}
     return env.client.post(
         f"{BASE}/account",
@@ -137,12 +148,13 @@ def register(env: Env, *, address: str = USER, tid: str = TID, **body: Any) -> A
 @pytest.fixture
 def registered(env: Env) -> Env:
     """An account made directly in the store (quick hash) and published in the VZD."""
-    env.fd.store.create_account(
-        Account(USER, _quick_hash(PASSWORD), TID, "Praxis Weber", kim_version="1.5+")
+    env.call(
+        env.fd.store.accounts.create,
+        Account(USER, _quick_hash(PASSWORD), TID, "Praxis Weber", kim_version="1.5+"),
     )
     from kim_appliance.directory.entries import KimAddress
 
-    env.directory.set_address(TID, DOMAIN, KimAddress(USER, "1.5+"))
+    env.call(env.directory.set_address, TID, DOMAIN, KimAddress(USER, "1.5+"))
     return env
 
 
@@ -169,7 +181,7 @@ def test_register_creates_account_and_vzd_entry(env: Env) -> None:
     assert entry is not None
     assert entry.telematik_id == TID
     # the password works, the initial password is used up
-    assert env.fd.auth.authenticate(USER, PASSWORD, client="127.0.0.1").ok
+    assert env.call(partial(env.fd.auth.authenticate, client="127.0.0.1"), USER, PASSWORD).ok
     again = register(env, address=f"zweite@{DOMAIN}")
     assert_error(again, 401, "referenceID")
 
@@ -177,13 +189,13 @@ def test_register_creates_account_and_vzd_entry(env: Env) -> None:
 def test_register_no_vzd_mail_entry_keeps_address_out_of_vzd(env: Env) -> None:
     """noVzdMailEntry (Basis-Consumer): the account exists but the VZD does not publish it."""
     assert register(env, noVzdMailEntry=True).status_code == 204
-    assert env.fd.store.get_account(USER) is not None
+    assert env.call(env.fd.store.accounts.get, USER) is not None
     assert env.directory.find_by_mail(USER) is None
 
 
 def test_register_refusals(env: Env) -> None:
     """registerAccount 400/401/409/420/422/423 (AccountManager.yaml)."""
-    env.state.add_code("REF-1", "Start-Kennwort-1!", telematik_id=TID)
+    env.call(partial(env.state.add_code, telematik_id=TID), "REF-1", "Start-Kennwort-1!")
     ini = {"iniPassword": b64("Start-Kennwort-1!")}
     ok = {"referenceID": "REF-1", "username": USER, "password": b64(PASSWORD)}
     post = env.client.post
@@ -209,10 +221,10 @@ def test_register_refusals(env: Env) -> None:
         post(url, json=foreign, headers={**jwt(foreign["username"]), **ini}), 420, "username"
     )
     assert_error(post(url, json={**ok, "kimVersion": "2.0"}, headers=h), 422, "kimVersion")
-    env.state.add_code("REF-L", "Start-Kennwort-1!", telematik_id=TID_LOCKED)
+    env.call(partial(env.state.add_code, telematik_id=TID_LOCKED), "REF-L", "Start-Kennwort-1!")
     locked = {**ok, "referenceID": "REF-L"}
     assert_error(post(url, json=locked, headers={**jwt(USER, TID_LOCKED), **ini}), 423, "locked")
-    assert env.fd.store.get_account(USER) is None  # "in all error cases, not created"
+    assert env.call(env.fd.store.accounts.get, USER) is None  # "in all error cases, not created"
 
 
 def test_register_taken_address_is_409(registered: Env) -> None:
@@ -264,7 +276,9 @@ def test_set_account_changes_only_writable_fields(registered: Env) -> None:
     assert put(url, json=body, headers=auth()).status_code == 204
     account = registered.account()
     assert (account.kim_version, account.data_ttl_days, account.status) == ("1.0", 20, "active")
-    assert registered.fd.auth.authenticate(USER, NEW_PASSWORD, client="127.0.0.1").ok
+    assert registered.call(
+        partial(registered.fd.auth.authenticate, client="127.0.0.1"), USER, NEW_PASSWORD
+    ).ok
     entry = registered.directory.find_by_mail(USER)
     assert entry is not None
     assert entry.fachdaten[DOMAIN][0].version == "1.0"
@@ -306,12 +320,13 @@ def test_deregistered_account_is_refused_as_smtp_recipient(registered: Env) -> N
     store = registered.fd.store
 
     def rcpt() -> rules.Refusal | None:
+        account = registered.call(store.accounts.get, USER)
         return rules.check_rcpt(
             USER,
             local_domains={DOMAIN},
             relay_domains=(),
-            mailbox_exists=lambda a: store.get_account(a) is not None,
-            mailbox_active=lambda a: getattr(store.get_account(a), "status", "") == "active",
+            mailbox_exists=lambda a: account is not None,
+            mailbox_active=lambda a: getattr(account, "status", "") == "active",
         )
 
     assert rcpt() is None
@@ -369,10 +384,10 @@ def test_vzd_refusal_is_502_and_nothing_changes(env: Env) -> None:
     entry = env.directory.get(TID)
     from dataclasses import replace
 
-    env.directory.put_entry(replace(entry, max_kom_le_adr=0))
+    env.call(env.directory.put_entry, replace(entry, max_kom_le_adr=0))
     assert_error(register(env), 502, "VZD")
-    assert env.fd.store.get_account(USER) is None
-    code = env.state.get_code("REF-1")
+    assert env.call(env.fd.store.accounts.get, USER) is None
+    code = env.call(env.state.get_code, "REF-1")
     assert code is not None
     assert code.used_by is None
 
@@ -400,7 +415,9 @@ def test_revoke_when_the_vzd_refuses_is_502_and_stays_deregistered(registered: E
     url = f"{BASE}/account/{USER}"
     assert c.delete(url, headers=auth()).status_code == 204
     before = registered.account().dereg_date
-    registered.directory.put_entry(replace(registered.directory.get(TID), max_kom_le_adr=0))
+    registered.call(
+        registered.directory.put_entry, replace(registered.directory.get(TID), max_kom_le_adr=0)
+    )
     assert_error(c.put(f"{url}/revokeDeregistration", headers=auth()), 502, "VZD")
     assert registered.account().status == "deregistered"
     assert registered.account().dereg_date == before
@@ -412,10 +429,10 @@ def test_unexpected_error_is_500_with_the_error_body(
     """500 (every operation documents it): an internal failure is answered with the
     CommonSchemas Error body and a traceId, never with a stack trace."""
 
-    def broken(address: str) -> None:
+    async def broken(address: str) -> None:
         raise RuntimeError("disk on fire /secret/path")
 
-    monkeypatch.setattr(registered.fd.store, "get_account", broken)
+    monkeypatch.setattr(registered.fd.store.accounts, "get", broken)
     r = registered.client.get(f"{BASE}/account/{USER}", headers=auth())
     assert r.status_code == 500
     body = r.json()
@@ -426,9 +443,10 @@ def test_unexpected_error_is_500_with_the_error_body(
 def test_purged_address_goes_back_only_to_its_telematik_id(env: Env) -> None:
     """A_19464-02 (digest §3.2): after the purge (KOM-LE-A_2155) the address is never given to
     another Telematik-ID (409), but the same one may register it again (204)."""
-    env.fd.store.create_account(Account(USER, _quick_hash(PASSWORD), TID, "Praxis Weber"))
-    env.fd.store.purge_account(USER, now=env.now)
-    env.state.add_code("REF-2", "Start-Kennwort-1!", telematik_id=TID_NEW)
+    store = env.fd.store
+    env.call(store.accounts.create, Account(USER, _quick_hash(PASSWORD), TID, "Praxis Weber"))
+    env.call(partial(store.accounts.purge, now=env.now), USER)
+    env.call(partial(env.state.add_code, telematik_id=TID_NEW), "REF-2", "Start-Kennwort-1!")
     r = env.client.post(
         f"{BASE}/account",
         json={"referenceID": "REF-2", "username": USER, "password": b64(PASSWORD)},
@@ -523,8 +541,7 @@ def test_account_manager_conforms(case, registered: Env) -> None:  # type: ignor
         if "password" in headers:
             headers["password"] = b64(PASSWORD)
     headers.update(jwt())
-    case.operation.app = registered.client.app  # the ASGI transport, no socket
-    response = case.call(headers=headers)
+    response = case.call(base_url=registered.url + BASE, headers=headers)
     # schema-valid but semantically empty values (referenceID "", password "") get the
     # documented 400 "error in the input data": positive_data_acceptance does not apply
     case.validate_response(response, excluded_checks=[positive_data_acceptance, ignored_auth])

@@ -5,8 +5,6 @@ wrong and locked, and the client keys (IPv4, IPv6 /64)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +15,9 @@ from kim_appliance.fachdienst.accounts import (
     client_of_peer,
     failure_text,
 )
-from kim_appliance.store import Account, SQLiteMailStore, open_store, passwords
+from kim_appliance.store import Account, passwords
 from kim_appliance.store.passwords import hash_password
+from kim_appliance.store.sqlite import SQLiteStore
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 USER = "praxis.weber@fd1.kim.telematik-test"
@@ -26,38 +25,57 @@ PASSWORD = "Richtig-Passw0rt!"
 PRAXIS, STRANGER = "192.0.2.10", "198.51.100.66"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteMailStore]:
-    with open_store(tmp_path / "fd") as s:
-        s.create_account(Account(USER, hash_password(PASSWORD), "1-SMC-B-1", "Praxis Weber"))
-        yield s
+DOMAIN = "fd1.kim.telematik-test"
 
 
 @pytest.fixture
-def auth(store: SQLiteMailStore) -> Authenticator:
-    return Authenticator(store, max_failed_logins=3, lockout_seconds=60, max_lockout_seconds=300)
+async def store(kim_store: SQLiteStore) -> SQLiteStore:
+    await kim_store.accounts.create(
+        Account(USER, hash_password(PASSWORD), "1-SMC-B-1", "Praxis Weber")
+    )
+    return kim_store
 
 
-def test_a_stranger_locks_out_only_himself(auth: Authenticator) -> None:
+def _auth(store: SQLiteStore) -> Authenticator:
+    return Authenticator(
+        store, domain=DOMAIN, max_failed_logins=3, lockout_seconds=60, max_lockout_seconds=300
+    )
+
+
+@pytest.fixture
+def auth(store: SQLiteStore) -> Authenticator:
+    return _auth(store)
+
+
+async def test_a_stranger_locks_out_only_himself(auth: Authenticator) -> None:
     """KOM-LE-A_2167: three failures from the stranger's address lock the account for that
     address; the practice logs in from its own address at the same moment."""
     for _ in range(3):
-        assert not auth.authenticate(USER, "geraten", client=STRANGER, now=T0).ok
-    refused = auth.authenticate(USER, PASSWORD, client=STRANGER, now=T0)
+        assert not (await auth.authenticate(USER, "geraten", client=STRANGER, now=T0)).ok
+    refused = await auth.authenticate(USER, PASSWORD, client=STRANGER, now=T0)
     assert refused.outcome is AuthOutcome.LOCKED
-    assert auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0).ok
+    assert (await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
 
 
-def test_the_lock_doubles_while_no_login_succeeds(store: SQLiteMailStore) -> None:
+async def test_an_account_of_another_fachdienst_is_unknown_here(store: SQLiteStore) -> None:
+    """One store holds every Fachdienst's accounts: fd2's Authenticator does not log in an
+    account of fd1, not even with the right password."""
+    other = Authenticator(store, domain="fd2.kim.telematik-test", max_failed_logins=3,
+                          lockout_seconds=60)  # fmt: skip
+    result = await other.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)
+    assert result.outcome is AuthOutcome.UNKNOWN_ACCOUNT
+
+
+async def test_the_lock_doubles_while_no_login_succeeds(store: SQLiteStore) -> None:
     """Backoff as the store keeps it: a client that only fails is locked 60, 120, 240, 300,
     300 s; a success would clear it."""
-    auth = Authenticator(store, max_failed_logins=3, lockout_seconds=60, max_lockout_seconds=300)
+    auth = _auth(store)
     now = T0
     lengths = []
     for _ in range(5):
         for _ in range(3):
-            auth.authenticate(USER, "geraten", client=STRANGER, now=now)
-        state = store.login_state(USER, STRANGER)
+            await auth.authenticate(USER, "geraten", client=STRANGER, now=now)
+        state = await store.logins.state(USER, STRANGER)
         assert state is not None
         assert state.locked_until is not None
         lengths.append(int((state.locked_until - now).total_seconds()))
@@ -65,7 +83,7 @@ def test_the_lock_doubles_while_no_login_succeeds(store: SQLiteMailStore) -> Non
     assert lengths == [60, 120, 240, 300, 300]
 
 
-def test_unknown_wrong_and_locked_give_one_answer_and_one_scrypt(
+async def test_unknown_wrong_and_locked_give_one_answer_and_one_scrypt(
     auth: Authenticator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No account enumeration: the same text (but for the username) and exactly one scrypt
@@ -84,7 +102,7 @@ def test_unknown_wrong_and_locked_give_one_answer_and_one_scrypt(
     attempts = [(nobody, "x"), (USER, "x"), (USER, "x"), (USER, "x"), (USER, PASSWORD)]
     for username, password in attempts:
         calls.clear()
-        results.append(auth.authenticate(username, password, client=STRANGER, now=T0))
+        results.append(await auth.authenticate(username, password, client=STRANGER, now=T0))
         assert len(calls) == 1, (username, password)
     outcomes = [r.outcome for r in results]
     assert outcomes == [
@@ -99,19 +117,19 @@ def test_unknown_wrong_and_locked_give_one_answer_and_one_scrypt(
     assert "locked for this client" in next(iter(texts))  # explains, without saying it is
 
 
-def test_unknown_accounts_lock_like_known_ones(auth: Authenticator) -> None:
+async def test_unknown_accounts_lock_like_known_ones(auth: Authenticator) -> None:
     """Before issue 11 unknown accounts never locked, which told a prober which exist."""
     nobody = "niemand@fd1.kim.telematik-test"
     for _ in range(3):
-        auth.authenticate(nobody, "x", client=STRANGER, now=T0)
-    assert auth.authenticate(nobody, "x", client=STRANGER, now=T0).locked
+        await auth.authenticate(nobody, "x", client=STRANGER, now=T0)
+    assert (await auth.authenticate(nobody, "x", client=STRANGER, now=T0)).locked
 
 
-def test_success_clears_the_clients_count(auth: Authenticator, store: SQLiteMailStore) -> None:
+async def test_success_clears_the_clients_count(auth: Authenticator, store: SQLiteStore) -> None:
     for _ in range(2):
-        auth.authenticate(USER, "x", client=PRAXIS, now=T0)
-    assert auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0).ok
-    assert store.login_state(USER, PRAXIS) is None
+        await auth.authenticate(USER, "x", client=PRAXIS, now=T0)
+    assert (await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    assert await store.logins.state(USER, PRAXIS) is None
 
 
 @pytest.mark.parametrize(

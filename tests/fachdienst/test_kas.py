@@ -1,7 +1,7 @@
 """KAS (AttachmentService.yaml 2.4, digest §3.5): every documented status code, streaming, expiry.
 
-The app under test is the KAS routes in the web package's REST app over a real SQLite mail store
-and KAS store in ``tmp_path``, driven in-process through httpx's ASGI transport under trio. The
+The app under test is the KAS routes in a REST app over the appliance's real (embedded) store in
+``tmp_path``, driven in-process through httpx's ASGI transport under trio. The
 multipart bodies are built by hand because the YAML requires part headers (``Content-Length``
 of the attachment) that httpx's form encoder does not write.
 """
@@ -9,11 +9,9 @@ of the attachment) that httpx's form encoder does not write.
 from __future__ import annotations
 
 import base64
-import logging
 import os
-import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,15 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fd_support import _quick_hash
+from fd_support import _quick_hash, fachdienst_on, store_bytes
 
 from kim_appliance.config import FachdienstConfig
-from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.kas import KasSettings, expire_kas, kas_routes
-from kim_appliance.fachdienst.kas_store import KasStore
-from kim_appliance.store import open_store
 from kim_appliance.store.base import Account
+from kim_appliance.store.sqlite import SQLiteStore
 from kim_appliance.web.server import rest_app
 
 DOMAIN = "kas.kim.telematik-test"
@@ -58,9 +54,18 @@ class Clock:
 @dataclass
 class Kas:
     client: httpx.AsyncClient
-    store: KasStore
+    store: SQLiteStore
     clock: Clock
     fd: Fachdienst
+
+    async def blob_file(self, path: str) -> Path:
+        """The file of the attachment behind a sharedLink path (the embedded store's)."""
+        attachment = await self.store.kas.get(path.rsplit("/", 1)[1], DOMAIN, self.clock.now)
+        name = attachment.blob.name
+        return self.store.root / "blobs" / name[:2] / name
+
+    def temp_files(self) -> list[Path]:
+        return list((self.store.root / "blobs" / "tmp").iterdir())
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -142,47 +147,31 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> None:
 
 
 @pytest.fixture
-def fachdienst(tmp_path: Path) -> Iterator[Fachdienst]:
-    store = open_store(tmp_path / "fd")
+async def fachdienst(kim_store: SQLiteStore) -> Fachdienst:
     for address, password, quota in (
         (SENDER, SENDER_PW, -1),
         (OTHER, OTHER_PW, -1),
         (SMALL, SMALL_PW, SMALL_QUOTA),
     ):
-        store.create_account(
+        await kim_store.accounts.create(
             Account(address, _quick_hash(password), "1-test", address, quota_bytes=quota)
         )
-    context = ssl.create_default_context()
-    yield Fachdienst(
-        domain=DOMAIN,
-        config=FachdienstConfig(domains=()),
-        store=store,
-        auth=Authenticator(store, max_failed_logins=5, lockout_seconds=900),
-        endpoints=RelayEndpoints(),
-        server_ssl=context,
-        client_ssl=context,
-        log=logging.getLogger("test.kas"),
-    )
-    store.close()
+    return fachdienst_on(kim_store, DOMAIN, config=FachdienstConfig(domains=()))
 
 
-def make_kas(fd: Fachdienst, root: Path, settings: KasSettings) -> tuple[KasStore, Clock, object]:
-    kas_store = KasStore.open(root)
+def make_kas(fd: Fachdienst, settings: KasSettings) -> tuple[Clock, object]:
     clock = Clock()
-    app = rest_app(
-        kas_routes(fd, base_url=BASE_URL + "/", kas=kas_store, settings=settings, clock=clock)
-    )
-    return kas_store, clock, app
+    app = rest_app(kas_routes(fd, base_url=BASE_URL + "/", settings=settings, clock=clock))
+    return clock, app
 
 
 @pytest.fixture
-async def kas(fachdienst: Fachdienst, tmp_path: Path) -> AsyncIterator[Kas]:
+async def kas(fachdienst: Fachdienst, kim_store: SQLiteStore) -> AsyncIterator[Kas]:
     settings = KasSettings(max_size=40 * 1024 * 1024, max_downloads=3, download_window_seconds=300)
-    store, clock, app = make_kas(fachdienst, tmp_path / "kas", settings)
+    clock, app = make_kas(fachdienst, settings)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-        yield Kas(client, store, clock, fachdienst)
-    store.close()
+        yield Kas(client, kim_store, clock, fachdienst)
 
 
 # -- addMailData ------------------------------------------------------------------------------
@@ -253,7 +242,7 @@ async def test_upload_without_valid_basic_auth_is_401(
 
 async def test_upload_by_a_deregistered_account_is_401(kas: Kas) -> None:
     """A deregistered account neither sends nor uploads (KOM-LE-A_2149)."""
-    kas.fd.store.update_account(SENDER, status="deregistered")
+    await kas.fd.store.accounts.update(SENDER, status="deregistered")
     assert_error(await upload(kas, b"abc"), 401, "deregistered")
 
 
@@ -303,8 +292,9 @@ async def test_attachment_size_other_than_declared_is_400_and_nothing_is_stored(
         headers={**CONTENT_TYPE, **basic(SENDER, SENDER_PW)},
     )
     assert_error(response, 400, "Content-Length")
-    assert list((kas.store.root / "tmp").iterdir()) == []
-    assert kas.store.usage(SENDER) == 0
+    assert kas.temp_files() == []
+    assert await kas.store.kas.uploaders() == set()
+    assert await kas.store.mail.usage(SENDER, datetime.now(UTC)) == 0  # no reservation left
 
 
 @pytest.mark.parametrize(
@@ -365,11 +355,7 @@ async def test_upload_over_the_quota_is_507(kas: Kas) -> None:
     response = await upload(kas, b"b" * 2500, auth=(SMALL, SMALL_PW))
     assert_error(response, 507, "quota", SMALL)
     # the mailbox counts too: 1500 bytes of mail leave 500 bytes for the KAS
-    store = kas.fd.store
-    with store.new_blob() as writer:
-        writer.write(b"m" * 1500)
-        ref = writer.commit()
-        store.deliver(ref, [(SMALL, b"")])
+    await store_bytes(kas.fd.store, SMALL, b"m" * 1500)
     assert_error(await upload(kas, b"c" * 600, auth=(SMALL, SMALL_PW)), 507, "quota")
     await upload_ok(kas, b"d" * 400, auth=(SMALL, SMALL_PW))
     # another account's quota is untouched
@@ -381,7 +367,7 @@ async def test_expires_is_capped_at_the_accounts_data_time_to_live(kas: Kas) -> 
     path = await upload_ok(
         kas, b"abc", expires=format_datetime(kas.clock.now + timedelta(days=400))
     )
-    attachment = kas.store.get(path.rsplit("/", 1)[1], now=kas.clock.now)
+    attachment = await kas.store.kas.get(path.rsplit("/", 1)[1], DOMAIN, kas.clock.now)
     assert attachment.expires_at == kas.clock.now + timedelta(days=90)
     assert attachment.uploader == SENDER.lower()
     assert attachment.recipients == (RCPT.lower(), RCPT2.lower())
@@ -447,7 +433,7 @@ async def test_head_reports_the_size_without_body(kas: Kas) -> None:
 async def test_delete_by_the_uploader_removes_the_attachment(kas: Kas) -> None:
     """deleteMailData 200 (uploader, Basic auth); afterwards readMailData 404."""
     path = await upload_ok(kas, b"abc")
-    blob = kas.store.blob_path(path.rsplit("/", 1)[1])
+    blob = await kas.blob_file(path)
     assert blob.exists()
     response = await kas.client.delete(path, headers=basic(SENDER, SENDER_PW))
     assert response.status_code == 200
@@ -471,35 +457,11 @@ async def test_expired_attachment_is_gone_and_cleaned_up(kas: Kas) -> None:
     """After ``expires`` the link answers 404 at once; expire_kas removes row and file."""
     path = await upload_ok(kas, b"abc", expires=format_datetime(kas.clock.now + timedelta(hours=1)))
     keep = await upload_ok(kas, b"def")
-    blob = kas.store.blob_path(path.rsplit("/", 1)[1])
-    assert expire_kas(kas.store, kas.clock.now) == 0
+    blob = await kas.blob_file(path)
+    assert await expire_kas(kas.fd, kas.clock.now) == 0
     kas.clock.now += timedelta(hours=1)
     assert_error(await kas.client.get(path, headers={"recipient": RCPT}), 404)
     assert blob.exists()
-    assert expire_kas(kas.store, kas.clock.now) == 1
+    assert await expire_kas(kas.fd, kas.clock.now) == 1
     assert not blob.exists()
     assert (await kas.client.get(keep, headers={"recipient": RCPT})).status_code == 200
-
-
-def test_reopen_sweeps_temp_files_and_unreferenced_blobs(tmp_path: Path) -> None:
-    """Crash orphans (a temp file, a blob renamed but never committed) vanish at open."""
-    root = tmp_path / "kas"
-    with KasStore.open(root) as store, store.new_upload(declared_size=3) as up:
-        up.write(b"abc")
-        kept = up.commit(
-            uploader=SENDER,
-            recipients=[RCPT],
-            message_id="<m>",
-            filename=None,
-            expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-            now=datetime(2025, 1, 1, tzinfo=UTC),
-        )
-    (root / "tmp" / "x.part").write_bytes(b"half")
-    orphan = str(uuid.uuid4())
-    (root / orphan[:2] / orphan).write_bytes(b"orphan")
-    with KasStore.open(root) as store:
-        assert list((root / "tmp").iterdir()) == []
-        assert not (root / orphan[:2] / orphan).exists()
-        got = store.get(kept.id, now=datetime(2025, 1, 2, tzinfo=UTC))
-        with store.open_blob(got) as fh:
-            assert fh.read() == b"abc"

@@ -45,7 +45,6 @@ from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
 from kim_appliance.fachdienst.kas import KasSettings, kas_routes
-from kim_appliance.fachdienst.kas_store import KasStore
 from kim_appliance.pki.tls import server_context
 from kim_appliance.serving.http import serve_asgi
 from kim_appliance.store import open_store
@@ -128,40 +127,44 @@ _AUTH = {"headers": _basic()}
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     directory = tmp_path_factory.mktemp("kas-live")
-    store = open_store(directory / "fd")
-    store.create_account(Account(SENDER, _quick_hash(PASSWORD), "1-test", "Praxis Weber"))
-    kas = KasStore.open(directory / "kas")
     cert, key = _self_signed(directory)
-    fd = Fachdienst(
-        domain=DOMAIN,
-        config=FachdienstConfig(domains=()),
-        store=store,
-        auth=Authenticator(store, max_failed_logins=1000, lockout_seconds=1),
-        endpoints=RelayEndpoints(),
-        server_ssl=server_context(cert, key),
-        client_ssl=ssl.create_default_context(),
-        log=logging.getLogger("tests.kas"),
-    )
     ready: Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException] = Queue()
     base: list[str] = []
 
     async def main() -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                # the sharedLink needs the bound port: the routes read base[0] lazily
-                app = rest_app(
-                    kas_routes(
-                        fd,
-                        base_url="https://127.0.0.1",
-                        kas=kas,
-                        settings=KasSettings(max_size=10 * 1024 * 1024),
+            async with open_store(None, directory / "kim-data") as store:
+                await store.accounts.create(
+                    Account(SENDER, _quick_hash(PASSWORD), "1-test", "Praxis Weber")
+                )
+                fd = Fachdienst(
+                    domain=DOMAIN,
+                    config=FachdienstConfig(domains=()),
+                    store=store,
+                    auth=Authenticator(
+                        store, domain=DOMAIN, max_failed_logins=1000, lockout_seconds=1
+                    ),
+                    endpoints=RelayEndpoints(),
+                    server_ssl=server_context(cert, key),
+                    client_ssl=ssl.create_default_context(),
+                    log=logging.getLogger("tests.kas"),
+                )
+                async with trio.open_nursery() as nursery:
+                    # the sharedLink needs the bound port: the routes read base[0] lazily
+                    app = rest_app(
+                        kas_routes(
+                            fd,
+                            base_url="https://127.0.0.1",
+                            settings=KasSettings(max_size=10 * 1024 * 1024),
+                        )
                     )
-                )
-                _, port = await nursery.start(
-                    partial(serve_asgi, app, bind="127.0.0.1", port=0, ssl_context=fd.server_ssl)
-                )
-                base.append(f"https://127.0.0.1:{port}")
-                ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+                    _, port = await nursery.start(
+                        partial(
+                            serve_asgi, app, bind="127.0.0.1", port=0, ssl_context=fd.server_ssl
+                        )
+                    )
+                    base.append(f"https://127.0.0.1:{port}")
+                    ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
         except BaseException as exc:
             ready.put(exc)
             raise
@@ -182,8 +185,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     yield Live(base[0], str(cert), link)
     trio.from_thread.run_sync(scope.cancel, trio_token=token)
     thread.join(timeout=10)
-    kas.close()
-    store.close()
 
 
 def _call(case, live: Live):  # type: ignore[no-untyped-def]

@@ -19,15 +19,16 @@ from fd_support import (
     wait_for_mail,
 )
 
-from kim_appliance.store import MailStore, OutOfOffice
+from kim_appliance.store import OutOfOffice, Store
 
 NOTE = "Die Praxis ist bis Montag geschlossen. Vertretung: Dr. Klein."
 
 
 def _away(address: str, domain: str) -> Prepare:
-    def prepare(stores: dict[str, MailStore]) -> None:
+    async def prepare(store: Store) -> None:
+        assert address.endswith("@" + domain)
         now = dt.datetime.now(dt.UTC)
-        stores[domain].update_account(
+        await store.accounts.update(
             address,
             out_of_office=OutOfOffice(
                 active=True,

@@ -26,7 +26,7 @@ from fd_support import (
 )
 
 from kim_appliance.fachdienst import delivery
-from kim_appliance.store import MailStore
+from kim_appliance.store import Store
 
 WEBER, KLEIN = "praxis.weber", "zahnarzt.klein"
 
@@ -199,10 +199,10 @@ async def test_unknown_local_mailbox_and_unknown_domain(appliance: Running) -> N
 
 
 def _deregister(local: str) -> Prepare:
-    def prepare(stores: dict[str, MailStore]) -> None:
-        store = stores[FD1]
-        account = next(a for a in store.list_accounts() if a.address.startswith(local + "@"))
-        store.update_account(account.address, status="deregistered")
+    async def prepare(store: Store) -> None:
+        accounts = await store.accounts.list(FD1)
+        account = next(a for a in accounts if a.address.startswith(local + "@"))
+        await store.accounts.update(account.address, status="deregistered")
 
     return prepare
 
@@ -288,10 +288,10 @@ async def test_body_over_the_limit_without_size_is_552(start_appliance: StartApp
 
 
 def _quota(local: str, quota: int) -> Prepare:
-    def prepare(stores: dict[str, MailStore]) -> None:
-        store = stores[FD1]
-        account = next(a for a in store.list_accounts() if a.address.startswith(local + "@"))
-        store.update_account(account.address, quota_bytes=quota)
+    async def prepare(store: Store) -> None:
+        accounts = await store.accounts.list(FD1)
+        account = next(a for a in accounts if a.address.startswith(local + "@"))
+        await store.accounts.update(account.address, quota_bytes=quota)
 
     return prepare
 
@@ -463,10 +463,10 @@ async def test_internal_error_is_421_and_the_server_goes_on(
 def _deregister_since(local: str, days: float) -> Prepare:
     """Deregistered with a deregDate ``days`` from now (negative: in the past)."""
 
-    def prepare(stores: dict[str, MailStore]) -> None:
-        store = stores[FD1]
-        account = next(a for a in store.list_accounts() if a.address.startswith(local + "@"))
-        store.update_account(
+    async def prepare(store: Store) -> None:
+        accounts = await store.accounts.list(FD1)
+        account = next(a for a in accounts if a.address.startswith(local + "@"))
+        await store.accounts.update(
             account.address,
             status="deregistered",
             dereg_date=dt.datetime.now(dt.UTC) + dt.timedelta(days=days),

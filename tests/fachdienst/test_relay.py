@@ -5,20 +5,15 @@ has no known Fachdienst is retried (temporary) unless the domain is outside the 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import ssl
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
-from fd_support import _quick_hash
+from fd_support import _quick_hash, fachdienst_on, read_message
 
 from kim_appliance.config import FachdienstConfig
-from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.relay import no_route_reply, relay_worker
-from kim_appliance.store import Account, RelayRecipient, open_store
+from kim_appliance.store import Account, RelayRecipient, Store
 
 FD1, FD2 = "fd1.kim.telematik-test", "fd2.kim.telematik-test"
 SENDER = f"praxis.weber@{FD1}"
@@ -43,50 +38,44 @@ def test_no_route_is_temporary_inside_the_ti(domain: str, code: int, enhanced: s
 
 
 @pytest.fixture
-def fd(tmp_path: Path) -> Iterator[Fachdienst]:
-    with open_store(tmp_path / "fd1") as store:
-        store.create_account(Account(SENDER, _quick_hash("x"), "1-SMC-B-1", "Praxis Weber"))
-        yield Fachdienst(
-            domain=FD1,
-            config=FachdienstConfig(domains=(), relay_retry_seconds=(60,)),
-            store=store,
-            auth=Authenticator(store, max_failed_logins=5, lockout_seconds=60),
-            endpoints=RelayEndpoints(),
-            server_ssl=ssl.create_default_context(),
-            client_ssl=ssl.create_default_context(),
-            log=logging.getLogger("tests.relay"),
-        )
+async def fd(kim_store: Store) -> Fachdienst:
+    await kim_store.accounts.create(Account(SENDER, _quick_hash("x"), "1-SMC-B-1", "Praxis Weber"))
+    config = FachdienstConfig(domains=(), relay_retry_seconds=(60,))
+    return fachdienst_on(kim_store, FD1, config=config)
 
 
-def _queue(fd: Fachdienst, domain: str) -> int:
-    with fd.store.new_blob() as writer:
-        writer.write(b"Message-ID: <q@x>\r\nSubject: Befund\r\n\r\nHallo\r\n")
-        return fd.store.enqueue_relay(
-            writer.commit(),
+async def _queue(fd: Fachdienst, domain: str) -> int:
+    now = dt.datetime.now(dt.UTC)
+    async with fd.store.blobs.writer() as writer:
+        await writer.write(b"Message-ID: <q@x>\r\nSubject: Befund\r\n\r\nHallo\r\n")
+        entry = await fd.store.relay.enqueue(
+            await writer.commit(),
             sender=SENDER,
             recipients=[RelayRecipient(f"apotheke.sonne@{domain}")],
             envid=None,
             ret=None,
+            source_domain=fd.domain,
             domain=domain,
-            not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=2),
-        ).id
+            not_after=now + dt.timedelta(days=2),
+            now=now,
+        )
+    return entry.id
 
 
 async def test_worker_waits_until_every_domain_is_registered(fd: Fachdienst) -> None:
     """Issue 11: after a restart fd1's worker ran before fd2 had bound and bounced fd2's queued
     mail ("no Fachdienst known"). Now nothing is attempted before ``complete``; after it, a TI
     domain still unknown is deferred per relay_retry_seconds and the sender gets no report."""
-    entry_id = await trio.to_thread.run_sync(_queue, fd, FD2)
+    entry_id = await _queue(fd, FD2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relay_worker, fd)
         await trio.sleep(0.3)
-        [waiting] = await trio.to_thread.run_sync(fd.store.due_relays, dt.datetime.now(dt.UTC))
+        [waiting] = await fd.store.relay.pending(FD1, limit=10)
         assert (waiting.id, waiting.attempts) == (entry_id, 0)
         fd.endpoints.complete.set()
         with trio.fail_after(10):
             while True:
-                soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
-                [entry] = await trio.to_thread.run_sync(fd.store.due_relays, soon)
+                [entry] = await fd.store.relay.pending(FD1, limit=10)
                 if entry.attempts:
                     break
                 await trio.sleep(0.02)
@@ -95,23 +84,22 @@ async def test_worker_waits_until_every_domain_is_registered(fd: Fachdienst) -> 
     assert entry.last_error is not None
     assert entry.last_error.startswith("451 4.4.3 no Fachdienst known for domain " + FD2)
     assert entry.next_attempt > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=50)
-    assert await trio.to_thread.run_sync(fd.store.list_messages, SENDER) == []
+    assert await fd.store.mail.list(SENDER) == []
 
 
 async def test_a_domain_outside_the_ti_is_bounced_at_once(fd: Fachdienst) -> None:
     """Outside the TI there is nothing to wait for: 550 5.1.2 and a failure report to the
     sender, as before issue 11."""
-    await trio.to_thread.run_sync(_queue, fd, "example.org")
+    await _queue(fd, "example.org")
     fd.endpoints.complete.set()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relay_worker, fd)
         with trio.fail_after(10):
-            while not await trio.to_thread.run_sync(fd.store.list_messages, SENDER):
+            while not await fd.store.mail.list(SENDER):
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
-    [report] = await trio.to_thread.run_sync(fd.store.list_messages, SENDER)
-    with fd.store.open_message(report.id) as stream:
-        text = stream.read()
+    [report] = await fd.store.mail.list(SENDER)
+    text = await read_message(fd.store, report.id)
     assert b"5.1.2" in text
     assert b"not a TI domain" in text
-    assert await trio.to_thread.run_sync(fd.store.due_relays, dt.datetime.now(dt.UTC)) == []
+    assert await fd.store.relay.pending(FD1, limit=10) == []

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
 from test_account_limit import make_fd
 
+from kim_appliance.fachdienst.rest import fachdienst_app
 from kim_appliance.fachdienst.service_info import (
     PASSWORD_POLICY_REGEX,
     ServiceInformation,
     password_meets_policy,
 )
-from kim_appliance.web import fachdienst_app
+from kim_appliance.store import Store
 
 
-async def test_serviceinfo_needs_no_auth_and_announces_the_policy(tmp_path: Path) -> None:
-    app = fachdienst_app(make_fd(tmp_path))
+async def test_serviceinfo_needs_no_auth_and_announces_the_policy(kim_store: Store) -> None:
+    app = fachdienst_app(await make_fd(kim_store))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
         response = await client.get("https://fd/ServiceInformation/v1.0/serviceinfo")
     assert response.status_code == 200

@@ -20,10 +20,9 @@ import base64
 import contextlib
 import datetime as dt
 import itertools
-import logging
 import shutil
-import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -31,7 +30,7 @@ from urllib.parse import unquote
 import pytest
 import schemathesis
 import yaml
-from fd_support import _quick_hash
+from fd_support import TrioServed, _quick_hash, fachdienst_on, serve_in_thread
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.specs.openapi.checks import (
     ignored_auth,
@@ -40,17 +39,16 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
     use_after_free,
 )
-from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.directory.entries import DirectoryEntry
 from kim_appliance.directory.store import DirectoryError, DirectoryStore
 from kim_appliance.fachdienst.account_lifecycle import AccountManagerState
 from kim_appliance.fachdienst.account_manager import account_manager_routes
-from kim_appliance.fachdienst.accounts import Authenticator
-from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.pki.testpki import TestPki
-from kim_appliance.store import open_store
+from kim_appliance.store import Store
 from kim_appliance.web import OPENAPI_DIR
 from kim_appliance.web.server import rest_app
 
@@ -170,68 +168,81 @@ AM_LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
 class AmWorld:
     """The Account Manager under test and what the hooks must remember between calls."""
 
-    def __init__(self, client: TestClient, fd: Fachdienst, state: AccountManagerState) -> None:
-        self.client = client
+    def __init__(
+        self,
+        served: TrioServed,
+        fd: Fachdienst,
+        state: AccountManagerState,
+        directory: DirectoryStore,
+    ) -> None:
+        self.served = served
+        self.url = served.url
         self.fd = fd
         self.state = state
+        self.directory = directory
         self.counter = itertools.count(1)
         #: the current password of every account the run registered
         self.passwords: dict[str, str] = {}
         self.statuses: list[tuple[str, int]] = []
-        self.directory: DirectoryStore | None = None
+
+    def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return self.served.call(fn, *args)
 
     def forget_accounts(self) -> None:
         """Remove what one scenario registered, so that scenarios do not share state."""
-        now = dt.datetime.now(dt.UTC)
-        for username in list(self.passwords):
-            account = self.fd.store.get_account(username)
-            if account is not None:
-                if self.directory is not None:
-                    with contextlib.suppress(DirectoryError):
-                        self.directory.remove_address(account.telematik_id, DOMAIN, username)
-                self.fd.store.purge_account(username, now=now)
+        self.call(self._forget, list(self.passwords))
         self.passwords.clear()
+
+    async def _forget(self, usernames: list[str]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        for username in usernames:
+            account = await self.fd.store.accounts.get(username)
+            if account is not None:
+                with contextlib.suppress(DirectoryError):
+                    await self.directory.remove_address(account.telematik_id, DOMAIN, username)
+                await self.fd.store.accounts.purge(username, now=now)
 
 
 @pytest.fixture(scope="module")
 def am_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmWorld]:
     tmp = tmp_path_factory.mktemp("am-stateful")
-    store = open_store(tmp / "fd")
-    directory = DirectoryStore()
-    # room for every address a run registers (maxKOMLEadr, digest §4.1; the default is 10)
-    directory.put_entry(
-        DirectoryEntry(uid=TID, telematik_id=TID, display_name="Praxis Test", max_kom_le_adr=1000)
-    )
-    fd = Fachdienst(
-        domain=DOMAIN,
-        config=FachdienstConfig(domains=()),
-        store=store,
-        auth=Authenticator(store, max_failed_logins=10_000, lockout_seconds=1),
-        endpoints=RelayEndpoints(),
-        server_ssl=ssl.create_default_context(),
-        client_ssl=ssl.create_default_context(),
-        log=logging.getLogger("tests.am.stateful"),
-    )
-    state = AccountManagerState()
-    routes = account_manager_routes(
-        fd, directory=directory, pki=TestPki.generate(), verify_jwt=fake_verify, state=state
-    )
+    holder: dict[str, Any] = {}
+
+    async def build(store: Store) -> ASGIApp:
+        directory = await DirectoryStore.open(store.directory)
+        # room for every address a run registers (maxKOMLEadr, digest §4.1; the default is 10)
+        await directory.put_entry(
+            DirectoryEntry(
+                uid=TID, telematik_id=TID, display_name="Praxis Test", max_kom_le_adr=1000
+            )
+        )
+        fd = fachdienst_on(
+            store,
+            DOMAIN,
+            config=FachdienstConfig(domains=()),
+            max_failed_logins=10_000,
+            lockout_seconds=1,
+        )
+        state = AccountManagerState(store, DOMAIN)
+        routes = account_manager_routes(
+            fd, directory=directory, pki=TestPki.generate(), verify_jwt=fake_verify, state=state
+        )
+        holder.update(fd=fd, state=state, directory=directory)
+        return rest_app(routes)
+
     with (
         pytest.MonkeyPatch.context() as patch,
-        TestClient(rest_app(routes), raise_server_exceptions=False) as client,
+        serve_in_thread(tmp / "kim-data", build) as served,
     ):
         # scrypt with a small work factor: the format and the check stay the same
         patch.setattr("kim_appliance.fachdienst.account_manager.hash_password", _quick_hash)
-        world = AmWorld(client, fd, state)
-        world.directory = directory
-        yield world
-    store.close()
+        patch.setattr("kim_appliance.fachdienst.account_lifecycle.hash_password", _quick_hash)
+        yield AmWorld(served, holder["fd"], holder["state"], holder["directory"])
 
 
 def _am_machine(world: AmWorld, spec: Path) -> Any:
     schema = schemathesis.openapi.from_path(spec)
-    schema.config.update(base_url="http://testserver" + AM_BASE)
-    schema.app = world.client.app
+    schema.config.update(base_url=world.url + AM_BASE)
     base = schema.as_state_machine()
 
     class AccountManagerMachine(base):  # type: ignore[valid-type, misc]
@@ -242,7 +253,7 @@ def _am_machine(world: AmWorld, spec: Path) -> Any:
                 # a usable registration: a fresh code, our domain, a password of the policy
                 n = next(world.counter)
                 reference = f"REF-{n}"
-                world.state.add_code(reference, INI_PASSWORD, telematik_id=TID)
+                world.call(partial(world.state.add_code, telematik_id=TID), reference, INI_PASSWORD)
                 username = f"user{n}@{DOMAIN}"
                 case.body["referenceID"] = reference
                 case.body["username"] = username

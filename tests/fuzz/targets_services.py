@@ -77,13 +77,10 @@ def _build_soap_envelope() -> Runner:
 @functools.cache
 def _dispatcher() -> tuple[object, dict[bytes, bytes]]:
     from kim_appliance.konnektor import Context, Konnektor
-    from kim_appliance.konnektor.infomodell import load_or_create
     from kim_appliance.konnektor.soap.handlers import SoapDispatcher
-    from kim_appliance.pki import TestPki
 
     world = demo_world()
-    pki = TestPki.load(world.data_dir / "pki")
-    konnektor = Konnektor(load_or_create(world.data_dir), world.data_dir, trust=pki.trust_store())
+    konnektor = Konnektor.from_data_dir(world.data_dir, persist_revocations=False)
     handles = {
         info.iccsn: info.card_handle
         for info in konnektor.get_cards(Context("Mandant1", "PVS1", "AP1", "dr.meyer"))

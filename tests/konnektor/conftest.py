@@ -14,7 +14,7 @@ import pytest
 
 from kim_appliance import demo
 from kim_appliance.konnektor import Konnektor
-from kim_appliance.konnektor.infomodell import load_or_create
+from kim_appliance.konnektor.infomodell import load
 from kim_appliance.pki import TestPki
 
 
@@ -35,7 +35,7 @@ def demo_pki(demo_dir: Path) -> TestPki:
 def konnektor(demo_dir: Path, demo_pki: TestPki) -> Konnektor:
     """A fresh Konnektor (fresh PIN states, handles, faults) on the shared PKI: tests that
     revoke must use ``own_data_dir`` and ``Konnektor.from_data_dir`` instead."""
-    return Konnektor(load_or_create(demo_dir), demo_dir, trust=demo_pki.trust_store())
+    return Konnektor(load(demo_dir), demo_dir, trust=demo_pki.trust_store())
 
 
 @pytest.fixture

@@ -6,13 +6,14 @@ PKI is made. The imported card is then loaded as the Konnektor loads it at start
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from parties import SimpleCa
@@ -27,6 +28,7 @@ from kim_appliance.konnektor.infomodell import (
     KonnektorConfig,
     Mandant,
 )
+from kim_appliance.store import open_store
 
 ICCSN = "80276001011699901001"
 CONTEXT = Context("Mandant1", "PVS1", "AP1")
@@ -129,19 +131,26 @@ def test_cli_refuses_while_the_appliance_runs(
     data_dir: Path, gematik_sample: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The Konnektor reads konnektor.json at start: importing into a running appliance's data
-    dir would be silently ignored, so the CLI refuses while a store lock is held."""
-    lock_dir = data_dir / "fachdienst" / "fd1.kim.telematik-test"
-    lock_dir.mkdir(parents=True)
+    dir would be silently ignored, so the CLI refuses while the appliance's store is open."""
     key, cert = _sample_pair(gematik_sample)
     args = ["card", "import", "--data-dir", str(data_dir), "--iccsn", ICCSN,
             "--key", str(key), "--cert", str(cert)]  # fmt: skip
-    fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    opened, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        async with open_store(None, data_dir):
+            opened.set()
+            await trio.to_thread.run_sync(release.wait)
+
+    holder = threading.Thread(target=trio.run, args=(hold,))
+    holder.start()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert opened.wait(30)
         assert main(args) == 1
         assert "running" in capsys.readouterr().err
     finally:
-        os.close(fd)
+        release.set()
+        holder.join(30)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "ENC/RSA" in out

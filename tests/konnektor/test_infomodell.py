@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from konnektor_helpers import CONTEXT, HBA_CONTEXT, KLEIN, MEYER, MEYER_PRACTICE, SONNE, WEBER
 
+from kim_appliance.demo import konnektor_config
 from kim_appliance.errors import ConfigError
 from kim_appliance.konnektor import Context, ContextError, Konnektor
 from kim_appliance.konnektor.infomodell import (
@@ -14,7 +16,6 @@ from kim_appliance.konnektor.infomodell import (
     Infomodell,
     KonnektorConfig,
     Mandant,
-    from_demo,
 )
 
 # A second Mandant with its own client system and workplace, to tell 4010/4011/4014 apart.
@@ -71,8 +72,9 @@ def test_get_cards_refuses_a_bad_context(konnektor: Konnektor) -> None:
 
 
 def test_config_round_trips_through_konnektor_json(own_data_dir: Path) -> None:
-    """from_demo -> save -> load gives the same Infomodell and cards."""
-    config = from_demo(own_data_dir)
+    """konnektor_config -> save -> load gives the same Infomodell and cards."""
+    participants = json.loads((own_data_dir / "demo.json").read_text())["participants"]
+    config = konnektor_config(own_data_dir, participants)
     path = own_data_dir / FILE_NAME
     config.save(path)
     loaded = KonnektorConfig.load(path)
@@ -80,11 +82,15 @@ def test_config_round_trips_through_konnektor_json(own_data_dir: Path) -> None:
     assert {c.iccsn for c in loaded.cards} == {WEBER, SONNE, KLEIN, MEYER, MEYER_PRACTICE}
 
 
-def test_from_data_dir_writes_konnektor_json_once(own_data_dir: Path) -> None:
+def test_the_konnektor_reads_its_cards_from_konnektor_json_only(own_data_dir: Path) -> None:
+    """``init`` writes konnektor.json (kim_appliance.demo); the Konnektor reads nothing of the
+    demo: without the file it refuses to start and names it."""
     path = own_data_dir / FILE_NAME
-    path.unlink(missing_ok=True)
-    Konnektor.from_data_dir(own_data_dir)
     assert path.is_file()
+    Konnektor.from_data_dir(own_data_dir)
+    path.unlink()
+    with pytest.raises(ConfigError, match=r"konnektor\.json: missing"):
+        Konnektor.from_data_dir(own_data_dir)
 
 
 def test_malformed_konnektor_json_is_refused_with_the_file_named(tmp_path: Path) -> None:

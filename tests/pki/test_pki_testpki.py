@@ -1,9 +1,10 @@
-"""TestPki: save/load round trip, lookups, the TLS CA bundle."""
+"""TestPki: save/load round trip, lookups, the TLS CA bundle, renewal, progress lines."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import ssl
 import stat
 from pathlib import Path
@@ -21,6 +22,7 @@ from kim_appliance.pki import (
     Purpose,
     TestPki,
     TrustStore,
+    admission_of,
 )
 
 
@@ -155,3 +157,70 @@ def test_tls_ca_pem_lets_a_default_client_verify_an_fd_server_and_cm_client(
 
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         _handshake(ssl.create_default_context(cafile=ca_file), server, "fd9.example")
+
+
+def test_renew_issues_a_successor_with_a_new_key_and_the_same_subject(pki: TestPki) -> None:
+    """issue 15 (card renew): the successor of a card or component certificate has a new key,
+    the same profile, subject, Admission and alternative names, comes from the same CA and
+    validates; the old one stays as it is (revoked or not)."""
+    trust = pki.trust_store()
+    hba = pki.issue(
+        CertProfile.C_HP_ENC,
+        Algorithm.ECC,
+        common_name="Dr. Renew TEST-ONLY",
+        telematik_id="1-HBA-Testkarte-883110000199999",
+        email="dr.renew@fd1.kim.telematik-test",
+        subject_serial_number="80276883110000199999",
+    ).certificate
+    tls = pki.issue(
+        CertProfile.C_FD_TLS_S,
+        Algorithm.RSA,
+        common_name="fd9.kim.telematik-test",
+        dns_names=["fd9.kim.telematik-test", "localhost"],
+        ip_addresses=["127.0.0.1", "::1"],
+    ).certificate
+    practice_osig = pki.issue(  # an HBA holder's practice signature: no Telematik-ID
+        CertProfile.C_HCI_OSIG, Algorithm.RSA, common_name="Praxis Renew TEST-ONLY"
+    ).certificate
+    pki.revoke(hba, reason=x509.ReasonFlags.key_compromise)
+    for old in (hba, tls, practice_osig):
+        new = pki.renew(old)
+        assert new.certificate.subject == old.subject
+        assert new.certificate.issuer == old.issuer
+        assert new.certificate.serial_number != old.serial_number
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        assert new.certificate.public_key().public_bytes(
+            der, spki
+        ) != old.public_key().public_bytes(der, spki)
+        for kind in (x509.SubjectAlternativeName, x509.CertificatePolicies, x509.KeyUsage):
+            with contextlib.suppress(x509.ExtensionNotFound):
+                assert (
+                    new.certificate.extensions.get_extension_for_class(kind).value
+                    == old.extensions.get_extension_for_class(kind).value
+                )
+        assert admission_of(new.certificate) == admission_of(old)
+        assert new.certificate.not_valid_after_utc >= old.not_valid_after_utc
+    renewed = pki.renew(hba).certificate
+    trust.validate(renewed, purpose=Purpose.ENCRYPTION, profile=CertProfile.C_HP_ENC)
+    with pytest.raises(PathValidationError, match="revoked"):
+        trust.validate(hba, purpose=Purpose.ENCRYPTION, profile=CertProfile.C_HP_ENC)
+
+
+def test_renew_refuses_a_certificate_of_another_pki(pki: TestPki, other_pki: TestPki) -> None:
+    foreign = other_pki.issue(CertProfile.C_HCI_ENC, Algorithm.RSA, common_name="Fremd TEST-ONLY")
+    with pytest.raises(ValueError, match="not issued by this test PKI"):
+        pki.renew(foreign.certificate)
+    with pytest.raises(ValueError, match="no gematik certificate type"):
+        pki.renew(pki.roots[0].certificate)  # a CA: only end-entity certificates are renewed
+
+
+def test_generate_says_what_it_makes(caplog: pytest.LogCaptureFixture) -> None:
+    """issue 15: `kim-appliance init` is not silent while the keys are made."""
+    with caplog.at_level(logging.INFO, logger="kim_appliance.pki"):
+        TestPki.generate(valid_years=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "kim_appliance.pki"]
+    assert lines == [
+        "test PKI: making the RSA-2048 root GEM.RCA1 and its 3 CAs",
+        "test PKI: making the brainpoolP256r1 root GEM.RCA2 and its 3 CAs",
+    ]

@@ -1,13 +1,17 @@
-"""Helpers for the store tests: accounts, deterministic bodies and one-call delivery."""
+"""Helpers for the store tests: accounts, deterministic bodies, one-call delivery and reading,
+written against the `Store` interface only (so the contract tests run on every backend)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from kim_appliance.store import Account, BlobRef, SQLiteMailStore, StoredMessage
+from kim_appliance.store import Account, BlobReader, BlobRef, Store, StoredMessage
 
 DOMAIN = "test1.kim.telematik-test"
+#: the chunk size the helpers write and read with (several per body: streaming, not one piece)
+CHUNK = 65536
 
 
 def address(local: str) -> str:
@@ -37,17 +41,37 @@ def prefix_for(seed: str, mailbox: str) -> bytes:
     return f"Return-Path: <x@{DOMAIN}>\r\nX-Seed: {seed}\r\nDelivered-To: {mailbox}\r\n".encode()
 
 
-def put(
-    store: SQLiteMailStore, body: bytes, deliveries: Sequence[tuple[str, bytes]]
+async def put(
+    store: Store,
+    body: bytes,
+    deliveries: Sequence[tuple[str, bytes]],
+    *,
+    now: datetime | None = None,
+    check_quota: bool = False,
+    relay_id: str | None = None,
 ) -> tuple[BlobRef, list[StoredMessage]]:
     """Write `body` as a blob and deliver it; the writer is released afterwards."""
-    with store.new_blob() as writer:
-        for i in range(0, len(body), 65536):
-            writer.write(body[i : i + 65536])
-        blob = writer.commit()
-        return blob, store.deliver(blob, deliveries)
+    async with store.blobs.writer() as writer:
+        for i in range(0, len(body), CHUNK):
+            await writer.write(body[i : i + CHUNK])
+        blob = await writer.commit()
+        stored = await store.mail.deliver(
+            blob,
+            deliveries,
+            now or datetime.now(UTC),
+            check_quota=check_quota,
+            relay_id=relay_id,
+        )
+    return blob, stored
 
 
-def read(store: SQLiteMailStore, message_id: int) -> bytes:
-    with store.open_message(message_id) as stream:
-        return stream.read()
+async def drain(reader: BlobReader, size: int = CHUNK) -> bytes:
+    data = bytearray()
+    while chunk := await reader.read(size):
+        data += chunk
+    return bytes(data)
+
+
+async def read(store: Store, message_id: int) -> bytes:
+    async with store.mail.reader(message_id) as reader:
+        return await drain(reader)

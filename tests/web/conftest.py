@@ -19,11 +19,11 @@ import trio
 from kim_appliance.config import DomainConfig, FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.context import Fachdienst, RelayEndpoints
+from kim_appliance.fachdienst.rest import fachdienst_app
 from kim_appliance.pki import Algorithm, CertProfile, TestPki
 from kim_appliance.pki.tls import server_context
 from kim_appliance.serving.http import serve_asgi
-from kim_appliance.store import Account, hash_password, open_store
-from kim_appliance.web import fachdienst_app
+from kim_appliance.store import Account, Store, hash_password, open_store
 
 DOMAIN = "a.kim.telematik-test"
 ADDRESS = f"weber@{DOMAIN}"
@@ -39,10 +39,10 @@ class Live:
     authorization: str
 
 
-def make_fachdienst(directory: Path, pki: TestPki) -> tuple[Fachdienst, Path]:
-    """A Fachdienst with one account (ADDRESS/PASSWORD, quota 1 MB) and its TLS CA file."""
-    store = open_store(directory / "store")
-    store.create_account(
+async def make_fachdienst(store: Store, directory: Path, pki: TestPki) -> tuple[Fachdienst, Path]:
+    """A Fachdienst on ``store`` with one account (ADDRESS/PASSWORD, quota 1 MB) and its TLS CA
+    file in ``directory``."""
+    await store.accounts.create(
         Account(ADDRESS, hash_password(PASSWORD), "1-123", "Praxis Weber", quota_bytes=1_000_000)
     )
     tls = pki.issue(
@@ -61,7 +61,7 @@ def make_fachdienst(directory: Path, pki: TestPki) -> tuple[Fachdienst, Path]:
         domain=DOMAIN,
         config=FachdienstConfig(domains=(DomainConfig(DOMAIN, 0, 0),), max_failed_logins=3),
         store=store,
-        auth=Authenticator(store, max_failed_logins=3, lockout_seconds=900),
+        auth=Authenticator(store, domain=DOMAIN, max_failed_logins=3, lockout_seconds=900),
         endpoints=RelayEndpoints(),
         server_ssl=server_context(chain, key),
         client_ssl=ssl.create_default_context(),
@@ -76,19 +76,25 @@ def web_pki() -> TestPki:
 
 
 @pytest.fixture
-def fd_and_ca(tmp_path: Path, web_pki: TestPki) -> tuple[Fachdienst, Path]:
-    return make_fachdienst(tmp_path, web_pki)
+async def fd_and_ca(kim_store: Store, tmp_path: Path, web_pki: TestPki) -> tuple[Fachdienst, Path]:
+    return await make_fachdienst(kim_store, tmp_path, web_pki)
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, web_pki: TestPki) -> Iterator[Live]:
     """serve_asgi on port 0 in a thread of its own (schemathesis calls are blocking)."""
-    fd, ca = make_fachdienst(tmp_path_factory.mktemp("live"), web_pki)
+    directory = tmp_path_factory.mktemp("live")
     ready: Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException] = Queue()
+    made: list[tuple[Fachdienst, Path]] = []
 
     async def main() -> None:
         try:
-            async with trio.open_nursery() as nursery:
+            async with (
+                open_store(None, directory / "kim-data") as store,
+                trio.open_nursery() as nursery,
+            ):
+                fd, ca = await make_fachdienst(store, directory, web_pki)
+                made.append((fd, ca))
                 _, port = await nursery.start(
                     partial(
                         serve_asgi,
@@ -108,6 +114,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, web_pki: TestPki) -> Iterator
     got = ready.get(timeout=30)
     assert not isinstance(got, BaseException), got
     port, token, scope = got
+    fd, ca = made[0]
     basic = base64.b64encode(f"{ADDRESS}:{PASSWORD}".encode()).decode()
     yield Live(f"https://127.0.0.1:{port}", str(ca), fd, f"Basic {basic}")
     trio.from_thread.run_sync(scope.cancel, trio_token=token)

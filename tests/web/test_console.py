@@ -2,7 +2,8 @@
 against requests a browser was tricked into sending (DNS rebinding, cross-site POSTs).
 
 The console runs over real HTTP on port 0 (``serve_console``) over the appliance's own objects
-(the Konnektor, the Fachdienst stores, the VZD store of a demo data dir), driven by httpx.
+(the Konnektor, the Fachdienst stores, the VZD store of a demo data dir), driven by httpx; its
+script runs on node over a minimal DOM, and in headless Chromium (tests/web/chromium.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import json
+import logging
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from html.parser import HTMLParser
@@ -24,14 +25,17 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from chromium import Browser, chromium_path
+from fd_support import store_bytes
 
 from kim_appliance import demo as demo_setup
 from kim_appliance.directory import DirectoryStore
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.konnektor.cards import PinStatus
 from kim_appliance.konnektor.errors import KonnektorUnreachableError
-from kim_appliance.konnektor.infomodell import Context, load_or_create
+from kim_appliance.konnektor.infomodell import Context
 from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.store import Account, MailStore, RelayRecipient, open_store
+from kim_appliance.store import Account, RelayRecipient, Store, open_store
 from kim_appliance.web.console import STATIC_DIR, ConsoleState, serve_console
 
 SECRET = "Befund-Inhalt-NICHT-ANZEIGEN-4711"
@@ -64,11 +68,9 @@ class Console:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo data dir (test PKI, cards, konnektor.json, directory.json), made once."""
+    """A demo data dir (test PKI, cards, konnektor.json), made once."""
     data_dir = tmp_path_factory.mktemp("console") / "kim-data"
     demo_setup.initialise(data_dir)
-    load_or_create(data_dir)
-    DirectoryStore.open(data_dir).populate_from_demo(data_dir)
     return data_dir
 
 
@@ -102,35 +104,35 @@ def _reset(konnektor: Konnektor) -> None:
             card.pin(spec.pin_type).force(PinStatus(spec.status))
 
 
-def _state(data_dir: Path, konnektor: Konnektor, stack: ExitStack) -> ConsoleState:
-    """The console's view of a demo data dir, with fresh Fachdienst stores in ``data_dir``."""
+async def _state(data_dir: Path, konnektor: Konnektor, store: Store) -> ConsoleState:
+    """The console's view of a demo data dir, with a fresh store in ``data_dir``: the demo
+    participants' accounts and VZD entries."""
     demo = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
-    stores: dict[str, MailStore] = {}
     for p in demo["participants"]:
-        domain = p["fachdienst"]
-        if domain not in stores:
-            store = open_store(data_dir / "fachdienst" / domain)
-            stack.callback(store.close)
-            stores[domain] = store
-        stores[domain].create_account(
+        await store.accounts.create(
             Account(p["address"], "not-a-login-test", p["telematik_id"], p["display_name"])
         )
+    directory = await DirectoryStore.open(store.directory)
+    await directory.populate(entries_from_demo(data_dir))
     return ConsoleState(
         konnektor=konnektor,
-        stores=stores,
-        directory=DirectoryStore.open(data_dir),
+        store=store,
+        domains=sorted({p["fachdienst"] for p in demo["participants"]}),
+        directory=directory,
         demo=demo,
         endpoints=_endpoints(data_dir),
     )
 
 
 @pytest.fixture
-def state(tmp_path: Path, template: Path, shared_konnektor: Konnektor) -> Iterator[ConsoleState]:
+async def state(
+    tmp_path: Path, template: Path, shared_konnektor: Konnektor
+) -> AsyncIterator[ConsoleState]:
     data_dir = tmp_path / "kim-data"
     shutil.copytree(template, data_dir)
     _reset(shared_konnektor)
-    with ExitStack() as stack:
-        yield _state(data_dir, shared_konnektor, stack)
+    async with open_store(None, data_dir) as store:
+        yield await _state(data_dir, shared_konnektor, store)
     _reset(shared_konnektor)
 
 
@@ -144,11 +146,8 @@ async def console(state: ConsoleState, tmp_path: Path) -> AsyncIterator[Console]
         nursery.cancel_scope.cancel()
 
 
-def _deliver(store: MailStore, mailbox: str, message: bytes) -> None:
-    with store.new_blob() as writer:
-        writer.write(message)
-        blob = writer.commit()
-        store.deliver(blob, [(mailbox, b"Return-Path: <x@y>\r\n")])
+async def _deliver(store: Store, mailbox: str, message: bytes) -> None:
+    await store_bytes(store, mailbox, message, prefix=b"Return-Path: <x@y>\r\n")
 
 
 def _kim_message(sender: str, recipient: str, subject: str = "KOM-LE-Nachricht") -> bytes:
@@ -265,15 +264,15 @@ async def test_mailboxes_show_outer_headers_but_never_the_content(console: Conso
     digest §2.2); the encrypted body never appears in the console's answer."""
     weber = console.participant("praxis.weber")["address"]
     sender = console.participant("zahnarzt.klein")["address"]
-    store = console.state.stores["fd1.kim.telematik-test"]
-    _deliver(store, weber, _kim_message(sender, weber))
-    _deliver(store, weber, _kim_message(sender, weber, "=?utf-8?q?Arztbrief_M=C3=BCller?="))
+    store = console.state.store
+    await _deliver(store, weber, _kim_message(sender, weber))
+    await _deliver(store, weber, _kim_message(sender, weber, "=?utf-8?q?Arztbrief_M=C3=BCller?="))
     response = await console.client.get("/api/status")
     assert SECRET not in response.text
     mailboxes = response.json()["fachdienste"]["fd1.kim.telematik-test"]["mailboxes"]
     box = next(m for m in mailboxes if m["address"] == weber)
     assert box["messages"] == 2
-    assert box["size"] == sum(m.size for m in store.list_messages(weber))
+    assert box["size"] == sum(m.size for m in await store.mail.list(weber))
     subjects = {n["headers"]["subject"] for n in box["newest"]}
     assert subjects == {"KOM-LE-Nachricht", "Arztbrief Müller"}
     newest = box["newest"][0]
@@ -294,20 +293,22 @@ async def test_mailboxes_show_outer_headers_but_never_the_content(console: Conso
 
 
 async def test_relay_queue_length_per_fachdienst(console: Console) -> None:
-    store = console.state.stores["fd1.kim.telematik-test"]
+    store = console.state.store
     now = dt.datetime.now(dt.UTC)
     sonne = console.participant("apotheke.sonne")["address"]
     for _ in range(3):
-        with store.new_blob() as writer:
-            writer.write(b"Subject: KOM-LE-Nachricht\r\n\r\nx\r\n")
-            store.enqueue_relay(
-                writer.commit(),
+        async with store.blobs.writer() as writer:
+            await writer.write(b"Subject: KOM-LE-Nachricht\r\n\r\nx\r\n")
+            await store.relay.enqueue(
+                await writer.commit(),
                 sender=console.participant("praxis.weber")["address"],
                 recipients=[RelayRecipient(sonne)],
                 envid=None,
                 ret=None,
+                source_domain="fd1.kim.telematik-test",
                 domain="fd2.kim.telematik-test",
                 not_after=now + dt.timedelta(days=2),
+                now=now,
             )
     fachdienste = (await console.status())["fachdienste"]
     queue = fachdienste["fd1.kim.telematik-test"]["relay_queue"]
@@ -363,10 +364,8 @@ async def test_fault_switches_change_what_the_konnektor_does(console: Console) -
     card = next(c for c in (await console.status())["cards"] if c["iccsn"] == iccsn)
     assert card["inserted"] is True
     assert card["latency_ms"] == 0
-    # a PIN state survives "clear" (as documented for the admin API); unblock it explicitly
-    await console.switch({"pin_status": {"iccsn": iccsn, "status": "VERIFIED"}})
-    card = next(c for c in (await console.status())["cards"] if c["iccsn"] == iccsn)
-    assert card["pins"]["PIN.SMC"]["status"] == "VERIFIED"
+    # "clear" returns the card to its first state: the PIN VERIFIED again (issue 15)
+    assert card["pins"]["PIN.SMC"] == {"status": "VERIFIED", "left_tries": 3}
 
 
 async def test_revoking_a_card_certificate_is_listed(console: Console, template: Path) -> None:
@@ -601,17 +600,35 @@ globalThis.document = {
 };
 globalThis.window = { isSecureContext: true, confirm: () => true };
 globalThis.navigator = {};
-globalThis.fetch = async () => ({ ok: true, status: 200, json: async () => status });
+const posted = [];
+globalThis.fetch = async (url, options) => {
+  if (options && options.method === "POST") posted.push({ url, body: JSON.parse(options.body) });
+  return { ok: true, status: 200, json: async () => status };
+};
 globalThis.setInterval = () => 1;
 globalThis.clearInterval = () => {};
 globalThis.setTimeout = () => 1;
 vm.runInThisContext(fs.readFileSync(process.argv[3], "utf8"));
+const buttons = [];
+const walk = (node) => {
+  if (node.tagName === "BUTTON") buttons.push(node);
+  for (const child of node.children) walk(child);
+};
 (async () => {
   globalThis.start();
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   const text = {};
   for (const [id, node] of Object.entries(ids)) text[id] = node.textContent;
-  console.log(JSON.stringify({ text, created: [...new Set(created)].sort() }));
+  // argv[4], if given: the label of a button to click (as a user would), then wait again
+  const label = process.argv[4];
+  if (label) {
+    for (const node of Object.values(ids)) walk(node);
+    const button = buttons.find((b) => b.textContent === label);
+    if (!button) throw new Error(`no button ${label}`);
+    for (const listener of button.listeners.click || []) listener();
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  }
+  console.log(JSON.stringify({ text, created: [...new Set(created)].sort(), posted }));
 })();
 """
 
@@ -624,8 +641,7 @@ async def test_page_renders_the_status_as_text(console: Console, tmp_path: Path)
         pytest.skip("node is not installed")
     weber = console.participant("praxis.weber")["address"]
     hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
-    store = console.state.stores["fd1.kim.telematik-test"]
-    _deliver(store, weber, _kim_message(weber, weber, hostile))
+    await _deliver(console.state.store, weber, _kim_message(weber, weber, hostile))
     await console.switch({"card_removed": console.participant("apotheke.sonne")["card"]["iccsn"]})
     (tmp_path / "status.json").write_text(json.dumps(await console.status()), encoding="utf-8")
     (tmp_path / "shim.js").write_text(_DOM_SHIM, encoding="utf-8")
@@ -652,3 +668,116 @@ async def test_page_renders_the_status_as_text(console: Console, tmp_path: Path)
     assert "Mandant1" in text["konnektor-body"]
     assert "dc=data,dc=vzd" in text["directory-body"]
     assert "https://127.0.0.1:4443/connector.sds" in text["endpoints-body"]
+
+
+async def _render(console: Console, tmp_path: Path, click: str | None = None) -> dict[str, Any]:
+    """console.js run by node on the minimal DOM over the console's real status; ``click``
+    names a button to press afterwards. What it showed and what it POSTed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    (tmp_path / "status.json").write_text(json.dumps(await console.status()), encoding="utf-8")
+    (tmp_path / "shim.js").write_text(_DOM_SHIM, encoding="utf-8")
+    command = [node, tmp_path / "shim.js", tmp_path / "status.json", STATIC_DIR / "console.js"]
+    result = await trio.run_process(
+        [*command, *([click] if click else [])],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    rendered: dict[str, Any] = json.loads(result.stdout)
+    return rendered
+
+
+async def test_a_card_put_back_gets_a_verify_pin_button(console: Console, tmp_path: Path) -> None:
+    """issue 15: a card put back has its PIN VERIFIABLE; the page offers "Verify PIN.SMC",
+    which POSTs the verify_pin switch, and the switch makes the PIN VERIFIED."""
+    iccsn = console.participant("praxis.weber")["card"]["iccsn"]
+    await console.switch({"card_removed": iccsn})
+    await console.switch({"card_inserted": iccsn})
+    rendered = await _render(console, tmp_path, click="Verify PIN.SMC")
+    assert "VERIFIABLE" in rendered["text"]["cards-body"]
+    request = {"verify_pin": {"iccsn": iccsn, "pin_type": "PIN.SMC"}}
+    assert rendered["posted"] == [{"url": "/api/faults", "body": request}]
+    response = await console.switch(request)
+    assert response.status_code == 200, response.text
+    card = next(c for c in response.json()["cards"] if c["iccsn"] == iccsn)
+    assert card["pins"]["PIN.SMC"] == {"status": "VERIFIED", "left_tries": 3}
+    after = await _render(console, tmp_path)
+    assert "Verify PIN" not in json.dumps(after["text"])
+
+
+async def test_a_blocked_pin_is_unblocked_as_with_the_puk(console: Console, tmp_path: Path) -> None:
+    """The page's unblock button sends unblock_pin (BLOCKED -> VERIFIABLE, as with the PUK),
+    not a forced VERIFIED; the next render offers "Verify PIN.SMC"."""
+    iccsn = console.participant("apotheke.sonne")["card"]["iccsn"]
+    await console.switch({"pin_blocked": iccsn})
+    rendered = await _render(console, tmp_path, click="Unblock PIN.SMC (PUK)")
+    request = {"unblock_pin": {"iccsn": iccsn, "pin_type": "PIN.SMC"}}
+    assert rendered["posted"] == [{"url": "/api/faults", "body": request}]
+    await console.switch(request)
+    again = await _render(console, tmp_path, click="Verify PIN.SMC")
+    assert again["posted"][0]["body"] == {"verify_pin": {"iccsn": iccsn, "pin_type": "PIN.SMC"}}
+
+
+async def test_the_icon_is_served_where_a_browser_asks(console: Console) -> None:
+    """issue 15: no 404 for the icon in the browser's log: the page names /static/favicon.svg
+    and /favicon.ico answers with the same picture."""
+    page = (await console.client.get("/")).text
+    assert '<link rel="icon" href="/static/favicon.svg"' in page
+    named = await console.client.get("/static/favicon.svg")
+    default = await console.client.get("/favicon.ico")
+    for response in (named, default):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/svg+xml"
+        assert response.content.startswith(b"<svg ")
+    assert named.content == default.content
+
+
+async def test_the_console_logs_its_address_once(
+    state: ConsoleState, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 15: one startup line with the console's URL."""
+    with caplog.at_level(logging.INFO, logger="kim_appliance.web.console"):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(
+                partial(serve_console, state, bind="127.0.0.1", port=0)
+            )
+            nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.name == "kim_appliance.web.console"]
+    assert lines == [f"console: http://{host}:{port}/"]
+
+
+def _click_verify_pin_in_chromium(url: str) -> tuple[str, list[str]]:
+    """Open the console in headless Chromium, press the first "Verify PIN.SMC" button as a
+    user would; the message the page shows, and every problem the browser logged."""
+    executable = chromium_path()
+    assert executable is not None
+    with Browser(executable) as browser:
+        browser.open(url)
+        buttons = "[...document.querySelectorAll('button')]"
+        browser.wait_until(f"{buttons}.some((b) => b.textContent === 'Verify PIN.SMC')")
+        browser.evaluate(f"{buttons}.find((b) => b.textContent === 'Verify PIN.SMC').click()")
+        shown = browser.wait_until(
+            "(() => { const m = document.getElementById('message');"
+            " return !m.hidden && m.textContent; })()"
+        )
+        browser.settle(0.5)
+        return str(shown), [f"{p.kind}: {p.text}" for p in browser.problems]
+
+
+async def test_verify_pin_in_headless_chromium_without_a_browser_error(console: Console) -> None:
+    """issue 15, in a real browser: the page loads without any 4xx, failed load or console
+    error (the icon included: it was a 404 before), and its "Verify PIN.SMC" button makes a
+    card that was put back usable again."""
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    iccsn = console.participant("praxis.weber")["card"]["iccsn"]
+    await console.switch({"card_removed": iccsn})
+    await console.switch({"card_inserted": iccsn})
+    shown, problems = await trio.to_thread.run_sync(_click_verify_pin_in_chromium, console.url)
+    assert shown == f"verify PIN.SMC of {iccsn}: done"
+    assert problems == []
+    card = next(c for c in (await console.status())["cards"] if c["iccsn"] == iccsn)
+    assert card["pins"]["PIN.SMC"] == {"status": "VERIFIED", "left_tries": 3}

@@ -8,8 +8,8 @@ from functools import partial
 import httpx
 import trio
 
+from kim_appliance.fachdienst.rest import fachdienst_app
 from kim_appliance.serving.http import serve_asgi
-from kim_appliance.web import fachdienst_app
 
 
 async def test_port_zero_serves_https_verified_against_the_test_ca(fd_and_ca) -> None:  # type: ignore[no-untyped-def]

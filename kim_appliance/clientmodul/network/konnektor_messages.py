@@ -493,6 +493,16 @@ class CertificateStatus:
     reason: str
     detail: str
 
+    @property
+    def warnings(self) -> list[str]:
+        """What could not be checked, as :class:`~kim_appliance.pki.ValidatedPath` says it: an
+        INCONCLUSIVE answer (the status is unknown, e.g. no CRL: digest §1.6, 4264) is "not
+        checked", so a signer's certificate gives IntegrityCheckResult 07, as in-process."""
+        if self.result != "INCONCLUSIVE":
+            return []
+        why = self.detail or self.reason or "no reason given"
+        return [f"certificate status not checked: VerifyCertificate is INCONCLUSIVE ({why})"]
+
 
 def certificate_status(response: etree._Element) -> CertificateStatus:
     status = response.find(_q(CERT, "VerificationStatus"))

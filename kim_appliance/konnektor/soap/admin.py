@@ -1,21 +1,29 @@
 """The fault admin API over HTTP: ``POST /admin/faults`` switches faults, ``GET /admin/faults``
-shows them (issue 4, item 4).
+shows them (issue 4, item 4; issue 15).
 
 The POST body is one JSON object; every key is optional and they are applied in this order::
 
-    {"clear": true,                       # first: unreachable off, latency 0, cards inserted
+    {"clear": true,                       # first: every card back to its first state
+                                          # (inserted, PINs VERIFIED), latency 0, reachable
      "card_removed": "<ICCSN>",           # pull the card (4008 from now on)
-     "card_inserted": "<ICCSN>",          # put it back (new card handle)
+     "card_inserted": "<ICCSN>",          # put it back (new card handle, PIN VERIFIABLE)
      "pin_blocked": "<ICCSN>",            # block its main PIN (PinStatus BLOCKED, 4085)
+     "unblock_pin": "<ICCSN>",            # UnblockPin with the PUK: BLOCKED -> VERIFIABLE
+     "verify_pin": "<ICCSN>",             # the user types the PIN: VERIFIABLE -> VERIFIED
+                                          # (both also {"iccsn": ..., "pin_type": "PIN.CH"})
+                                          # every card switch (and revoke) also takes a list
      "pin_status": {"iccsn": "...", "status": "VERIFIABLE", "pin_type": "PIN.SMC"},
      "revoke": {"iccsn": "...", "purpose": "ENC|OSIG|AUT|C.ENC|...", "crypt": "RSA|ECC"},
+     "renew": {"iccsn": "...", "purpose": "...", "crypt": "..."},   # new key and certificate
      "latency_ms": 250,                   # every card; or {"iccsn": "...", "ms": 250}; 0..60000
      "unreachable": true}                 # the SOAP services and connector.sds go silent
 
-The answer is :meth:`FaultAdmin.status` as JSON. A value of the wrong type or an unknown card
-is HTTP 400 with ``{"error": "<field>: <reason>"}``; unknown keys are refused too, so a typo
-never passes silently. The admin API itself stays reachable while "unreachable" is on, so a
-test can switch it off again. This module must never touch the Konnektor except through
+The answer is :meth:`FaultAdmin.status` as JSON; after a ``renew`` it also carries
+``"renewed"`` (:meth:`Renewal.to_json`: serials, the new certificate's PEM, whether it was
+published in the VZD). A value of the wrong type or an unknown card is HTTP 400 with
+``{"error": "<field>: <reason>"}``; unknown keys are refused too, so a typo never passes
+silently. The admin API itself stays reachable while "unreachable" is on, so a test can switch
+it off again. This module must never touch the Konnektor except through
 :class:`~kim_appliance.konnektor.faults.FaultAdmin`; it does no I/O.
 """
 
@@ -26,7 +34,7 @@ from typing import Any, Final
 
 from kim_appliance.konnektor.cards import parse_crypt, parse_purpose
 from kim_appliance.konnektor.errors import KonnektorError, ParameterError
-from kim_appliance.konnektor.faults import FaultAdmin
+from kim_appliance.konnektor.faults import FaultAdmin, Renewal, RenewError
 from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 
 #: the slowest card a test may ask for: a minute per key operation (a real card takes well
@@ -38,8 +46,11 @@ KEYS: Final = (
     "card_removed",
     "card_inserted",
     "pin_blocked",
+    "unblock_pin",
+    "verify_pin",
     "pin_status",
     "revoke",
+    "renew",
     "latency_ms",
     "unreachable",
 )
@@ -71,15 +82,19 @@ def apply_faults(admin: FaultAdmin, body: bytes) -> dict[str, Any]:
     if unknown:
         raise AdminRequestError(unknown[0], f"unknown switch; known: {', '.join(KEYS)}")
     try:
-        _apply(admin, request)
+        renewed = _apply(admin, request)
     except ParameterError as exc:
         raise AdminRequestError(exc.field, exc.reason) from None
     except KonnektorError as exc:
         raise AdminRequestError("request", str(exc)) from None
-    return admin.status()
+    status = admin.status()
+    if renewed is not None:
+        status["renewed"] = renewed.to_json()
+    return status
 
 
-def _apply(admin: FaultAdmin, request: Mapping[str, Any]) -> None:
+def _apply(admin: FaultAdmin, request: Mapping[str, Any]) -> Renewal | None:
+    renewed: Renewal | None = None
     if request.get("clear") is True:
         admin.clear()
     elif "clear" in request and request["clear"] is not False:
@@ -90,6 +105,10 @@ def _apply(admin: FaultAdmin, request: Mapping[str, Any]) -> None:
         _card(admin, "card_inserted", request["card_inserted"], admin.insert_card)
     if "pin_blocked" in request:
         _card(admin, "pin_blocked", request["pin_blocked"], admin.block_pin)
+    if "unblock_pin" in request:
+        _pin(admin, "unblock_pin", request["unblock_pin"], admin.unblock_pin)
+    if "verify_pin" in request:
+        _pin(admin, "verify_pin", request["verify_pin"], admin.verify_pin)
     if "pin_status" in request:
         spec = _object(request["pin_status"], "pin_status", ("iccsn", "status"))
         try:
@@ -100,8 +119,8 @@ def _apply(admin: FaultAdmin, request: Mapping[str, Any]) -> None:
             )
         except ValueError as exc:
             raise AdminRequestError("pin_status", str(exc)) from None
-    if "revoke" in request:
-        spec = _object(request["revoke"], "revoke", ("iccsn", "purpose", "crypt"))
+    for item in _each(request["revoke"], "revoke") if "revoke" in request else []:
+        spec = _object(item, "revoke", ("iccsn", "purpose", "crypt"))
         try:
             admin.revoke_certificate(
                 _string(spec["iccsn"], "revoke.iccsn"),
@@ -110,19 +129,56 @@ def _apply(admin: FaultAdmin, request: Mapping[str, Any]) -> None:
             )
         except (ValueError, RuntimeError) as exc:
             raise AdminRequestError("revoke", str(exc)) from None
+    if "renew" in request:
+        spec = _object(request["renew"], "renew", ("iccsn", "purpose", "crypt"))
+        try:
+            renewed = admin.renew_certificate(
+                _string(spec["iccsn"], "renew.iccsn"),
+                parse_purpose(_string(spec["purpose"], "renew.purpose"), "renew.purpose"),
+                parse_crypt(_string(spec["crypt"], "renew.crypt"), "renew.crypt"),
+            )
+        except (ValueError, RenewError) as exc:
+            raise AdminRequestError("renew", str(exc)) from None
     if "latency_ms" in request:
         _latency(admin, request["latency_ms"])
     if "unreachable" in request:
         if not isinstance(request["unreachable"], bool):
             raise AdminRequestError("unreachable", "must be true or false")
         admin.set_unreachable(request["unreachable"])
+    return renewed
 
 
 def _card(admin: FaultAdmin, field: str, value: Any, action: Any) -> None:
-    try:
-        action(_string(value, field))
-    except ValueError as exc:
-        raise AdminRequestError(field, str(exc)) from None
+    """A card switch: ``"<ICCSN>"`` or a list of them (applied in order)."""
+    for iccsn in _each(value, field):
+        try:
+            action(_string(iccsn, field))
+        except ValueError as exc:
+            raise AdminRequestError(field, str(exc)) from None
+
+
+def _each(value: Any, field: str) -> list[Any]:
+    if isinstance(value, list):
+        if not value:
+            raise AdminRequestError(field, "an empty list switches nothing")
+        return value
+    return [value]
+
+
+def _pin(admin: FaultAdmin, field: str, value: Any, action: Any) -> None:
+    """A PIN switch: ``"<ICCSN>"`` (the card's main PIN), ``{"iccsn": ..., "pin_type": ...}``,
+    or a list of those (applied in order)."""
+    for item in _each(value, field):
+        pin_type: str | None = None
+        if isinstance(item, dict):
+            spec = _object(item, field, ("iccsn",))
+            if "pin_type" in spec:
+                pin_type = _string(spec["pin_type"], f"{field}.pin_type")
+            item = spec["iccsn"]
+        try:
+            action(_string(item, field), pin_type)
+        except ValueError as exc:
+            raise AdminRequestError(field, str(exc)) from None
 
 
 def _latency(admin: FaultAdmin, value: Any) -> None:

@@ -175,6 +175,13 @@ async def serve_konnektor(
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve_guarded, app.serve_connection, serving, guard=guard))
+        # the startup line: one per component, with its address (issue 15)
+        log.info(
+            "konnektor: %s %s, connector.sds %s",
+            "https" if address.tls else "http",
+            address.base_url.split("://", 1)[1],
+            address.sds_url,
+        )
         task_status.started(address)
 
 

@@ -8,10 +8,9 @@ must never keep connection state or decide how to answer a request.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from ldap3.protocol import rfc4511 as asn
-from ldap3.protocol.rfc2696 import Cookie, RealSearchControlValue, Size
 from pyasn1.codec.ber import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type.namedtype import NamedType, NamedTypes
@@ -30,6 +29,17 @@ from ._events import (
     ResultCode,
     Substrings,
 )
+
+with warnings.catch_warnings():
+    # ldap3 2.9 imports tagMap and typeMap, names pyasn1 0.6 deprecated. The warning is about
+    # ldap3's code, not ours, and it showed in the output of every vendor's test run that loads
+    # our pytest plugin (their filterwarnings do not know it; ours in pyproject.toml only
+    # covers our own runs, issue 15). Filtered for this import only, these two messages only.
+    warnings.filterwarnings(
+        "ignore", message="(tag|type)Map is deprecated", category=DeprecationWarning
+    )
+    from ldap3.protocol import rfc4511 as asn
+    from ldap3.protocol.rfc2696 import Cookie, RealSearchControlValue, Size
 
 #: RFC 4511 §4.4.1: responseName of the Notice of Disconnection.
 NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"

@@ -3,12 +3,14 @@
 Routes::
 
     GET  /                  the page (static/index.html)
-    GET  /static/<file>     its script and style sheet (only the files shipped in static/)
+    GET  /static/<file>     its script, style sheet and icon (only the files shipped in static/)
+    GET  /favicon.ico       the icon (static/favicon.svg), for a browser that asks there
     GET  /api/status        everything the page shows (see :func:`.state.status`)
     GET  /api/faults        the Konnektor's fault switches (as ``GET /admin/faults``)
     POST /api/faults        switch faults: the JSON body of the Konnektor admin API
-                            (``{"card_removed": "<ICCSN>"}``, ``{"unreachable": true}``,
-                            ``{"latency_ms": 250}``, ``{"clear": true}``, ...)
+                            (``{"card_removed": "<ICCSN>"}``, ``{"verify_pin": "<ICCSN>"}``,
+                            ``{"unreachable": true}``, ``{"latency_ms": 250}``,
+                            ``{"clear": true}``, ...)
 
 ``serve_console`` runs it over plain HTTP (the contract's ``"console": "http://127.0.0.1:P/"``)
 by Hypercorn's trio worker, in the ``trio.serve_listeners`` shape. Every request passes
@@ -44,6 +46,7 @@ STATIC_FILES: Final = {
     "index.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 #: the largest POST body accepted (a fault switch request is a few hundred bytes)
 MAX_BODY: Final = 16 * 1024
@@ -60,6 +63,10 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
     async def page(request: Request) -> Response:
         return Response(files["index.html"], media_type=STATIC_FILES["index.html"])
 
+    async def favicon(request: Request) -> Response:
+        # the page names its icon; a browser that still asks for /favicon.ico gets it too
+        return Response(files["favicon.svg"], media_type=STATIC_FILES["favicon.svg"])
+
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in files:
@@ -67,7 +74,7 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
         return Response(files[name], media_type=STATIC_FILES[name])
 
     async def api_status(request: Request) -> Response:
-        return JSONResponse(await trio.to_thread.run_sync(status, state))
+        return JSONResponse(await status(state))
 
     async def api_faults(request: Request) -> Response:
         if state.konnektor is None:
@@ -94,6 +101,7 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
     app = Starlette(
         routes=[
             Route("/", page, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/static/{name}", static, methods=["GET"]),
             Route("/api/status", api_status, methods=["GET"]),
             Route("/api/faults", api_faults, methods=["GET", "POST"]),
@@ -167,6 +175,9 @@ async def serve_console(
             bind_error = exc
         else:
             allowed.set_bound(host, bound_port, extra=allowed_hosts)
+            # the startup line: one per component, with its address (issue 15)
+            shown = f"[{host}]" if ":" in host else host
+            log.info("console: http://%s:%d/", shown, bound_port)
             task_status.started((host, bound_port))
     if bind_error is not None:
         raise bind_error

@@ -1,10 +1,10 @@
 """What the web console reads: :class:`ConsoleState` and the JSON views built from it.
 
-The appliance hands the console its live objects (the Konnektor with its fault switches, each
-Fachdienst's :class:`~kim_appliance.store.MailStore`, the :class:`DirectoryStore`, the demo
-participants and the endpoints); :func:`status` turns them into one JSON-ready dict for
-``GET /api/status``. Everything here is blocking (store reads, message files): call it through
-``trio.to_thread.run_sync``. This module must never change any state, never decrypt a message
+The appliance hands the console its live objects (the Konnektor with its fault switches, the
+appliance's :class:`~kim_appliance.store.Store` with the Fachdienst domains it serves, the
+:class:`DirectoryStore`, the demo participants and the endpoints); :func:`status` turns them
+into one JSON-ready dict for ``GET /api/status``, reading the store through its async interface.
+This module must never change any state, never decrypt a message
 and never show more of a stored message than its outer header fields Subject, From, Date,
 Message-ID and X-KOM-LE-Version (a KIM message's content is encrypted, digest §2.2; the console
 is no way around that).
@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import email.parser
 import email.policy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -26,7 +27,7 @@ from kim_appliance.directory import BASE_DN, DirectoryStore
 from kim_appliance.directory.entries import DirectoryEntry
 from kim_appliance.konnektor.cards import KeyPurpose
 from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.store import MailStore, StoredMessage
+from kim_appliance.store import Account, Store, StoredMessage
 
 #: how many of a mailbox's newest messages the console lists with their outer headers
 NEWEST_PER_MAILBOX: Final = 5
@@ -37,8 +38,6 @@ RELAY_LISTED: Final = 10
 RELAY_COUNTED: Final = 100_000
 #: the outer header fields the console shows; nothing else of a message leaves the store
 SHOWN_HEADERS: Final = ("subject", "from", "to", "date", "message-id", "x-kom-le-version")
-
-_FAR_FUTURE: Final = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass
@@ -53,16 +52,26 @@ class ConsoleState:
 
     #: None when the Konnektor runs in another process (``run --components``)
     konnektor: Konnektor | None
-    #: Fachdienst domain -> its store
-    stores: Mapping[str, MailStore]
+    #: the appliance's store (every Fachdienst's accounts, mailboxes and relay queue)
+    store: Store
+    #: the domains of the Fachdienste the console shows
+    domains: Sequence[str]
     directory: DirectoryStore
     demo: Mapping[str, Any]
     endpoints: dict[str, Any] = field(default_factory=dict)
 
 
-def status(state: ConsoleState, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Everything the console page shows, as one JSON-ready dict. Blocking."""
+async def status(state: ConsoleState, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Everything the console page shows, as one JSON-ready dict: the mailboxes and relay
+    queues from the store, the rest (card states, certificates) built in a worker thread."""
     now = now or dt.datetime.now(dt.UTC)
+    fachdienste = {
+        domain: await _fachdienst(state.store, domain, now) for domain in sorted(state.domains)
+    }
+    return await trio.to_thread.run_sync(_status, state, now, fachdienste)
+
+
+def _status(state: ConsoleState, now: dt.datetime, fachdienste: dict[str, Any]) -> dict[str, Any]:
     konnektor = state.konnektor
     faults = konnektor.admin.status() if konnektor is not None else {}
     cards = {card["iccsn"]: card for card in _cards(konnektor, faults)} if konnektor else {}
@@ -74,9 +83,7 @@ def status(state: ConsoleState, *, now: dt.datetime | None = None) -> dict[str, 
         "participants": [_participant(p, cards) for p in state.demo.get("participants", [])],
         "cards": list(cards.values()),
         "trust_anchors": list(state.demo.get("trust_anchors", [])),
-        "fachdienste": {
-            domain: _fachdienst(store, now) for domain, store in sorted(state.stores.items())
-        },
+        "fachdienste": fachdienste,
         "directory": _directory(state.directory, state.endpoints),
     }
 
@@ -177,9 +184,9 @@ def _participant(p: Mapping[str, Any], cards: Mapping[str, Any]) -> dict[str, An
 # --- mailboxes and relay queue -----------------------------------------------------------------
 
 
-def _fachdienst(store: MailStore, now: dt.datetime) -> dict[str, Any]:
-    mailboxes = [_mailbox(store, account.address, account.status) for account in _accounts(store)]
-    relays = store.due_relays(_FAR_FUTURE, limit=RELAY_COUNTED)
+async def _fachdienst(store: Store, domain: str, now: dt.datetime) -> dict[str, Any]:
+    mailboxes = [await _mailbox(store, account) for account in await _accounts(store, domain)]
+    relays = await store.relay.pending(domain, limit=RELAY_COUNTED)
     return {
         "mailboxes": mailboxes,
         "relay_queue": {
@@ -203,23 +210,23 @@ def _fachdienst(store: MailStore, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def _accounts(store: MailStore) -> list[Any]:
-    return sorted(store.list_accounts(), key=lambda a: a.address.lower())
+async def _accounts(store: Store, domain: str) -> list[Account]:
+    return sorted(await store.accounts.list(domain), key=lambda a: a.address.lower())
 
 
-def _mailbox(store: MailStore, address: str, account_status: str) -> dict[str, Any]:
-    messages = store.list_messages(address)
+async def _mailbox(store: Store, account: Account) -> dict[str, Any]:
+    messages = await store.mail.list(account.address)
     newest = sorted(messages, key=lambda m: (m.received_at, m.id), reverse=True)
     return {
-        "address": address,
-        "status": account_status,
+        "address": account.address,
+        "status": account.status,
         "messages": len(messages),
         "size": sum(m.size for m in messages),
-        "newest": [_message_summary(store, m) for m in newest[:NEWEST_PER_MAILBOX]],
+        "newest": [await _message_summary(store, m) for m in newest[:NEWEST_PER_MAILBOX]],
     }
 
 
-def _message_summary(store: MailStore, message: StoredMessage) -> dict[str, Any]:
+async def _message_summary(store: Store, message: StoredMessage) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "id": message.id,
         "uid": message.uid,
@@ -227,7 +234,7 @@ def _message_summary(store: MailStore, message: StoredMessage) -> dict[str, Any]
         "received_at": message.received_at.isoformat(timespec="seconds"),
     }
     try:
-        summary["headers"] = outer_headers(read_header_block(store, message.id))
+        summary["headers"] = outer_headers(await read_header_block(store, message.id))
     except (LookupError, ValueError, OSError) as exc:
         # deleted meanwhile (POP3 DELE) or unreadable: say so instead of failing the page
         summary["headers"] = {}
@@ -235,12 +242,12 @@ def _message_summary(store: MailStore, message: StoredMessage) -> dict[str, Any]
     return summary
 
 
-def read_header_block(store: MailStore, message_id: int) -> bytes:
+async def read_header_block(store: Store, message_id: int) -> bytes:
     """The stored message's bytes up to the end of its header (at most MAX_HEADER_BYTES)."""
     data = b""
-    with store.open_message(message_id) as stream:
+    async with store.mail.reader(message_id) as stream:
         while len(data) < MAX_HEADER_BYTES:
-            chunk = stream.read(8192)
+            chunk = await stream.read(8192)
             if not chunk:
                 break
             data += chunk

@@ -181,7 +181,8 @@ function renderKonnektor(s) {
     switchFaults({ latency_ms: Number(latency.value) }, `latency ${latency.value} ms for every card`));
   const clear = el("button", { type: "button" }, "Clear faults");
   clear.addEventListener("click", () =>
-    switchFaults({ clear: true }, "Clear faults (reachable, no latency, every card inserted)"));
+    switchFaults({ clear: true },
+      "Clear faults (reachable, no latency, every card inserted with its PIN verified)"));
   const switches = el("div", { class: "switches" },
     el("label", {}, unreachable, " unreachable (SOAP services and connector.sds go silent)"),
     el("label", {}, "latency per card key operation ", latency, " ms "), setLatency,
@@ -214,11 +215,15 @@ function cardActions(card) {
   if (card.inserted) add("Remove card", { card_removed: card.iccsn }, `remove ${card.iccsn}`);
   else add("Insert card", { card_inserted: card.iccsn }, `insert ${card.iccsn}`);
   for (const [pinType, pin] of Object.entries(card.pins)) {
+    const which = { iccsn: card.iccsn, pin_type: pinType };
     if (pin.status === "BLOCKED") {
-      add(`Unblock ${pinType}`, { pin_status: { iccsn: card.iccsn, status: "VERIFIED", pin_type: pinType } },
-        `${pinType} of ${card.iccsn} VERIFIED`);
+      // as with the PUK: the PIN becomes VERIFIABLE, then it is verified like any other
+      add(`Unblock ${pinType} (PUK)`, { unblock_pin: which }, `unblock ${pinType} of ${card.iccsn}`);
     } else {
-      add(`Block ${pinType}`, { pin_status: { iccsn: card.iccsn, status: "BLOCKED", pin_type: pinType } },
+      if (pin.status === "VERIFIABLE" && card.inserted) {
+        add(`Verify ${pinType}`, { verify_pin: which }, `verify ${pinType} of ${card.iccsn}`);
+      }
+      add(`Block ${pinType}`, { pin_status: { ...which, status: "BLOCKED" } },
         `block ${pinType} of ${card.iccsn}`);
     }
   }

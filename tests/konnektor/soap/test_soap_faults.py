@@ -1,6 +1,7 @@
 """Faults over SOAP: gematik error codes in GERROR:Error (bad context, unknown card handle,
 blocked PIN, removed card), faults switched through the HTTP admin API (issue 4, item 4), an
-unreachable Konnektor that does not answer at all, and a slow card the caller can measure."""
+unreachable Konnektor that does not answer at all, a slow card the caller can measure, and the
+switches that repair a card (issue 15: verify_pin, unblock_pin, renew)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import requests
 import zeep.exceptions
 from conftest import RunningKonnektor, ZeepClient, serving
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from konnektor_helpers import CONTEXT, WEBER, handle
+from konnektor_helpers import CONTEXT, SONNE, WEBER, handle
 from soap_helpers import ADMIN_HEADERS, CTX, trace
 
 from kim_appliance.konnektor import Konnektor
@@ -207,3 +209,68 @@ def test_revoke_through_the_admin_api(
         after = service.VerifyCertificate(Context=CTX, X509Certificate=der)
     assert after.VerificationStatus.VerificationResult == "INVALID"
     assert after.VerificationStatus.Error.Trace[0].ErrorText == "CERT_REVOKED"
+
+
+def test_pin_switches_through_the_admin_api_bring_a_card_back(soap: RunningKonnektor) -> None:
+    """issue 15: after pin_blocked, unblock_pin and verify_pin (one request, in that order)
+    make VerifyPin-free use of the card possible again; a card put back needs verify_pin
+    (PinStatus VERIFIABLE until then), and the switches take a list and a PIN type."""
+    soap.admin(pin_blocked=WEBER)
+    status = soap.admin(unblock_pin=WEBER, verify_pin={"iccsn": WEBER, "pin_type": "PIN.SMC"})
+    weber = next(c for c in status["cards"] if c["iccsn"] == WEBER)
+    assert weber["pins"]["PIN.SMC"] == {"status": "VERIFIED", "left_tries": 3}
+    soap.admin(card_removed=[WEBER, SONNE], card_inserted=[WEBER, SONNE])
+    cards = soap.service("CardService")
+    for iccsn in (WEBER, SONNE):
+        pin = cards.GetPinStatus(
+            Context=CTX, CardHandle=handle(soap.konnektor, iccsn), PinTyp="PIN.SMC"
+        )
+        assert pin.PinStatus == "VERIFIABLE"
+    soap.admin(verify_pin=[WEBER, SONNE])
+    for iccsn in (WEBER, SONNE):
+        pin = cards.GetPinStatus(
+            Context=CTX, CardHandle=handle(soap.konnektor, iccsn), PinTyp="PIN.SMC"
+        )
+        assert pin.PinStatus == "VERIFIED"
+    soap.admin(card_removed=WEBER)
+    refused = soap.http.post(
+        soap.url("/admin/faults"), json={"verify_pin": WEBER}, headers=ADMIN_HEADERS, timeout=10
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("verify_pin: card 80276883110000100001")
+    assert "insert it first" in refused.json()["error"]
+
+
+def test_renew_through_the_admin_api_answers_the_new_certificate(
+    own_data_dir: Path, tls_files: tuple[Path, Path, Path]
+) -> None:
+    """renew: the answer carries the new certificate (PEM) and its serial; an ENC certificate
+    without a VZD publisher is refused with a 400 that says so, and nothing changes."""
+    konnektor = Konnektor.from_data_dir(own_data_dir)
+    chain, key, ca = tls_files
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(ca)
+    with serving(konnektor, server_context(chain, key)) as address:
+        url = f"{address.base_url}/admin/faults"
+        renewed = session.post(
+            url,
+            json={"renew": {"iccsn": WEBER, "purpose": "OSIG", "crypt": "RSA"}},
+            headers=ADMIN_HEADERS,
+            timeout=30,
+        )
+        assert renewed.status_code == 200, renewed.text
+        answer = renewed.json()["renewed"]
+        cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
+        assert answer["serial"] == f"{cert.serial_number:X}" != answer["old_serial"]
+        assert answer["published"] is False
+        card_cert = konnektor.read_card_certificate(CONTEXT, handle(konnektor, WEBER), "C.SIG")
+        assert card_cert == cert
+        refused = session.post(
+            url,
+            json={"renew": {"iccsn": WEBER, "purpose": "C.ENC", "crypt": "RSA"}},
+            headers=ADMIN_HEADERS,
+            timeout=30,
+        )
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("renew: publishing the new ENC certificate")
