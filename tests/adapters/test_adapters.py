@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor
-from kim_appliance.appliance import prepare_data_dir
+from kim_appliance.appliance import prepare_files
 from kim_appliance.clientmodul.ports import (
     CallContext,
     CardType,
@@ -21,8 +21,10 @@ from kim_appliance.clientmodul.ports import (
     KonnektorUnreachable,
 )
 from kim_appliance.directory import DirectoryStore
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.directory.entries import KimAddress
 from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.store import Store
 
 CONTEXT = CallContext("Mandant1", "PVS1", "AP1")
 
@@ -30,7 +32,7 @@ CONTEXT = CallContext("Mandant1", "PVS1", "AP1")
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("adapters") / "kim-data"
-    prepare_data_dir(path)
+    prepare_files(path)
     return path
 
 
@@ -93,17 +95,18 @@ def test_a_card_pulled_while_the_message_streams_is_a_port_fault(
     assert [k.certificate for k in keys] == [rsa]  # type: ignore[union-attr]
 
 
-def test_directory_records_as_a_mail_search_finds_them(data_dir: Path) -> None:
+async def test_directory_records_as_a_mail_search_finds_them(
+    data_dir: Path, kim_store: Store
+) -> None:
     """(mail=...) in-process: Telematik-ID, certificates and the address's version; an address
     kept out of the VZD (noVzdMailEntry, A_24039) is not found, nor an unknown one."""
-    store = DirectoryStore()
-    for entry in DirectoryStore.open(data_dir).entries():
-        store.put_entry(entry)
+    store = await DirectoryStore.open(kim_store.directory)
+    await store.populate(entries_from_demo(data_dir))
     entry = store.find_by_mail("praxis.weber@fd1.kim.telematik-test")
     assert entry is not None
     fad = next(iter(entry.fachdaten))
     hidden = KimAddress("versteckt@fd1.kim.telematik-test", "1.5+", no_vzd_mail_entry=True)
-    store.put_entry(replace(entry, fachdaten={fad: (*entry.fachdaten[fad], hidden)}))
+    await store.put_entry(replace(entry, fachdaten={fad: (*entry.fachdaten[fad], hidden)}))
     port = InProcessDirectory(store)
     found = port.find_by_mail(
         ["Praxis.Weber@fd1.kim.telematik-test", hidden.mail, "niemand@fd1.kim.telematik-test"]

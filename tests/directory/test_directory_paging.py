@@ -26,9 +26,11 @@ from directory_helpers import (
 from ldap3.extend.standard.PagedSearch import paged_search_generator
 
 from kim_appliance.directory import DirectoryAddresses, DirectoryStore, serve_directory
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.directory.entries import DirectoryEntry, KimAddress
 from kim_appliance.pki.tls import server_context
 from kim_appliance.serving import ListenerLimits
+from kim_appliance.store import Store
 
 #: the synthetic entries of these tests: p0@ ... p{COUNT-1}@fd3.kim.telematik-test
 COUNT = 37
@@ -41,13 +43,13 @@ def tls_files(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 @pytest.fixture
-def store(demo_dir: Path) -> DirectoryStore:
+async def store(demo_dir: Path, kim_store: Store) -> DirectoryStore:
     """The demo entries and COUNT more, one address each."""
-    s = DirectoryStore()  # in memory
-    s.populate_from_demo(demo_dir)
+    s = await DirectoryStore.open(kim_store.directory)
+    await s.populate(entries_from_demo(demo_dir))
     template = s.get("1-SMC-B-Testkarte-883110000100001")
     for i in range(COUNT):
-        s.put_entry(
+        await s.put_entry(
             replace(
                 template, uid=DirectoryEntry.new_uid(), telematik_id=f"9-test-{i}",
                 fachdaten={"fd3.kim.telematik-test": (KimAddress(f"p{i}@fd3.kim.telematik-test"),)},
@@ -232,7 +234,7 @@ def _pages_while_changing(address: tuple[str, int], store: DirectoryStore) -> li
         ]  # fmt: skip
         assert len(later) == COUNT - 10
         gone = later[0]
-        store.remove_entry(gone.telematik_id)
+        trio.from_thread.run(store.remove_entry, gone.telematik_id)
         mails.extend(str(r["attributes"]["mail"][0]) for r in results)
         assert gone.published_addresses()[0].mail not in mails
         return mails

@@ -15,9 +15,11 @@ from network_support import Served, Vzd, serve_soap, soap_client, tls_pair
 
 from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor
 from kim_appliance.directory import DirectoryStore, serve_directory
+from kim_appliance.directory.demo import entries_from_demo
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.pki import TestPki
 from kim_appliance.pki.tls import server_context
+from kim_appliance.store.sqlite import open_sqlite_store
 from kim_appliance.testing import copy_template
 
 
@@ -55,12 +57,12 @@ async def served(
 
 
 @pytest.fixture
-def store(data_dir: Path) -> DirectoryStore:
-    """The demo entries, in memory (tests change them)."""
-    s = DirectoryStore()
-    for entry in DirectoryStore.open(data_dir).entries():
-        s.put_entry(entry)
-    return s
+async def store(data_dir: Path, tmp_path: Path) -> AsyncIterator[DirectoryStore]:
+    """The demo entries in an embedded store of their own (tests change them)."""
+    async with open_sqlite_store(tmp_path / "vzd-store") as kim_store:
+        s = await DirectoryStore.open(kim_store.directory)
+        await s.populate(entries_from_demo(data_dir))
+        yield s
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ async def test_many_addresses_go_in_paged_searches(vzd: Vzd) -> None:
     assert template is not None
     wanted = [f"p{i}@fd3.kim.telematik-test" for i in range(60)]
     for i, address in enumerate(wanted):
-        vzd.store.put_entry(
+        await vzd.store.put_entry(
             replace(template, uid=DirectoryEntry.new_uid(), telematik_id=f"9-test-{i}",
                     fachdaten={"fd3.kim.telematik-test": (KimAddress(address, "1.5+"),)})
         )  # fmt: skip
@@ -84,7 +84,7 @@ async def test_the_version_of_each_address_of_an_entry(vzd: Vzd) -> None:
     entry = vzd.store.find_by_mail(WEBER)
     assert entry is not None
     fad = next(iter(entry.fachdaten))
-    vzd.store.put_entry(
+    await vzd.store.put_entry(
         replace(entry, fachdaten={fad: (KimAddress(WEBER, "1.5+"),
                                         KimAddress("praxis.weber2@fd1.kim.telematik-test"))})
     )  # fmt: skip
