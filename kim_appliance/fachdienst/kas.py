@@ -56,6 +56,12 @@ FLUSH_BYTES = 1 << 20
 DOWNLOAD_CHUNK = 1 << 20
 #: multipart overhead allowed on top of the attachment in the request's Content-Length
 MAX_FORM_OVERHEAD = 1 << 20
+#: a refused upload's remaining body is read and dropped, up to this much and this long, before
+#: the refusal is sent: the client is still sending, and a close with unread data makes the
+#: kernel reset the connection, which can swallow the answer it must see (507 -> 521 at the PVS,
+#: A_22419); RFC 9112 §9.6 ("lingering close"). Beyond the bounds the connection just closes.
+MAX_DRAIN_BYTES = 32 << 20
+DRAIN_SECONDS = 10.0
 #: Username/email maxLength (CommonSchemas)
 MAX_ADDRESS = 256
 #: a Message-ID is one header line (RFC 5322 §2.1.1: at most 998 characters)
@@ -309,6 +315,19 @@ async def _start_attachment(
     form.writer = _store(state).blobs.writer(compress=False)
 
 
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read and drop what is left of a refused request's body (see :data:`MAX_DRAIN_BYTES`)."""
+    drained = 0
+    with trio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for chunk in chunks:
+                drained += len(chunk)
+                if drained > MAX_DRAIN_BYTES:
+                    return
+        except ClientDisconnect:
+            return
+
+
 async def _read_form(state: _KasState, request: Request, uploader: str, form: _Upload) -> None:
     content_type = request.headers.get("content-type", "")
     kind, options = parse_options_header(content_type)
@@ -331,39 +350,44 @@ async def _read_form(state: _KasState, request: Request, uploader: str, form: _U
             except SizeMismatch as exc:
                 raise ApiError(400, str(exc)) from None
 
+    chunks = request.stream()
     try:
-        async for chunk in request.stream():
-            for kind_, payload in parser.feed(chunk):
-                if kind_ == "headers":
-                    current, filename = _part_name(payload)
-                    value.clear()
-                    if current == "attachment":
-                        await _start_attachment(state, uploader, form, payload, filename)
-                elif kind_ == "data":
-                    if current == "attachment":
-                        pending += payload
-                        if len(pending) >= FLUSH_BYTES:
+        try:
+            async for chunk in chunks:
+                for kind_, payload in parser.feed(chunk):
+                    if kind_ == "headers":
+                        current, filename = _part_name(payload)
+                        value.clear()
+                        if current == "attachment":
+                            await _start_attachment(state, uploader, form, payload, filename)
+                    elif kind_ == "data":
+                        if current == "attachment":
+                            pending += payload
+                            if len(pending) >= FLUSH_BYTES:
+                                await flush()
+                        else:
+                            value += payload
+                            limit = _FIELD_LIMITS.get(current or "", MAX_OTHER_FIELD)
+                            if len(value) > limit:
+                                raise ApiError(400, f"{current}: longer than {limit} bytes")
+                    elif kind_ == "end":
+                        if current == "attachment":
                             await flush()
-                    else:
-                        value += payload
-                        limit = _FIELD_LIMITS.get(current or "", MAX_OTHER_FIELD)
-                        if len(value) > limit:
-                            raise ApiError(400, f"{current}: longer than {limit} bytes")
-                elif kind_ == "end":
-                    if current == "attachment":
-                        await flush()
-                    elif current in _KNOWN_FIELDS:
-                        try:
-                            text = value.decode("utf-8").strip()
-                        except UnicodeDecodeError:
-                            raise ApiError(400, f"{current}: not UTF-8") from None
-                        values = form.fields.setdefault(current, [])
-                        if current != "recipients" and values:
-                            raise ApiError(400, f"{current}: given more than once")
-                        values.append(text)
-                        if len(form.fields.get("recipients", ())) > MAX_RECIPIENTS:
-                            raise ApiError(400, f"recipients: more than {MAX_RECIPIENTS}")
-                    current = None
+                        elif current in _KNOWN_FIELDS:
+                            try:
+                                text = value.decode("utf-8").strip()
+                            except UnicodeDecodeError:
+                                raise ApiError(400, f"{current}: not UTF-8") from None
+                            values = form.fields.setdefault(current, [])
+                            if current != "recipients" and values:
+                                raise ApiError(400, f"{current}: given more than once")
+                            values.append(text)
+                            if len(form.fields.get("recipients", ())) > MAX_RECIPIENTS:
+                                raise ApiError(400, f"recipients: more than {MAX_RECIPIENTS}")
+                        current = None
+        except ApiError:
+            await _drain(chunks)
+            raise
     except ClientDisconnect:
         raise ApiError(400, "request body: the client disconnected during the upload") from None
     if not parser.ended:

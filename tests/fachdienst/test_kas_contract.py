@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -248,6 +249,36 @@ def test_streamed_upload_and_download_over_https(live: Live) -> None:
         got = client.get(link, headers={"recipient": RCPT})
         assert got.status_code == 200
         assert got.content == data
+
+
+def test_a_refusal_mid_body_reaches_a_client_that_sends_it_all(live: Live) -> None:
+    """A_22419 / A_19363-02: an upload refused after its body has begun (here its attachment part
+    declares more than the KAS takes: 413 at the part's headers, 8 MiB still to come) is
+    answered only once the rest of the body has been read, so a client that writes the whole
+    request before it reads (no Expect: 100-continue) gets the 413, not a connection reset
+    that swallows it (RFC 9112 §9.6; the Clientmodul turns the KAS's 507 into 521)."""
+    data = os.urandom(8 * 1024 * 1024)
+    body = _multipart(data).replace(
+        f"Content-Length: {len(data)}\r\n".encode(), f"Content-Length: {11 << 20}\r\n".encode()
+    )
+    host, port = live.url.removeprefix("https://").split(":")
+    head = (
+        f"POST /attachments/v2.4/attachment/ HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: {_basic()['Authorization']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    context = ssl.create_default_context(cafile=live.ca)
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(head + body)  # all of it, as a client without 100-continue does
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"exceed the maximum" in answer
 
 
 # -- stateful run: addMailData -> readMailData / HEAD / deleteMailData -> readMailData ----------
