@@ -571,7 +571,7 @@ def test_dates_in_answers_are_rfc3339_date_times(value: dt.datetime, expected: s
 def test_register_with_deep_or_non_finite_json_is_400(env: Env) -> None:
     """Issue 11: a JSON body nested thousands deep (RecursionError in json.loads) or holding
     1e999 / NaN is 400 with the reason, and the API answers the next request."""
-    env.state.add_code("REF-1", "Start-Kennwort-1!", telematik_id=TID)
+    env.call(partial(env.state.add_code, telematik_id=TID), "REF-1", "Start-Kennwort-1!")
     h = {**jwt(), "iniPassword": b64("Start-Kennwort-1!")}
     url = f"{BASE}/account"
     deep = b"[" * 30_000 + b"]" * 30_000
