@@ -6,9 +6,10 @@ message blobs, mailboxes, the relay queue, the KAS attachments with their upload
 the absence-note reply ledger, registration codes and OTPs, POP3 maildrop locks, the directory
 (VZD) entries, node registrations and leases, and the message traces. The store is made of
 small sub-interfaces (`store.accounts`, `store.mail`, ...), each a `typing.Protocol` below whose
-docstrings state the contract; one contract test suite (tests/store/contract/) runs unchanged against every backend.
-This module holds only plain data, the policy-free lockout arithmetic and the protocols; it
-must never touch a file, a database or the network, and never know about SMTP, POP3 or HTTP.
+docstrings state the contract; one contract test suite (tests/store/contract/) runs unchanged
+against every backend. This module holds only plain data, the policy-free lockout arithmetic
+and the protocols; it must never touch a file, a database or the network, and never know about
+SMTP, POP3 or HTTP.
 
 Promises every backend keeps:
 - Durability: once `mail.deliver`, `relay.enqueue` or any other write has returned, it survives
@@ -37,7 +38,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
 
-from ..observe.events import TraceEvent
+from ..observe.events import TraceEvent as TraceEvent  # re-exported: a record of the store
 
 # digest §3.2 / §3.3: dataTimeToLive is 10..365 days, default 90.
 MIN_DATA_TTL_DAYS = 10

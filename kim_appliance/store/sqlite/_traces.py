@@ -164,4 +164,3 @@ def search_filters(
     if not clauses:
         raise ValueError("trace search: give a sender or a recipient")
     return " AND ".join(clauses), tuple(params)
-
