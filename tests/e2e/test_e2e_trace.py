@@ -89,8 +89,8 @@ def test_a_message_is_found_by_its_sender_and_an_unknown_id_is_an_error(
 ) -> None:
     app = launcher.start(data_dir)
     sender, recipient = _pair(app)
-    cm_send(app, sender, [recipient["address"]],
-            mail(sender["address"], recipient["address"], "trace-e2e-2@praxis.example", BODY))  # fmt: skip
+    to = recipient["address"]
+    cm_send(app, sender, [to], mail(sender["address"], to, "trace-e2e-2@praxis.example", BODY))
     d = ["--data-dir", str(data_dir)]
     listed = cli("trace", *d, "--sender", sender["address"].upper(), cwd=data_dir.parent)
     assert listed.returncode == 0, listed.stderr
