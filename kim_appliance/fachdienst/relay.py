@@ -226,6 +226,8 @@ class _Outcome:
     failed: list[tuple[RelayRecipient, ServerReply]] = field(default_factory=list)
     deferred: list[RelayRecipient] = field(default_factory=list)
     error: str | None = None
+    #: seconds the attempt took (the relay's latency histogram, issue 15)
+    duration: float | None = None
 
 
 def no_route_reply(domain: str) -> ServerReply:
@@ -291,9 +293,9 @@ async def _attempt_limited(
     async with limiter:
         started = trio.current_time()
         outcome = await attempt(fd, entry, connections)
-        duration = trio.current_time() - started
+        outcome.duration = trio.current_time() - started
     try:
-        next_attempt = await _settle(fd, entry, outcome, duration=duration)
+        next_attempt = await _settle(fd, entry, outcome)
     except Exception:
         # a bug or a store failure must not stop the worker (and with it the Fachdienst):
         # log it and try the entry again after the next wait
@@ -418,9 +420,7 @@ async def _reply(stream: trio.SSLStream[trio.SocketStream], client: SmtpClient) 
         raise _TemporaryFailure("the other Fachdienst closed the connection")
 
 
-async def _settle(
-    fd: Fachdienst, entry: RelayEntry, outcome: _Outcome, *, duration: float | None = None
-) -> dt.datetime | None:
+async def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.datetime | None:
     """Record the attempt, reschedule what is deferred, bounce what failed.
 
     Returns when the entry is next due, or None if it is done.
@@ -436,7 +436,7 @@ async def _settle(
         )
         failed += [(r, reply) for r in deferred]
         deferred = []
-    _trace(fd, entry, outcome.delivered, failed, deferred, outcome.error, duration)
+    _trace(fd, entry, outcome.delivered, failed, deferred, outcome.error, outcome.duration)
     if failed and entry.sender:
         reports = [
             DsnRecipient(
