@@ -169,6 +169,13 @@ def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING"],
         help="what goes to stderr",
     )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text: one line per event; json: one JSON object per line (time, level, logger, "
+        "message and the event's fields)",
+    )
     run.add_argument("--store", metavar="URL", help=STORE_HELP)
     run.add_argument(
         "--components",
@@ -610,7 +617,7 @@ def _run(args: argparse.Namespace) -> int:
     from kim_appliance.logs import configure
 
     # one line per event: control characters from clients are escaped (kim_appliance.logs)
-    configure(args.log_level, stream=sys.stderr)
+    configure(args.log_level, stream=sys.stderr, log_format=args.log_format)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
