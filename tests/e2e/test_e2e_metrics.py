@@ -38,9 +38,9 @@ def value(
 def test_metrics_count_messages_sessions_logins_and_the_relay_queue(
     data_dir: Path, launcher: Launcher
 ) -> None:
-    """Messages per stage and result code, latency histograms per stage, sessions, login
-    failures (KOM-LE-A_2167 counts them per client), and the relay queue's depth and age
-    (read from the store at scrape time)."""
+    """The Fachdienst's state on request (KOM-LE-A_2138): messages per stage and result code,
+    latency histograms per stage, sessions, login failures (KOM-LE-A_2167 counts them per
+    client), and the relay queue's depth and age (read from the store at scrape time)."""
     config = data_dir / "config.toml"
     config.write_text(
         config.read_text().replace(
