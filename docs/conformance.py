@@ -20,14 +20,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ID = re.compile(r"\b(?:KOM-LE-|GS-)?(A_\d{4,5})(?:-\d{2})?\b")
+#: an ID followed by more numbers of the same family, as test docstrings abbreviate them:
+#: ``KOM-LE-A_2118/2119/2121`` (each) and ``KOM-LE-A_2123–2125`` (the range)
+ID_GROUP = re.compile(
+    r"\b(?:KOM-LE-|GS-)?A_(\d{4,5})(?:-\d{2})?((?:\s*(?:/|–)\s*\d{4,5}(?:-\d{2})?\b)+)"
+)
 
-# Issues that build a requirement not shown yet, by spec; per-ID entries override.
+# What a requirement without a citing test is, by spec; per-ID entries override. Every part
+# is built (issues 3-15): "open" means that no test names the requirement yet.
 DEFAULT = {
-    "gemSpec_CM_KOMLE": "open: Clientmodul (issue 6)",
-    "gemSpec_FD_KOMLE": "open: Fachdienst (issues 3, 5)",
-    "gemSMIME_KOMLE": "open",
-    "digest": "open",
+    "gemSpec_CM_KOMLE": "open: built (kim_appliance/clientmodul/), no test cites it yet",
+    "gemSpec_FD_KOMLE": "open: built (kim_appliance/fachdienst/), no test cites it yet",
+    "gemSMIME_KOMLE": "open: built (kim_appliance/cms/), no test cites it yet",
+    "digest": "open: no test cites it yet",
 }
+NOT_APPLICABLE_VZD_MAINTENANCE = (
+    "n/a: the Account Manager writes this appliance's own VZD through the shared store, not over "
+    "I_Directory_Application_Maintenance between two operators (docs/decisions.md)"
+)
 NOT_APPLICABLE_LOGGING = (
     "n/a: logging rules of a certified product; the emulation logs to stderr without "
     "retention or rotation"
@@ -45,17 +55,20 @@ STATUS: dict[str, str] = {
     "A_2136": NOT_APPLICABLE_LOGGING,
     "A_2137": NOT_APPLICABLE_LOGGING,
     "A_2145": "n/a: TSL validation; the test PKI's trust anchors replace the TSL (pki/)",
+    "A_2092": "n/a: TLS towards the client systems cannot be switched off here, so there is no "
+    "switch to warn about",
+    "A_2230": "n/a: the Clientmodul and the emulated Konnektor share one clock (one process; "
+    "with a Konnektor elsewhere, the host's clock)",
+    "A_2231": "n/a: no TI platform services (DNS, NTP, TSL) in an emulation on 127.0.0.1; "
+    "the endpoint table stands in for DNS",
     # Konnektor and VZD
-    "A_2230": "open: Konnektor (issue 4)",
-    "A_2159": "open: VZD maintenance interface (issues 4, 5)",
-    "A_2189": "open: VZD maintenance interface (issues 4, 5)",
-    # Account Manager and KAS
-    **{f"A_{n}": "open: Account Manager (issue 5)" for n in range(2156, 2159)},
-    **{f"A_{n}": "open: Account Manager (issue 5)" for n in range(2163, 2169)},
-    "A_2223": "open: absence notes (issue 5)",
-    "A_2224": "open: absence notes (issue 5)",
-    "A_2277": "open: absence notes (issue 5)",
-    "A_2278": "open: absence notes (issue 5)",
+    "A_2159": NOT_APPLICABLE_VZD_MAINTENANCE,
+    "A_2160": NOT_APPLICABLE_VZD_MAINTENANCE,
+    "A_2189": NOT_APPLICABLE_VZD_MAINTENANCE,
+    "A_2299": NOT_APPLICABLE_VZD_MAINTENANCE,
+    # Account Manager
+    "A_2158": NOT_APPLICABLE_LOGGING,
+    "A_2154": "open: not built: no notice is sent before the retention deletes a mailbox's mail",
 }
 
 
@@ -85,6 +98,20 @@ def digest_ids(path: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
+def _ids_in(source: str) -> set[str]:
+    """Every requirement ID ``source`` names, abbreviated groups and ranges expanded."""
+    keys = {m.group(1) for m in ID.finditer(source)}
+    for group in ID_GROUP.finditer(source):
+        previous = int(group.group(1))
+        for sep, number in re.findall(r"(/|–)\s*(\d{4,5})", group.group(2)):
+            current = int(number)
+            if sep == "–" and previous < current <= previous + 20:
+                keys.update(f"A_{n}" for n in range(previous + 1, current))
+            keys.add(f"A_{current}")
+            previous = current
+    return keys
+
+
 def citing_tests(tests: Path) -> dict[str, list[str]]:
     """ID -> ["tests/x.py::test_name", ...] for every test whose docstring cites the ID."""
     result: dict[str, list[str]] = defaultdict(list)
@@ -99,7 +126,7 @@ def citing_tests(tests: Path) -> dict[str, list[str]]:
                 # the docstring, or the parameters and body (parametrised rule cases)
                 first = min([d.lineno for d in node.decorator_list] + [node.lineno])
                 source = "\n".join(lines[first - 1 : node.end_lineno])
-                for key in sorted({m.group(1) for m in ID.finditer(source)}):
+                for key in sorted(_ids_in(source)):
                     result[key].append(f"`{file.relative_to(ROOT)}::{node.name}`")
     return result
 

@@ -21,6 +21,7 @@ absent from ``endpoints.json``.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kim_appliance import config as config_module
 from kim_appliance import demo
-from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor
+from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor, StoreTraceSink
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.network import (
     KonnektorSettings,
@@ -62,12 +63,13 @@ from kim_appliance.konnektor.faults import Publisher, Renewal
 from kim_appliance.konnektor.infomodell import FILE_NAME as KONNEKTOR_FILE
 from kim_appliance.konnektor.operations import Konnektor
 from kim_appliance.konnektor.soap import KonnektorAddress, serve_konnektor
+from kim_appliance.observe.observer import Observer
 from kim_appliance.pki import Algorithm, CertProfile, Issued, TestPki
 from kim_appliance.pki.jwt import verify_jwt
 from kim_appliance.pki.tls import client_context, server_context
 from kim_appliance.serving import ConnectionBudget, Supervisor, raise_nofile_limit
 from kim_appliance.serving.http import serve_asgi
-from kim_appliance.store import Store, open_store
+from kim_appliance.store import LOCAL_NODE, Store, open_store
 from kim_appliance.web.console import ConsoleState, serve_console
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -195,14 +197,22 @@ async def run_appliance(
         endpoints_file.unlink(missing_ok=True)
         await demo.populate(store, data_dir)
         directory_store = await DirectoryStore.open(store.directory)
+        # every hop of every message: its trace (in the store) and the metrics (issue 15);
+        # the node name is the one Fachdienst.node carries
+        observer = Observer(
+            StoreTraceSink(store),
+            node=LOCAL_NODE,
+            keep=dt.timedelta(days=config.fachdienst.data_ttl_days),
+        )
         try:
             async with trio.open_nursery() as nursery:
                 parts = Components(Supervisor(nursery, log), budget, data_dir, config, pki)
+                parts.supervisor.start_soon("message trace", observer.run)
                 fachdienste: dict[str, dict[str, str]] = {}
                 bound: dict[str, FachdienstAddresses] = {}
                 for d in domains:
                     fd = await trio.to_thread.run_sync(
-                        _build_fachdienst, data_dir, pki, d, config, store, relay
+                        _build_fachdienst, data_dir, pki, d, config, store, relay, observer
                     )
                     # before the Fachdienst's tasks start: its retention pass purges the
                     # VZD addresses of deregistered accounts (KOM-LE-A_2155)
@@ -245,7 +255,7 @@ async def run_appliance(
                     )
                     rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                     listening = await _start_clientmodul(
-                        parts, (konnektor_port, directory_port), bound, rest_urls
+                        parts, (konnektor_port, directory_port), bound, rest_urls, observer
                     )
                     # what the Clientmodul talks to: "in-process" or the URL it uses
                     endpoints["clientmodul"] = {**listening, **partners}
@@ -259,6 +269,7 @@ async def run_appliance(
                         directory_store,
                         participants,
                         endpoints,
+                        observer,
                     )
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running (%s): %s", ",".join(sorted(running)),
@@ -310,8 +321,10 @@ async def _start_console(
     directory: DirectoryStore,
     participants: dict[str, Any],
     endpoints: dict[str, Any],
+    observer: Observer,
 ) -> str:
-    """The web console (DESIGN.md ``web/``): plain HTTP on the bind address."""
+    """The web console (DESIGN.md ``web/``): plain HTTP on the bind address, with the message
+    traces and ``/metrics`` (issue 15)."""
     state = ConsoleState(
         konnektor=konnektor,
         store=store,
@@ -319,6 +332,7 @@ async def _start_console(
         directory=directory,
         demo=participants,
         endpoints=endpoints,
+        observer=observer,
     )
     config = parts.config
 
@@ -561,6 +575,7 @@ async def _start_clientmodul(
     ports: tuple[KonnektorPort, DirectoryPort],
     fachdienste: dict[str, FachdienstAddresses],
     https: dict[str, str],
+    observer: Observer,
 ) -> dict[str, str]:
     """The Clientmodul: SMTPS/POP3S for the PVS, reaching the Konnektor and the VZD through
     ``ports`` and the Fachdienste over real SMTPS/POP3S/HTTPS (DESIGN.md), presenting its
@@ -624,6 +639,7 @@ async def _start_clientmodul(
         data_ttl_days=config.fachdienst.data_ttl_days,
         session_timeout_seconds=config.fachdienst.session_timeout_seconds,
         listener_limits=config.limits,
+        observer=observer,
     )
 
     def make(previous: ClientmodulAddresses | None) -> Callable[..., Any]:
@@ -652,6 +668,7 @@ def _build_fachdienst(
     config: Config,
     store: Store,
     relay: RelayEndpoints,
+    observer: Observer,
 ) -> Fachdienst:
     tls_dir = data_dir / "tls"
     server_chain, server_key = _tls_files(pki, tls_dir, domain.domain, CertProfile.C_FD_TLS_S)
@@ -667,12 +684,14 @@ def _build_fachdienst(
             domain=domain.domain,
             max_failed_logins=fd_config.max_failed_logins,
             lockout_seconds=fd_config.lockout_seconds,
+            observer=observer,
         ),
         endpoints=relay,
         server_ssl=server_context(server_chain, server_key, client_ca=tls_ca),
         client_ssl=client_context(tls_ca, chain=client_chain, key=client_key),
         log=logging.getLogger(f"kim_appliance.fachdienst.{domain.domain.split('.')[0]}"),
         listener_limits=config.limits,
+        observer=observer,
     )
 
 

@@ -2,7 +2,7 @@
 
 ``init`` creates a data dir with the demo setup (``--store URL``: its state in PostgreSQL) and
 ``run`` runs the appliance; ``store copy`` moves an embedded store into PostgreSQL; ``fault``,
-``account`` and ``card renew`` talk to a running appliance through its admin APIs; ``card
+``account``, ``trace`` and ``card renew`` talk to a running appliance through its admin APIs; ``card
 import`` edits a stopped one; ``message seal`` and ``message open`` make and read KIM messages
 offline, for users debugging their messages and for outside tests.
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(commands)
     _add_fault(commands)
     _add_account(commands)
+    _add_trace(commands)
     _add_card(commands)
     _add_message(commands)
     return parser
@@ -167,6 +168,13 @@ def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING"],
         help="what goes to stderr",
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text: one line per event; json: one JSON object per line (time, level, logger, "
+        "message and the event's fields)",
     )
     run.add_argument("--store", metavar="URL", help=STORE_HELP)
     run.add_argument(
@@ -310,6 +318,25 @@ def _add_account(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     switch.add_argument("--on", dest="active", action="store_true", help="switch it on")
     switch.add_argument("--off", dest="active", action="store_false", help="switch it off")
     return account
+
+
+def _add_trace(commands: Commands[_Parser]) -> argparse.ArgumentParser:
+    trace = commands.add_parser(
+        "trace",
+        help="show what happened to a message, hop by hop",
+        description="Asks the running appliance's admin API (DIR/endpoints.json, DIR/admin-token) "
+        "for the trace of MESSAGE-ID: the Message-ID the practice software gave or the KIM "
+        "message's own (angle brackets optional). One line per hop, oldest first: time, node, "
+        "component, stage, result code, addresses, size and details (metadata only, never "
+        "content). With --sender/--recipient instead: the messages of that address, newest "
+        "first. Exit 1 when nothing is known.",
+    )
+    _data_dir(trace)
+    trace.add_argument("message_id", nargs="?", metavar="MESSAGE-ID", help="the message's id")
+    trace.add_argument("--sender", metavar="ADDR", help="list the messages ADDR sent")
+    trace.add_argument("--recipient", metavar="ADDR", help="list the messages ADDR received")
+    trace.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    return trace
 
 
 def _add_card(commands: Commands[_Parser]) -> argparse.ArgumentParser:
@@ -518,6 +545,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _fault(args)
     if args.command == "account":
         return _account(args)
+    if args.command == "trace":
+        return _trace(args)
     if args.command == "card":
         return _card(args)
     if args.verb == "seal":
@@ -588,7 +617,7 @@ def _run(args: argparse.Namespace) -> int:
     from kim_appliance.logs import configure
 
     # one line per event: control characters from clients are escaped (kim_appliance.logs)
-    configure(args.log_level, stream=sys.stderr)
+    configure(args.log_level, stream=sys.stderr, log_format=args.log_format)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -749,6 +778,75 @@ def _account(args: argparse.Namespace) -> int:
         reply = _admin_call(endpoints, token, base, "PUT", f"{path}/outofoffice", body)
     print(json.dumps(reply, indent=2, ensure_ascii=False) if reply else "ok")
     return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """``trace``: the admin API's ``/traces`` of the first Fachdienst (the store holds every
+    trace), printed one hop per line or as JSON."""
+    import json
+    import urllib.parse
+
+    if bool(args.message_id) == bool(args.sender or args.recipient):
+        raise UsageError("give a MESSAGE-ID, or --sender and/or --recipient (not both kinds)")
+    endpoints, token = _running(args.data_dir)
+    fachdienste: dict[str, dict[str, str]] = endpoints.get("fachdienste", {})
+    if not fachdienste:
+        raise KimError("no Fachdienst runs in this appliance (run --components): no traces here")
+    base = next(iter(fachdienste.values()))["https"]
+    if args.message_id:
+        query = {"message_id": args.message_id}
+    else:
+        query = {k: v for k, v in (("sender", args.sender), ("recipient", args.recipient)) if v}
+    try:
+        reply = _admin_call(
+            endpoints, token, base, "GET", "/traces?" + urllib.parse.urlencode(query)
+        )
+    except KimError as exc:
+        if str(exc).startswith("404"):
+            raise KimError(
+                f"nothing is known of the message {args.message_id}: no hop recorded under "
+                "this Message-ID (traces are kept with the mail's retention)"
+            ) from None
+        raise
+    if args.json:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+        return 0
+    if args.message_id:
+        print(
+            f"message {reply['message_id']}"
+            + "".join(f" = {other}" for other in reply["message_ids"][1:])
+        )
+        for event in reply["events"]:
+            print(trace_line(event))
+        return 0
+    if not reply["messages"]:
+        who = " and ".join(f"{k} {v}" for k, v in query.items())
+        raise KimError(f"no message traced with {who}")
+    for m in reply["messages"]:
+        print(
+            f"{m['last'][:19].replace('T', ' ')}  {m['stage']:10} {m['message_id']}  "
+            f"{m['sender'] or '-'} -> {', '.join(m['recipients']) or '-'} ({m['hops']} hops)"
+        )
+    return 0
+
+
+def trace_line(event: dict[str, Any]) -> str:
+    """One hop of a trace as the CLI prints it: time (UTC), node, component, stage, result,
+    then sender -> recipients, size, facts and detail."""
+    when = event["at"][:23].replace("T", " ")
+    parts = []
+    if event["sender"] or event["recipients"]:
+        parts.append(f"{event['sender'] or '<>'} -> {', '.join(event['recipients']) or '-'}")
+    if event["size"] is not None:
+        parts.append(f"{event['size']} bytes")
+    parts += [f"{k}={v}" for k, v in sorted(event["facts"].items())]
+    if event["detail"]:
+        parts.append(event["detail"])
+    result = event["result"] or "-"
+    return (
+        f"{when}  {event['node']}  {event['component']:34} {event['stage']:10} {result:>5}  "
+        + "; ".join(parts)
+    )
 
 
 def _card(args: argparse.Namespace) -> int:

@@ -4,12 +4,13 @@ sent never break a log line or reach the operator's terminal."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 
 import pytest
 
-from kim_appliance.logs import EscapingFormatter, configure, escape_controls
+from kim_appliance.logs import EscapingFormatter, JsonFormatter, configure, escape_controls
 
 
 def _record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -71,3 +72,36 @@ def test_configure_installs_the_formatter() -> None:
         root.setLevel(before[1])
     assert out.getvalue().count("\n") == 1
     assert out.getvalue().rstrip("\n").endswith("kim_appliance.test: user a\\nb")
+
+
+def test_json_format_is_one_object_per_event_with_the_fields_of_a_line() -> None:
+    """``run --log-format json`` (issue 15): time, level, logger, message, a call site's
+    structured fields; a client's control characters and a traceback stay inside the object."""
+    formatter = JsonFormatter()
+    record = _record("AUTH %s refused", "evil\r\nFAKE 250 ok\x1b[2J\u2028x", exc=True)
+    record.peer = "127.0.0.1:4711"
+    line = formatter.format(record)
+    assert all(c not in line for c in ("\n", "\r", "\x1b", "\u2028"))
+    entry = json.loads(line)
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "kim_appliance.fd1"
+    assert entry["message"] == "AUTH evil\r\nFAKE 250 ok\x1b[2J\u2028x refused"
+    assert entry["peer"] == "127.0.0.1:4711"
+    assert entry["time"].endswith("+00:00")
+    assert "ValueError: line one\nline two" in entry["exception"]
+    assert set(entry) == {"time", "level", "logger", "message", "peer", "exception"}
+
+
+def test_configure_json_and_an_unknown_format() -> None:
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    out = io.StringIO()
+    try:
+        configure("INFO", stream=out, log_format="json")
+        logging.getLogger("kim_appliance.test").info("user %s", "a\nb")
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    assert json.loads(out.getvalue())["message"] == "user a\nb"
+    with pytest.raises(ValueError, match="expected one of text, json"):
+        configure("INFO", stream=out, log_format="xml")

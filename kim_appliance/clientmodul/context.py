@@ -1,5 +1,6 @@
 """What the Clientmodul's SMTP and POP3 proxies share: Konnektor, VZD, upstream resolution,
-TLS contexts, the version strings it writes (digest §1.4, §2.2, §2.3) and its caches.
+TLS contexts, the version strings it writes (digest §1.4, §2.2, §2.3), its caches and the
+observer that records each hop of a message (issue 15).
 
 The Clientmodul reaches the Fachdienst over real SMTPS/POP3S/HTTPS even in one process
 (DESIGN.md), and the Konnektor and the VZD through its two ports (:mod:`.ports`): in-process
@@ -28,6 +29,7 @@ from kim_appliance.clientmodul.rest import ConnectTo
 from kim_appliance.clientmodul.username import NO_DEFAULTS, ContextDefaults
 from kim_appliance.clientmodul.versions import VersionNotices
 from kim_appliance.clientmodul.vzd_lookup import VzdLookup
+from kim_appliance.observe.observer import Observer
 from kim_appliance.serving import ListenerLimits
 
 #: A function mapping the host:port the PVS named in its username (digest §1.2 index 1; None
@@ -92,6 +94,9 @@ class ClientmodulContext:
     connect_to: ConnectTo = _direct
     #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
+    #: records every hop of a message (trace and metrics, issue 15); the appliance's observer
+    #: writes to the store, a test's default one keeps metrics only
+    observer: Observer = field(default_factory=Observer)
     #: at most this many messages in the CPU-heavy pipelines at a time (2 cores)
     pipeline_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))
     # --- the caches (made from the fields above unless given) ---

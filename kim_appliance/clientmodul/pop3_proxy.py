@@ -41,6 +41,7 @@ from typing import BinaryIO
 
 import trio
 
+from kim_appliance.clientmodul import tracing
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import read_mail_data
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
@@ -392,6 +393,7 @@ class CmPop3Session:
         if not reply.ok:
             return reply
         raw = await trio.to_thread.run_sync(_spool_file, self.ctx.spool_dir)
+        started = trio.current_time()
         try:
             await _spool_body(upstream, raw)
             assert self.login is not None
@@ -413,6 +415,8 @@ class CmPop3Session:
             "cm pop3 %s: message %d for %s: %s", self.peer, number, self._account,
             received.summary(),
         )  # fmt: skip
+        tracing.received(self.ctx.observer, account=self._account, message=received,
+                         duration=trio.current_time() - started)  # fmt: skip
         self.processed[number] = received
         return received
 
@@ -529,13 +533,14 @@ async def serve_cm_pop3_connection(
         if session.upstream is not None:
             await session.upstream.aclose()
 
-    await serve_session(
-        name="cm pop3",
-        peer=peer,
-        log=ctx.log,
-        run=run,
-        cleanup=cleanup,
-    )
+    with ctx.observer.session("clientmodul", "pop3"):
+        await serve_session(
+            name="cm pop3",
+            peer=peer,
+            log=ctx.log,
+            run=run,
+            cleanup=cleanup,
+        )
 
 
 def _error_line(text: str) -> bytes:

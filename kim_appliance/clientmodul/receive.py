@@ -39,6 +39,7 @@ does not decrypt 4007, a hash mismatch 4012 (digest §1.6), the encrypted origin
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ from kim_appliance.mail.unseal import DECRYPTED, VALID, open_message
 SUPPORTED_VERSIONS: Final = ("1.0", "1.5")
 #: X-KIM-Fehlermeldung per X-KIM-DecryptionResult (digest §1.6, §1.7)
 _ERROR_CODES: Final = {"01": "4009", "02": "4010", "03": "4011"}
+#: an address in a From or Return-Path value (for the trace; the header's own checks are
+#: the unseal step's)
+_ADDRESS: Final = re.compile(r"[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.-]+")
 
 Kind = Literal[
     "passthrough",
@@ -97,6 +101,9 @@ class ReceivedMessage:
     integrity_results: list[str] = field(default_factory=list)
     error_codes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: the outer message's Message-ID and From (for the message trace; None if it has none)
+    message_id: str | None = None
+    sender: str | None = None
 
     def summary(self) -> str:
         parts = [f"{self.kind}, {self.size} octets"]
@@ -133,10 +140,13 @@ def process_message(
             return _passthrough(raw)  # not a mail we can read: not ours to change (A_21390)
         version = header.get("X-KOM-LE-Version")
         if version is None:
-            return _passthrough(raw)  # A_21390
+            return _named(_passthrough(raw), header)  # A_21390
         try:
-            return _process_kim_message(
-                raw, header, version, login=login, finder=finder, ctx=ctx, fetch_kas=fetch_kas
+            return _named(
+                _process_kim_message(
+                    raw, header, version, login=login, finder=finder, ctx=ctx, fetch_kas=fetch_kas
+                ),
+                header,
             )
         except OSError:
             raise  # the spool's disk, not the message: a temporary error of this session
@@ -146,7 +156,9 @@ def process_message(
             # would fail STAT/LIST/RETR of the whole mailbox on every fetch
             ctx.log.exception("receive pipeline failed on a message; delivering an error mail")
             reason = f"the message could not be read ({type(exc).__name__}: {exc})"
-            return _decryption_error(raw, header, WRONG_FORMAT[0], reason, spool_dir)
+            return _named(
+                _decryption_error(raw, header, WRONG_FORMAT[0], reason, spool_dir), header
+            )
     except BaseException:
         raw.close()
         raise
@@ -336,6 +348,17 @@ def _supported(version: str) -> bool:
 def _rewound(stream: BinaryIO) -> BinaryIO:
     stream.seek(0)
     return stream
+
+
+def _named(received: ReceivedMessage, header: HeaderBlock) -> ReceivedMessage:
+    """``received`` with the outer header's Message-ID and sender (the message trace)."""
+    received.message_id = (header.get("Message-ID") or "").strip() or None
+    for name in ("Return-Path", "From"):
+        match = _ADDRESS.search(header.get(name) or "")
+        if match:
+            received.sender = match.group(0)
+            break
+    return received
 
 
 def _passthrough(raw: BinaryIO) -> ReceivedMessage:

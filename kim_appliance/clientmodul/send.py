@@ -167,6 +167,8 @@ class Prepared:
     original_header: HeaderBlock = field(default_factory=lambda: HeaderBlock(()))
     #: the KAS sharedLink of a large mail: deleted when the message is not sent (step 7)
     kas_link: str | None = None
+    #: the key types encrypted for (``RSA-2048``, ``brainpoolP256r1``), for the message trace
+    key_types: tuple[str, ...] = ()
 
     def close(self) -> None:
         self.outer.close()
@@ -315,6 +317,7 @@ def prepare(
         warnings=warnings + report.warnings,
         original_header=header,
         kas_link=kas_link,
+        key_types=tuple(sorted({r.algorithm for r in report.recipients})),
     )
 
 

@@ -45,7 +45,7 @@ from typing import IO, Final
 
 import trio
 
-from kim_appliance.clientmodul import kas_client, send, versions
+from kim_appliance.clientmodul import kas_client, send, tracing, versions
 from kim_appliance.clientmodul.cards import NoSigningCardError
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
@@ -230,13 +230,17 @@ class CmSmtpSession:
         limits = await self._limits(login)
         size = await trio.to_thread.run_sync(lambda: spool.seek(0, io.SEEK_END))
         if size > limits.max_mail_size:
-            return Reply(
+            too_big = Reply(
                 552,
                 "5.3.4",
                 f"the mail has {size} bytes; maxMailSize of {login.account} is "
                 f"{limits.max_mail_size} bytes (A_19355-01)",
             )
+            tracing.refused(ctx.observer, account=login.account, recipients=recipients,
+                            size=size, reply=too_big)  # fmt: skip
+            return too_big
         uploaded: list[str] = []
+        started = trio.current_time()
         try:
             prepared = await trio.to_thread.run_sync(
                 partial(
@@ -258,6 +262,11 @@ class CmSmtpSession:
                 await self.quit_upstream()
             elif refusal.rset and self.upstream is not None:
                 await self.upstream.rset()
+            tracing.refused(
+                ctx.observer, account=login.account, recipients=recipients, size=size,
+                reply=refusal.reply, original_header=refusal.original_header,
+                dropped=refusal.dropped, duration=trio.current_time() - started,
+            )  # fmt: skip
             if refusal.dropped:
                 await self._report(login, refusal.dropped, refusal.original_header)
             return refusal.reply
@@ -265,9 +274,16 @@ class CmSmtpSession:
             with trio.CancelScope(shield=True):
                 await self._delete_uploads(login, uploaded)
             raise
+        sealed = trio.current_time()
+        tracing.sent(ctx.observer, account=login.account, recipients=recipients, size=size,
+                     prepared=prepared, duration=sealed - started)  # fmt: skip
         sent = False
         try:
             result = await self._transmit(login, prepared)
+            tracing.submitted(
+                ctx.observer, account=login.account, prepared=prepared, transmitted=result,
+                duration=trio.current_time() - sealed,
+            )  # fmt: skip
             sent = result.reply.code == 250
             dropped = prepared.dropped + result.refused
             if dropped:
@@ -489,6 +505,9 @@ class CmSmtpSession:
                 self.ctx.log.warning("cm smtp %s: report not sent: %s", self.peer, exc)
                 return
         answer = await send.send_report(upstream, login.account, out.getvalue())
+        tracing.reported(self.ctx.observer, account=login.account,
+                         original_header=original_header, dropped=len(entries),
+                         answer=answer)  # fmt: skip
         if answer is None or answer.code != 250:
             self.ctx.log.warning(
                 "cm smtp %s: report to %s not accepted: %s", self.peer, login.account, answer
@@ -598,10 +617,11 @@ async def serve_cm_smtp_connection(
         with trio.CancelScope(shield=True):
             await session.close_upstream()
 
-    await serve_session(
-        name="cm smtp",
-        peer=peer,
-        log=ctx.log,
-        run=run,
-        cleanup=cleanup,
-    )
+    with ctx.observer.session("clientmodul", "smtp"):
+        await serve_session(
+            name="cm smtp",
+            peer=peer,
+            log=ctx.log,
+            run=run,
+            cleanup=cleanup,
+        )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from kim_appliance.observe.observer import Observer
 from kim_appliance.store import LockoutPolicy, Store, domain_of
 from kim_appliance.store.passwords import dummy_verify, prepare_dummy, verify_password
 
@@ -127,8 +128,11 @@ class Authenticator:
         lockout_seconds: int,
         max_lockout_seconds: int = MAX_LOCKOUT_SECONDS,
         limiter: trio.CapacityLimiter | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
+        #: counts failures and lockouts (metrics, issue 15)
+        self.observer = observer or Observer()
         self.domain = domain.lower()
         self.limiter = limiter or trio.CapacityLimiter(PARALLEL_CHECKS)
         self.policy = LockoutPolicy(
@@ -142,6 +146,15 @@ class Authenticator:
         self, username: str, password: str, *, client: str, now: dt.datetime | None = None
     ) -> AuthResult:
         """Check ``username``/``password`` from ``client`` (a :func:`client_key`)."""
+        result = await self._check(username, password, client=client, now=now)
+        # a lockout is counted when a failure starts it, not for each refusal while it runs
+        newly_locked = result.locked and result.outcome is not AuthOutcome.LOCKED
+        self.observer.auth_result(self.domain, ok=result.ok, locked=newly_locked)
+        return result
+
+    async def _check(
+        self, username: str, password: str, *, client: str, now: dt.datetime | None
+    ) -> AuthResult:
         now = now or dt.datetime.now(dt.UTC)
         key = username.lower()[:_MAX_KEY]
         store = self._store

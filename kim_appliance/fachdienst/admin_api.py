@@ -2,7 +2,8 @@
 
 Mounted at ``/admin/v1`` on each Fachdienst's HTTPS listener. Not a gematik interface: it is how
 an operator of this appliance lists and adds mailboxes, sets passwords, deregisters and sets
-absence notes without registration codes and card-signed JWTs. Every request carries
+absence notes without registration codes and card-signed JWTs, and follows a message through
+the appliance (``GET /traces``, behind ``kim-appliance trace``). Every request carries
 ``Authorization: Bearer <token>`` with the token from ``DATA_DIR/admin-token`` (created with
 mode 0600 at init): whoever may read the data dir may administer the appliance. Passwords are
 stored hashed only (KOM-LE-A_2164); replies never contain them.
@@ -22,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.rules import is_ti_address
+from kim_appliance.observe.views import MAX_MESSAGES, find_messages, message_trace
 from kim_appliance.protocols.jsonbody import JsonBodyError, load_json_body
 from kim_appliance.store import Account, AccountExists, OutOfOffice
 from kim_appliance.store.passwords import hash_password
@@ -145,6 +147,33 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
         updated = await fd.store.accounts.update(account.address, out_of_office=note)
         return JsonUtf8Response(_public(updated))
 
+    async def traces(request: Request) -> Response:
+        """The message trace (issue 15): ``?message_id=`` one message hop by hop, or
+        ``?sender=``/``?recipient=`` the messages of an address, newest first. Every
+        Fachdienst serves every trace: the store holds them all."""
+        await authorise(request)
+        params = request.query_params
+        # what this process recorded a moment ago is in the store before it is read
+        await fd.observer.flush()
+        message_id = params.get("message_id")
+        if message_id:
+            trace = await message_trace(fd.store, message_id)
+            if trace is None:
+                raise ApiError(404, f"no trace of the message {message_id[:200]!r}")
+            return JsonUtf8Response(trace)
+        sender, recipient = params.get("sender"), params.get("recipient")
+        if not sender and not recipient:
+            raise ApiError(400, "give message_id, sender or recipient")
+        try:
+            limit = int(params.get("limit", MAX_MESSAGES))
+        except ValueError:
+            raise ApiError(400, "limit: an integer is required") from None
+        messages = await find_messages(
+            fd.store, sender=sender or None, recipient=recipient or None,
+            limit=max(1, min(limit, MAX_MESSAGES)),
+        )  # fmt: skip
+        return JsonUtf8Response({"messages": messages})
+
     return [
         Mount(
             "/admin/v1",
@@ -154,6 +183,7 @@ def admin_routes(fd: Fachdienst, *, token: str) -> list[BaseRoute]:
                 Route("/accounts/{address}/password", set_password, methods=["PUT"]),
                 Route("/accounts/{address}/deregister", deregister, methods=["POST"]),
                 Route("/accounts/{address}/outofoffice", out_of_office, methods=["PUT"]),
+                Route("/traces", traces, methods=["GET"]),
             ],
         )
     ]

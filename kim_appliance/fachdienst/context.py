@@ -4,7 +4,8 @@ One :class:`Fachdienst` exists per KIM domain the appliance serves; they share t
 one :class:`~kim_appliance.store.Store` (every durable or shared piece of state is there:
 accounts, mail, relay queue, KAS, quota reservations, maildrop locks, the reply ledger). The
 SMTP and POP3 sessions, the delivery code and the relay worker receive it instead of reaching
-into each other. This module holds references only; it never opens a socket or a file.
+into each other; they record the hops of each message through its observer (issue 15). This
+module holds references only; it never opens a socket or a file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import trio
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.maildrops import MaildropLeases
+from kim_appliance.observe.observer import Observer
 from kim_appliance.serving import ListenerLimits
 from kim_appliance.store import LOCAL_NODE, Account, Store, domain_of
 
@@ -80,6 +82,8 @@ class Fachdienst:
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
     #: the node this process is (relay claims, maildrop lock holders)
     node: str = LOCAL_NODE
+    #: records every hop of a message (trace and metrics, issue 15); shared by the appliance
+    observer: Observer = field(default_factory=Observer)
     #: the maildrop locks of this Fachdienst's open POP3 sessions (renewed by a worker)
     maildrops: MaildropLeases = field(init=False)
 

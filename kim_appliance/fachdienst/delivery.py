@@ -25,6 +25,9 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import trio
 
 from kim_appliance.fachdienst.context import Fachdienst
 from kim_appliance.fachdienst.quota import QuotaExceeded as QuotaExceeded  # re-exported
@@ -33,7 +36,8 @@ from kim_appliance.mail.dsn import DsnRecipient, build_dsn
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.mail.trace import trace_prefix
-from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient
+from kim_appliance.observe import FACHDIENST, Stage, relay_key, stored_key
+from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient, StoredMessage
 
 #: the header field that carries the relay id (see the module docstring); not ``X-`` (RFC 6648)
 #: and not ``X-KIM-`` (gematik's, copied by Clientmodule)
@@ -99,19 +103,22 @@ async def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> Accept
     fit but together overshoot cannot both pass the check (kim_appliance.fachdienst.quota).
     """
     now = dt.datetime.now(dt.UTC)
+    started = trio.current_time()
     queue_id = new_queue_id()
     local = [r for r in envelope.recipients if domain_of(r.address) == fd.domain]
     remote = [r for r in envelope.recipients if domain_of(r.address) != fd.domain]
     relay_id = relay_id_of(envelope)
     by_domain: dict[str, list[Recipient]] = {}
-    # leaving the block releases the blob: removed unless a delivery or queue entry holds it
-    async with blob:
+    trace = _Trace(fd, envelope, relay_id)
+    # leaving the block releases the blob: removed unless a delivery or queue entry holds it;
+    # the trace records its hops on the way out, the acceptance first
+    async with blob, trace:
         ref = await blob.commit()
-        local = await _deliver_local(fd, envelope, ref, local, queue_id, now, relay_id)
+        local = await _deliver_local(fd, envelope, ref, local, queue_id, now, relay_id, trace)
         for r in remote:
             by_domain.setdefault(domain_of(r.address), []).append(r)
         for domain, recipients in by_domain.items():
-            await fd.store.relay.enqueue(
+            entry = await fd.store.relay.enqueue(
                 ref,
                 sender=envelope.mail_from,
                 recipients=[RelayRecipient(r.address, r.notify, r.orcpt) for r in recipients],
@@ -122,10 +129,13 @@ async def accept(fd: Fachdienst, envelope: Envelope, blob: BlobWriter) -> Accept
                 not_after=now + dt.timedelta(seconds=fd.config.relay_give_up_seconds),
                 now=now,
             )
+            trace.queued(entry.relay_id, domain, recipients, ref.size)
+        trace.accepted(queue_id, ref.size, trio.current_time() - started)
     relayed = bool(by_domain)
     relayed |= await _absence_notes(fd, envelope, local, now)
     confirmed = [r for r in local if r.notify and "SUCCESS" in r.notify]
     if confirmed and envelope.mail_from:
+        trace.reported(Stage.DSN, [r.address for r in confirmed], "delivered: 2.0.0")
         relayed |= await _report_quietly(
             fd,
             to=envelope.mail_from,
@@ -152,6 +162,7 @@ async def _deliver_local(
     queue_id: str,
     now: dt.datetime,
     relay_id: str | None,
+    trace: _Trace | None = None,
 ) -> list[Recipient]:
     """Store the committed body in each local mailbox with its own trace prefix; returns the
     recipients stored now (with a relay id: not those an earlier attempt delivered)."""
@@ -180,6 +191,8 @@ async def _deliver_local(
     )
     stored = {m.mailbox for m in delivered}
     fresh = [r for r in local if r.address.lower() in stored]
+    if trace is not None and delivered:
+        trace.stored(delivered)
     if len(fresh) < len(local):
         repeated = [r.address for r in local if r.address.lower() not in stored]
         fd.log.info("relay %s repeated: already delivered to %s", relay_id, ", ".join(repeated))
@@ -331,6 +344,76 @@ async def _absence_notes(
         except Exception:
             fd.log.exception("absence note of %s to %s failed", account.address, envelope.mail_from)
     return relayed
+
+
+class _Trace:
+    """The hops of :func:`accept` in the message trace (issue 15): accepted, stored in each
+    mailbox (linked by the stored copies' keys, which the POP3 server's hop names), queued for
+    each other Fachdienst (linked by the relay key, which the relay worker's and the receiving
+    Fachdienst's hops name), delivery reports. Envelope and header metadata only."""
+
+    def __init__(self, fd: Fachdienst, envelope: Envelope, relay_id: str | None) -> None:
+        self.fd = fd
+        self.envelope = envelope
+        self.ids: list[str | None] = [envelope.message_id]
+        if relay_id is not None:
+            self.ids.append(relay_key(relay_id))
+        #: hops held back until the acceptance is recorded (it comes first in the trace)
+        self._held: list[tuple[Stage, dict[str, Any]]] | None = []
+
+    async def __aenter__(self) -> _Trace:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # what was stored or queued stays in the trace even if a later step failed
+        held, self._held = self._held or [], None
+        for stage, fields in held:
+            self._record(stage, **fields)
+
+    def _record(self, stage: Stage, **fields: Any) -> None:
+        if self._held is not None and stage is not Stage.ACCEPTED:
+            self._held.append((stage, fields))
+            return
+        self.fd.observer.record(
+            FACHDIENST, stage, domain=self.fd.domain, sender=self.envelope.mail_from, **fields
+        )
+
+    def accepted(self, queue_id: str, size: int, duration: float) -> None:
+        source = "from another Fachdienst" if not self.envelope.authenticated else "submitted"
+        self._record(
+            Stage.ACCEPTED,
+            ids=self.ids,
+            recipients=[r.address for r in self.envelope.recipients],
+            result=250,
+            size=size,
+            facts={"queue_id": queue_id},
+            detail=f"{source} via {self.envelope.peer}",
+            duration=duration,
+        )
+
+    def stored(self, delivered: Sequence[StoredMessage]) -> None:
+        self._record(
+            Stage.STORED,
+            ids=[*self.ids, *(stored_key(m.id) for m in delivered)],
+            recipients=[m.mailbox for m in delivered],
+            size=max(m.size for m in delivered),
+            # the trace is kept as long as a stored copy may be (the account's dataTimeToLive)
+            expires_at=max(m.expires_at for m in delivered),
+        )
+
+    def queued(
+        self, relay_id: str, domain: str, recipients: Sequence[Recipient], size: int
+    ) -> None:
+        self._record(
+            Stage.QUEUED,
+            ids=[*self.ids, relay_key(relay_id)],
+            recipients=[r.address for r in recipients],
+            size=size,
+            facts={"to_domain": domain},
+        )
+
+    def reported(self, stage: Stage, recipients: Sequence[str], detail: str) -> None:
+        self._record(stage, ids=self.ids, recipients=recipients, detail=detail)
 
 
 def _header_block(original_header: bytes) -> bytes:

@@ -455,6 +455,7 @@ async def add_mail_data(state: _KasState, request: Request) -> Response:
         if attachment is None and form.reservation is not None:
             with trio.CancelScope(shield=True):
                 await store.kas.release(form.reservation)
+    state.fd.observer.kas_bytes(state.fd.domain, "upload", attachment.size)
     state.fd.log.info(
         "KAS: %s stored attachment %s (%d bytes) for %d recipient(s)",
         uploader,
@@ -529,6 +530,7 @@ async def read_mail_data(state: _KasState, request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             while chunk := await reader.read(DOWNLOAD_CHUNK):
+                state.fd.observer.kas_bytes(state.fd.domain, "download", len(chunk))
                 yield chunk
         finally:
             await reader.aclose()

@@ -19,6 +19,7 @@ import trio
 
 from kim_appliance.fachdienst.accounts import MAX_AUTH_FAILURES_PER_CONNECTION, client_of_peer
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.observe import FACHDIENST, Stage, stored_key
 from kim_appliance.protocols.pop3 import (
     AuthAttempt,
     ConnectionClosed,
@@ -162,6 +163,7 @@ class Pop3Session:
             await stream.send_all(core.send(Response(False, f"no message {event.msg}")))
             return
         opened = False
+        started = trio.current_time()
         try:
             async with self.fd.store.mail.reader(message.id) as source:
                 opened = True
@@ -183,6 +185,18 @@ class Pop3Session:
             )
             return
         await stream.send_all(core.end_multiline())
+        if isinstance(event, Retr):
+            self.fd.observer.record(
+                FACHDIENST,
+                Stage.FETCHED,
+                domain=self.fd.domain,
+                ids=[stored_key(message.id)],
+                recipients=[message.mailbox],
+                size=message.size,
+                detail=f"RETR by {self.peer}",
+                duration=trio.current_time() - started,
+                expires_at=message.expires_at,
+            )
 
     async def _quit(self) -> Response:
         if self.mailbox is None:
@@ -274,10 +288,11 @@ async def serve_pop3_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         # nothing is deleted unless QUIT reached UPDATE; the maildrop lock goes
         await session.release()
 
-    await serve_session(
-        name="pop3",
-        peer=peer,
-        log=fd.log,
-        run=run,
-        cleanup=cleanup,
-    )
+    with fd.observer.session("fachdienst", "pop3"):
+        await serve_session(
+            name="pop3",
+            peer=peer,
+            log=fd.log,
+            run=run,
+            cleanup=cleanup,
+        )

@@ -45,6 +45,7 @@ from kim_appliance.fachdienst.rules import is_ti_address
 from kim_appliance.mail.dsn import DsnRecipient
 from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
+from kim_appliance.observe import FACHDIENST, Stage, relay_key
 from kim_appliance.protocols.smtp import (
     NEED_DATA,
     OriginalRecipient,
@@ -225,6 +226,8 @@ class _Outcome:
     failed: list[tuple[RelayRecipient, ServerReply]] = field(default_factory=list)
     deferred: list[RelayRecipient] = field(default_factory=list)
     error: str | None = None
+    #: seconds the attempt took (the relay's latency histogram, issue 15)
+    duration: float | None = None
 
 
 def no_route_reply(domain: str) -> ServerReply:
@@ -288,7 +291,9 @@ async def _attempt_limited(
     connections: RelayConnections,
 ) -> None:
     async with limiter:
+        started = trio.current_time()
         outcome = await attempt(fd, entry, connections)
+        outcome.duration = trio.current_time() - started
     try:
         next_attempt = await _settle(fd, entry, outcome)
     except Exception:
@@ -431,6 +436,7 @@ async def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.da
         )
         failed += [(r, reply) for r in deferred]
         deferred = []
+    _trace(fd, entry, outcome.delivered, failed, deferred, outcome.error, outcome.duration)
     if failed and entry.sender:
         reports = [
             DsnRecipient(
@@ -475,6 +481,42 @@ async def _settle(fd: Fachdienst, entry: RelayEntry, outcome: _Outcome) -> dt.da
         return next_attempt
     await fd.store.relay.attempted(entry.id, next_attempt=None, error=None)
     return None
+
+
+def _trace(
+    fd: Fachdienst,
+    entry: RelayEntry,
+    delivered: list[RelayRecipient],
+    failed: list[tuple[RelayRecipient, ServerReply]],
+    deferred: list[RelayRecipient],
+    error: str | None,
+    duration: float | None,
+) -> None:
+    """The attempt's hops in the message trace (issue 15), named by the entry's relay key
+    (the Fachdienst that queued it linked the key to the Message-ID)."""
+
+    def record(stage: Stage, recipients: list[str], result: object, detail: str) -> None:
+        fd.observer.record(
+            FACHDIENST,
+            stage,
+            domain=fd.domain,
+            ids=[relay_key(entry.relay_id)],
+            sender=entry.sender,
+            recipients=recipients,
+            result=None if result is None else str(result),
+            size=entry.blob.size,
+            facts={"to_domain": entry.domain, "attempt": str(entry.attempts + 1)},
+            detail=detail,
+            duration=duration,
+        )
+
+    if delivered:
+        record(Stage.RELAYED, [r.address for r in delivered], 250, f"to {entry.domain}")
+    for r, reply in failed:
+        text = " ".join(p for p in (str(reply.code), reply.enhanced, reply.text) if p)
+        record(Stage.BOUNCED, [r.address], reply.code, text)
+    if deferred:
+        record(Stage.DEFERRED, [r.address for r in deferred], None, error or "")
 
 
 def _final_status(reply: ServerReply) -> str:

@@ -13,7 +13,10 @@ every ``retention_interval_seconds``) does, at the time ``now`` it is given:
 * deletes KAS uploads whose uploader has no account any more (left by a data dir of an earlier
   version, whose KAS was a store of its own);
 * forgets bookkeeping that has served its time: failed-login counters idle for
-  :data:`LOGIN_FAILURE_KEEP`, the reply ledger of absence notes that no longer run.
+  :data:`LOGIN_FAILURE_KEEP`, the reply ledger of absence notes that no longer run, and the
+  message trace events past their expiry (issue 15: a trace is kept with the mail's retention;
+  an event expires with the stored copy it describes, others after the Fachdienst's
+  ``data_ttl_days``).
 
 Spec gap (digest §7.1): the "Löschfrist nach der endgültigen Deregistrierung" is a configuration
 value whose default gematik does not publish. Here the retention after ``deregDate`` is the
@@ -46,6 +49,7 @@ class RetentionResult:
     purged_messages: int = 0
     purged_attachments: int = 0
     orphan_attachments: int = 0
+    expired_trace_events: int = 0
     errors: tuple[str, ...] = field(default=())
 
 
@@ -114,11 +118,14 @@ async def retention_pass(
             orphans += await store.kas.delete_uploads_of(uploader)
     await store.logins.expire(now, LOGIN_FAILURE_KEEP)
     await store.autoreplies.expire(now)
+    # the message traces go with the mail's retention (each event carries its expiry)
+    traces = await store.traces.expire(now)
     return RetentionResult(
         expired_messages=expired,
         purged_accounts=tuple(purged),
         purged_messages=purged_messages,
         purged_attachments=purged_attachments,
         orphan_attachments=orphans,
+        expired_trace_events=traces,
         errors=tuple(errors),
     )

@@ -324,10 +324,11 @@ async def serve_smtp_connection(fd: Fachdienst, stream: trio.SSLStream[trio.Sock
         if session is not None:
             await session.abort_transaction()
 
-    await serve_session(
-        name="smtp",
-        peer=peer,
-        log=fd.log,
-        run=run,
-        cleanup=cleanup,
-    )
+    with fd.observer.session("fachdienst", "smtp"):
+        await serve_session(
+            name="smtp",
+            peer=peer,
+            log=fd.log,
+            run=run,
+            cleanup=cleanup,
+        )

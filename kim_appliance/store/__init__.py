@@ -47,6 +47,8 @@ from .base import (
     StoreError,
     StoreInUse,
     StoreUnavailable,
+    TraceEvent,
+    Traces,
     domain_of,
 )
 from .passwords import dummy_verify, hash_password, verify_password
@@ -165,6 +167,8 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "StoredMessage",
+    "TraceEvent",
+    "Traces",
     "check_url",
     "domain_of",
     "dummy_verify",

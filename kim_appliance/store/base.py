@@ -4,11 +4,12 @@ All durable or shared state of the Fachdienste and the VZD of one appliance sits
 `Store` (docs/decisions.md "One store"): accounts and their tombstones, the lockout counters,
 message blobs, mailboxes, the relay queue, the KAS attachments with their upload reservations,
 the absence-note reply ledger, registration codes and OTPs, POP3 maildrop locks, the directory
-(VZD) entries, node registrations and leases. The store is made of small sub-interfaces
-(`store.accounts`, `store.mail`, ...), each a `typing.Protocol` below whose docstrings state the
-contract; one contract test suite (tests/store/contract/) runs unchanged against every backend.
-This module holds only plain data, the policy-free lockout arithmetic and the protocols; it
-must never touch a file, a database or the network, and never know about SMTP, POP3 or HTTP.
+(VZD) entries, node registrations and leases, and the message traces. The store is made of
+small sub-interfaces (`store.accounts`, `store.mail`, ...), each a `typing.Protocol` below whose
+docstrings state the contract; one contract test suite (tests/store/contract/) runs unchanged
+against every backend. This module holds only plain data, the policy-free lockout arithmetic
+and the protocols; it must never touch a file, a database or the network, and never know about
+SMTP, POP3 or HTTP.
 
 Promises every backend keeps:
 - Durability: once `mail.deliver`, `relay.enqueue` or any other write has returned, it survives
@@ -36,6 +37,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Protocol
+
+from ..observe.events import TraceEvent as TraceEvent  # re-exported: a record of the store
 
 # digest §3.2 / §3.3: dataTimeToLive is 10..365 days, default 90.
 MIN_DATA_TTL_DAYS = 10
@@ -805,6 +808,31 @@ class Nodes(Protocol):
     async def release(self, lease: str, holder: str) -> None: ...
 
 
+class Traces(Protocol):
+    """The message traces (issue 15, kim_appliance.observe.events): one event per hop of a
+    message, linked by the ids it carries, kept until its `expires_at` (the mail's retention).
+    Outer metadata only; the store keeps what it is given and never reads a message for it."""
+
+    async def add(self, events: Sequence[TraceEvent]) -> None:
+        """Store ``events`` in one transaction (the recorder writes them in batches)."""
+
+    async def trace(self, message_id: str, *, limit: int) -> builtins.list[TraceEvent]:
+        """The whole trace of the message with the id ``message_id`` (a key in the normal form
+        of `observe.events`: a Message-ID, a relay key or a stored key), oldest first, at most
+        ``limit`` events: every event carrying that id, and, transitively, every event sharing
+        another id with one of them (the PVS's Message-ID finds the relay worker's events
+        through the KIM Message-ID and the relay key). [] when nothing is known."""
+
+    async def search(
+        self, *, sender: str | None = None, recipient: str | None = None, limit: int
+    ) -> builtins.list[TraceEvent]:
+        """Events whose sender is ``sender`` and (if given) among whose recipients is
+        ``recipient`` (addresses case-insensitive), newest first, at most ``limit``."""
+
+    async def expire(self, now: datetime) -> int:
+        """Forget the events whose `expires_at` is not after ``now``; how many."""
+
+
 class Meta(Protocol):
     """Small named facts about the store itself (e.g. that the demo state was written)."""
 
@@ -852,6 +880,9 @@ class Store(Protocol):
 
     @property
     def meta(self) -> Meta: ...
+
+    @property
+    def traces(self) -> Traces: ...
 
     @property
     def description(self) -> str:

@@ -4,11 +4,11 @@ A user who outgrows one machine keeps the data: every table of the embedded stor
 tombstones, lockout counters, mailboxes, the relay queue with its recipients and delivered
 relay ids, KAS attachments with recipients, download counts and reservations, the reply ledger,
 registration codes and OTPs, maildrop locks, nodes and leases, the directory with its change
-counter, the meta facts) goes row for row into the PostgreSQL store, under the same keys and
-ids, so that POP3 shows the same UIDLs (KOM-LE-A_2151) and relay ids stay valid. Bodies are
-streamed from the blob files into chunk rows under their own names, SHA-256 computed on the
-way; the identity sequences continue after the largest id the embedded store ever gave out
-(``sqlite_sequence``: a deleted message's UID is never given again).
+counter, the meta facts, the message traces) goes row for row into the PostgreSQL store, under
+the same keys and ids, so that POP3 shows the same UIDLs (KOM-LE-A_2151) and relay ids stay
+valid. Bodies are streamed from the blob files into chunk rows under their own names, SHA-256
+computed on the way; the identity sequences continue after the largest id the embedded store
+ever gave out (``sqlite_sequence``: a deleted message's UID is never given again).
 
 Order and safety: the embedded store is opened first (so an appliance running on the data dir
 is refused with `StoreInUse`, and a data dir of an earlier version is imported the usual way);
@@ -60,9 +60,11 @@ TABLES = (
     "nodes",
     "leases",
     "directory_entries",
+    "trace_events",
+    "trace_keys",
 )
 #: tables with an identity column whose sequence must continue after the copied ids
-IDENTITY_TABLES = ("messages", "relay_entries")
+IDENTITY_TABLES = ("messages", "relay_entries", "trace_events")
 #: bytes read from a blob file at a time
 READ_SIZE = 1 << 20
 

@@ -150,8 +150,9 @@ def attached_message(message: EmailMessage) -> bytes:
 
 
 async def test_greeting_capa_and_commands_before_login(cm: Kim) -> None:
-    """Digest §1.5 CONNECT: greeting, CAPA with TOP/USER/SASL PLAIN/UIDL, every message
-    command before login -ERR, QUIT +OK."""
+    """Digest §1.5 CONNECT: greeting (over TLS from the first byte, KOM-LE-A_2067), CAPA with
+    TOP/USER/SASL PLAIN/UIDL (KOM-LE-A_2031), every message command before login -ERR, QUIT
+    +OK."""
 
     def dialogue() -> tuple[bytes, list[bytes], list[bytes], bytes]:
         pop = cm_connect(cm)
@@ -205,7 +206,8 @@ async def test_login_failures_are_plain_err(
 
 
 async def test_auth_plain_and_other_mechanism(cm: Kim) -> None:
-    """Digest §1.5: AUTH PLAIN logs in; another SASL mechanism is -ERR (KOM-LE-A_2032)."""
+    """Digest §1.5: AUTH PLAIN logs in; another SASL mechanism is -ERR (KOM-LE-A_2032,
+    KOM-LE-A_2030, KOM-LE-A_2031)."""
     import base64
 
     p = cm.participant(KLEIN)
@@ -228,7 +230,8 @@ async def test_auth_plain_and_other_mechanism(cm: Kim) -> None:
 
 
 async def test_unreachable_fachdienst_is_err(cm: Kim) -> None:
-    """Digest §1.5: POP3 server not reachable -> plain -ERR."""
+    """Digest §1.5: the Clientmodul connects to the POP3 server the username names
+    (KOM-LE-A_2033); not reachable -> plain -ERR (KOM-LE-A_2037)."""
     # the username names the MTA (digest §1.2); a host that is none of the appliance's
     # Fachdienst domains is connected to as written, and nothing listens on this port
     username = with_upstream(cm.participant(WEBER).pop3_username, "127.0.0.1", closed_port())
@@ -244,8 +247,8 @@ async def test_unreachable_fachdienst_is_err(cm: Kim) -> None:
 async def test_kim_message_is_delivered_decrypted(cm: Kim, recipient: str) -> None:
     """Digest §1.5 receive pipeline for each card kind (RSA SMC-B, ECC SMC-B, RSA+ECC SMC-B,
     HBA with the UserId in the username): X-KIM-DecryptionResult 00 and IntegrityCheckResult
-    01 (KOM-LE-A_2047-01), the notes in the text (KOM-LE-A_2179-01, A_2050), Return-Path and
-    Received carried over (A_21236, A_20628), and LIST size == RETR octets."""
+    01 (KOM-LE-A_2047-01, KOM-LE-A_2049), the notes in the text (KOM-LE-A_2179-01, A_2050),
+    Return-Path and Received carried over (A_21236, A_20628), and LIST size == RETR octets."""
     sender = SENDER_OF[recipient]
     data = await trio.to_thread.run_sync(partial(seal_message, cm, sender, recipient))
     await deliver(cm, sender, recipient, data)
@@ -386,7 +389,8 @@ async def test_tampered_ciphertext_gives_error_mail_02(cm: Kim) -> None:
 
 @both_modes
 async def test_header_mismatch_gives_integrity_08_mail(cm: Kim) -> None:
-    """A_23165, digest §1.6 ID 08: the outer Reply-To was changed after encryption; the PVS gets
+    """A_23165, KOM-LE-A_2049, digest §1.6 ID 08: the outer Reply-To was changed after
+    encryption; the PVS gets
     the integrity error mail with DecryptionResult 00, IntegrityCheckResult 08 and the
     decrypted original attached."""
     data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
@@ -478,8 +482,8 @@ async def test_unsupported_version_gives_error_mail_4008(cm: Kim) -> None:
 
 
 async def test_stat_list_uidl_dele_through_the_proxy(cm: Kim) -> None:
-    """Digest §1.5 PROXY: STAT and LIST give the sizes RETR returns (processed lazily and
-    cached per session), UIDL is the Fachdienst's, DELE + QUIT delete upstream."""
+    """Digest §1.5 PROXY (KOM-LE-A_2040): STAT and LIST give the sizes RETR returns (processed
+    lazily and cached per session), UIDL is the Fachdienst's, DELE + QUIT delete upstream."""
     for _ in range(2):
         data = await trio.to_thread.run_sync(partial(seal_message, cm, WEBER, KLEIN))
         await deliver(cm, WEBER, KLEIN, data)

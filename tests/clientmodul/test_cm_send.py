@@ -133,7 +133,8 @@ def _dialogue(cm: Kim, commands: list[str]) -> list[tuple[int, str]]:
 
 
 async def test_greeting_says_esmtp(cm: Kim) -> None:
-    """digest §1.3 (Tab_SMTP_Ant_Init): the greeting contains "ESMTP"."""
+    """digest §1.3 (Tab_SMTP_Ant_Init): the greeting contains "ESMTP" (KOM-LE-A_2007), sent over
+    TLS from the first byte with the Clientmodul's certificate (KOM-LE-A_2066)."""
 
     def greet() -> tuple[int, bytes]:
         smtp = smtplib.SMTP_SSL(context=cm.ssl_context(), timeout=30)
@@ -265,7 +266,7 @@ async def test_configured_call_context_fills_a_placeholder(start_kim: StartKim) 
 
 async def test_wrong_password_is_refused_535(cm: Kim) -> None:
     """digest §1.3: the MTA refuses the credentials -> 535 5.7.8 (KOM-LE-A_2012: the password
-    goes to the Fachdienst unchanged)."""
+    goes to the Fachdienst unchanged; KOM-LE-A_2015: the result of the MTA login)."""
     p = cm.participant("praxis.weber")
 
     def attempt() -> None:
@@ -280,7 +281,8 @@ async def test_wrong_password_is_refused_535(cm: Kim) -> None:
 
 
 async def test_unreachable_mta_is_454(cm: Kim) -> None:
-    """digest §1.3: MTA unreachable -> 454 4.7.0."""
+    """digest §1.3: the Clientmodul connects to the MTA the username names (KOM-LE-A_2011);
+    unreachable -> 454 4.7.0 (KOM-LE-A_2015)."""
     # the username names the MTA (digest §1.2); a host that is none of the appliance's
     # Fachdienst domains is connected to as written, and nothing listens on this port
     p = cm.participant("praxis.weber")
@@ -384,7 +386,8 @@ async def test_sender_without_certificate_is_553(start_kim: StartKim) -> None:
 
 @both_modes
 async def test_card_removed_is_451(cm: Kim) -> None:
-    """KOM-LE-A_2021: signing fails (the SMC-B was pulled, 4008) -> RSET upstream, 451."""
+    """KOM-LE-A_2021, KOM-LE-A_2057: signing fails (the SMC-B was pulled, 4008) -> the
+    signing is abandoned, RSET upstream, 451."""
     await cm.fault(card_removed=cm.participant("praxis.weber"))
     to = cm.address("apotheke.sonne")
     with pytest.raises(smtplib.SMTPDataError) as caught:
@@ -429,7 +432,7 @@ async def test_konnektor_unreachable_is_451(cm: Kim) -> None:
 
 async def test_mta_refusal_is_relayed(start_kim: StartKim) -> None:
     """digest §1.4 step 11: MAIL FROM goes up with SIZE= of the S/MIME message; the MTA's
-    refusal (here 552 5.3.4, maxMailSize) reaches the PVS unchanged."""
+    refusal (here 552 5.3.4, maxMailSize) reaches the PVS unchanged (KOM-LE-A_2018)."""
     cm = Kim(await start_kim(config={"fachdienst": {"max_message_size": 6000}}))
     sender, to = cm.address("praxis.weber"), cm.address("apotheke.sonne")
     data = client_mail(sender, [to], body="x" * 1000 + "\n")  # ~2 KB, the KIM message > 6 KB

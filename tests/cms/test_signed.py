@@ -332,7 +332,8 @@ def _attributes(der: bytes) -> dict[str, bytes]:
 def test_structure_equals_the_gematik_sample(
     gematik_sample: Path, rsa_signer: Party, rsa_recipient: Party, other_rsa_recipient: Party
 ) -> None:
-    """digest §2.5: same layout, attribute order and algorithm parameter bytes as SAMPLE."""
+    """digest §2.5: same layout, attribute order and algorithm parameter bytes as SAMPLE (the
+    sid an IssuerAndSerialNumber, KOM-LE-A_2124)."""
     sample = (gematik_sample / "inputEmail.txt.02.signedcms").read_bytes()
     ours = _sign(rsa_signer, CONTENT, _emails(rsa_recipient, other_rsa_recipient))
     # ContentInfo, SignedData and encapContentInfo layout (certificate contents aside)

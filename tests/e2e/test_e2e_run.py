@@ -89,6 +89,21 @@ def test_signal_stops_cleanly_and_removes_endpoints(
     assert "Traceback" not in app.stderr()
 
 
+def test_json_logs_are_one_object_per_line(data_dir: Path, launcher: Launcher) -> None:
+    """``run --log-format json`` (issue 15): every line of stderr, start to stop, is one JSON
+    object with time, level, logger and message; the startup lines name every component."""
+    app = launcher.start(data_dir, "--log-format", "json")
+    code, _ = app.stop()
+    assert code == 0, app.stderr()[-2000:]
+    lines = app.stderr().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("console: http://127.0.0.1:") for m in messages), messages
+    assert any(m.startswith("kim-appliance running") for m in messages), messages
+    assert any("SIGTERM received" in m for m in messages), messages
+
+
 def test_restart_keeps_accounts_and_messages(data_dir: Path, launcher: Launcher) -> None:
     """A second start on the same data dir keeps the accounts (same passwords) and the stored
     messages (KOM-LE-A_2152: UIDs stay); the demo setup is not made again."""

@@ -171,7 +171,7 @@ def assert_error(response: Any, status: int, needle: str) -> None:
 
 def test_register_creates_account_and_vzd_entry(env: Env) -> None:
     """registerAccount 204: account with hashed password, mail+kimData in the VZD (digest §3.3,
-    KOM-LE-A_2164)."""
+    KOM-LE-A_2164; the registration interface, KOM-LE-A_2156/2157)."""
     r = register(env, kimVersion="1.5+", dataTimeToLive=30)
     assert r.status_code == 204, r.text
     account = env.account()
@@ -261,8 +261,8 @@ def test_account_auth_errors(registered: Env) -> None:
 
 
 def test_set_account_changes_only_writable_fields(registered: Env) -> None:
-    """setAccount 204: kimVersion, dataTimeToLive, password change; regStat etc. are ignored;
-    420 weak password, 422 unknown kimVersion, 400 wrong type."""
+    """setAccount 204: kimVersion, dataTimeToLive, password change (KOM-LE-A_2165); regStat etc.
+    are ignored; 420 weak password (KOM-LE-A_2163), 422 unknown kimVersion, 400 wrong type."""
     put = registered.client.put
     url = f"{BASE}/account/{USER}"
     body = {
@@ -295,8 +295,8 @@ def test_set_account_changes_only_writable_fields(registered: Env) -> None:
 
 def test_deregister_and_revoke(registered: Env) -> None:
     """deregisterAccount 204 sets regStat deregistered + deregDate and removes the address from
-    the VZD (KOM-LE-A_2149/2150); revokeDeregistration 204 undoes it, 403 when not
-    deregistered."""
+    the VZD (KOM-LE-A_2149/2150, KOM-LE-A_2156/2157); revokeDeregistration 204 undoes it, 403
+    when not deregistered."""
     c = registered.client
     url = f"{BASE}/account/{USER}"
     assert_error(c.put(f"{url}/revokeDeregistration", headers=auth()), 403, "not deregistered")

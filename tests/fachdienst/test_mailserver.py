@@ -59,7 +59,8 @@ def _pop3_fetch_all(app: Running, domain: str, local: str, delete: bool = True) 
 
 async def test_local_delivery_comes_back_byte_for_byte(appliance: Running) -> None:
     """KOM-LE-A_2148, KOM-LE-A_2161: AUTH with the plain KIM address; POP3 returns the message
-    with Return-Path and Received added."""
+    with Return-Path and Received added (I_Message_Service over SMTP and POP3 with TLS,
+    KOM-LE-A_2140/2141)."""
     sender = appliance.participant("praxis.weber")["address"]
     to = appliance.participant("zahnarzt.klein")["address"]
     data = _message(sender, to)

@@ -78,7 +78,7 @@ def _pop3_pass(app: Running, local: str, password: str, *, source: str = "127.0.
 
 async def test_smtp_wrong_password_is_535_naming_the_address(appliance: Running) -> None:
     """KOM-LE-A_2148/2161: AUTH with the KIM address; a wrong password gets 535 5.7.8 and the
-    text names the address that failed."""
+    text names the address that failed (sending needs the account's credentials, KOM-LE-A_2169)."""
     address = appliance.participant("praxis.weber")["address"]
     code, text = await trio.to_thread.run_sync(
         _smtp_auth, appliance, "praxis.weber", "Wrong-Passw0rd!"

@@ -63,8 +63,8 @@ def _assert_report_shape(report: EmailMessage, original: EmailMessage) -> None:
 
 async def test_notify_success_local_gives_a_delivery_report(appliance: Running) -> None:
     """KOM-LE-A_2130/2147: NOTIFY=SUCCESS for a recipient of the same Fachdienst puts a delivery
-    report (Action: delivered, Arrival-Date, In-Reply-To = Message-ID) in the sender's
-    mailbox; the recipient gets the message."""
+    report (Action: delivered, Arrival-Date, In-Reply-To = Message-ID: KOM-LE-A_2132) in the
+    sender's mailbox; the recipient gets the message."""
     weber, klein = _addr(appliance, WEBER), _addr(appliance, KLEIN)
     data = make_message(weber, klein, body=f"{BODY_MARK}\n")
     await trio.to_thread.run_sync(

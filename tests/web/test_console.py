@@ -27,6 +27,7 @@ import pytest
 import trio
 from chromium import Browser, chromium_path
 from fd_support import store_bytes
+from prometheus_client.parser import text_string_to_metric_families
 
 from kim_appliance import demo as demo_setup
 from kim_appliance.directory import DirectoryStore
@@ -35,6 +36,7 @@ from kim_appliance.konnektor.cards import PinStatus
 from kim_appliance.konnektor.errors import KonnektorUnreachableError
 from kim_appliance.konnektor.infomodell import Context
 from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.observe import Stage, TraceEvent, message_key, relay_key
 from kim_appliance.store import Account, RelayRecipient, Store, open_store
 from kim_appliance.web.console import STATIC_DIR, ConsoleState, serve_console
 
@@ -781,3 +783,139 @@ async def test_verify_pin_in_headless_chromium_without_a_browser_error(console: 
     assert problems == []
     card = next(c for c in (await console.status())["cards"] if c["iccsn"] == iccsn)
     assert card["pins"]["PIN.SMC"] == {"status": "VERIFIED", "left_tries": 3}
+
+
+# --- the message trace and /metrics (issue 15) -------------------------------------------------
+
+TRACED_ID = "<trace-console-1@praxis.example>"
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+async def _trace_two_messages(console: Console) -> tuple[str, str]:
+    """Two traced messages in the store (as the appliance's observer writes them): one from
+    praxis.weber with five hops, one to praxis.weber; the first's detail is hostile text."""
+    weber = console.participant("praxis.weber")["address"]
+    other = next(p["address"] for p in console.state.demo["participants"] if p["address"] != weber)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    keep = dt.timedelta(days=90)
+    relay = relay_key("ab" * 16)
+
+    def hop(n: int, component: str, stage: Stage, ids: tuple[str, ...], **kw: Any) -> TraceEvent:
+        at = start + dt.timedelta(seconds=n)
+        return TraceEvent(at, "local", component, stage, ids, at + keep, **kw)
+
+    first = message_key(TRACED_ID)
+    await console.state.store.traces.add([
+        hop(0, "clientmodul", Stage.ACCEPTED, (first,), sender=weber, recipients=(other,),
+            size=1200),
+        hop(1, "clientmodul", Stage.SEALED, (first,), sender=weber, recipients=(other,),
+            size=6900, facts={"keys": "RSA-2048", "transport": "direct"}, detail=HOSTILE),
+        hop(2, "fachdienst fd1.kim.telematik-test", Stage.QUEUED, (first, relay), sender=weber,
+            recipients=(other,)),
+        hop(3, "clientmodul", Stage.SUBMITTED, (first,), sender=weber, recipients=(other,),
+            result="250"),
+        hop(4, "fachdienst fd1.kim.telematik-test", Stage.RELAYED, (relay,), sender=weber,
+            recipients=(other,), result="250"),
+        hop(9, "clientmodul", Stage.OPENED, (message_key("<back@x>"),), sender=other,
+            recipients=(weber,), result="00"),
+    ])  # fmt: skip
+    return weber, other
+
+
+async def test_trace_api_finds_messages_by_address_and_id(console: Console) -> None:
+    """Search by sender or recipient lists each message once, newest first; its Message-ID
+    (with or without brackets) gives every hop, the relay's included; unknown ids are 404."""
+    weber, other = await _trace_two_messages(console)
+    listed = (await console.client.get("/api/traces", params={"q": weber.upper()})).json()
+    assert [m["message_id"] for m in listed["messages"]] == ["<back@x>", TRACED_ID]
+    first = listed["messages"][1]
+    assert (first["sender"], first["recipients"], first["hops"]) == (weber, [other], 5)
+    assert (first["stage"], first["result"]) == ("relayed", "250")
+    trace = (await console.client.get("/api/trace", params={"id": TRACED_ID.strip("<>")})).json()
+    assert [e["stage"] for e in trace["events"]] == [
+        "accepted", "sealed", "queued", "submitted", "relayed",
+    ]  # fmt: skip
+    missing = await console.client.get("/api/trace", params={"id": "nope@x"})
+    assert missing.status_code == 404
+    assert "no trace of the message" in missing.json()["error"]
+    assert (await console.client.get("/api/traces", params={"q": "nobody@x"})).json() == {
+        "messages": []
+    }
+
+
+async def test_metrics_in_prometheus_text_format(console: Console) -> None:
+    """/metrics on the console's listener: the appliance's families in its own registry, the
+    relay queue read from the store at the scrape."""
+    await _deliver_to_relay_queue(console.state.store)
+    reply = await console.client.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+    for name in ("kim_messages", "kim_stage_duration_seconds", "kim_sessions",
+                 "kim_auth_failures", "kim_auth_lockouts", "kim_kas_bytes",
+                 "kim_relay_queue_entries", "kim_relay_queue_oldest_seconds"):  # fmt: skip
+        assert name in families, name
+    queued = {s.labels["domain"]: s.value for s in families["kim_relay_queue_entries"].samples}
+    assert queued["fd1.kim.telematik-test"] == 1
+    assert "python_gc" not in reply.text  # not the library's global registry
+
+
+async def _deliver_to_relay_queue(store: Store) -> None:
+    async with store.blobs.writer() as writer:
+        await writer.write(b"Subject: x\r\n\r\nx\r\n")
+        blob = await writer.commit()
+        now = dt.datetime.now(dt.UTC)
+        await store.relay.enqueue(
+            blob, sender="praxis.weber@fd1.kim.telematik-test",
+            recipients=[RelayRecipient("apotheke.sonne@fd2.kim.telematik-test")], envid=None,
+            ret=None, source_domain="fd1.kim.telematik-test", domain="fd2.kim.telematik-test",
+            not_after=now + dt.timedelta(days=1), now=now - dt.timedelta(seconds=30),
+        )  # fmt: skip
+
+
+def _follow_a_message_in_chromium(url: str, query: str) -> tuple[str, str, list[str], int]:
+    """Open the console in headless Chromium, type ``query`` into the trace search as a user
+    would, press Search, click the older message; the list's text, the hops' text, every
+    problem the browser logged, and how many <img> elements the page holds."""
+    executable = chromium_path()
+    assert executable is not None
+    with Browser(executable) as browser:
+        browser.open(url)
+        browser.wait_until("document.getElementById('trace-search') !== null")
+        browser.evaluate(f"document.getElementById('trace-query').value = {json.dumps(query)}")
+        browser.evaluate("document.querySelector('#trace-search button[type=submit]').click()")
+        browser.wait_until("document.querySelectorAll('#trace-results tbody tr').length === 2")
+        listed = str(browser.evaluate("document.getElementById('trace-results').innerText"))
+        browser.evaluate(
+            "[...document.querySelectorAll('button.trace-open')]"
+            f".find((b) => b.textContent === {json.dumps(TRACED_ID)}).click()"
+        )
+        browser.wait_until("document.querySelectorAll('#trace-hops tbody tr').length === 5")
+        hops = str(browser.evaluate("document.getElementById('trace-hops').innerText"))
+        images = int(browser.evaluate("document.querySelectorAll('img').length"))
+        browser.settle(0.5)
+        return listed, hops, [f"{p.kind}: {p.text}" for p in browser.problems], images
+
+
+async def test_a_message_is_followed_in_headless_chromium(console: Console) -> None:
+    """issue 15, in a real browser: search by the sender's address lists both messages newest
+    first; clicking one shows its hops oldest first with their result codes; a hostile detail
+    stays text; no 4xx, failed load or console error."""
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    weber, other = await _trace_two_messages(console)
+    listed, hops, problems, images = await trio.to_thread.run_sync(
+        _follow_a_message_in_chromium, console.url, weber
+    )
+    assert listed.index("<back@x>") < listed.index(TRACED_ID)  # newest first
+    assert "relayed 250" in listed
+    lines = [line for line in hops.splitlines() if line.strip()]
+    assert lines[0] == f"Hops of {TRACED_ID}"
+    stages = ["accepted", "sealed", "queued", "submitted", "relayed"]
+    rows = [line for line in lines if any(f"\t{s}\t" in line for s in stages)]
+    assert [next(s for s in stages if f"\t{s}\t" in r) for r in rows] == stages
+    assert "keys=RSA-2048; transport=direct" in hops
+    assert HOSTILE in hops  # shown as text ...
+    assert images == 0  # ... never made into an element
+    assert f"{weber} → {other}" in hops
+    assert problems == []

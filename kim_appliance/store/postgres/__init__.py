@@ -58,6 +58,7 @@ from ._misc import (
     PgRegistrations,
 )
 from ._schema import SCHEMA_VERSION, migrate
+from ._traces import PgTraces
 
 #: how often every node sweeps abandoned blobs (each sweep removes those older than SWEEP_AGE)
 SWEEP_INTERVAL_S = 600.0
@@ -90,6 +91,7 @@ class PostgresStore:
         self.directory = PgDirectory(db)
         self.nodes = PgNodes(db)
         self.meta = PgMeta(db)
+        self.traces = PgTraces(db)
 
     @property
     def description(self) -> str:

@@ -63,6 +63,7 @@ from ._misc import (
     SQLiteRegistrations,
 )
 from ._schema import SCHEMA_VERSION, migrate
+from ._traces import SQLiteTraces
 
 STORE_DIR = "store"
 DB_NAME = "kim.sqlite3"
@@ -95,6 +96,7 @@ class SQLiteStore:
         self.directory = SQLiteDirectory(db)
         self.nodes = SQLiteNodes(db)
         self.meta = SQLiteMeta(db)
+        self.traces = SQLiteTraces(db)
         self.swept: list[str] = []
         self.imported: list[legacy.Imported] = []
 

@@ -3,8 +3,9 @@
 ``schema_migrations(version, applied_at)`` lists every version applied. Each version is a list
 of statements (:data:`MIGRATIONS`) run in one transaction together with its row, so a database
 is always at exactly one version; a database of a newer version than this code knows is
-refused (the code that wrote it must read it). Version 1 is the whole schema of issue 12; later
-versions append steps, never edit earlier ones. The PostgreSQL backend keeps its own list with
+refused (the code that wrote it must read it). Version 1 is the whole schema of issue 12,
+version 2 adds the message traces (issue 15); later versions append steps, never edit earlier
+ones. The PostgreSQL backend keeps its own list with
 the same version numbers and the same tables (types differ: BIGINT, BYTEA, identity columns).
 
 Every time is integer microseconds since the epoch (UTC), in both backends. This module must
@@ -208,6 +209,32 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             imported_at INTEGER NOT NULL,
             summary TEXT NOT NULL
         )""",
+    ),
+    # --- issue 15: message traces (store.base.Traces), one row per hop, keys to find them ---
+    2: (
+        """CREATE TABLE trace_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            component TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            ids TEXT NOT NULL,
+            sender TEXT,
+            recipients TEXT NOT NULL,
+            result TEXT,
+            size INTEGER,
+            facts TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )""",
+        "CREATE INDEX trace_events_by_expiry ON trace_events(expires_at)",
+        """CREATE TABLE trace_keys (
+            event_id INTEGER NOT NULL REFERENCES trace_events(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            PRIMARY KEY (event_id, kind, key)
+        )""",
+        "CREATE INDEX trace_keys_by_key ON trace_keys(kind, key)",
     ),
 }
 

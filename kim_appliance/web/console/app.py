@@ -11,11 +11,17 @@ Routes::
                             (``{"card_removed": "<ICCSN>"}``, ``{"verify_pin": "<ICCSN>"}``,
                             ``{"unreachable": true}``, ``{"latency_ms": 250}``,
                             ``{"clear": true}``, ...)
+    GET  /api/traces?q=X    the messages whose Message-ID is X, or that X sent or received,
+                            newest first (issue 15, kim_appliance.observe.views)
+    GET  /api/trace?id=X    one message's trace, hop by hop (404: nothing known of X)
+    GET  /metrics           the appliance's metrics in Prometheus text format (issue 15); the
+                            relay queues are read from the store at each scrape
 
 ``serve_console`` runs it over plain HTTP (the contract's ``"console": "http://127.0.0.1:P/"``)
 by Hypercorn's trio worker, in the ``trio.serve_listeners`` shape. Every request passes
 :class:`.guard.ConsoleGuard` first. This module must never serve a file outside ``static/``,
 change anything except through the Konnektor's :class:`FaultAdmin`, or send CORS headers.
+The trace views and ``/metrics`` show metadata only (kim_appliance.observe).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kim_appliance.konnektor.soap.admin import AdminRequestError, apply_faults
+from kim_appliance.observe.views import find_messages, message_trace
 from kim_appliance.serving import ConnectionBudget, ListenerLimits
 from kim_appliance.serving.hosts import AllowedHosts
 from kim_appliance.serving.http import serve_asgi
@@ -92,6 +100,27 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
         log.info("console: faults switched: %s", body.decode("utf-8", "replace")[:200])
         return JSONResponse(result)
 
+    async def api_traces(request: Request) -> Response:
+        await state.observer.flush()
+        query = request.query_params.get("q", "")
+        return JSONResponse({"messages": await find_messages(state.store, query=query)})
+
+    async def api_trace(request: Request) -> Response:
+        await state.observer.flush()
+        message_id = request.query_params.get("id", "")
+        trace = await message_trace(state.store, message_id) if message_id.strip() else None
+        if trace is None:
+            return _error(404, f"no trace of the message {message_id[:200]!r}")
+        return JSONResponse(trace)
+
+    async def metrics(request: Request) -> Response:
+        observer = state.observer
+        for domain in state.domains:
+            depth = await state.store.relay.depth(domain)
+            observer.relay_queue(domain, depth.entries, depth.oldest)
+        body = await trio.to_thread.run_sync(generate_latest, observer.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"{request.url.path}: not a console page or API")
 
@@ -105,6 +134,9 @@ def console_app(state: ConsoleState, allowed: AllowedHosts) -> ConsoleGuard:
             Route("/static/{name}", static, methods=["GET"]),
             Route("/api/status", api_status, methods=["GET"]),
             Route("/api/faults", api_faults, methods=["GET", "POST"]),
+            Route("/api/traces", api_traces, methods=["GET"]),
+            Route("/api/trace", api_trace, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: wrong_method},
     )

@@ -27,6 +27,7 @@ from kim_appliance.directory import BASE_DN, DirectoryStore
 from kim_appliance.directory.entries import DirectoryEntry
 from kim_appliance.konnektor.cards import KeyPurpose
 from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.observe.observer import Observer
 from kim_appliance.store import Account, Store, StoredMessage
 
 #: how many of a mailbox's newest messages the console lists with their outer headers
@@ -59,6 +60,8 @@ class ConsoleState:
     directory: DirectoryStore
     demo: Mapping[str, Any]
     endpoints: dict[str, Any] = field(default_factory=dict)
+    #: the appliance's observer: its metrics registry for ``/metrics`` (issue 15)
+    observer: Observer = field(default_factory=Observer)
 
 
 async def status(state: ConsoleState, *, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 // kim-appliance console: fetches /api/status and renders it; the fault switches POST JSON to
-// /api/faults. Plain JavaScript, no libraries, nothing loaded from elsewhere.
+// /api/faults; the message trace searches /api/traces and shows /api/trace (issue 15).
+// Plain JavaScript, no libraries, nothing loaded from elsewhere.
 // Every value from the appliance (mail subjects, names) is untrusted text: it is only ever put
 // into the page with textContent (the `el` helper), never as HTML.
 "use strict";
@@ -300,6 +301,75 @@ function renderDirectory(s) {
     table(["entry", "komLeData", "userCertificate;binary", "DN"], rows));
 }
 
+// --- the message trace -----------------------------------------------------------------------
+
+function when(iso) {
+  return iso ? iso.slice(0, 23).replace("T", " ") : "–";
+}
+
+async function getJson(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  const body = await response.json();
+  return { ok: response.ok, status: response.status, body };
+}
+
+async function searchTraces(event) {
+  if (event) event.preventDefault();
+  const query = (document.getElementById("trace-query").value || "").trim();
+  if (!query) return;
+  fill("trace-hops");
+  try {
+    const { ok, status, body } = await getJson(`/api/traces?q=${encodeURIComponent(query)}`);
+    if (!ok) throw new Error(body.error || `HTTP ${status}`);
+    const messages = body.messages || [];
+    if (messages.length === 0) {
+      fill("trace-results", el("p", { class: "muted" }, `Nothing traced for ${query}.`));
+      return;
+    }
+    fill("trace-results", table(
+      ["last hop", "stage", "Message-ID", "from", "to", "hops"],
+      messages.map((m) => [
+        when(m.last),
+        el("span", { class: m.stage === "refused" || m.stage === "bounced" || m.stage === "error-mail" ? "bad" : "" },
+          m.result ? `${m.stage} ${m.result}` : m.stage),
+        el("button", { type: "button", class: "trace-open", onclick: () => showTrace(m.message_id) }, m.message_id),
+        code(m.sender),
+        m.recipients.join(", ") || "–",
+        String(m.hops),
+      ])));
+    if (messages.length === 1) await showTrace(messages[0].message_id);
+  } catch (error) {
+    show(`Trace search failed: ${error.message}`);
+  }
+}
+
+async function showTrace(messageId) {
+  try {
+    const { ok, status, body } = await getJson(`/api/trace?id=${encodeURIComponent(messageId)}`);
+    if (!ok) throw new Error(body.error || `HTTP ${status}`);
+    const rows = body.events.map((e) => {
+      const details = Object.entries(e.facts).map(([k, v]) => `${k}=${v}`);
+      if (e.detail) details.push(e.detail);
+      return [
+        when(e.at),
+        e.node,
+        e.component,
+        el("strong", {}, e.stage),
+        e.result || "–",
+        `${e.sender || "<>"} → ${e.recipients.join(", ") || "–"}`,
+        e.size === null ? "–" : bytes(e.size),
+        details.join("; ") || "–",
+      ];
+    });
+    fill("trace-hops",
+      el("h3", {}, `Hops of ${body.message_id}`, body.message_ids.length > 1
+        ? ` (also ${body.message_ids.slice(1).join(", ")})` : ""),
+      table(["time (UTC)", "node", "component", "stage", "result", "from → to", "size", "details"], rows));
+  } catch (error) {
+    show(`Trace of ${messageId} failed: ${error.message}`);
+  }
+}
+
 // --- start -----------------------------------------------------------------------------------
 
 function autoLoad() {
@@ -317,6 +387,7 @@ function schedule() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("refresh-now").addEventListener("click", load);
   document.getElementById("auto-refresh").addEventListener("change", schedule);
+  document.getElementById("trace-search").addEventListener("submit", searchTraces);
   load();
   schedule();
 });
