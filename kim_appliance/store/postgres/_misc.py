@@ -345,6 +345,12 @@ class PgNodes:
 
         return await self._db.read(op)
 
+    async def leave(self, name: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM nodes WHERE name = $1", name)
+
+        await self._db.write(op)
+
     async def acquire(self, lease: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         when = us(now, "now")
         until = when + span_us(ttl)

@@ -305,6 +305,9 @@ class SQLiteNodes:
 
         return await self._db.read(op)
 
+    async def leave(self, name: str) -> None:
+        await self._db.write(lambda tx: tx.execute("DELETE FROM nodes WHERE name = ?", (name,)))
+
     async def acquire(self, lease: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         when = us(now, "now")
         until = when + span_us(ttl)

@@ -207,6 +207,18 @@ async def test_nodes_report_themselves_and_leases_have_one_holder(store: Store) 
     assert await store.nodes.acquire("retention", "n1", NOW + TTL * 2, TTL)
 
 
+async def test_a_node_that_leaves_is_no_longer_live(store: Store) -> None:
+    """A clean stop takes the node out of the live list at once (not after its heartbeat
+    ages); the other nodes stay, and leaving twice is harmless."""
+    await store.nodes.heartbeat("n1", {"pid": 1}, ["fachdienst"], NOW)
+    await store.nodes.heartbeat("n2", {"pid": 2}, ["fachdienst"], NOW)
+    await store.nodes.leave("n1")
+    await store.nodes.leave("n1")
+    assert [n.name for n in await store.nodes.live(NOW, timedelta(minutes=1))] == ["n2"]
+    await store.nodes.heartbeat("n1", {"pid": 3}, ["console"], NOW)  # back again
+    assert [n.name for n in await store.nodes.live(NOW, timedelta(minutes=1))] == ["n1", "n2"]
+
+
 async def test_meta_facts_are_set_once(store: Store) -> None:
     assert await store.meta.get("fact") is None
     assert await store.meta.put_if_absent("fact", "first")
