@@ -170,6 +170,13 @@ def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
     )
     run.add_argument("--store", metavar="URL", help=STORE_HELP)
     run.add_argument(
+        "--node",
+        metavar="NAME",
+        help="run as node NAME of several sharing one PostgreSQL store (--store or [store] "
+        "url): writes DIR/endpoints-NAME.json; refused while another live process uses NAME "
+        "(default: this machine's name; the embedded store admits no --node)",
+    )
+    run.add_argument(
         "--components",
         type=_components,
         default=None,
@@ -599,6 +606,7 @@ def _run(args: argparse.Namespace) -> int:
                     ephemeral_ports=args.ephemeral_ports,
                     components=args.components or COMPONENTS,
                     store_url=args.store,
+                    node=args.node,
                     task_status=task_status,
                 )
             )

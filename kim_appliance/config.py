@@ -132,10 +132,34 @@ class StoreConfig:
     url: str | None = None
 
 
+#: a node reports itself in the store this often (``[cluster] heartbeat_seconds``)
+HEARTBEAT_SECONDS = 3.0
+#: a node whose last report is older than this is dead: its name may be taken, its listeners
+#: are no longer tried (about three heartbeats)
+NODE_TIMEOUT_SECONDS = 10.0
+#: a relay entry a node attempts is claimed this long, renewed while the attempt runs; a dead
+#: node's entries go to another node this long after its last renewal
+RELAY_LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes on one PostgreSQL store (kim_appliance.cluster): how often a node reports
+    itself, when it counts as dead, how long a relay claim lasts without renewal, and the host
+    name the other nodes reach its listeners at ("": the bind address, or this machine's name
+    when it binds every interface)."""
+
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+    node_timeout_seconds: float = NODE_TIMEOUT_SECONDS
+    relay_lease_seconds: float = RELAY_LEASE_SECONDS
+    advertise: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
@@ -176,6 +200,17 @@ bind = "127.0.0.1"
 # nodes; `kim-appliance store copy` moves an embedded store there); --store URL wins over this:
 [store]
 # url = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+
+# Several nodes on one PostgreSQL store (`run --node NAME`): every node reports itself this
+# often; a node silent for node_timeout_seconds is dead (its name is free, its listeners are
+# skipped); a relay entry a node was sending goes to another node relay_lease_seconds after
+# the dead node's last renewal. advertise: the host the other nodes connect to ("": the bind
+# address, or this machine's name when bind is 0.0.0.0 or ::).
+[cluster]
+heartbeat_seconds = 3
+node_timeout_seconds = 10
+relay_lease_seconds = 30
+advertise = ""
 
 [fachdienst]
 max_message_size = 734003200      # bytes; maxMailSize (700 MiB)
@@ -291,7 +326,9 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     console_raw = dict(top.pop("console", {}))
     limits_raw = dict(top.pop("limits", {}))
     store_raw = dict(top.pop("store", {}))
+    cluster_raw = dict(top.pop("cluster", {}))
     _no_more(top, where)
+    cluster = _cluster(cluster_raw, f"{where} [cluster]")
     store_where = f"{where} [store]"
     store = StoreConfig(
         url=_store_url(_take(store_raw, "url", str, None, store_where), store_where)
@@ -400,6 +437,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     return Config(
         bind=bind,
         store=store,
+        cluster=cluster,
         fachdienst=fachdienst,
         directory=directory,
         konnektor=konnektor,
@@ -407,6 +445,26 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         console=console,
         limits=limits,
     )
+
+
+def _cluster(raw: dict[str, Any], where: str) -> ClusterConfig:
+    d = ClusterConfig()
+    seconds = {
+        key: float(_take(raw, key, (int, float), getattr(d, key), where))
+        for key in ("heartbeat_seconds", "node_timeout_seconds", "relay_lease_seconds")
+    }
+    advertise = _take(raw, "advertise", str, d.advertise, where).strip()
+    _no_more(raw, where)
+    for key, value in seconds.items():
+        if value <= 0:
+            raise ConfigError(f"{where} {key}: must be more than 0 seconds, got {value}")
+    if seconds["node_timeout_seconds"] < 2 * seconds["heartbeat_seconds"]:
+        raise ConfigError(
+            f"{where} node_timeout_seconds: must be at least two heartbeats "
+            f"(2 x heartbeat_seconds = {2 * seconds['heartbeat_seconds']}), got "
+            f"{seconds['node_timeout_seconds']}: a live node would be taken for dead"
+        )
+    return ClusterConfig(**seconds, advertise=advertise)
 
 
 def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:
