@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from kim_appliance.errors import KimError
+from kim_appliance.store import EMBEDDED
 from kim_appliance.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -572,6 +573,21 @@ def _init(data_dir: Path, store_url: str | None) -> int:
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
     print(f"demo setup written to {data_dir / 'demo.json'}; state in the {where}")
+    if store_url is not None and store_url.strip().lower() not in EMBEDDED:
+        # a later `run` (every node) without --store must open this store, not an empty
+        # embedded one (docs/decisions.md)
+        from kim_appliance.config import CONFIG_FILE, set_store_url
+
+        config = data_dir / CONFIG_FILE
+        done = set_store_url(data_dir, store_url)
+        if done == "written":
+            print(f"{config}: [store] url set; `run` uses this store without --store")
+        elif done == "kept":
+            print(
+                f"{config} names another store in [store] url, which stays: `run` uses that "
+                "one unless given --store",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -770,10 +786,11 @@ def _card(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     if len(args.key) != len(args.cert):
         raise UsageError("give one --cert for every --key, in the same order")
-    if _appliance_running(data_dir):
+    running = _appliance_running(data_dir)
+    if running:
         raise KimError(
-            f"{data_dir}: an appliance is running on it; stop it first (the Konnektor reads "
-            "konnektor.json at start), import, then start it again"
+            f"{data_dir}: {running} running on it; stop {'them' if running.startswith('nodes ') else 'it'} "
+            "first (the Konnektor reads konnektor.json at start), import, then start again"
         )
     result = import_card(
         data_dir,
@@ -821,22 +838,33 @@ def _card_renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _appliance_running(data_dir: Path) -> bool:
-    """True while an appliance runs on ``data_dir``: its store is in use (the embedded store
-    admits one process at a time)."""
+def _appliance_running(data_dir: Path) -> str | None:
+    """What runs on ``data_dir``, or None: with the embedded store, a process holding it (it
+    admits one at a time); with a PostgreSQL store (``[store] url``), the live nodes that
+    share it (they share the data dir too: several nodes, one konnektor.json)."""
     import trio
 
+    from kim_appliance import config as config_module
+    from kim_appliance.cluster import is_embedded, live_nodes
     from kim_appliance.store import StoreInUse, open_store
 
-    async def probe() -> bool:
-        try:
-            async with open_store(None, data_dir):
-                return False
-        except StoreInUse:
-            return True
-
     if not (data_dir / "konnektor.json").exists():
-        return False  # not initialised: nothing runs there (import_card says what is missing)
+        return None  # not initialised: nothing runs there (import_card says what is missing)
+    config = config_module.load(data_dir)
+    url = config.store.url
+
+    async def probe() -> str | None:
+        try:
+            async with open_store(url, data_dir) as store:
+                if is_embedded(url):
+                    return None
+                nodes = await live_nodes(store, config.cluster)
+        except StoreInUse:
+            return "an appliance"
+        if not nodes:
+            return None
+        return f"node{'s' if len(nodes) > 1 else ''} {', '.join(n.name for n in nodes)}"
+
     return trio.run(probe)
 
 

@@ -7,6 +7,9 @@ key named, so a typo never goes unnoticed. This module reads and writes the file
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -301,6 +304,32 @@ def write_default(data_dir: Path) -> Path:
     path = data_dir / CONFIG_FILE
     path.write_text(DEFAULT_TOML, encoding="utf-8")
     return path
+
+
+def set_store_url(data_dir: Path, url: str) -> str:
+    """Write ``[store] url = URL`` into ``data_dir/config.toml`` (``init --store URL``: a later
+    ``run`` without ``--store`` opens the same store). Returns what was done: ``"written"``,
+    ``"unchanged"`` (it names this URL already) or ``"kept"`` (it names another store, which
+    stays: the user chose it). The file is private to the data dir's owner (the URL may carry
+    a password); the rest of it is left as it is."""
+    path = data_dir / CONFIG_FILE
+    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_TOML
+    current = load(data_dir).store.url if path.exists() else None
+    if current is not None:
+        return "unchanged" if current == url else "kept"
+    line = f"url = {json.dumps(url)}"  # a TOML basic string (JSON's escapes are TOML's)
+    placeholder = '# url = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"'
+    if placeholder in text:
+        text = text.replace(placeholder, line, 1)
+    elif re.search(r"(?m)^\[store\][ \t]*$", text):
+        text = re.sub(r"(?m)^\[store\][ \t]*$", lambda _: f"[store]\n{line}", text, count=1)
+    else:
+        text = text.rstrip("\n") + f"\n\n[store]\n{line}\n"
+    parse(tomllib.loads(text), str(path))  # still a valid configuration
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return "written"
 
 
 def load(data_dir: Path) -> Config:
