@@ -788,9 +788,10 @@ def _card(args: argparse.Namespace) -> int:
         raise UsageError("give one --cert for every --key, in the same order")
     running = _appliance_running(data_dir)
     if running:
+        them = "them" if running.startswith("nodes ") else "it"
         raise KimError(
-            f"{data_dir}: {running} running on it; stop {'them' if running.startswith('nodes ') else 'it'} "
-            "first (the Konnektor reads konnektor.json at start), import, then start again"
+            f"{data_dir}: {running} running on it; stop {them} first (the Konnektor reads "
+            "konnektor.json at start), import, then start again"
         )
     result = import_card(
         data_dir,
