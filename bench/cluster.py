@@ -40,6 +40,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -115,6 +116,25 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def pg_activity(url: str) -> tuple[int, int]:
+    """(transactions committed in the database, WAL bytes written by the server) so far: the
+    deltas over a run are the store's writes per message and the bytes the disk must take."""
+    import asyncpg
+
+    async def run() -> tuple[int, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            commits = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+            wal = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        finally:
+            await conn.close()
+        return int(commits), int(wal)
+
+    return asyncio.run(run())
 
 
 def pg_counts(url: str) -> dict[str, int]:
@@ -261,6 +281,8 @@ def run_setup(
             return endpoints[i % len(endpoints)]["clientmodul"]
 
         pg_cpu0 = postgres_cpu(server) if url else 0.0
+        activity0 = pg_activity(url) if url else (0, 0)
+        polls = 0
         cpu0 = [rt.process_cpu(p.pid) for p in nodes]
         sends: list[Callable[[], Any]] = [
             (lambda s=s: send_timed(rt.address_of(node_of(s)["smtp"]), context,
@@ -272,6 +294,7 @@ def run_setup(
         want = {addresses[r].lower(): n for r, n in enumerate(expected)}
         began = time.perf_counter()
         while True:
+            polls += 1
             counts = pg_counts(url) if url else rt.stored_counts(data_dir)
             if all(counts.get(a, 0) >= n for a, n in want.items()):
                 break
@@ -286,11 +309,16 @@ def run_setup(
         ]  # fmt: skip
         got = rt.parallel(receives, nodes[0].pid)
         node_cpu = [rt.process_cpu(p.pid) - c for p, c in zip(nodes, cpu0, strict=True)]
-        pg_cpu = postgres_cpu(server) - pg_cpu0 if url else 0.0
         peak = [rt.vm_status_mb(p.pid, "VmHWM") for p in nodes]
     finally:
         for proc in nodes:
             rt.stop(proc)
+    # after the nodes stopped: their backends have ended, so PostgreSQL's statistics hold all
+    # their commits, and the postmaster's reaped-children CPU all their work
+    pg_cpu = postgres_cpu(server) - pg_cpu0 if url else 0.0
+    activity1 = pg_activity(url) if url else (0, 0)
+    # every poll for delivery and the first pg_activity are one read-only commit each
+    commits = activity1[0] - activity0[0] - polls - 2 if url else 0
     verified, problems = rt.verify(mails, [mails_of for mails_of, _ in got.results])
     send_lat = [x for result in sent.results for x in result]
     retr_lat = [x for _, lat in got.results for x in lat]
@@ -313,6 +341,8 @@ def run_setup(
         "peak_rss_mb_per_node": [round(x, 1) for x in peak],
         "cpu_s_per_node": [round(x, 2) for x in node_cpu],
         "postgres_cpu_s": round(pg_cpu, 2),
+        "postgres_commits_per_message": round(commits / count, 1),
+        "postgres_wal_bytes_per_message": round((activity1[1] - activity0[1]) / count),
         "verified": verified,
         "problems": problems[:5],
     }  # fmt: skip
@@ -326,7 +356,9 @@ def print_row(r: dict[str, Any]) -> None:
         f"RETR p50/p99 {r['retr_latency_ms']['p50']:7.1f}/{r['retr_latency_ms']['p99']:7.1f} ms  "
         f"RSS {'/'.join(f'{x:.0f}' for x in r['peak_rss_mb_per_node'])} MB  "
         f"CPU nodes {'+'.join(f'{x:.1f}' for x in r['cpu_s_per_node'])} s, "
-        f"PostgreSQL {r['postgres_cpu_s']:.1f} s  verified {r['verified']}/{r['messages']}",
+        f"PostgreSQL {r['postgres_cpu_s']:.1f} s, {r['postgres_commits_per_message']} commits "
+        f"and {r['postgres_wal_bytes_per_message'] / 1024:.0f} KiB WAL per message  "
+        f"verified {r['verified']}/{r['messages']}",
         flush=True,
     )
 
@@ -338,6 +370,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=LARGE_MESSAGES, help="25 MiB round trips")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
+    # a SIGTERM (timeout, kill) unwinds like Ctrl-C: the nodes and the server are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     if unknown := set(setups) - set(SETUPS):
         parser.error(f"unknown setups {sorted(unknown)}; expected {', '.join(SETUPS)}")
