@@ -657,7 +657,7 @@ def _fault(args: argparse.Namespace) -> int:
         request["latency_ms"] = args.latency_ms
     if args.unreachable:
         request["unreachable"] = args.unreachable == "on"
-    endpoints, token = _running(args.data_dir)
+    endpoints, token = _running(args.data_dir, "konnektor")
     from kim_appliance.konnektor.admin_client import switch_faults
 
     status = switch_faults(endpoints, request or None, token=token)
@@ -818,13 +818,14 @@ def _card_renew(args: argparse.Namespace) -> int:
     issues and uses it, and its VZD publishes a new ENC certificate."""
     slot = _key_slot(args.slot, "ICCSN:PURPOSE:CRYPT")
     data_dir: Path = args.data_dir
-    if not (data_dir / "endpoints.json").exists():
+    try:
+        endpoints, token = _running(data_dir, "konnektor")
+    except KimError:
         raise KimError(
             f"{data_dir / 'endpoints.json'} not found: `card renew` works on the running "
             "appliance (publishing the new certificate in the VZD needs it); start "
             f"`kim-appliance run --data-dir {data_dir}` first"
-        )
-    endpoints, token = _running(data_dir)
+        ) from None
     from kim_appliance.konnektor.admin_client import switch_faults
 
     renewed = switch_faults(endpoints, {"renew": slot}, token=token)["renewed"]
@@ -869,12 +870,28 @@ def _appliance_running(data_dir: Path) -> str | None:
     return trio.run(probe)
 
 
-def _running(data_dir: Path) -> tuple[dict[str, Any], str]:
+def _running(data_dir: Path, need: str = "fachdienste") -> tuple[dict[str, Any], str]:
+    """The endpoints of the appliance running on ``data_dir`` and the admin token:
+    ``endpoints.json``, or with several nodes (``run --node NAME``) the ``endpoints-NAME.json``
+    of a node of this machine that runs and has the ``need`` section (``fachdienste`` for the
+    account API: any node's serves every mailbox; ``konnektor`` for faults: each node has its
+    own Konnektor, the first by name is used)."""
     import json
+
+    from kim_appliance.cluster import pid_running
 
     endpoints_file = data_dir / "endpoints.json"
     if not endpoints_file.exists():
-        raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
+        for candidate in sorted(data_dir.glob("endpoints-*.json")):
+            try:
+                found = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # being replaced, or not ours
+            if isinstance(found.get("pid"), int) and pid_running(found["pid"]) and need in found:
+                endpoints_file = candidate
+                break
+        else:
+            raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
     token_file = data_dir / "admin-token"
     if not token_file.exists():
         raise KimError(f"{token_file} not found: is {data_dir} an appliance data dir?")

@@ -60,7 +60,8 @@ def test_two_nodes_serve_the_same_mailboxes(
     relayed to the other) is read through node B byte for byte; while a POP3 session on A holds
     a maildrop, B answers [IN-USE] for it (RFC 1939 §8, RFC 2449); each node writes its own
     endpoints-NAME.json; a second process as node A is refused with the name and pid of the
-    live one, and `card import` is refused while the nodes run."""
+    live one; `account` works through a node's endpoints file, and `card import` is refused
+    while the nodes run."""
     rig = ClusterRig(cluster_dir, launcher, pg_url)
     a, b = rig.a, rig.b
     assert not (cluster_dir / "endpoints.json").exists()
@@ -95,6 +96,11 @@ def test_two_nodes_serve_the_same_mailboxes(
     assert twin.returncode == 1, twin.stderr[-2000:]
     assert f"node name 'a' is in use: pid {a.process.pid}" in twin.stderr
     assert json.loads((cluster_dir / "endpoints-a.json").read_text())["pid"] == a.process.pid
+
+    # the admin commands find a running node's endpoints-NAME.json (no endpoints.json here)
+    listed = cli("account", "--data-dir", str(cluster_dir), "list", cwd=cluster_dir.parent)
+    assert listed.returncode == 0, listed.stderr
+    assert klein["address"] in listed.stdout
 
     refused = cli(
         "card", "import", "--data-dir", str(cluster_dir), "--iccsn", "80276883110000999999",
