@@ -9,9 +9,10 @@ which the relay and the Clientmodul reach a domain through any live node that se
 equal-preference MX records: this node's own listener first, then the others in random order,
 a connection failure moving on to the next. A process that finds its name held by a dead
 process of its own host (its pid gone) takes the name over at once and drops that process's
-relay claims, instead of waiting for their leases. This module never opens a listener and
-never decides anything about mail; it must not be used with the embedded store, which admits
-one process per data dir anyway (there the node is :data:`~kim_appliance.store.LOCAL_NODE`).
+relay claims and POP3 maildrop locks, instead of waiting for their leases. This module never
+opens a listener and never decides anything about mail; it must not be used with the embedded
+store, which admits one process per data dir anyway (there the node is
+:data:`~kim_appliance.store.LOCAL_NODE`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import trio
 
 from kim_appliance.config import ClusterConfig
 from kim_appliance.errors import ConfigError
+from kim_appliance.fachdienst.maildrops import holder_prefix
 from kim_appliance.store import EMBEDDED, LOCAL_NODE, NodeInfo, Store, StoreError
 
 log = logging.getLogger("kim_appliance.cluster")
@@ -170,9 +172,10 @@ def _section(endpoints: Mapping[str, object], *path: str) -> object:
 async def register(store: Store, me: Identity, settings: ClusterConfig) -> int:
     """Take this node's name in the store before anything is bound: `NodeNameTaken` if a live
     process holds it. A name held by a dead process of this host (its pid gone) is taken over
-    at once. Whenever the name was free or taken over, the previous holder's relay claims are
-    dropped (that process is gone); returns how many. Then a first heartbeat (no listeners
-    yet)."""
+    at once, with the maildrop locks of that process's POP3 sessions. Whenever the name was
+    free or taken over, the previous holder's relay claims are dropped (that process is gone,
+    or silent past the timeout: a repeat is recognised by its relay id); returns how many.
+    Then a first heartbeat (no listeners yet)."""
     ttl = dt.timedelta(seconds=settings.node_timeout_seconds)
     lease = NAME_LEASE + me.name
     now = _now()
@@ -194,6 +197,12 @@ async def register(store: Store, me: Identity, settings: ClusterConfig) -> int:
         await store.nodes.release(lease, holder)
         if not await store.nodes.acquire(lease, me.holder, now, ttl):
             raise NodeNameTaken(f"node name {me.name!r} was taken by another process just now")
+        # its POP3 sessions are gone for certain (the pid is): free their mailboxes now, not
+        # after the locks' TTL (a name that merely lapsed keeps them: its holder may be alive)
+        freed = await store.maildrops.release_holders(holder_prefix(me.name))
+        if freed:
+            log.info("node %s: %d maildrop locks of its previous process released", me.name,
+                     freed)  # fmt: skip
     released = await store.relay.release_claims(me.name)
     if released:
         log.info("node %s: %d relay claims of its previous process released", me.name, released)

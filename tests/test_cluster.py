@@ -86,13 +86,19 @@ async def test_a_live_name_is_refused(kim_store: Store) -> None:
 
 async def test_the_name_of_a_dead_process_of_this_host_is_taken_over(kim_store: Store) -> None:
     """A node restarted after kill -9 under its name need not wait for its old leases: its
-    previous process (same host, pid gone) gives up the name and its relay claims at once."""
+    previous process (same host, pid gone) gives up the name, its relay claims and the
+    maildrops its POP3 sessions had locked at once; another node's locks stay."""
     dead = cluster.Identity("a", pid=_reaped_pid())
     await cluster.register(kim_store, dead, SETTINGS)
     entry_id = await _claimed(kim_store, "a")
+    now = dt.datetime.now(dt.UTC)
+    ttl = dt.timedelta(seconds=90)
+    assert await kim_store.maildrops.lock(f"klein@{SOURCE}", "a/session1", now, ttl)
+    assert await kim_store.maildrops.lock(f"weber@{SOURCE}", "b/session2", now, ttl)
     again = cluster.Identity("a")
     assert await cluster.register(kim_store, again, SETTINGS) == 1
-    now = dt.datetime.now(dt.UTC)
+    assert await kim_store.maildrops.lock(f"klein@{SOURCE}", "b/session3", now, ttl)
+    assert not await kim_store.maildrops.lock(f"weber@{SOURCE}", "c/session4", now, ttl)
     [entry] = await kim_store.relay.claim("a", SOURCE, now, limit=1, lease=dt.timedelta(hours=1))
     assert entry.id == entry_id
     [node] = await kim_store.nodes.live(now, dt.timedelta(minutes=1))

@@ -780,6 +780,10 @@ class Maildrops(Protocol):
     async def unlock(self, mailbox: str, holder: str) -> None:
         """Release ``holder``'s lock (nothing if another holder has it)."""
 
+    async def release_holders(self, prefix: str) -> int:
+        """Release every lock whose holder starts with ``prefix`` (taken literally, no
+        wildcards) and return how many: the sessions of a process known to be dead."""
+
 
 class Directory(Protocol):
     """The VZD entries with a change counter: every change increments `version`, so that

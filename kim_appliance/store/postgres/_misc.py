@@ -234,6 +234,15 @@ class PgMaildrops:
 
         await self._db.write(op)
 
+    async def release_holders(self, prefix: str) -> int:
+        async def op(conn: Conn) -> int:
+            status = await conn.execute(
+                "DELETE FROM maildrop_locks WHERE substr(holder, 1, length($1)) = $1", prefix
+            )
+            return rowcount(status)
+
+        return await self._db.write(op)
+
 
 async def _version(conn: Conn, *, lock: bool = False) -> int:
     value = await conn.fetchval(

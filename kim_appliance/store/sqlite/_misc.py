@@ -203,6 +203,16 @@ class SQLiteMaildrops:
             )
         )
 
+    async def release_holders(self, prefix: str) -> int:
+        def op(tx: Tx) -> int:
+            cur = tx.execute(
+                "DELETE FROM maildrop_locks WHERE substr(holder, 1, length(?)) = ?",
+                (prefix, prefix),
+            )
+            return int(cur.rowcount)
+
+        return await self._db.write(op)
+
 
 def _version(tx: Tx) -> int:
     row = tx.one("SELECT version FROM directory_version WHERE id = 1")
