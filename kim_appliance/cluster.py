@@ -179,13 +179,13 @@ async def register(store: Store, me: Identity, settings: ClusterConfig) -> int:
     ttl = dt.timedelta(seconds=settings.node_timeout_seconds)
     lease = NAME_LEASE + me.name
     now = _now()
-    if not await store.nodes.acquire(lease, me.holder, now, ttl):
-        previous = {n.name: n for n in await store.nodes.live(now, EVER)}.get(me.name)
-        stamp = previous.endpoints if previous is not None else {}
-        host, pid, holder = stamp.get("host"), stamp.get("pid"), stamp.get("holder")
-        dead_here = (
-            host == me.host and isinstance(pid, int) and pid != me.pid and not pid_running(pid)
-        )
+    acquired = await store.nodes.acquire(lease, me.holder, now, ttl)
+    # the last process under this name, as it reported itself (gone if it stopped cleanly)
+    previous = {n.name: n for n in await store.nodes.live(now, EVER)}.get(me.name)
+    stamp = previous.endpoints if previous is not None else {}
+    host, pid, holder = stamp.get("host"), stamp.get("pid"), stamp.get("holder")
+    dead_here = host == me.host and isinstance(pid, int) and pid != me.pid and not pid_running(pid)
+    if not acquired:
         if not dead_here or not isinstance(holder, str):
             age = f"{(now - previous.seen_at).total_seconds():.0f} s ago" if previous else "?"
             raise NodeNameTaken(
@@ -193,12 +193,14 @@ async def register(store: Store, me: Identity, settings: ClusterConfig) -> int:
                 f"{age}); start this node with another --node NAME, or stop that one (its "
                 f"name is free {settings.node_timeout_seconds:g} s after it stops reporting)"
             )
-        log.warning("node %s: pid %s of this host is gone; taking its name over", me.name, pid)
         await store.nodes.release(lease, holder)
         if not await store.nodes.acquire(lease, me.holder, now, ttl):
             raise NodeNameTaken(f"node name {me.name!r} was taken by another process just now")
+    if dead_here:
+        log.warning("node %s: pid %s of this host is gone; taking its name over", me.name, pid)
         # its POP3 sessions are gone for certain (the pid is): free their mailboxes now, not
-        # after the locks' TTL (a name that merely lapsed keeps them: its holder may be alive)
+        # after the locks' TTL (a name that merely lapsed on another host keeps them: its
+        # process may be alive, only cut off)
         freed = await store.maildrops.release_holders(holder_prefix(me.name))
         if freed:
             log.info("node %s: %d maildrop locks of its previous process released", me.name,

@@ -61,7 +61,8 @@ def test_two_nodes_serve_the_same_mailboxes(
     a maildrop, B answers [IN-USE] for it (RFC 1939 §8, RFC 2449); each node writes its own
     endpoints-NAME.json; a second process as node A is refused with the name and pid of the
     live one; `account` works through a node's endpoints file, and `card import` is refused
-    while the nodes run."""
+    while the nodes run. A node killed with a POP3 session open and started again under its
+    name takes its name and that session's maildrop over at once."""
     rig = ClusterRig(cluster_dir, launcher, pg_url)
     a, b = rig.a, rig.b
     assert not (cluster_dir / "endpoints.json").exists()
@@ -108,7 +109,16 @@ def test_two_nodes_serve_the_same_mailboxes(
     )  # fmt: skip
     assert refused.returncode == 1
     assert "nodes a, b running on it; stop them first" in refused.stderr
-    for node in (a, b):
+
+    # kill -9 node A with a POP3 session open; restarted under its name it takes the name
+    # over at once (same host, pid gone) and frees the maildrop its dead session had locked
+    cut = _pop3_login(a, klein)
+    a.kill9()
+    cut.close()
+    again = launcher.start(cluster_dir, "--store", pg_url, "--node", "a")
+    assert f"node a: pid {a.process.pid} of this host is gone" in again.stderr()
+    _pop3_login(b, klein).quit()  # not [IN-USE] for the lock's 90 s
+    for node in (again, b):
         assert node.stop()[0] == 0
     assert not list(cluster_dir.glob("endpoints*.json"))
     after = cli(
