@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kim_appliance import cluster, demo
 from kim_appliance import config as config_module
-from kim_appliance import demo
 from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor, StoreTraceSink
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.network import (
@@ -164,15 +164,20 @@ async def run_appliance(
     ephemeral_ports: bool = False,
     components: Collection[str] = COMPONENTS,
     store_url: str | None = None,
+    node: str | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the ``components`` (default: every one) until cancelled; report the endpoints
     through ``task_status``. ``store_url`` is ``--store`` (None: ``[store] url`` of
-    config.toml, else embedded)."""
+    config.toml, else embedded). ``node`` is ``--node NAME`` (kim_appliance.cluster): the
+    node takes that name in a PostgreSQL store, writes ``endpoints-NAME.json`` and reports
+    itself to the other nodes; None runs as ``local`` (embedded) or under the host's name."""
     running = frozenset(components)
     data_dir = data_dir.resolve()
     await trio.to_thread.run_sync(prepare_files, data_dir)
     config = config_module.load(data_dir)
+    url = store_url_of(config, store_url)
+    name = cluster.node_name(node, url)  # --node with the embedded store: refused here
     if ephemeral_ports:
         config = config.with_ephemeral_ports()
     # a server may use what the hard limit allows; the listeners' caps come out of it
@@ -181,7 +186,7 @@ async def run_appliance(
     pki = await trio.to_thread.run_sync(TestPki.load, data_dir / "pki")
     # for the console only: it shows the demo participants' passwords to the developer
     participants = await trio.to_thread.run_sync(demo.load_demo, data_dir)
-    endpoints_file = data_dir / ENDPOINTS_FILE
+    endpoints_file = data_dir / cluster.endpoints_file_name(node)
     relay = RelayEndpoints()
     for domain, target in config.fachdienst.relay_map.items():
         host, _, port = target.rpartition(":")
@@ -189,11 +194,23 @@ async def run_appliance(
     _check_components(running, config)
     domains = config.fachdienst.domains if "fachdienst" in running else ()
     closers: list[Callable[[], Awaitable[None]]] = []
-    url = store_url_of(config, store_url)
     async with open_store(url, data_dir, compress=config.fachdienst.compress_blobs) as store:
         log.info("store: %s", store.description)
-        # the store holds the data dir's lock now: an endpoints.json left by a killed run is
-        # stale (its ports are gone), and a caller polling for the file must not read it
+        me: cluster.Identity | None = None
+        view: cluster.ClusterView | None = None
+        if not cluster.is_embedded(url):
+            # several nodes may share this store: take the name (refused while another live
+            # process has it) before anything is bound, and find the others' listeners
+            me = cluster.Identity(name)
+            await cluster.register(store, me, config.cluster)
+            view = cluster.ClusterView(name)
+            view.nodes = await cluster.live_nodes(store, config.cluster)
+            relay.others = partial(view.mail_endpoints, protocol="smtp")
+            log.info("node %s (pid %d); live nodes: %s", name, me.pid,
+                     ", ".join(view.names()) or "none")  # fmt: skip
+        # the store holds the data dir's lock (or the node its name) now: an endpoints file
+        # left by a killed run is stale (its ports are gone), and a caller polling for the
+        # file must not read it
         endpoints_file.unlink(missing_ok=True)
         await demo.populate(store, data_dir)
         directory_store = await DirectoryStore.open(store.directory)
@@ -201,7 +218,7 @@ async def run_appliance(
         # the node name is the one Fachdienst.node carries
         observer = Observer(
             StoreTraceSink(store),
-            node=LOCAL_NODE,
+            node=name,
             keep=dt.timedelta(days=config.fachdienst.data_ttl_days),
         )
         try:
@@ -212,7 +229,7 @@ async def run_appliance(
                 bound: dict[str, FachdienstAddresses] = {}
                 for d in domains:
                     fd = await trio.to_thread.run_sync(
-                        _build_fachdienst, data_dir, pki, d, config, store, relay, observer
+                        _build_fachdienst, data_dir, pki, d, config, store, relay, observer, name
                     )
                     # before the Fachdienst's tasks start: its retention pass purges the
                     # VZD addresses of deregistered accounts (KOM-LE-A_2155)
@@ -255,7 +272,12 @@ async def run_appliance(
                     )
                     rest_urls = {domain: urls["https"] for domain, urls in fachdienste.items()}
                     listening = await _start_clientmodul(
-                        parts, (konnektor_port, directory_port), bound, rest_urls, observer
+                        parts,
+                        (konnektor_port, directory_port),
+                        bound,
+                        rest_urls,
+                        observer,
+                        view,
                     )
                     # what the Clientmodul talks to: "in-process" or the URL it uses
                     endpoints["clientmodul"] = {**listening, **partners}
@@ -271,6 +293,21 @@ async def run_appliance(
                         endpoints,
                         observer,
                     )
+                if me is not None and view is not None:
+                    # what the other nodes are told: this node's listeners, reachable there
+                    told = cluster.advertise(
+                        endpoints, cluster.advertised_host(config.bind, config.cluster)
+                    )
+                    await cluster.heartbeat_once(
+                        store, me, config.cluster, told, sorted(running), view
+                    )
+                    parts.supervisor.start_soon(
+                        "node heartbeat",
+                        partial(
+                            cluster.heartbeat_loop,
+                            store, me, config.cluster, told, sorted(running), view,
+                        ),
+                    )  # fmt: skip
                 _write_atomically(endpoints_file, endpoints)
                 log.info("kim-appliance running (%s): %s", ",".join(sorted(running)),
                          endpoints_file)  # fmt: skip
@@ -576,13 +613,16 @@ async def _start_clientmodul(
     fachdienste: dict[str, FachdienstAddresses],
     https: dict[str, str],
     observer: Observer,
+    view: cluster.ClusterView | None = None,
 ) -> dict[str, str]:
     """The Clientmodul: SMTPS/POP3S for the PVS, reaching the Konnektor and the VZD through
     ``ports`` and the Fachdienste over real SMTPS/POP3S/HTTPS (DESIGN.md), presenting its
     C.CM.TLS-CS as the TLS client certificate (mutual TLS, KOM-LE-A_2074, digest §1.9).
 
     ``fachdienste`` and ``https`` are the Fachdienste of this process (mail listeners, REST
-    base URL per domain); ``[clientmodul.fachdienste]`` names those elsewhere."""
+    base URL per domain); ``[clientmodul.fachdienste]`` names those elsewhere; in a cluster
+    ``view`` has the other live nodes' (tried when this process serves no such domain, and
+    after this process's listener when a connection fails)."""
     data_dir, pki, config = parts.data_dir, parts.pki, parts.config
     chain, key = await trio.to_thread.run_sync(
         _tls_files, pki, data_dir / "tls", "clientmodul", CertProfile.C_CM_TLS_CS
@@ -601,6 +641,8 @@ async def _start_clientmodul(
         if domain in fachdienste:
             addresses = fachdienste[domain]
             return addresses.smtp if protocol == "smtp" else addresses.pop3
+        if view is not None and (found := view.mail_endpoints(domain, protocol)):
+            return found[0]  # a live node serving the domain (random: equal preference)
         if host is None:
             raise ConfigError(f"no Fachdienst known for {account}; name host:port in the username")
         return host, port
@@ -610,9 +652,15 @@ async def _start_clientmodul(
         domain = domain.lower()
         if f"{domain}:443" in table:
             return f"https://{domain}"  # connect_to maps it; the name checked stays the domain
-        if domain not in https:
-            raise LookupError(f"no Fachdienst of this appliance serves {domain}")
-        return https[domain]
+        if domain in https:
+            return https[domain]
+        if view is not None and (urls := view.https_endpoints(domain)):
+            return urls[0]
+        raise LookupError(f"no Fachdienst of this appliance serves {domain}")
+
+    def fallbacks(domain: str, protocol: str) -> list[tuple[str, int]]:
+        # after a failed connection: the other live nodes serving the domain
+        return view.mail_endpoints(domain, protocol) if view is not None else []
 
     def connect_to(host: str, port: int) -> tuple[str, int]:
         target = table.get(f"{host.lower()}:{port}")
@@ -626,6 +674,7 @@ async def _start_clientmodul(
         directory=ports[1],
         resolve_upstream=resolve,
         resolve_https=resolve_https,
+        fallbacks=fallbacks,
         connect_to=connect_to,
         context_defaults=ContextDefaults(
             cm.mandant_id or None, cm.client_system_id or None, cm.workplace_id or None
@@ -669,6 +718,7 @@ def _build_fachdienst(
     store: Store,
     relay: RelayEndpoints,
     observer: Observer,
+    node: str = LOCAL_NODE,
 ) -> Fachdienst:
     tls_dir = data_dir / "tls"
     server_chain, server_key = _tls_files(pki, tls_dir, domain.domain, CertProfile.C_FD_TLS_S)
@@ -692,6 +742,8 @@ def _build_fachdienst(
         log=logging.getLogger(f"kim_appliance.fachdienst.{domain.domain.split('.')[0]}"),
         listener_limits=config.limits,
         observer=observer,
+        node=node,
+        relay_lease=dt.timedelta(seconds=config.cluster.relay_lease_seconds),
     )
 
 

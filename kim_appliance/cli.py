@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from kim_appliance.errors import KimError
+from kim_appliance.store import EMBEDDED
 from kim_appliance.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -177,6 +178,13 @@ def _add_run(commands: Commands[_Parser]) -> argparse.ArgumentParser:
         "message and the event's fields)",
     )
     run.add_argument("--store", metavar="URL", help=STORE_HELP)
+    run.add_argument(
+        "--node",
+        metavar="NAME",
+        help="run as node NAME of several sharing one PostgreSQL store (--store or [store] "
+        "url): writes DIR/endpoints-NAME.json; refused while another live process uses NAME "
+        "(default: this machine's name; the embedded store admits no --node)",
+    )
     run.add_argument(
         "--components",
         type=_components,
@@ -594,6 +602,21 @@ def _init(data_dir: Path, store_url: str | None) -> int:
     for p in result["participants"]:
         print(f"{p['address']:40} {p['card']['type']:5} {p['card']['keys']:8} {p['display_name']}")
     print(f"demo setup written to {data_dir / 'demo.json'}; state in the {where}")
+    if store_url is not None and store_url.strip().lower() not in EMBEDDED:
+        # a later `run` (every node) without --store must open this store, not an empty
+        # embedded one (docs/decisions.md)
+        from kim_appliance.config import CONFIG_FILE, set_store_url
+
+        config = data_dir / CONFIG_FILE
+        done = set_store_url(data_dir, store_url)
+        if done == "written":
+            print(f"{config}: [store] url set; `run` uses this store without --store")
+        elif done == "kept":
+            print(
+                f"{config} names another store in [store] url, which stays: `run` uses that "
+                "one unless given --store",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -628,6 +651,7 @@ def _run(args: argparse.Namespace) -> int:
                     ephemeral_ports=args.ephemeral_ports,
                     components=args.components or COMPONENTS,
                     store_url=args.store,
+                    node=args.node,
                     task_status=task_status,
                 )
             )
@@ -662,7 +686,7 @@ def _fault(args: argparse.Namespace) -> int:
         request["latency_ms"] = args.latency_ms
     if args.unreachable:
         request["unreachable"] = args.unreachable == "on"
-    endpoints, token = _running(args.data_dir)
+    endpoints, token = _running(args.data_dir, "konnektor")
     from kim_appliance.konnektor.admin_client import switch_faults
 
     status = switch_faults(endpoints, request or None, token=token)
@@ -860,10 +884,12 @@ def _card(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     if len(args.key) != len(args.cert):
         raise UsageError("give one --cert for every --key, in the same order")
-    if _appliance_running(data_dir):
+    running = _appliance_running(data_dir)
+    if running:
+        them = "them" if running.startswith("nodes ") else "it"
         raise KimError(
-            f"{data_dir}: an appliance is running on it; stop it first (the Konnektor reads "
-            "konnektor.json at start), import, then start it again"
+            f"{data_dir}: {running} running on it; stop {them} first (the Konnektor reads "
+            "konnektor.json at start), import, then start again"
         )
     result = import_card(
         data_dir,
@@ -890,13 +916,14 @@ def _card_renew(args: argparse.Namespace) -> int:
     issues and uses it, and its VZD publishes a new ENC certificate."""
     slot = _key_slot(args.slot, "ICCSN:PURPOSE:CRYPT")
     data_dir: Path = args.data_dir
-    if not (data_dir / "endpoints.json").exists():
+    try:
+        endpoints, token = _running(data_dir, "konnektor")
+    except KimError:
         raise KimError(
             f"{data_dir / 'endpoints.json'} not found: `card renew` works on the running "
             "appliance (publishing the new certificate in the VZD needs it); start "
             f"`kim-appliance run --data-dir {data_dir}` first"
-        )
-    endpoints, token = _running(data_dir)
+        ) from None
     from kim_appliance.konnektor.admin_client import switch_faults
 
     renewed = switch_faults(endpoints, {"renew": slot}, token=token)["renewed"]
@@ -911,31 +938,58 @@ def _card_renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _appliance_running(data_dir: Path) -> bool:
-    """True while an appliance runs on ``data_dir``: its store is in use (the embedded store
-    admits one process at a time)."""
+def _appliance_running(data_dir: Path) -> str | None:
+    """What runs on ``data_dir``, or None: with the embedded store, a process holding it (it
+    admits one at a time); with a PostgreSQL store (``[store] url``), the live nodes that
+    share it (they share the data dir too: several nodes, one konnektor.json)."""
     import trio
 
+    from kim_appliance import config as config_module
+    from kim_appliance.cluster import is_embedded, live_nodes
     from kim_appliance.store import StoreInUse, open_store
 
-    async def probe() -> bool:
-        try:
-            async with open_store(None, data_dir):
-                return False
-        except StoreInUse:
-            return True
-
     if not (data_dir / "konnektor.json").exists():
-        return False  # not initialised: nothing runs there (import_card says what is missing)
+        return None  # not initialised: nothing runs there (import_card says what is missing)
+    config = config_module.load(data_dir)
+    url = config.store.url
+
+    async def probe() -> str | None:
+        try:
+            async with open_store(url, data_dir) as store:
+                if is_embedded(url):
+                    return None
+                nodes = await live_nodes(store, config.cluster)
+        except StoreInUse:
+            return "an appliance"
+        if not nodes:
+            return None
+        return f"node{'s' if len(nodes) > 1 else ''} {', '.join(n.name for n in nodes)}"
+
     return trio.run(probe)
 
 
-def _running(data_dir: Path) -> tuple[dict[str, Any], str]:
+def _running(data_dir: Path, need: str = "fachdienste") -> tuple[dict[str, Any], str]:
+    """The endpoints of the appliance running on ``data_dir`` and the admin token:
+    ``endpoints.json``, or with several nodes (``run --node NAME``) the ``endpoints-NAME.json``
+    of a node of this machine that runs and has the ``need`` section (``fachdienste`` for the
+    account API: any node's serves every mailbox; ``konnektor`` for faults: each node has its
+    own Konnektor, the first by name is used)."""
     import json
+
+    from kim_appliance.cluster import pid_running
 
     endpoints_file = data_dir / "endpoints.json"
     if not endpoints_file.exists():
-        raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
+        for candidate in sorted(data_dir.glob("endpoints-*.json")):
+            try:
+                found = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # being replaced, or not ours
+            if isinstance(found.get("pid"), int) and pid_running(found["pid"]) and need in found:
+                endpoints_file = candidate
+                break
+        else:
+            raise KimError(f"{endpoints_file} not found: is `kim-appliance run` running there?")
     token_file = data_dir / "admin-token"
     if not token_file.exists():
         raise KimError(f"{token_file} not found: is {data_dir} an appliance data dir?")

@@ -7,6 +7,9 @@ key named, so a typo never goes unnoticed. This module reads and writes the file
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,10 +135,34 @@ class StoreConfig:
     url: str | None = None
 
 
+#: a node reports itself in the store this often (``[cluster] heartbeat_seconds``)
+HEARTBEAT_SECONDS = 3.0
+#: a node whose last report is older than this is dead: its name may be taken, its listeners
+#: are no longer tried (about three heartbeats)
+NODE_TIMEOUT_SECONDS = 10.0
+#: a relay entry a node attempts is claimed this long, renewed while the attempt runs; a dead
+#: node's entries go to another node this long after its last renewal
+RELAY_LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes on one PostgreSQL store (kim_appliance.cluster): how often a node reports
+    itself, when it counts as dead, how long a relay claim lasts without renewal, and the host
+    name the other nodes reach its listeners at ("": the bind address, or this machine's name
+    when it binds every interface)."""
+
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+    node_timeout_seconds: float = NODE_TIMEOUT_SECONDS
+    relay_lease_seconds: float = RELAY_LEASE_SECONDS
+    advertise: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     bind: str = "127.0.0.1"
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     konnektor: KonnektorConfig = field(default_factory=KonnektorConfig)
     clientmodul: ClientmodulConfig = field(default_factory=ClientmodulConfig)
@@ -176,6 +203,17 @@ bind = "127.0.0.1"
 # nodes; `kim-appliance store copy` moves an embedded store there); --store URL wins over this:
 [store]
 # url = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+
+# Several nodes on one PostgreSQL store (`run --node NAME`): every node reports itself this
+# often; a node silent for node_timeout_seconds is dead (its name is free, its listeners are
+# skipped); a relay entry a node was sending goes to another node relay_lease_seconds after
+# the dead node's last renewal. advertise: the host the other nodes connect to ("": the bind
+# address, or this machine's name when bind is 0.0.0.0 or ::).
+[cluster]
+heartbeat_seconds = 3
+node_timeout_seconds = 10
+relay_lease_seconds = 30
+advertise = ""
 
 [fachdienst]
 max_message_size = 734003200      # bytes; maxMailSize (700 MiB)
@@ -268,6 +306,32 @@ def write_default(data_dir: Path) -> Path:
     return path
 
 
+def set_store_url(data_dir: Path, url: str) -> str:
+    """Write ``[store] url = URL`` into ``data_dir/config.toml`` (``init --store URL``: a later
+    ``run`` without ``--store`` opens the same store). Returns what was done: ``"written"``,
+    ``"unchanged"`` (it names this URL already) or ``"kept"`` (it names another store, which
+    stays: the user chose it). The file is private to the data dir's owner (the URL may carry
+    a password); the rest of it is left as it is."""
+    path = data_dir / CONFIG_FILE
+    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_TOML
+    current = load(data_dir).store.url if path.exists() else None
+    if current is not None:
+        return "unchanged" if current == url else "kept"
+    line = f"url = {json.dumps(url)}"  # a TOML basic string (JSON's escapes are TOML's)
+    placeholder = '# url = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"'
+    if placeholder in text:
+        text = text.replace(placeholder, line, 1)
+    elif re.search(r"(?m)^\[store\][ \t]*$", text):
+        text = re.sub(r"(?m)^\[store\][ \t]*$", lambda _: f"[store]\n{line}", text, count=1)
+    else:
+        text = text.rstrip("\n") + f"\n\n[store]\n{line}\n"
+    parse(tomllib.loads(text), str(path))  # still a valid configuration
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return "written"
+
+
 def load(data_dir: Path) -> Config:
     """The configuration of ``data_dir`` (defaults if it has no config.toml)."""
     path = data_dir / CONFIG_FILE
@@ -291,7 +355,9 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     console_raw = dict(top.pop("console", {}))
     limits_raw = dict(top.pop("limits", {}))
     store_raw = dict(top.pop("store", {}))
+    cluster_raw = dict(top.pop("cluster", {}))
     _no_more(top, where)
+    cluster = _cluster(cluster_raw, f"{where} [cluster]")
     store_where = f"{where} [store]"
     store = StoreConfig(
         url=_store_url(_take(store_raw, "url", str, None, store_where), store_where)
@@ -400,6 +466,7 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
     return Config(
         bind=bind,
         store=store,
+        cluster=cluster,
         fachdienst=fachdienst,
         directory=directory,
         konnektor=konnektor,
@@ -407,6 +474,26 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
         console=console,
         limits=limits,
     )
+
+
+def _cluster(raw: dict[str, Any], where: str) -> ClusterConfig:
+    d = ClusterConfig()
+    seconds = {
+        key: float(_take(raw, key, (int, float), getattr(d, key), where))
+        for key in ("heartbeat_seconds", "node_timeout_seconds", "relay_lease_seconds")
+    }
+    advertise = _take(raw, "advertise", str, d.advertise, where).strip()
+    _no_more(raw, where)
+    for key, value in seconds.items():
+        if value <= 0:
+            raise ConfigError(f"{where} {key}: must be more than 0 seconds, got {value}")
+    if seconds["node_timeout_seconds"] < 2 * seconds["heartbeat_seconds"]:
+        raise ConfigError(
+            f"{where} node_timeout_seconds: must be at least two heartbeats "
+            f"(2 x heartbeat_seconds = {2 * seconds['heartbeat_seconds']}), got "
+            f"{seconds['node_timeout_seconds']}: a live node would be taken for dead"
+        )
+    return ClusterConfig(**seconds, advertise=advertise)
 
 
 def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:

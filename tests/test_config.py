@@ -164,3 +164,46 @@ def test_a_bad_store_section_is_refused_without_its_password(
     with pytest.raises(ConfigError, match=message) as refused:
         config.load(tmp_path)
     assert "hunter2" not in str(refused.value)
+
+
+def test_the_cluster_times(tmp_path: Path) -> None:
+    """[cluster]: the defaults are the named constants the README documents; a node timeout
+    shorter than two heartbeats would take live nodes for dead and is refused."""
+    assert config.load(tmp_path).cluster == config.ClusterConfig(
+        config.HEARTBEAT_SECONDS, config.NODE_TIMEOUT_SECONDS, config.RELAY_LEASE_SECONDS, ""
+    )
+    (tmp_path / "config.toml").write_text(
+        '[cluster]\nheartbeat_seconds = 0.5\nnode_timeout_seconds = 2\nadvertise = "n1"\n'
+    )
+    settings = config.load(tmp_path).cluster
+    assert (settings.heartbeat_seconds, settings.node_timeout_seconds) == (0.5, 2.0)
+    assert (settings.relay_lease_seconds, settings.advertise) == (30.0, "n1")
+    for text, message in (
+        ("node_timeout_seconds = 5", "at least two heartbeats"),
+        ("relay_lease_seconds = 0", "relay_lease_seconds: must be more than 0"),
+        ("heartbeat = 1", "unknown key.*heartbeat"),
+        ('heartbeat_seconds = "1"', "expected int or float"),
+    ):
+        (tmp_path / "config.toml").write_text(f"[cluster]\nheartbeat_seconds = 3\n{text}\n")
+        if text.startswith("heartbeat_seconds"):
+            (tmp_path / "config.toml").write_text(f"[cluster]\n{text}\n")
+        with pytest.raises(ConfigError, match=message):
+            config.load(tmp_path)
+
+
+def test_init_writes_the_store_url_once(tmp_path: Path) -> None:
+    """`init --store URL` writes [store] url into config.toml (the default file's placeholder,
+    an edited file's [store] table, or a new one), keeps the rest, and leaves a URL the user
+    set alone."""
+    url = 'postgresql://kim:p"w@db:5432/kim'
+    config.write_default(tmp_path)
+    assert config.set_store_url(tmp_path, url) == "written"
+    assert config.load(tmp_path).store.url == url
+    assert config.set_store_url(tmp_path, url) == "unchanged"
+    assert config.set_store_url(tmp_path, "postgresql://x@y:1/z") == "kept"
+    assert config.load(tmp_path).store.url == url
+    assert config.load(tmp_path).fachdienst == config.Config().fachdienst
+    for text in ("[store]\n\n[console]\nport = 1\n", "[console]\nport = 1\n"):
+        (tmp_path / "config.toml").write_text(text)
+        assert config.set_store_url(tmp_path, url) == "written"
+        assert (config.load(tmp_path).store.url, config.load(tmp_path).console.port) == (url, 1)

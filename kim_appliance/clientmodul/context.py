@@ -54,6 +54,10 @@ def _no_https(domain: str) -> str:
     raise LookupError(f"no Fachdienst HTTPS endpoint known for {domain}")
 
 
+def _no_fallbacks(domain: str, protocol: str) -> list[tuple[str, int]]:
+    return []
+
+
 @dataclass
 class ClientmodulContext:
     #: the Konnektor port: cards, signing, decryption, certificate checks (digest §1.8)
@@ -71,6 +75,10 @@ class ClientmodulContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("kim_appliance.cm"))
     #: KIM domain -> https://host:port of its Fachdienst (KAS, AccountLimit, Account Manager)
     resolve_https: HttpsResolver = _no_https
+    #: (KIM domain, "smtp" or "pop3") -> further (host, port) serving it, tried in order when
+    #: the resolved one cannot be reached (the other live nodes of a cluster; equal-preference
+    #: MX records)
+    fallbacks: Callable[[str, str], list[tuple[str, int]]] = _no_fallbacks
     #: X-KIM-CMVersion / X-KIM-PTVersion / X-KIM-KONVersion (digest §2.2, A_21388-01)
     cm_version: str = "KIMAP_0.1.0"
     pt_version: str = "1.5.3"

@@ -248,11 +248,18 @@ class CmPop3Session:
             host, port = self.ctx.resolve_upstream(login.host, login.port, "pop3", login.account)
         except (LookupError, ValueError, OSError) as exc:
             return Response(False, _line(f"no POP3 server for {login.account}: {exc}"))
-        try:
-            upstream = await self._connect(host, port, login.host or host)
-        except (UpstreamError, trio.TooSlowError, *NETWORK_ERRORS) as exc:
-            self.ctx.log.info("cm pop3 %s: upstream %s:%d: %r", self.peer, host, port, exc)
-            return Response(False, _line(f"POP3 server {host}:{port} not reachable: {exc}"))
+        # the resolved server first, then the other live nodes serving the domain (a cluster)
+        domain = (login.host or login.account.rpartition("@")[2]).lower()
+        targets = [(host, port)]
+        targets += [t for t in self.ctx.fallbacks(domain, "pop3") if t != (host, port)]
+        for n, (host, port) in enumerate(targets):
+            try:
+                upstream = await self._connect(host, port, login.host or host)
+                break
+            except (UpstreamError, trio.TooSlowError, *NETWORK_ERRORS) as exc:
+                self.ctx.log.info("cm pop3 %s: upstream %s:%d: %r", self.peer, host, port, exc)
+                if n == len(targets) - 1:
+                    return Response(False, _line(f"POP3 server {host}:{port} not reachable: {exc}"))
         try:
             greeting = await upstream.reply()
             if not greeting.ok:

@@ -168,13 +168,19 @@ class CmSmtpSession:
             return Reply(454, "4.7.0", _one_line(f"cannot check the call context: {exc}")), False
         host, port = ctx.resolve_upstream(login.host, login.port, "smtp", login.account)
         server_name = login.host or login.account.rpartition("@")[2]
-        try:
-            upstream = await send.Upstream.connect(ctx, host, port, server_name)
-        except (OSError, ssl.SSLError, trio.TooSlowError, send.UpstreamLost) as exc:
-            ctx.log.info("cm smtp %s: MTA %s:%d unreachable: %s", self.peer, host, port, exc)
-            return Reply(
-                454, "4.7.0", _one_line(f"the MTA {host}:{port} is unreachable: {exc}")
-            ), False
+        # the resolved MTA first, then the other live nodes serving the domain (a cluster)
+        targets = [(host, port)]
+        targets += [t for t in ctx.fallbacks(server_name.lower(), "smtp") if t != (host, port)]
+        for n, (host, port) in enumerate(targets):
+            try:
+                upstream = await send.Upstream.connect(ctx, host, port, server_name)
+                break
+            except (OSError, ssl.SSLError, trio.TooSlowError, send.UpstreamLost) as exc:
+                ctx.log.info("cm smtp %s: MTA %s:%d unreachable: %s", self.peer, host, port, exc)
+                if n == len(targets) - 1:
+                    return Reply(
+                        454, "4.7.0", _one_line(f"the MTA {host}:{port} is unreachable: {exc}")
+                    ), False
         try:
             answer = await upstream.authenticate(login.account, event.password)
         except send.UpstreamLost as exc:

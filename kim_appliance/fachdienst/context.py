@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from kim_appliance.config import FachdienstConfig
+from kim_appliance.config import RELAY_LEASE_SECONDS, FachdienstConfig
 from kim_appliance.fachdienst.accounts import Authenticator
 from kim_appliance.fachdienst.maildrops import MaildropLeases
 from kim_appliance.observe.observer import Observer
@@ -47,12 +47,26 @@ class RelayEndpoints:
 
     by_domain: dict[str, tuple[str, int]] = field(default_factory=dict)
     complete: trio.Event = field(default_factory=trio.Event)
+    #: in a cluster (kim_appliance.cluster): the SMTP listeners of a domain on the other live
+    #: nodes, in random order; None for a single process
+    others: Callable[[str], list[tuple[str, int]]] | None = None
 
     def add(self, domain: str, host: str, port: int) -> None:
         self.by_domain[domain.lower()] = (host, port)
 
     def lookup(self, domain: str) -> tuple[str, int] | None:
-        return self.by_domain.get(domain.lower())
+        found = self.candidates(domain)
+        return found[0] if found else None
+
+    def candidates(self, domain: str) -> list[tuple[str, int]]:
+        """Where to try ``domain``, in order: this process's listener (or ``relay_map``)
+        first, then the other live nodes serving it (equal-preference MX records: the relay
+        moves on to the next when a connection fails)."""
+        own = self.by_domain.get(domain.lower())
+        found = [own] if own else []
+        if self.others is not None:
+            found += [target for target in self.others(domain) if target != own]
+        return found
 
     def __contains__(self, domain: object) -> bool:
         return isinstance(domain, str) and domain.lower() in self.by_domain
@@ -80,10 +94,12 @@ class Fachdienst:
     clock: Callable[[], dt.datetime] = utcnow
     #: connection cap and deadlines of its listeners (``[limits]``, kim_appliance.serving)
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
-    #: the node this process is (relay claims, maildrop lock holders)
+    #: the node this process is (relay claims, maildrop lock holders, job leases)
     node: str = LOCAL_NODE
     #: records every hop of a message (trace and metrics, issue 15); shared by the appliance
     observer: Observer = field(default_factory=Observer)
+    #: how long a relay claim lasts unless renewed (``[cluster] relay_lease_seconds``)
+    relay_lease: dt.timedelta = dt.timedelta(seconds=RELAY_LEASE_SECONDS)
     #: the maildrop locks of this Fachdienst's open POP3 sessions (renewed by a worker)
     maildrops: MaildropLeases = field(init=False)
 

@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 from kim_appliance.fachdienst import quota
 from kim_appliance.fachdienst.accounts import client_of_request
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.jobs import take_turn
 from kim_appliance.store import (
     Attachment,
     AttachmentNotFound,
@@ -610,9 +611,11 @@ async def run_kas_expiry(
     interval_seconds: float = 3600,
     clock: Callable[[], datetime] = _utcnow,
 ) -> None:
-    """Background task: :func:`expire_kas` every ``interval_seconds`` until cancelled."""
+    """Background task: :func:`expire_kas` every ``interval_seconds`` until cancelled, on the
+    one node of a cluster that holds the domain's ``kas-expiry`` lease (fachdienst.jobs)."""
     while True:
-        await expire_kas(fd, clock())
+        if await take_turn(fd, "kas-expiry", interval_seconds):
+            await expire_kas(fd, clock())
         await trio.sleep(interval_seconds)
 
 

@@ -24,6 +24,12 @@ MAILDROP_TTL = dt.timedelta(seconds=90)
 MAILDROP_RENEW = 30.0
 
 
+def holder_prefix(node: str) -> str:
+    """What the lock holders of node ``node``'s POP3 sessions start with (a session is
+    ``NODE/random``): a node restarted after its process died frees them at once."""
+    return f"{node}/"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

@@ -19,6 +19,7 @@ import trio
 
 from kim_appliance.fachdienst.accounts import MAX_AUTH_FAILURES_PER_CONNECTION, client_of_peer
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.maildrops import holder_prefix
 from kim_appliance.observe import FACHDIENST, Stage, stored_key
 from kim_appliance.protocols.pop3 import (
     AuthAttempt,
@@ -57,7 +58,7 @@ class Pop3Session:
         self.auth_failures = 0
         self.closing = False
         #: who holds the maildrop lock in the store: this session, on this node
-        self.holder = f"{fd.node}/{secrets.token_hex(8)}"
+        self.holder = holder_prefix(fd.node) + secrets.token_hex(8)
 
     async def release(self) -> None:
         """Give the maildrop lock back."""

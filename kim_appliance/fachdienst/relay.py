@@ -12,9 +12,12 @@ which the other Fachdienst recognises what it already delivered (fachdienst.deli
 repeat is never a second copy.
 
 Claims: the worker takes due entries from its Fachdienst's queue in the store with a claim
-(``relay.claim``, a lease of :data:`RELAY_LEASE`), so that two nodes sharing a store never
-attempt one entry at once, and an entry whose node died is attempted by another once the lease
-has lapsed.
+(``relay.claim``, a lease of ``fd.relay_lease``, 30 s by default) and renews the claims of its
+round while the attempts run (``relay.renew``, :data:`RENEWALS_PER_LEASE` times per lease), so
+that two nodes sharing a store never attempt one entry at once, and an entry whose node died is
+attempted by another soon after its last renewal. Where the other Fachdienst is: its listener
+in this process first, then the other live nodes of a cluster that serve its domain
+(``RelayEndpoints.candidates``), a connection failure moving on to the next.
 
 Restarts: the workers of an appliance start working only once every Fachdienst of the
 appliance has registered its endpoint (``RelayEndpoints.complete``), and a domain without a
@@ -53,7 +56,7 @@ from kim_appliance.protocols.smtp import (
     ServerReply,
     SmtpClient,
 )
-from kim_appliance.store import RelayEntry, RelayRecipient
+from kim_appliance.store import RelayEntry, RelayRecipient, StoreError
 
 #: the worker looks at the queue at least this often, and whenever a message is queued
 POLL_SECONDS = 5.0
@@ -62,9 +65,10 @@ ATTEMPT_TIMEOUT = 300.0
 PARALLEL_ATTEMPTS = 4
 #: entries claimed per round: what the parallel attempts finish in two rounds of attempts
 CLAIM_BATCH = 2 * PARALLEL_ATTEMPTS
-#: a claim lasts this long: longer than two attempts in a row (CLAIM_BATCH), so a live node
-#: never loses an entry to another while it still works on it
-RELAY_LEASE = dt.timedelta(seconds=3 * ATTEMPT_TIMEOUT)
+#: the claims of a round are renewed this many times per lease (``fd.relay_lease``, ``[cluster]
+#: relay_lease_seconds``): a live node keeps what it works on however long the attempts take,
+#: and two renewals in a row may fail before another node may take an entry
+RENEWALS_PER_LEASE = 3
 READ_SIZE = 1024 * 1024
 #: a delivery report carries at most this much of the relayed message's header
 HEADER_READ = 256 * 1024
@@ -264,12 +268,21 @@ async def relay_worker(fd: Fachdienst) -> None:
             fd.relay_wakeup = trio.Event()
             now = dt.datetime.now(dt.UTC)
             due = await fd.store.relay.claim(
-                fd.node, fd.domain, now, limit=CLAIM_BATCH, lease=RELAY_LEASE
+                fd.node, fd.domain, now, limit=CLAIM_BATCH, lease=fd.relay_lease
             )
             retries: list[dt.datetime] = []
+            unsettled = {entry.id for entry in due}
             async with trio.open_nursery() as nursery:
-                for entry in due:
-                    nursery.start_soon(_attempt_limited, fd, entry, limiter, retries, connections)
+                if due:
+                    renewing = trio.CancelScope()
+                    nursery.start_soon(_renew_claims, fd, unsettled, renewing)
+                async with trio.open_nursery() as attempts:
+                    for entry in due:
+                        attempts.start_soon(
+                            _attempt_limited, fd, entry, limiter, retries, connections, unsettled
+                        )
+                if due:
+                    renewing.cancel()
             await connections.close_idle()
             if len(due) >= CLAIM_BATCH:
                 continue  # more may be due now
@@ -283,12 +296,35 @@ async def relay_worker(fd: Fachdienst) -> None:
                         await fd.relay_wakeup.wait()
 
 
+async def _renew_claims(fd: Fachdienst, unsettled: set[int], scope: trio.CancelScope) -> None:
+    """Renew the claims of the round's entries not yet settled, until ``scope`` is cancelled.
+    A claim that could not be kept (this node was silent longer than the lease and another
+    took the entry) is logged: the other node may deliver it too, and the receiving
+    Fachdienst recognises the repeat by its relay id."""
+    interval = fd.relay_lease.total_seconds() / RENEWALS_PER_LEASE
+    with scope:
+        while True:
+            await trio.sleep(interval)
+            ids = sorted(unsettled)
+            try:
+                held = await fd.store.relay.renew(
+                    fd.node, ids, dt.datetime.now(dt.UTC), lease=fd.relay_lease
+                )
+            except StoreError as exc:
+                fd.log.warning("relay: renewing %d claims failed: %s", len(ids), exc)
+                continue
+            lost = (set(ids) - set(held)) & unsettled
+            if lost:
+                fd.log.warning("relay: claims lapsed before renewal: %s", sorted(lost))
+
+
 async def _attempt_limited(
     fd: Fachdienst,
     entry: RelayEntry,
     limiter: trio.CapacityLimiter,
     retries: list[dt.datetime],
     connections: RelayConnections,
+    unsettled: set[int] | None = None,
 ) -> None:
     async with limiter:
         started = trio.current_time()
@@ -305,6 +341,9 @@ async def _attempt_limited(
             seconds=waits[min(entry.attempts, len(waits) - 1)]
         )
         await fd.store.relay.attempted(entry.id, next_attempt=next_attempt, error="internal")
+    finally:
+        if unsettled is not None:
+            unsettled.discard(entry.id)  # settled, or left to lapse: no more renewals
     if next_attempt is not None:
         retries.append(next_attempt)
 
@@ -319,9 +358,9 @@ async def attempt(
     if connections is None:
         async with RelayConnections(fd) as own:
             return await attempt(fd, entry, own)
-    target = fd.endpoints.lookup(entry.domain)
+    targets = fd.endpoints.candidates(entry.domain)
     outcome = _Outcome()
-    if target is None:
+    if not targets:
         reply = no_route_reply(entry.domain)
         if reply.code >= 500:
             outcome.failed = [(r, reply) for r in entry.recipients]
@@ -329,10 +368,9 @@ async def attempt(
             outcome.deferred = list(entry.recipients)
             outcome.error = f"{reply.code} {reply.enhanced} {reply.text}"
         return outcome
-    host, port = target
     try:
         with trio.fail_after(ATTEMPT_TIMEOUT):
-            conn = await connections.acquire(entry.domain, host, port)
+            conn = await _connect_any(connections, entry.domain, targets)
             reusable = False
             try:
                 reusable = await _send(fd, entry, conn, outcome)
@@ -346,6 +384,21 @@ async def attempt(
         outcome.deferred = [r for r in entry.recipients if r.address not in done]
         outcome.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return outcome
+
+
+async def _connect_any(
+    connections: RelayConnections, domain: str, targets: list[tuple[str, int]]
+) -> _Connection:
+    """A connection to the first of ``targets`` that answers (equal-preference MX records: a
+    node of a cluster that is down, or still listed after it died, is skipped); the last
+    failure if none does."""
+    for n, (host, port) in enumerate(targets):
+        try:
+            return await connections.acquire(domain, host, port)
+        except _NETWORK_ERRORS:
+            if n == len(targets) - 1:
+                raise
+    raise AssertionError("no targets")  # the caller checked that there is one
 
 
 async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _Outcome) -> bool:

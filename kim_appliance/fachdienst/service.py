@@ -19,6 +19,7 @@ from typing import Final
 import trio
 
 from kim_appliance.fachdienst.context import Fachdienst
+from kim_appliance.fachdienst.jobs import take_turn
 from kim_appliance.fachdienst.pop3_session import serve_pop3_connection
 from kim_appliance.fachdienst.relay import relay_worker
 from kim_appliance.fachdienst.retention import retention_pass
@@ -112,11 +113,16 @@ async def retention_worker(fd: Fachdienst, *, interval_seconds: float | None = N
     default 90 days) and purge deregistered accounts past their retention (KOM-LE-A_2155), at
     the Fachdienst's clock (:func:`kim_appliance.fachdienst.retention.retention_pass`).
 
-    Error handling: a failing pass is logged and the next one runs on time; the task only ends
-    when cancelled.
+    Several nodes: only the node holding the domain's retention lease runs a pass
+    (:func:`kim_appliance.fachdienst.jobs.take_turn`). Error handling: a failing pass is
+    logged and the next one runs on time; the task only ends when cancelled.
     """
     interval = interval_seconds or fd.config.retention_interval_seconds
     while True:
+        # once per cluster: the node holding the lease runs the pass (fachdienst.jobs)
+        if not await take_turn(fd, "retention", interval):
+            await trio.sleep(interval)
+            continue
         try:
             result = await retention_pass(fd, fd.clock())
         except Exception:

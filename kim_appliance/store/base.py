@@ -638,6 +638,19 @@ class Relay(Protocol):
         another node. A claim whose node died lapses after the lease (an embedded backend,
         which has one process, drops every claim when it opens)."""
 
+    async def renew(
+        self, node: str, entry_ids: Sequence[int], now: datetime, *, lease: timedelta
+    ) -> builtins.list[int]:
+        """Extend ``node``'s claims of ``entry_ids`` to ``now + lease`` (one transaction) and
+        return the ids it still holds: a claim that lapsed and was taken by another node, or
+        whose entry is gone, is not among them. A live node renews what it is attempting, so
+        the lease can be short and a dead node's claims lapse soon."""
+
+    async def release_claims(self, node: str) -> int:
+        """Drop every claim of ``node`` at once and return how many: a node that starts under
+        the name of a dead process of its own (same host, pid gone) need not wait for the
+        lease of what that process held."""
+
     async def attempted(
         self,
         entry_id: int,
@@ -770,6 +783,10 @@ class Maildrops(Protocol):
     async def unlock(self, mailbox: str, holder: str) -> None:
         """Release ``holder``'s lock (nothing if another holder has it)."""
 
+    async def release_holders(self, prefix: str) -> int:
+        """Release every lock whose holder starts with ``prefix`` (taken literally, no
+        wildcards) and return how many: the sessions of a process known to be dead."""
+
 
 class Directory(Protocol):
     """The VZD entries with a change counter: every change increments `version`, so that
@@ -800,6 +817,10 @@ class Nodes(Protocol):
 
     async def live(self, now: datetime, max_age: timedelta) -> list[NodeInfo]:
         """The nodes whose last heartbeat is at most ``max_age`` old."""
+
+    async def leave(self, name: str) -> None:
+        """Forget node ``name`` (a clean stop): it is no longer among the live nodes, and its
+        listeners are no longer offered to the others. Nothing if it is unknown."""
 
     async def acquire(self, lease: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         """Take or extend lease ``lease`` for ``holder`` until ``now + ttl``; False while

@@ -113,9 +113,12 @@ class Launcher:
         """Start ``run --ephemeral-ports --data-dir DATA_DIR`` and wait for a new endpoints.json.
 
         A file left by a killed run does not count: the wait is for a file written after the
-        start (``os.replace`` gives it a new inode).
+        start (``os.replace`` gives it a new inode). With ``--node NAME`` among ``extra`` the
+        file is ``endpoints-NAME.json`` (a node of several sharing one store).
         """
         endpoints_file = data_dir / ENDPOINTS
+        if "--node" in extra:
+            endpoints_file = data_dir / f"endpoints-{extra[extra.index('--node') + 1]}.json"
         before = _identity(endpoints_file)
         stderr_path = self.log_dir / f"run-{len(self.started)}.stderr"
         begin = time.monotonic()

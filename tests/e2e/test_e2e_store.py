@@ -86,8 +86,9 @@ def test_init_with_a_store_url_writes_the_demo_into_postgresql(
     tmp_path: Path, launcher: Launcher, pg_url: str
 ) -> None:
     """`init --store URL` creates the schema and the demo's state (accounts, directory entries,
-    registration codes) in that database; `[store] url` in config.toml makes `run` use it;
-    the embedded store is never created."""
+    registration codes) in that database and writes the URL into config.toml's `[store] url`
+    (docs/decisions.md), so that `run` without --store uses it; the embedded store is never
+    created. A second init with the same URL leaves config.toml alone."""
     data_dir = tmp_path / "kim-data"
     done = cli("init", "--data-dir", str(data_dir), "--store", pg_url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -95,9 +96,12 @@ def test_init_with_a_store_url_writes_the_demo_into_postgresql(
     assert _password(pg_url) not in done.stdout + done.stderr
     assert not (data_dir / "store").exists()
     config = data_dir / "config.toml"
-    config.write_text(
-        config.read_text().replace("[store]\n", f'[store]\nurl = "{pg_url}"\n', 1), "utf-8"
-    )
+    assert f'\nurl = "{pg_url}"\n' in config.read_text("utf-8")
+    assert "[store] url set; `run` uses this store without --store" in done.stdout
+    before = config.read_bytes()
+    again = cli("init", "--data-dir", str(data_dir), "--store", pg_url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert config.read_bytes() == before
     app = launcher.start(data_dir)
     assert not (data_dir / "store").exists()
     weber, klein = app.participant("praxis.weber"), app.participant("zahnarzt.klein")

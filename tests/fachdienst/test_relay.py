@@ -103,3 +103,64 @@ async def test_a_domain_outside_the_ti_is_bounced_at_once(fd: Fachdienst) -> Non
     assert b"5.1.2" in text
     assert b"not a TI domain" in text
     assert await fd.store.relay.pending(FD1, limit=10) == []
+
+
+async def _listener() -> tuple[trio.SocketListener, int]:
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return listener, listener.socket.getsockname()[1]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_target_that_refuses_is_skipped_for_the_next_live_node(fd: Fachdienst) -> None:
+    """Several nodes serve a domain (equal-preference MX records): when the first target
+    refuses the connection (a node that died and is still listed), the attempt goes on to the
+    next one instead of deferring the entry."""
+    listener, port = await _listener()
+    fd.endpoints.add(FD2, "127.0.0.1", _closed_port())
+    fd.endpoints.others = lambda domain: [("127.0.0.1", port)] if domain == FD2 else []
+    assert fd.endpoints.candidates(FD2)[1] == ("127.0.0.1", port)
+    entry_id = await _queue(fd, FD2)
+    fd.endpoints.complete.set()
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(relay_worker, fd)
+        with trio.fail_after(10):
+            stream = await listener.accept()  # the second target was tried
+        await stream.aclose()  # no TLS: this attempt fails, temporarily
+        with trio.fail_after(10):
+            while not (entry := (await fd.store.relay.pending(FD1, limit=1))[0]).attempts:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert entry.id == entry_id
+    assert await fd.store.mail.list(SENDER) == []  # deferred, not bounced
+
+
+async def test_a_claim_is_renewed_while_its_attempt_runs(fd: Fachdienst) -> None:
+    """The relay lease is short (a dead node's entries come back soon), so a live node renews
+    the claims of the attempts it runs: an attempt that takes several leases keeps its entry,
+    and no other node's claim gets it meanwhile."""
+    fd.relay_lease = dt.timedelta(seconds=0.3)
+    listener, port = await _listener()
+    fd.endpoints.add(FD2, "127.0.0.1", port)
+    await _queue(fd, FD2)
+    fd.endpoints.complete.set()
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(relay_worker, fd)
+        with trio.fail_after(10):
+            stream = await listener.accept()  # the attempt hangs in the TLS handshake
+        await trio.sleep(1.0)  # more than three leases
+        now = dt.datetime.now(dt.UTC)
+        assert await fd.store.relay.claim("other", FD1, now, limit=9, lease=fd.relay_lease) == []
+        [entry] = await fd.store.relay.pending(FD1, limit=1)
+        assert entry.attempts == 0  # still the first attempt
+        await stream.aclose()
+        with trio.fail_after(10):
+            while not (await fd.store.relay.pending(FD1, limit=1))[0].attempts:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()

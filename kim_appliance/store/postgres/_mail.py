@@ -31,7 +31,7 @@ from ..base import (
     StoredMessage,
 )
 from ..sqlite._db import US_PER_DAY, dt, span_us, us
-from ._accounts import ACCOUNT_COLUMNS, account_of, require_account
+from ._accounts import ACCOUNT_COLUMNS, account_of, require_account, rowcount
 from ._blobs import OPEN_COLUMNS, Opened, PgReader, blob_of, claim_blob, collect_garbage, opened
 from ._db import Conn, Database, Row
 
@@ -395,6 +395,38 @@ class PgRelay:
                 [r["id"] for r in claimed],
             )
             return await _entries(conn, rows)
+
+        return await self._db.write(op)
+
+    async def renew(
+        self, node: str, entry_ids: Sequence[int], now: datetime, *, lease: timedelta
+    ) -> builtins.list[int]:
+        until = us(now, "now") + span_us(lease)
+        ids = [int(i) for i in entry_ids]
+
+        async def op(conn: Conn) -> builtins.list[int]:
+            # a lapsed claim is still ours unless another node took the entry meanwhile
+            rows = await conn.fetch(
+                "UPDATE relay_entries SET claim_until = $1 "
+                "WHERE id = ANY($2::bigint[]) AND claimed_by = $3 RETURNING id",
+                until,
+                ids,
+                node,
+            )
+            return sorted(int(r["id"]) for r in rows)
+
+        if not ids:
+            return []
+        return await self._db.write(op)
+
+    async def release_claims(self, node: str) -> int:
+        async def op(conn: Conn) -> int:
+            status = await conn.execute(
+                "UPDATE relay_entries SET claimed_by = NULL, claim_until = NULL "
+                "WHERE claimed_by = $1",
+                node,
+            )
+            return rowcount(status)
 
         return await self._db.write(op)
 

@@ -234,6 +234,15 @@ class PgMaildrops:
 
         await self._db.write(op)
 
+    async def release_holders(self, prefix: str) -> int:
+        async def op(conn: Conn) -> int:
+            status = await conn.execute(
+                "DELETE FROM maildrop_locks WHERE substr(holder, 1, length($1)) = $1", prefix
+            )
+            return rowcount(status)
+
+        return await self._db.write(op)
+
 
 async def _version(conn: Conn, *, lock: bool = False) -> int:
     value = await conn.fetchval(
@@ -344,6 +353,12 @@ class PgNodes:
             ]
 
         return await self._db.read(op)
+
+    async def leave(self, name: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM nodes WHERE name = $1", name)
+
+        await self._db.write(op)
 
     async def acquire(self, lease: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         when = us(now, "now")

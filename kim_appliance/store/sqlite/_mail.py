@@ -427,6 +427,40 @@ class SQLiteRelay:
 
         return await self._db.write(op)
 
+    async def renew(
+        self, node: str, entry_ids: Sequence[int], now: datetime, *, lease: timedelta
+    ) -> builtins.list[int]:
+        when = us(now, "now")
+        until = when + span_us(lease)
+        ids = [int(i) for i in entry_ids]
+
+        def op(tx: Tx) -> builtins.list[int]:
+            held = []
+            for entry_id in ids:
+                # a lapsed claim is still ours unless another node took the entry meanwhile
+                cur = tx.execute(
+                    "UPDATE relay_entries SET claim_until = ? WHERE id = ? AND claimed_by = ?",
+                    (until, entry_id, node),
+                )
+                if cur.rowcount == 1:
+                    held.append(entry_id)
+            return held
+
+        if not ids:
+            return []
+        return await self._db.write(op)
+
+    async def release_claims(self, node: str) -> int:
+        def op(tx: Tx) -> int:
+            cur = tx.execute(
+                "UPDATE relay_entries SET claimed_by = NULL, claim_until = NULL "
+                "WHERE claimed_by = ?",
+                (node,),
+            )
+            return int(cur.rowcount)
+
+        return await self._db.write(op)
+
     async def attempted(
         self,
         entry_id: int,

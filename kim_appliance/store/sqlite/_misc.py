@@ -203,6 +203,16 @@ class SQLiteMaildrops:
             )
         )
 
+    async def release_holders(self, prefix: str) -> int:
+        def op(tx: Tx) -> int:
+            cur = tx.execute(
+                "DELETE FROM maildrop_locks WHERE substr(holder, 1, length(?)) = ?",
+                (prefix, prefix),
+            )
+            return int(cur.rowcount)
+
+        return await self._db.write(op)
+
 
 def _version(tx: Tx) -> int:
     row = tx.one("SELECT version FROM directory_version WHERE id = 1")
@@ -304,6 +314,9 @@ class SQLiteNodes:
             ]
 
         return await self._db.read(op)
+
+    async def leave(self, name: str) -> None:
+        await self._db.write(lambda tx: tx.execute("DELETE FROM nodes WHERE name = ?", (name,)))
 
     async def acquire(self, lease: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         when = us(now, "now")

@@ -92,6 +92,34 @@ async def test_a_claimed_entry_is_nobody_elses_until_its_lease_lapses(store: Sto
     assert await _claim(store, T0 + LEASE, node="n1") == [entry_id]
 
 
+async def test_a_renewed_claim_outlives_its_first_lease_and_lapses_after_the_last(
+    store: Store,
+) -> None:
+    """A live node renews the claims it is attempting (a short lease: a dead node's entries
+    come back soon); renewing returns only what the node still holds, and a claim that
+    lapsed and went to another node is not renewed back."""
+    first, second = await _enqueue(store, b"one"), await _enqueue(store, b"two")
+    assert sorted(await _claim(store, T0, node="n1")) == sorted([first, second])
+    later = T0 + LEASE - timedelta(seconds=1)
+    assert await store.relay.renew("n1", [first], later, lease=LEASE) == [first]
+    # the unrenewed one lapsed: n2 takes it; the renewed one is n1's for another lease
+    assert await _claim(store, T0 + LEASE, node="n2") == [second]
+    assert await store.relay.renew("n1", [first, second], T0 + LEASE, lease=LEASE) == [first]
+    assert await _claim(store, later + LEASE - timedelta(seconds=1), node="n2") == []
+    assert await store.relay.renew("n2", [], T0, lease=LEASE) == []
+
+
+async def test_releasing_a_nodes_claims_frees_its_entries_at_once(store: Store) -> None:
+    """A node restarting under the name of its dead process drops that process's claims
+    without waiting for their lease; another node's claims stay."""
+    mine, theirs = await _enqueue(store, b"one"), await _enqueue(store, b"two")
+    assert await _claim(store, T0, node="n1", limit=1) == [mine]
+    assert await _claim(store, T0, node="n2", limit=1) == [theirs]
+    assert await store.relay.release_claims("n1") == 1
+    assert await store.relay.release_claims("n1") == 0
+    assert await _claim(store, T0 + timedelta(seconds=1), node="n3") == [mine]
+
+
 async def test_claims_are_per_source_fachdienst_in_due_order(store: Store) -> None:
     ids = [await _enqueue(store, bytes([i])) for i in range(3)]
     other = await _enqueue(store, b"fd2's", source="test3.kim.telematik-test")

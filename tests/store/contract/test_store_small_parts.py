@@ -119,6 +119,20 @@ async def test_a_maildrop_has_one_holder_at_a_time(store: Store) -> None:
     assert await store.maildrops.lock(mailbox, "node2/s2", NOW, TTL)
 
 
+async def test_the_locks_of_a_dead_process_are_released_by_holder_prefix(store: Store) -> None:
+    """A node restarted after its process died frees that process's maildrops at once: every
+    lock whose holder starts with the prefix, taken literally (``_`` and ``%`` are no
+    wildcards); other holders' locks stay."""
+    for who, holder in (("alice", "n_1/s1"), ("bob", "n_1/s2"), ("carol", "nx1/s3")):
+        assert await store.maildrops.lock(address(who), holder, NOW, TTL)
+    assert await store.maildrops.lock(address("dave"), "n_10/s4", NOW, TTL)
+    assert await store.maildrops.release_holders("n_1/") == 2
+    assert await store.maildrops.release_holders("n_1/") == 0
+    assert await store.maildrops.lock(address("alice"), "n2/s5", NOW, TTL)
+    assert not await store.maildrops.lock(address("carol"), "n2/s5", NOW, TTL)
+    assert not await store.maildrops.lock(address("dave"), "n2/s5", NOW, TTL)
+
+
 async def test_the_lock_of_a_dead_session_lapses(store: Store) -> None:
     """A node died with a session open: its lock lapses after the TTL, and the holder that
     comes back finds it taken (renew is False)."""
@@ -205,6 +219,18 @@ async def test_nodes_report_themselves_and_leases_have_one_holder(store: Store) 
     assert await store.nodes.acquire("retention", "n2", NOW + TTL * 2, TTL)  # lapsed
     await store.nodes.release("retention", "n2")
     assert await store.nodes.acquire("retention", "n1", NOW + TTL * 2, TTL)
+
+
+async def test_a_node_that_leaves_is_no_longer_live(store: Store) -> None:
+    """A clean stop takes the node out of the live list at once (not after its heartbeat
+    ages); the other nodes stay, and leaving twice is harmless."""
+    await store.nodes.heartbeat("n1", {"pid": 1}, ["fachdienst"], NOW)
+    await store.nodes.heartbeat("n2", {"pid": 2}, ["fachdienst"], NOW)
+    await store.nodes.leave("n1")
+    await store.nodes.leave("n1")
+    assert [n.name for n in await store.nodes.live(NOW, timedelta(minutes=1))] == ["n2"]
+    await store.nodes.heartbeat("n1", {"pid": 3}, ["console"], NOW)  # back again
+    assert [n.name for n in await store.nodes.live(NOW, timedelta(minutes=1))] == ["n1", "n2"]
 
 
 async def test_meta_facts_are_set_once(store: Store) -> None:
