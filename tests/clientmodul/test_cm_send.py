@@ -494,6 +494,33 @@ async def test_unknown_recipient_is_dropped_and_reported(cm: Kim) -> None:
 
 
 @both_modes
+async def test_recipient_emails_name_only_the_addresses_encrypted_for(cm: Kim) -> None:
+    """KOM-LE-A_2027: of the recipients, one has no encryption certificate; the KIM message's
+    recipient-emails attribute has entries for the sender and the other recipient only, one per
+    certificate encrypted for; KOM-LE-A_2116: each entry's address is that of the holder of the
+    certificate it names."""
+    from cryptography import x509
+
+    from kim_appliance.clientmodul.keys import scan_recipient_emails
+
+    sender, recipient = "praxis.weber", "zahnarzt.klein"
+    to = cm.address(recipient)
+    data = client_mail(cm.address(sender), [to, UNKNOWN])
+    assert await trio.to_thread.run_sync(cm.send, sender, [to, UNKNOWN], data) == {}
+    (outer,) = await wait_for(cm, recipient)
+    entries = scan_recipient_emails(io.BytesIO(outer))
+    for local in (sender, recipient):
+        certificates = [
+            x509.load_pem_x509_certificate(path.read_bytes())
+            for path in cm.participant(local).enc_certs
+        ]
+        mine = [e for e in entries if e.address == cm.address(local)]
+        assert len(mine) == len(certificates), local
+        assert all(any(e.matches(c) for c in certificates) for e in mine), local
+    assert {e.address for e in entries} == {cm.address(sender), to}
+
+
+@both_modes
 async def test_no_valid_recipient_is_451_with_report(cm: Kim) -> None:
     """KOM-LE-A_2025: no recipient with a valid encryption certificate -> 451 to the PVS (and
     the dropped recipient is reported to the sender)."""
