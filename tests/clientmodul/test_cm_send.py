@@ -151,6 +151,50 @@ async def test_greeting_says_esmtp(cm: Kim) -> None:
     assert b"ESMTP" in text
 
 
+async def test_tls_towards_the_pvs_is_1_2_or_newer_with_ecdhe_and_aead(cm: Kim) -> None:
+    """KOM-LE-A_2064-02 (gemSpec_Krypt, BSI TR-02102-2 §3.3): the Clientmodul's SMTPS and
+    POP3S listeners refuse a TLS 1.0/1.1 handshake, accept TLS 1.2 with
+    the Krypt suite TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, and negotiate TLS 1.3 with a
+    default client."""
+    import socket
+    import ssl
+    import warnings
+
+    def handshake(port: int, configure: Callable[[ssl.SSLContext], None]) -> tuple[str, str]:
+        context = cm.ssl_context()
+        configure(context)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            cipher = tls.cipher()
+            assert cipher is not None
+            return cipher[1], cipher[0]
+
+    def old(context: ssl.SSLContext) -> None:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():  # deprecated versions, on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+
+    def krypt(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+
+    for _, port in (cm.app.clientmodul_smtp, cm.app.clientmodul_pop3):
+        # the client can speak TLS 1.1 (else "no protocols available"); the server ends the
+        # handshake (an alert, or trio closes the stream)
+        with pytest.raises(ssl.SSLError, match="(?i)eof|protocol.version|alert"):
+            await trio.to_thread.run_sync(handshake, port, old)
+        assert await trio.to_thread.run_sync(handshake, port, krypt) == (
+            "TLSv1.2",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+        )
+        version, suite = await trio.to_thread.run_sync(handshake, port, lambda c: None)
+        assert (version, suite.startswith("TLS_AES_")) == ("TLSv1.3", True)
+
+
 async def test_ehlo_announces_the_extensions_of_the_spec(cm: Kim) -> None:
     """digest §1.3: EHLO -> 250 with SIZE n (n >= 35882577), AUTH LOGIN PLAIN, 8BITMIME,
     ENHANCEDSTATUSCODES, DSN (KOM-LE-A_2009: only PLAIN and LOGIN)."""
