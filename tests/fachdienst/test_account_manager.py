@@ -290,6 +290,29 @@ def test_set_account_changes_only_writable_fields(registered: Env) -> None:
     assert registered.directory.find_by_mail(USER) is None
 
 
+def test_a_third_party_can_neither_change_nor_delete_the_password(registered: Env) -> None:
+    """KOM-LE-A_2166: setAccount with a new password and deregisterAccount need the account's
+    own password and a JWT for the account: with a wrong password (401), with a token for
+    another address (401) or without a token (401) nothing changes, and the holder's password
+    keeps working."""
+    c = registered.client
+    url = f"{BASE}/account/{USER}"
+    change = {"password": b64(NEW_PASSWORD)}
+    attempts = [
+        auth("Falsches-Passwort-1!"),
+        auth(sub=f"andere@{DOMAIN}", tid=TID_NEW),
+        {"password": b64(PASSWORD)},
+    ]
+    for headers in attempts:
+        assert_error(c.put(url, json=change, headers=headers), 401, "")
+        assert_error(c.delete(url, headers=headers), 401, "")
+    account = registered.account()
+    assert account.status == "active"
+    authenticate = partial(registered.fd.auth.authenticate, client="127.0.0.1")
+    assert registered.call(authenticate, USER, PASSWORD).ok
+    assert not registered.call(authenticate, USER, NEW_PASSWORD).ok
+
+
 # --- deregisterAccount / revokeDeregistration ---------------------------------------------
 
 
