@@ -580,7 +580,8 @@ async def test_stat_list_uidl_dele_through_the_proxy(cm: Kim) -> None:
 @pytest.mark.slow
 async def test_25_mb_message_through_the_clientmodul(cm: Kim) -> None:
     """Issue 6 item 5 (digest §1.5): a 25 MB KIM message is spooled, decrypted, verified and
-    delivered through POP3 with LIST size == RETR octets and the body intact."""
+    delivered through POP3 with LIST size == RETR octets and the body intact (KOM-LE-A_2004:
+    25 MB net on the receive side)."""
     weber, klein = cm.participant(WEBER).address, cm.participant(KLEIN).address
     line = b"A" * 998 + b"\r\n"
     inner = make_message(weber, klein, body="PLACEHOLDER\n").replace(

@@ -100,7 +100,9 @@ async def test_mail_arrives_as_kim_message_the_recipient_opens(
     cm: Kim, sender: str, recipient: str
 ) -> None:
     """KOM-LE-A_2022, A_2111-01, KOM-LE-A_2020/2129: the PVS sends a plain mail; the Fachdienst
-    holds a signed and encrypted KIM message that the recipient's keys decrypt and verify."""
+    holds a signed and encrypted KIM message that the recipient's keys decrypt and verify; its
+    outer header carries the Clientmodul's X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01)
+    and an Expires (A_22417)."""
     to = cm.address(recipient)
     data = client_mail(cm.address(sender), [to])
     refused = await trio.to_thread.run_sync(cm.send, sender, [to], data)

@@ -313,6 +313,21 @@ def test_a_third_party_can_neither_change_nor_delete_the_password(registered: En
     assert not registered.call(authenticate, USER, NEW_PASSWORD).ok
 
 
+def test_kim_version_1_5_plus_is_the_large_mail_consent(registered: Env) -> None:
+    """A_23505 (the Account Manager's side): setAccount takes kimVersion "1.5+" (consent to
+    large mails) as well as "1.5", stores it and publishes it in the account's VZD entry."""
+    url = f"{BASE}/account/{USER}"
+    for version in ("1.5", "1.5+"):
+        assert (
+            registered.client.put(url, json={"kimVersion": version}, headers=auth()).status_code
+            == 204
+        )
+        assert registered.account().kim_version == version
+        entry = registered.directory.find_by_mail(USER)
+        assert entry is not None
+        assert entry.fachdaten[DOMAIN][0].version == version
+
+
 # --- deregisterAccount / revokeDeregistration ---------------------------------------------
 
 
