@@ -70,7 +70,7 @@ STATUS: dict[str, str] = {
     "A_2014": "n/a: optional (KANN); towards the MTA the Clientmodul uses PLAIN or LOGIN only "
     "(KOM-LE-A_2013)",
     "A_2036": "n/a: optional (KANN); towards the POP3 server the Clientmodul uses SASL PLAIN only",
-    "A_2176": "n/a: superseded by the KIM 1.5 FAQ \"Umgang mit dem RCPT TO\" (digest §1.4): RCPT "
+    "A_2176": 'n/a: superseded by the KIM 1.5 FAQ "Umgang mit dem RCPT TO" (digest §1.4): RCPT '
     "TO is answered 250 and held back; a recipient without a valid ENC certificate is dropped "
     "after DATA and reported to the sender (KOM-LE-A_2024-01, A_2025)",
     "A_2180": "n/a: withdrawn: gemSpec_CM_KOMLE 1.13 has no KOM-LE-A_2180; the result of the "
@@ -120,8 +120,8 @@ STATUS: dict[str, str] = {
     "A_2139": "open: text not in reference/; the Fachdienst is configured in config.toml "
     "([fachdienst], tests/test_config.py), but which parameters the requirement names is "
     "not known",
-    "A_2146": "open: text not in reference/; the digest only says \"mail is processed per the "
-    "S/MIME profile\" (§3.2); the Fachdienste carry KIM messages unchanged "
+    "A_2146": 'open: text not in reference/; the digest only says "mail is processed per the '
+    'S/MIME profile" (§3.2); the Fachdienste carry KIM messages unchanged '
     "(test_every_ordered_pair_of_demo_participants), but what the profile asks of the "
     "Fachdienst itself is not known",
     # Account Manager
