@@ -66,9 +66,68 @@ STATUS: dict[str, str] = {
     "A_2160": NOT_APPLICABLE_VZD_MAINTENANCE,
     "A_2189": NOT_APPLICABLE_VZD_MAINTENANCE,
     "A_2299": NOT_APPLICABLE_VZD_MAINTENANCE,
+    # Clientmodul: optional, superseded or withdrawn (texts: gemSpec_CM_KOMLE 1.13)
+    "A_2014": "n/a: optional (KANN); towards the MTA the Clientmodul uses PLAIN or LOGIN only "
+    "(KOM-LE-A_2013)",
+    "A_2036": "n/a: optional (KANN); towards the POP3 server the Clientmodul uses SASL PLAIN only",
+    "A_2176": 'n/a: superseded by the KIM 1.5 FAQ "Umgang mit dem RCPT TO" (digest §1.4): RCPT '
+    "TO is answered 250 and held back; a recipient without a valid ENC certificate is dropped "
+    "after DATA and reported to the sender (KOM-LE-A_2024-01, A_2025)",
+    "A_2180": "n/a: withdrawn: gemSpec_CM_KOMLE 1.13 has no KOM-LE-A_2180; the result of the "
+    "signature check is the note and X-KIM-IntegrityCheckResult (KOM-LE-A_2050); no PDF report "
+    "is attached",
+    "A_22348": "n/a: optional (KANN: keep VerifyCertificate results until notAfter); not built",
+    "A_19359": "n/a: superseded by KIM 1.5.3 (digest §3.5): the whole client mail goes to the "
+    "KAS, not each attachment; the 1.5.2 per-attachment form is neither sent nor read",
+    # Clientmodul: not built
+    "A_2035": "open: half built: towards the POP3 server the Clientmodul logs in with SASL PLAIN "
+    "only (clientmodul/pop3_proxy.py, _auth); the client part of USER/PASS, for a server "
+    "without SASL PLAIN, is missing",
+    "A_2181": "open: not built: the Clientmodul's SMTPS and POP3S listeners never ask the PVS "
+    "for a client certificate (appliance.py builds them with server_context(chain, key)); a "
+    "[clientmodul] switch for certificate-based client authentication is missing",
+    "A_2301": "open: not built: the Clientmodul presents the C.CM.TLS-CS that the appliance's "
+    "PKI issues at init (tls/clientmodul.*) and does not fetch its PKCS#12 through "
+    "I_AccountManager_Service createCert (which the Account Manager offers: "
+    "test_create_cert_returns_pkcs12_with_cm_certificate)",
+    "A_19513": "open: not built: the Clientmodul reads its TLS key and certificate from PEM "
+    "files; it does not unpack a PKCS#12 file (see KOM-LE-A_2301-02)",
+    "A_21381": "open: not built: nothing renews the Clientmodul's certificate through createCert "
+    "a month before it expires, and no 4016 mail exists (see KOM-LE-A_2301-02)",
+    "A_17239": "open: not shown: the appliance's TLS servers have RSA certificates only "
+    "(pki/tls.py), so the Clientmodul never meets a server offering RSA and ECC and its "
+    "preference for ECC as a TLS client is not exercised",
+    "A_17464": "open: not built: the Clientmodul does not read the Konnektor's SignatureService "
+    "and EncryptionService versions from the service directory before using ECC certificates "
+    "(the emulated Konnektor offers 7.5 and 6.1, both ECC-capable)",
+    "A_17472": "open: not built (see A_17464): behind a Konnektor without ECC the Clientmodul "
+    "would still encrypt for ECC certificates",
+    # Administrationsmodul and the practice software
+    "A_19456": "n/a: no Administrationsmodul (registration dialogs); the Fachdienste the "
+    "Clientmodul uses are the [clientmodul.fachdienste] table of config.toml",
+    "A_19523": "n/a: no DNS in an emulation on 127.0.0.1: the [clientmodul.fachdienste] "
+    "endpoint table stands in for DNS Service Discovery (as for KOM-LE-A_2231)",
+    "A_23167": "n/a: a rule for the practice software (ILF-PS: regex checks of its header values "
+    "per gemSpec_Perf); the Clientmodul passes the PVS's X-KIM-* headers on as they are",
+    "A_27784": "n/a: a rule for the practice software (it sets X-TI-User-Agent, ILF-PS); the "
+    "Clientmodul passes it on in the inner mail",
+    "A_28582": "n/a: X-KIM-Auth belongs to KIM releases after the emulated 1.5.3 (digest §2.3); "
+    "not built",
+    # Fachdienst rows whose text is not in ../shared/reference/
+    "A_2134": "open: text not in reference/; by its place between accounting (KOM-LE-A_2133, "
+    "n/a) and logging (KOM-LE-A_2135-2137, n/a) an operations rule of a provider, which an "
+    "emulation would mark n/a once the text confirms it",
+    "A_2139": "open: text not in reference/; the Fachdienst is configured in config.toml "
+    "([fachdienst], tests/test_config.py), but which parameters the requirement names is "
+    "not known",
+    "A_2146": 'open: text not in reference/; the digest only says "mail is processed per the '
+    'S/MIME profile" (§3.2); the Fachdienste carry KIM messages unchanged '
+    "(test_every_ordered_pair_of_demo_participants), but what the profile asks of the "
+    "Fachdienst itself is not known",
     # Account Manager
     "A_2158": NOT_APPLICABLE_LOGGING,
-    "A_2154": "open: not built: no notice is sent before the retention deletes a mailbox's mail",
+    "A_2154": "open: not built: the digest says deletion notices must be sent (§3.2) but not "
+    "their format, recipient or timing; nothing is sent before the retention deletes mail",
 }
 
 

@@ -273,7 +273,8 @@ async def test_kas_upload_failure_is_reported_with_4002_and_nothing_sent(
     start_kim: StartKim, limit_calls: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A_19363-02: an upload error other than 507 (here 413 from a KAS with a 10 KB limit):
-    the KIM message is not sent, the sender gets a report with 4002."""
+    the KIM message is not sent, the sender gets a report with 4002 (A_20650-03: in the
+    X-KIM-Fehlermeldung header)."""
     kas_settings(monkeypatch, max_size=10_000)
     app = await start_kim()
     weber, sonne = app.participant(WEBER), app.participant(SONNE)
@@ -314,7 +315,9 @@ async def test_kas_429_gives_the_download_error_mail_4013(
     start_kim: StartKim, limit_calls: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A_19370, digest §1.6: the KAS refuses the download with 429 -> error mail with 4013 and
-    the (still encrypted) KIM message attached."""
+    the (still encrypted) KIM message attached. A_22412: the 429 case is reported in
+    X-KIM-Fehlermeldung (A_20650-03), with 4013 where A_22412 writes 4017 (taken as a typo,
+    docs/decisions.md)."""
     kas_settings(monkeypatch, max_downloads=0)
     app = await start_kim()
     await _large_mail_to_klein(app)
@@ -348,7 +351,8 @@ async def test_hash_mismatch_gives_the_error_mail_4012(
     start_kim: StartKim, limit_calls: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """digest §1.5 step 5, §1.6: the downloaded client mail does not have the hash the KIM
-    message names (a sending Clientmodul that got it wrong) -> error mail with 4012."""
+    message names (a sending Clientmodul that got it wrong) -> error mail with 4012
+    (A_19372-02: the hash of the decrypted data is compared with the one named)."""
     original = large_mail.encrypt_for_kas
 
     def wrong_hash(client: Any, spool_dir: str | None) -> large_mail.KasBlob:
@@ -511,7 +515,8 @@ async def test_clientmodul_presents_its_c_cm_tls_cs_to_the_fachdienst(
     start_kim: StartKim, nursery: trio.Nursery
 ) -> None:
     """digest §1.9, KOM-LE-A_2074: towards the Fachdienst the Clientmodul authenticates with
-    its C.CM.TLS-CS certificate (mutual TLS); a server requiring a client certificate sees it."""
+    its C.CM.TLS-CS certificate (mutual TLS); a server requiring a client certificate sees it
+    (KOM-LE-A_2182-01: the C.CM.TLS-CS the provider's PKI issued)."""
     from cryptography import x509
 
     from kim_appliance.pki import CertProfile, profile_of

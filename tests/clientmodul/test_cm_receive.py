@@ -183,7 +183,10 @@ async def test_login_failures_are_plain_err(
     cm: Kim, case: str, change: Callable[[str, str], tuple[str, str]]
 ) -> None:
     """Digest §1.5: every CONNECT failure (bad username, Konnektor fault 4004-4006, wrong
-    password upstream) is a plain -ERR; the PVS may then try again (KOM-LE-A_2032)."""
+    password upstream) is a plain -ERR; the PVS may then try again (KOM-LE-A_2032).
+    KOM-LE-A_2034: the wrong password is refused by the POP3 server and the right one logs in
+    with the account taken from the username; KOM-LE-A_2038: the PVS connection stays open
+    after the failure."""
     p = cm.participant(WEBER)
     username, password = change(p.pop3_username, p.password)
 
@@ -237,6 +240,67 @@ async def test_unreachable_fachdienst_is_err(cm: Kim) -> None:
     username = with_upstream(cm.participant(WEBER).pop3_username, "127.0.0.1", closed_port())
     with pytest.raises(poplib.error_proto, match="-ERR"):
         await trio.to_thread.run_sync(partial(cm_login, cm, WEBER, username=username))
+
+
+async def test_pop3_server_session_follows_the_pvs_session(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """KOM-LE-A_2034: the Clientmodul logs in at the POP3 server the username names with the
+    plain account and the PVS's password (here with SASL PLAIN); KOM-LE-A_2039: that
+    connection stays open while the PVS session goes on and gets QUIT when the PVS quits
+    (against a scripted POP3S server that records what it sees)."""
+    import base64
+
+    from kim_appliance.pki.tls import server_context
+
+    app = await start_kim()
+    p = app.participant(WEBER)
+    tls = app.data_dir / "tls"
+    context = server_context(
+        tls / f"{p.fachdienst}.server.chain.pem", tls / f"{p.fachdienst}.server.key.pem"
+    )
+    seen: list[bytes] = []
+    ended = trio.Event()
+
+    async def pop3_server(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        buffer = b""
+        try:
+            await stream.send_all(b"+OK scripted POP3\r\n")
+            while data := await stream.receive_some(4096):
+                buffer += data
+                while b"\r\n" in buffer:
+                    line, buffer = buffer.split(b"\r\n", 1)
+                    seen.append(line)
+                    if line.upper() == b"QUIT":
+                        await stream.send_all(b"+OK bye\r\n")
+                        return
+                    await stream.send_all(b"+OK 0 0\r\n")
+            seen.append(b"<EOF>")
+        finally:
+            ended.set()
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(trio.serve_ssl_over_tcp, pop3_server, 0, context)
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    username = with_upstream(p.pop3_username, "127.0.0.1", port)
+
+    def session() -> tuple[bytes, list[bytes], bytes]:
+        pop = Kim(app).pop3_connect()
+        pop.user(username)
+        logged_in = pop.pass_(p.password)
+        before_quit = list(seen)
+        return logged_in, before_quit, pop.quit()
+
+    logged_in, before_quit, bye = await trio.to_thread.run_sync(session)
+    assert logged_in.startswith(b"+OK")
+    assert bye.startswith(b"+OK")
+    (auth, *_) = before_quit
+    assert auth.startswith(b"AUTH PLAIN ")
+    assert base64.b64decode(auth.split(b" ")[2]) == f"\0{p.address}\0{p.password}".encode()
+    assert b"QUIT" not in before_quit  # open while the PVS is connected
+    with trio.fail_after(10):
+        await ended.wait()
+    assert seen[-1] == b"QUIT"
 
 
 # --- PROCESS: the receive pipeline per participant kind ------------------------------------------
@@ -516,7 +580,8 @@ async def test_stat_list_uidl_dele_through_the_proxy(cm: Kim) -> None:
 @pytest.mark.slow
 async def test_25_mb_message_through_the_clientmodul(cm: Kim) -> None:
     """Issue 6 item 5 (digest §1.5): a 25 MB KIM message is spooled, decrypted, verified and
-    delivered through POP3 with LIST size == RETR octets and the body intact."""
+    delivered through POP3 with LIST size == RETR octets and the body intact (KOM-LE-A_2004:
+    25 MB net on the receive side)."""
     weber, klein = cm.participant(WEBER).address, cm.participant(KLEIN).address
     line = b"A" * 998 + b"\r\n"
     inner = make_message(weber, klein, body="PLACEHOLDER\n").replace(

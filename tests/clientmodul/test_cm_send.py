@@ -17,7 +17,7 @@ import io
 import re
 import smtplib
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,9 @@ from cm_support import Kim, StartKim, closed_port, demo_address, with_upstream
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.directory import DirectoryStore
 from kim_appliance.mail.unseal import OpenReport, open_message
+from kim_appliance.pki.tls import server_context
 from kim_appliance.store import open_store
+from kim_appliance.testing import KimAppliance
 
 #: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
 both_modes = pytest.mark.usefixtures("cm_mode")
@@ -98,7 +100,9 @@ async def test_mail_arrives_as_kim_message_the_recipient_opens(
     cm: Kim, sender: str, recipient: str
 ) -> None:
     """KOM-LE-A_2022, A_2111-01, KOM-LE-A_2020/2129: the PVS sends a plain mail; the Fachdienst
-    holds a signed and encrypted KIM message that the recipient's keys decrypt and verify."""
+    holds a signed and encrypted KIM message that the recipient's keys decrypt and verify; its
+    outer header carries the Clientmodul's X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01)
+    and an Expires (A_22417)."""
     to = cm.address(recipient)
     data = client_mail(cm.address(sender), [to])
     refused = await trio.to_thread.run_sync(cm.send, sender, [to], data)
@@ -147,6 +151,50 @@ async def test_greeting_says_esmtp(cm: Kim) -> None:
     code, text = await trio.to_thread.run_sync(greet)
     assert code == 220
     assert b"ESMTP" in text
+
+
+async def test_tls_towards_the_pvs_is_1_2_or_newer_with_ecdhe_and_aead(cm: Kim) -> None:
+    """KOM-LE-A_2064-02 (gemSpec_Krypt, BSI TR-02102-2 §3.3): the Clientmodul's SMTPS and
+    POP3S listeners refuse a TLS 1.0/1.1 handshake, accept TLS 1.2 with
+    the Krypt suite TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, and negotiate TLS 1.3 with a
+    default client."""
+    import socket
+    import ssl
+    import warnings
+
+    def handshake(port: int, configure: Callable[[ssl.SSLContext], None]) -> tuple[str, str]:
+        context = cm.ssl_context()
+        configure(context)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            cipher = tls.cipher()
+            assert cipher is not None
+            return cipher[1], cipher[0]
+
+    def old(context: ssl.SSLContext) -> None:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():  # deprecated versions, on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+
+    def krypt(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+
+    for _, port in (cm.app.clientmodul_smtp, cm.app.clientmodul_pop3):
+        # the client can speak TLS 1.1 (else "no protocols available"); the server ends the
+        # handshake (an alert, or trio closes the stream)
+        with pytest.raises(ssl.SSLError, match=r"(?i)eof|protocol.version|alert"):
+            await trio.to_thread.run_sync(handshake, port, old)
+        assert await trio.to_thread.run_sync(handshake, port, krypt) == (
+            "TLSv1.2",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+        )
+        version, suite = await trio.to_thread.run_sync(handshake, port, lambda c: None)
+        assert (version, suite.startswith("TLS_AES_")) == ("TLSv1.3", True)
 
 
 async def test_ehlo_announces_the_extensions_of_the_spec(cm: Kim) -> None:
@@ -312,6 +360,156 @@ async def test_auth_login_and_plain_both_work(cm: Kim) -> None:
         assert text.startswith(b"2.7.0")
 
 
+# --- tests: the Clientmodul's MTA session, against a scripted MTA (digest §1.3) ----------------
+
+
+@dataclass
+class _MtaConnection:
+    """What one connection of the scripted MTA saw: the AUTH mechanism, the decoded
+    credentials, and how it ended (``QUIT``, ``EOF``, or still ``open``)."""
+
+    mechanism: str = ""
+    credentials: tuple[str, str] = ("", "")
+    end: str = "open"
+    ended: trio.Event = field(default_factory=trio.Event)
+
+
+async def _scripted_mta(
+    nursery: trio.Nursery, app: KimAppliance, offered: str, *, refuse: str = ""
+) -> tuple[int, list[_MtaConnection]]:
+    """An SMTPS server on 127.0.0.1 with a Fachdienst's certificate that offers ``AUTH
+    <offered>``, accepts every login but one with the password ``refuse`` (535), answers
+    NOOP/RSET with 250 and QUIT with 221; (port, its connections)."""
+    domain = app.participant("praxis.weber").fachdienst
+    tls = app.data_dir / "tls"
+    context = server_context(tls / f"{domain}.server.chain.pem", tls / f"{domain}.server.key.pem")
+    seen: list[_MtaConnection] = []
+
+    async def mta(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        connection = _MtaConnection()
+        seen.append(connection)
+        buffer = b""
+
+        async def line() -> bytes | None:
+            nonlocal buffer
+            while b"\r\n" not in buffer:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return None
+                buffer += data
+            first, buffer = buffer.split(b"\r\n", 1)
+            return first
+
+        def b64(text: bytes) -> str:
+            return base64.b64decode(text).decode()
+
+        try:
+            await stream.send_all(b"220 scripted MTA ESMTP\r\n")
+            while (command := await line()) is not None:
+                verb = command.split(b" ", 1)[0].upper()
+                if verb == b"EHLO":
+                    await stream.send_all(f"250-scripted\r\n250 AUTH {offered}\r\n".encode())
+                    continue
+                if verb == b"AUTH" and command.upper().startswith(b"AUTH PLAIN "):
+                    _, user, password = b64(command.split(b" ")[2]).split("\0")
+                    connection.mechanism, connection.credentials = "PLAIN", (user, password)
+                elif verb == b"AUTH" and command.upper() == b"AUTH LOGIN":
+                    await stream.send_all(b"334 VXNlcm5hbWU6\r\n")
+                    user = b64(await line() or b"")
+                    await stream.send_all(b"334 UGFzc3dvcmQ6\r\n")
+                    password = b64(await line() or b"")
+                    connection.mechanism, connection.credentials = "LOGIN", (user, password)
+                elif verb == b"QUIT":
+                    connection.end = "QUIT"
+                    await stream.send_all(b"221 2.0.0 bye\r\n")
+                    return
+                else:
+                    await stream.send_all(b"250 2.0.0 ok\r\n")
+                    continue
+                ok = connection.credentials[1] != refuse
+                await stream.send_all(b"235 2.7.0 ok\r\n" if ok else b"535 5.7.8 no\r\n")
+            connection.end = "EOF"
+        except trio.BrokenResourceError:
+            connection.end = "EOF"
+        finally:
+            connection.ended.set()
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(trio.serve_ssl_over_tcp, mta, 0, context)
+    return listeners[0].transport_listener.socket.getsockname()[1], seen
+
+
+async def test_clientmodul_logs_in_at_the_mta_with_plain_or_login(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """KOM-LE-A_2013: the Clientmodul's client side of SASL PLAIN and LOGIN: towards an MTA
+    that offers only LOGIN it logs in with LOGIN, towards one that offers both with PLAIN;
+    either way with the plain account and the PVS's password (KOM-LE-A_2012), and the PVS
+    gets 235."""
+    app = await start_kim()
+    p = app.participant("praxis.weber")
+    login_only, login_seen = await _scripted_mta(nursery, app, "LOGIN")
+    both, both_seen = await _scripted_mta(nursery, app, "PLAIN LOGIN")
+
+    def login(port: int) -> tuple[int, bytes]:
+        host, cm_port = app.clientmodul_smtp
+        with smtplib.SMTP_SSL(host, cm_port, context=app.ssl_context(), timeout=30) as smtp:
+            return smtp.login(with_upstream(p.smtp_username, "127.0.0.1", port), p.password)
+
+    for port in (login_only, both):
+        code, _ = await trio.to_thread.run_sync(login, port)
+        assert code == 235
+    assert [(c.mechanism, c.credentials) for c in login_seen] == [
+        ("LOGIN", (p.address, p.password))
+    ]
+    assert [(c.mechanism, c.credentials) for c in both_seen] == [("PLAIN", (p.address, p.password))]
+
+
+async def test_mta_session_lives_as_long_as_the_pvs_session(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """KOM-LE-A_2016: the PVS connection stays open after a refused login (535) and takes the
+    next AUTH; KOM-LE-A_2017: the MTA connection of a successful login stays open while the
+    PVS session goes on, gets QUIT when the PVS quits and is closed when the PVS drops its
+    connection without QUIT (digest §1.3: the session ends for both sides)."""
+    app = await start_kim()
+    p = app.participant("praxis.weber")
+    port, seen = await _scripted_mta(nursery, app, "PLAIN", refuse="falsch")
+    username = with_upstream(p.smtp_username, "127.0.0.1", port)
+    host, cm_port = app.clientmodul_smtp
+
+    def refused_then_logged_in() -> smtplib.SMTP_SSL:
+        smtp = smtplib.SMTP_SSL(host, cm_port, context=app.ssl_context(), timeout=30)
+        smtp.ehlo("pvs.test")
+        smtp.user, smtp.password = username, "falsch"
+        with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+            smtp.auth("PLAIN", smtp.auth_plain)  # one attempt (login() would try LOGIN too)
+        assert caught.value.smtp_code == 535
+        assert smtp.login(username, p.password)[0] == 235  # the same PVS connection
+        assert smtp.noop()[0] == 250
+        return smtp
+
+    smtp = await trio.to_thread.run_sync(refused_then_logged_in)
+    with trio.fail_after(10):
+        await seen[0].ended.wait()  # the refused login's MTA connection is given up
+    await trio.sleep(0.2)
+    assert [c.end for c in seen] == ["QUIT", "open"]
+    assert (await trio.to_thread.run_sync(smtp.quit))[0] == 221
+    with trio.fail_after(10):
+        await seen[1].ended.wait()
+    assert seen[1].end == "QUIT"
+
+    def login_and_drop() -> None:
+        dropped = smtplib.SMTP_SSL(host, cm_port, context=app.ssl_context(), timeout=30)
+        assert dropped.login(username, p.password)[0] == 235
+        dropped.close()  # no QUIT: the PVS just goes away
+
+    await trio.to_thread.run_sync(login_and_drop)
+    with trio.fail_after(10):
+        await seen[2].ended.wait()
+    assert len(seen) == 3
+
+
 # --- tests: the pipeline's refusals and reports (digest §1.4) ---------------------------------
 
 UNKNOWN = "niemand@fd1.kim.telematik-test"
@@ -339,6 +537,33 @@ async def test_unknown_recipient_is_dropped_and_reported(cm: Kim) -> None:
     assert sender_report["X-KOM-LE-Version"] is None  # neither signed nor encrypted
     assert sender_report["X-KIM-Fehlermeldung"] == "4004"
     assert UNKNOWN in sender_report.as_string()
+
+
+@both_modes
+async def test_recipient_emails_name_only_the_addresses_encrypted_for(cm: Kim) -> None:
+    """KOM-LE-A_2027: of the recipients, one has no encryption certificate; the KIM message's
+    recipient-emails attribute has entries for the sender and the other recipient only, one per
+    certificate encrypted for; KOM-LE-A_2116: each entry's address is that of the holder of the
+    certificate it names."""
+    from cryptography import x509
+
+    from kim_appliance.clientmodul.keys import scan_recipient_emails
+
+    sender, recipient = "praxis.weber", "zahnarzt.klein"
+    to = cm.address(recipient)
+    data = client_mail(cm.address(sender), [to, UNKNOWN])
+    assert await trio.to_thread.run_sync(cm.send, sender, [to, UNKNOWN], data) == {}
+    (outer,) = await wait_for(cm, recipient)
+    entries = scan_recipient_emails(io.BytesIO(outer))
+    for local in (sender, recipient):
+        certificates = [
+            x509.load_pem_x509_certificate(path.read_bytes())
+            for path in cm.participant(local).enc_certs
+        ]
+        mine = [e for e in entries if e.address == cm.address(local)]
+        assert len(mine) == len(certificates), local
+        assert all(any(e.matches(c) for c in certificates) for e in mine), local
+    assert {e.address for e in entries} == {cm.address(sender), to}
 
 
 @both_modes

@@ -293,3 +293,26 @@ def test_scan_body_offset_and_line_ends() -> None:
     start, end = scan.forwarded
     assert body[start:end] == kim
     assert not scan.x_kas
+
+
+def test_version_headers_and_expires_have_the_formats_of_the_spec() -> None:
+    """A_21388-01: the X-KIM-CMVersion, X-KIM-PTVersion and X-KIM-KONVersion the Clientmodul
+    writes match the formats of the requirement (VendorID_maj.min.patch[-build], the product
+    type version, the Konnektor's versions in angle brackets); A_22417: Expires is the send
+    time plus dataTimeToLive days, as an RFC 5322 date."""
+    import datetime as dt
+    import email.utils
+    import re
+
+    from kim_appliance.clientmodul.context import ClientmodulContext
+    from kim_appliance.clientmodul.send import _expires
+
+    build = r"(-25[0-5]|-2[0-4][0-9]|-[0-1]?[0-9]?[0-9]){0,1}"
+    version = r"[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,2}"
+    assert re.fullmatch(rf"[a-zA-Z0-9_]{{1,5}}_{version}{build}", ClientmodulContext.cm_version)
+    assert re.fullmatch(rf"{version}{build}", ClientmodulContext.pt_version)
+    assert re.fullmatch(r"(<[^<>\r\n]+>){5,6}", ClientmodulContext.kon_version)
+    sent = dt.datetime(2022, 9, 9, 15, 48, 35, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    expires = _expires(sent, ClientmodulContext.data_ttl_days)
+    assert expires == "Thu, 08 Dec 2022 15:48:35 +0200"  # the digest's example: 90 days
+    assert email.utils.parsedate_to_datetime(expires) - sent == dt.timedelta(days=90)

@@ -33,7 +33,8 @@ def weber(store: DirectoryStore) -> str:
 async def test_demo_entries_carry_every_enc_certificate_and_the_admission_data(
     store: DirectoryStore, demo_dir: Path
 ) -> None:
-    """digest §4.1: one entry per Telematik-ID, RSA and ECC ENC certificates side by side."""
+    """digest §4.1: one entry per Telematik-ID (TIP1-A_5569: base data and every Fachdaten of
+    the Telematik-ID in it), RSA and ECC ENC certificates side by side."""
     demo = json.loads((demo_dir / "demo.json").read_text())
     assert len(store) == len(demo["participants"]) == 4
     for p in demo["participants"]:

@@ -175,7 +175,8 @@ def test_attachment_sizes_byte_exact(
     app: Appliance, mode: str, size: int, sender: str, recipient: str
 ) -> None:
     """KOM-LE-A_2042, KOM-LE-A_2179: attachments of 0 B, 1 KB, 1 MB and 25 MB (this one from
-    one Fachdienst to the other) arrive through the Clientmodul byte for byte, with 00/01."""
+    one Fachdienst to the other) arrive through the Clientmodul byte for byte, with 00/01
+    (KOM-LE-A_2004: a message of 25 MB net is sent and received)."""
     if size > 1024 * 1024:
         _network_only(mode, "25 MB")
     a, b = app.participant(sender), app.participant(recipient)
@@ -291,7 +292,9 @@ def test_several_recipients_one_unknown(app: Appliance) -> None:
 def test_curl_as_the_pvs(app: Appliance, tmp_path: Path) -> None:
     """KOM-LE-A_2009, KOM-LE-A_2041, KOM-LE-A_2179: curl sends over smtps:// with the
     Clientmodul username (AUTH PLAIN/LOGIN) and fetches over pop3s://; LIST sizes match what
-    RETR returns and the mail arrives decrypted and verified with the attachment intact."""
+    RETR returns and the mail arrives decrypted and verified with the attachment intact.
+    KOM-LE-A_2003, KOM-LE-A_2006: a stock mail client with its own SMTP (RFC 5321/4954) and
+    POP3 (RFC 1939) implementation sends and receives through the Clientmodul."""
     a, b = app.participant("apotheke.sonne"), app.participant("praxis.weber")
     blob = os.urandom(5000)
     msg = _kim_mail(a, [b], "Per curl gesendet", "Hallo per curl.\n", blob)

@@ -290,6 +290,44 @@ def test_set_account_changes_only_writable_fields(registered: Env) -> None:
     assert registered.directory.find_by_mail(USER) is None
 
 
+def test_a_third_party_can_neither_change_nor_delete_the_password(registered: Env) -> None:
+    """KOM-LE-A_2166: setAccount with a new password and deregisterAccount need the account's
+    own password and a JWT for the account: with a wrong password (401), with a token for
+    another address (401) or without a token (401) nothing changes, and the holder's password
+    keeps working."""
+    c = registered.client
+    url = f"{BASE}/account/{USER}"
+    change = {"password": b64(NEW_PASSWORD)}
+    attempts = [
+        auth("Falsches-Passwort-1!"),
+        auth(sub=f"andere@{DOMAIN}", tid=TID_NEW),
+        {"password": b64(PASSWORD)},
+    ]
+    for headers in attempts:
+        assert_error(c.put(url, json=change, headers=headers), 401, "")
+        assert_error(c.delete(url, headers=headers), 401, "")
+    account = registered.account()
+    assert account.status == "active"
+    authenticate = partial(registered.fd.auth.authenticate, client="127.0.0.1")
+    assert registered.call(authenticate, USER, PASSWORD).ok
+    assert not registered.call(authenticate, USER, NEW_PASSWORD).ok
+
+
+def test_kim_version_1_5_plus_is_the_large_mail_consent(registered: Env) -> None:
+    """A_23505 (the Account Manager's side): setAccount takes kimVersion "1.5+" (consent to
+    large mails) as well as "1.5", stores it and publishes it in the account's VZD entry."""
+    url = f"{BASE}/account/{USER}"
+    for version in ("1.5", "1.5+"):
+        assert (
+            registered.client.put(url, json={"kimVersion": version}, headers=auth()).status_code
+            == 204
+        )
+        assert registered.account().kim_version == version
+        entry = registered.directory.find_by_mail(USER)
+        assert entry is not None
+        assert entry.fachdaten[DOMAIN][0].version == version
+
+
 # --- deregisterAccount / revokeDeregistration ---------------------------------------------
 
 

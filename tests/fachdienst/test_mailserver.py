@@ -87,3 +87,50 @@ async def test_relay_to_the_other_fachdienst(appliance: Running) -> None:
                 break
             await trio.sleep(0.2)
     assert got[0].endswith(data)
+
+
+async def test_mail_server_presents_c_fd_tls_s_and_takes_credentials_only_over_tls(
+    appliance: Running,
+) -> None:
+    """KOM-LE-A_2186: the SMTP and POP3 servers of both Fachdienste authenticate with a
+    C.FD.TLS-S certificate (technical role of the KOM-LE Fachdienst) that the TLS CA verifies;
+    KOM-LE-A_2162: a client that sends EHLO and AUTH PLAIN in clear gets no SMTP or POP3
+    answer (TLS from the first byte), so a password never travels unprotected."""
+    import base64
+    import socket
+
+    from cryptography import x509
+
+    from kim_appliance.pki import CertProfile, profile_of
+
+    def server_certificate(domain: str, kind: str) -> x509.Certificate:
+        host, port = appliance.address(domain, kind)
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            appliance.client_ssl().wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der)
+
+    def in_clear(domain: str, kind: str) -> bytes:
+        p = appliance.participant("praxis.weber")
+        secret = base64.b64encode(f"\0{p['address']}\0{p['password']}".encode())
+        host, port = appliance.address(domain, kind)
+        with socket.create_connection((host, port), timeout=10) as raw:
+            raw.sendall(b"EHLO pvs.test\r\nAUTH PLAIN " + secret + b"\r\n")
+            answer = b""
+            try:
+                while chunk := raw.recv(4096):
+                    answer += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            return answer
+
+    for domain in (FD1, FD2):
+        for kind in ("smtp", "pop3"):
+            cert = await trio.to_thread.run_sync(server_certificate, domain, kind)
+            assert profile_of(cert) is CertProfile.C_FD_TLS_S, (domain, kind)
+            answer = await trio.to_thread.run_sync(in_clear, domain, kind)
+            assert not answer.startswith((b"220", b"235", b"+OK", b"-ERR", b"5")), answer
+            assert b"\r\n" not in answer, answer  # a TLS alert at most, no text line

@@ -263,7 +263,8 @@ async def test_size_advertised_and_announced_size_over_the_limit(
 
 async def test_body_over_the_limit_without_size_is_552(start_appliance: StartAppliance) -> None:
     """digest §3.2: a body over max_message_size is refused with 552 5.3.4 at the end of DATA
-    even without SIZE=; the session goes on and the next message is accepted."""
+    even without SIZE=; the session goes on and the next message is accepted (A_24022: the
+    mail server checks the size of a message, whether or not SIZE= announced it)."""
     app = await start_appliance({"max_message_size": SMALL})
     weber, klein = _addr(app, WEBER), _addr(app, KLEIN)
     big = make_message(weber, klein, body="x" * 70 + "\n" + ("y" * 70 + "\n") * 1000)

@@ -65,7 +65,9 @@ def _parts(token: str) -> tuple[dict[str, object], dict[str, object]]:
     [(Algorithm.RSA, "PS256", "RSASSA-PSS"), (Algorithm.ECC, "BP256R1", "ECDSA")],
 )
 def test_round_trip(pki: TestPki, algorithm: Algorithm, alg: str, scheme: str) -> None:
-    """A token signed by the AUT key verifies; alg, x5c, sub, telematikID as chosen (§7.2)."""
+    """A token signed by the AUT key verifies; alg, x5c, sub, telematikID as chosen (§7.2).
+    KOM-LE-A_2188, A_19457-02: the RFC 7519 token whose signature the AUT key of the card
+    makes (RSASSA-PSS for RSA) is what the Account Manager's verifier accepts."""
     aut = _aut(pki, algorithm)
     assert signature_scheme_for(aut.certificate) == scheme
     token = build_jwt(
@@ -115,7 +117,7 @@ def test_certificate_of_another_pki_is_refused(pki: TestPki) -> None:
 
 
 def test_encryption_certificate_is_refused(pki: TestPki) -> None:
-    """Only an AUT (digitalSignature) certificate may sign the token."""
+    """Only an AUT (digitalSignature) certificate may sign the token (KOM-LE-A_2188)."""
     enc = pki.issue(CertProfile.C_HCI_ENC, Algorithm.RSA, common_name="Weber", telematik_id=TID)
     token = build_jwt(certificate=enc.certificate, sign=card_signer(enc), now=NOW)
     with pytest.raises(JwtError, match="x5c"):
