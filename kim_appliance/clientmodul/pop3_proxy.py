@@ -47,6 +47,7 @@ from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.ports import KonnektorFault, KonnektorUnreachable
 from kim_appliance.clientmodul.receive import KasFetcher, ReceivedMessage, process_message
 from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_pop3_username
 from kim_appliance.protocols.pop3 import (
     NEED_DATA,
@@ -254,6 +255,7 @@ class CmPop3Session:
             return Response(False, _line(f"POP3 server {host}:{port} not reachable: {exc}"))
         try:
             greeting = await upstream.reply()
+            SESSIONS.keep(upstream.stream, port)  # the tickets came with the greeting
             if not greeting.ok:
                 raise UpstreamError(f"greeting: -ERR {greeting.text}")
             reply = await upstream.command(
@@ -276,6 +278,7 @@ class CmPop3Session:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
             stream = trio.SSLStream(tcp, self.ctx.upstream_ssl, server_hostname=server_hostname)
+            SESSIONS.offer(stream, port)  # TLS 1.3 resumption between our own components
             try:
                 await stream.do_handshake()
             except BaseException:

@@ -68,6 +68,7 @@ from kim_appliance.clientmodul.ports import (
     Signer,
 )
 from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.clientmodul.vzd_lookup import (
@@ -786,11 +787,13 @@ class Upstream:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
         stream = trio.SSLStream(tcp, ctx.upstream_ssl, server_hostname=server_hostname)
+        SESSIONS.offer(stream, port)  # TLS 1.3 resumption between our own components
         upstream = cls(stream, SmtpClient(hostname=CM_HOSTNAME), timeout)
         try:
             with trio.fail_after(timeout):
                 await stream.do_handshake()
             greeting = await upstream.reply()
+            SESSIONS.keep(stream, port)  # the tickets came with the greeting
             if greeting.code != 220:
                 raise UpstreamLost(f"the MTA greeted with {greeting.code} {greeting.text}")
             ehlo = await upstream.command(upstream.client.ehlo())
