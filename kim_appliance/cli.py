@@ -638,9 +638,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from kim_appliance.appliance import COMPONENTS, run_appliance
     from kim_appliance.logs import configure
+    from kim_appliance.serving.memory import bound_malloc
 
     # one line per event: control characters from clients are escaped (kim_appliance.logs)
     configure(args.log_level, stream=sys.stderr, log_format=args.log_format)
+    # before any worker thread exists: at most MALLOC_ARENAS heaps (issue 13, item 4)
+    bound_malloc()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

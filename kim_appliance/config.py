@@ -22,6 +22,9 @@ CONFIG_FILE = "config.toml"
 
 #: maxMailSize of the Account Manager / AccountLimit schemas: 700 MiB (digest §3.2)
 MAX_MAIL_SIZE = 734003200
+#: the smallest ``[fachdienst] kas_threshold_bytes`` accepted: below 1 MiB every mail with an
+#: attachment would go through the KAS, which no operator means
+MIN_KAS_THRESHOLD = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class FachdienstConfig:
     session_timeout_seconds: int = 300
     #: domain -> "host:port" of Fachdienste outside this process (stands in for MX + port 465)
     relay_map: dict[str, str] = field(default_factory=dict)
+    #: the KAS threshold served as AccountLimit ``kasMailSizeThreshold`` (digest §3.4: in the
+    #: docs example, not in the 1.1.4 schema); None serves no such field, and the Clientmodul
+    #: uses its default of 15 MiB. ``bench/roundtrip.py --direct`` raises it above 25 MiB
+    kas_threshold_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,8 @@ relay_give_up_seconds = 172800    # then the sender gets a bounce (RFC 3464)
 retention_interval_seconds = 3600
 compress_blobs = false            # zstandard-compress stored messages
 session_timeout_seconds = 300
+# kas_threshold_bytes = 15728640  # served as AccountLimit kasMailSizeThreshold when set; the
+                                  # Clientmodul sends larger mails through the KAS
 
 # One block per Fachdienst domain served by this appliance; port 0 = any free port.
 [[fachdienst.domains]]
@@ -459,8 +468,16 @@ def parse(raw: dict[str, Any], where: str = "config") -> Config:
             fd_raw, "session_timeout_seconds", int, d.session_timeout_seconds, fd_where
         ),
         relay_map={k.lower(): v for k, v in relay_map.items()},
+        kas_threshold_bytes=_take(fd_raw, "kas_threshold_bytes", int, None, fd_where),
     )
     _no_more(fd_raw, fd_where)
+    if fachdienst.kas_threshold_bytes is not None and not (
+        MIN_KAS_THRESHOLD <= fachdienst.kas_threshold_bytes <= fachdienst.max_message_size
+    ):
+        raise ConfigError(
+            f"{fd_where} kas_threshold_bytes: {fachdienst.kas_threshold_bytes} is not between "
+            f"{MIN_KAS_THRESHOLD} and max_message_size ({fachdienst.max_message_size})"
+        )
     if not 10 <= fachdienst.data_ttl_days <= 365:
         raise ConfigError(f"{fd_where} data_ttl_days: must be 10..365 (dataTimeToLive)")
     return Config(

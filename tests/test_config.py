@@ -38,6 +38,13 @@ def test_a_user_edit_takes_effect(tmp_path: Path) -> None:
         ("praxis.kim.telematik-test", 0)
     ]
     assert loaded.fachdienst.relay_map == {"other.kim.telematik-test": "10.0.0.5:465"}
+    assert loaded.fachdienst.kas_threshold_bytes is None
+
+
+def test_the_kas_threshold_is_configurable(tmp_path: Path) -> None:
+    """Issue 13: ``[fachdienst] kas_threshold_bytes`` (bench/roundtrip.py --direct)."""
+    (tmp_path / "config.toml").write_text("[fachdienst]\nkas_threshold_bytes = 31457280\n")
+    assert config.load(tmp_path).fachdienst.kas_threshold_bytes == 30 * 1024 * 1024
 
 
 def test_ephemeral_ports_zero_every_port() -> None:
@@ -59,6 +66,8 @@ def test_ephemeral_ports_zero_every_port() -> None:
         ("[[fachdienst.domains]]\ndomain = 'a.kim.telematik'\nsmtp_port = 70000\n", "70000"),
         ("[fachdienst]\nrelay_retry_seconds = []\n", "relay_retry_seconds"),
         ("[fachdienst.relay_map]\n'x.kim.telematik' = 'nohostport'\n", "relay_map"),
+        ("[fachdienst]\nkas_threshold_bytes = 1000\n", "kas_threshold_bytes: 1000 is not between"),
+        ("[fachdienst]\nkas_threshold_bytes = '30M'\n", "kas_threshold_bytes: expected int"),
         ("bind = \n", "config.toml"),
     ],
 )

@@ -48,6 +48,7 @@ from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.ports import KonnektorFault, KonnektorUnreachable
 from kim_appliance.clientmodul.receive import KasFetcher, ReceivedMessage, process_message
 from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_pop3_username
 from kim_appliance.protocols.pop3 import (
     NEED_DATA,
@@ -262,6 +263,7 @@ class CmPop3Session:
                     return Response(False, _line(f"POP3 server {host}:{port} not reachable: {exc}"))
         try:
             greeting = await upstream.reply()
+            SESSIONS.keep(upstream.stream, port)  # the tickets came with the greeting
             if not greeting.ok:
                 raise UpstreamError(f"greeting: -ERR {greeting.text}")
             reply = await upstream.command(
@@ -284,6 +286,7 @@ class CmPop3Session:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
             stream = trio.SSLStream(tcp, self.ctx.upstream_ssl, server_hostname=server_hostname)
+            SESSIONS.offer(stream, port)  # TLS 1.3 resumption between our own components
             try:
                 await stream.do_handshake()
             except BaseException:
@@ -378,9 +381,13 @@ class CmPop3Session:
             return
         await stream.send_all(core.send_multiline(f"{processed.size} octets"))
         source = processed.file
-        await trio.to_thread.run_sync(source.seek, 0)
+        rewind = True
 
         def next_piece() -> bytes:
+            nonlocal rewind
+            if rewind:  # in the first read's thread call (one hop fewer)
+                source.seek(0)
+                rewind = False
             data = source.read(READ_SIZE)
             return core.send_body(data) if data else b""
 
@@ -399,21 +406,30 @@ class CmPop3Session:
         reply = await upstream.command(upstream.client.retr(number))
         if not reply.ok:
             return reply
-        raw = await trio.to_thread.run_sync(_spool_file, self.ctx.spool_dir)
+        # in memory up to 1 MiB: made on the event loop, no file is created yet
+        raw = _spool_file(self.ctx.spool_dir)
         started = trio.current_time()
         try:
-            await _spool_body(upstream, raw)
+            tail = await _spool_body(upstream, raw)
             assert self.login is not None
+            process = partial(
+                process_message,
+                raw,
+                login=self.login,
+                finder=self.finder,
+                ctx=self.ctx,
+                fetch_kas=self._kas_fetcher(),
+            )
+
+            def write_tail_and_process() -> ReceivedMessage:
+                # the body's last piece is written in the pipeline's own thread call (issue
+                # 13: one worker-thread call per stage; a small message has only this piece)
+                if tail:
+                    raw.write(tail)
+                return process()
+
             received = await trio.to_thread.run_sync(
-                partial(
-                    process_message,
-                    raw,
-                    login=self.login,
-                    finder=self.finder,
-                    ctx=self.ctx,
-                    fetch_kas=self._kas_fetcher(),
-                ),
-                limiter=self.ctx.pipeline_limiter,
+                write_tail_and_process, limiter=self.ctx.pipeline_limiter
             )
         except BaseException:
             raw.close()
@@ -463,8 +479,9 @@ def _spool_file(spool_dir: Path) -> BinaryIO:
     return spool_file(spool_dir)
 
 
-async def _spool_body(upstream: _Upstream, raw: BinaryIO) -> None:
-    """The RETR body into ``raw`` in writes of up to 1 MiB (disk I/O in a worker thread)."""
+async def _spool_body(upstream: _Upstream, raw: BinaryIO) -> bytes:
+    """The RETR body into ``raw`` in writes of 1 MiB (disk I/O in a worker thread); returns
+    the last piece (under 1 MiB), not yet written, for the caller's next worker-thread call."""
     pending: list[bytes] = []
     size = 0
     # one idle scope for the whole body (not one per TLS record); lifted while writing to disk
@@ -483,8 +500,7 @@ async def _spool_body(upstream: _Upstream, raw: BinaryIO) -> None:
                 pending, size = [], 0
     if idle.cancelled_caught:
         raise upstream._timed_out()
-    if pending:
-        await trio.to_thread.run_sync(raw.write, b"".join(pending))
+    return b"".join(pending)
 
 
 def _relayed(reply: Pop3Reply) -> Response:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.protocols.session import NETWORK_ERRORS
 
 RECEIVE_SIZE: Final = 256 * 1024
@@ -181,6 +182,7 @@ async def https_request(
     except (OSError, trio.TooSlowError) as exc:
         raise RestUnavailable(f"{url}: cannot connect: {_describe(exc)}") from exc
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+    SESSIONS.offer(stream, port)  # TLS 1.3 resumption between our own components
     try:
         try:
             with trio.fail_after(timeout):
@@ -223,6 +225,7 @@ async def https_request(
             if not isinstance(event, h11.Response):
                 raise RestUnavailable(f"{url}: expected a response, got {type(event).__name__}")
             break
+        SESSIONS.keep(stream, port)  # the tickets came before the response
         response_headers = {
             name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers
         }

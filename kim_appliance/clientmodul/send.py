@@ -68,6 +68,7 @@ from kim_appliance.clientmodul.ports import (
     Signer,
 )
 from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.clientmodul.vzd_lookup import (
@@ -789,11 +790,13 @@ class Upstream:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
         stream = trio.SSLStream(tcp, ctx.upstream_ssl, server_hostname=server_hostname)
+        SESSIONS.offer(stream, port)  # TLS 1.3 resumption between our own components
         upstream = cls(stream, SmtpClient(hostname=CM_HOSTNAME), timeout)
         try:
             with trio.fail_after(timeout):
                 await stream.do_handshake()
             greeting = await upstream.reply()
+            SESSIONS.keep(stream, port)  # the tickets came with the greeting
             if greeting.code != 220:
                 raise UpstreamLost(f"the MTA greeted with {greeting.code} {greeting.text}")
             ehlo = await upstream.command(upstream.client.ehlo())
@@ -885,25 +888,47 @@ async def transmit(
     """
     client = upstream.client
     size = prepared.outer_size if "SIZE" in client.extensions else None
-    mail = await upstream.command(client.mail(account, size=size))
-    if mail.code != 250:
-        await upstream.rset()
-        return Transmitted(_relayed(mail))
+    if "PIPELINING" in client.extensions:
+        # RFC 2920: MAIL, every RCPT and DATA in one write, the replies read in order (one
+        # round trip to the MTA instead of 2 + recipients); a server that accepts DATA after
+        # refusing every recipient breaks RFC 2920 §3.1 and loses the connection below
+        await upstream.send(
+            client.mail(account, size=size)
+            + b"".join(client.rcpt(address) for address in prepared.recipients)
+            + client.data()
+        )
+        mail = await upstream.reply()
+        rcpt_replies = [await upstream.reply() for _ in prepared.recipients]
+        go = await upstream.reply()
+    else:
+        mail = await upstream.command(client.mail(account, size=size))
+        if mail.code != 250:
+            await upstream.rset()
+            return Transmitted(_relayed(mail))
+        rcpt_replies = [await upstream.command(client.rcpt(a)) for a in prepared.recipients]
+        go = None
     accepted: list[str] = []
     refused: list[Dropped] = []
     last_refusal: ServerReply | None = None
-    for address in prepared.recipients:
-        reply = await upstream.command(client.rcpt(address))
+    for address, reply in zip(prepared.recipients, rcpt_replies, strict=True):
+        if mail.code != 250:
+            break
         if reply.code in (250, 251):
             accepted.append(address)
         else:
             last_refusal = reply
             refused.append(Dropped(address, MTA_REFUSED, _describe(reply), _status_of(reply)))
-    if not accepted:
+    if mail.code != 250 or not accepted:
+        if go is not None and go.code == 354:
+            await upstream.aclose()  # no body may follow: dropping the connection aborts DATA
+            raise UpstreamLost(f"the MTA accepted DATA after refusing the transaction: {go.text}")
         await upstream.rset()
+        if mail.code != 250:
+            return Transmitted(_relayed(mail))
         assert last_refusal is not None
         return Transmitted(_relayed(last_refusal), refused)
-    go = await upstream.command(client.data())
+    if go is None:
+        go = await upstream.command(client.data())
     if go.code != 354:
         await upstream.rset()
         return Transmitted(_relayed(go), refused)

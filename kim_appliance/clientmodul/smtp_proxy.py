@@ -221,20 +221,28 @@ class CmSmtpSession:
                 return Reply(
                     552, "5.3.4", f"message exceeds the size limit of {ctx.max_message_size} bytes"
                 )
-            self.tx = tx
-            await self._flush()
-            self.tx = _Transaction()
             assert self.login is not None
             assert tx.spool is not None
-            return await self._process(self.login, tx.recipients, tx.spool)
+            # the last pieces and the size in one worker-thread call (issue 13: one hop a stage)
+            spool, pieces = tx.spool, tx.pending
+            tx.pending, tx.pending_size = [], 0
+
+            def finish() -> int:
+                if pieces:
+                    spool.write(b"".join(pieces))
+                return spool.seek(0, io.SEEK_END)
+
+            size = await trio.to_thread.run_sync(finish)
+            return await self._process(self.login, tx.recipients, spool, size)
         finally:
             tx.close()
 
-    async def _process(self, login: CmLogin, recipients: list[str], spool: IO[bytes]) -> Reply:
+    async def _process(
+        self, login: CmLogin, recipients: list[str], spool: IO[bytes], size: int
+    ) -> Reply:
         ctx = self.ctx
         # step 2: getLimits (A_22416, cached 24 h); maxMailSize -> X.3.4 (A_19355-01)
         limits = await self._limits(login)
-        size = await trio.to_thread.run_sync(lambda: spool.seek(0, io.SEEK_END))
         if size > limits.max_mail_size:
             too_big = Reply(
                 552,

@@ -25,7 +25,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asn1crypto.algos
 import asn1crypto.cms
@@ -593,6 +593,22 @@ def _check_digest_algorithms(raw: bytes) -> None:
         raise CmsFormatError(field, f"must be exactly {{sha256}} (digest §2.5), got {names}")
 
 
+#: signer certificates already read completely (issue 13: a practice signs every message with
+#: the same certificate; reading and checking it took about 0.2 ms of each message's CPU)
+CHECKED_CERTIFICATES: Final = 256
+
+
+@functools.lru_cache(maxsize=CHECKED_CERTIFICATES)
+def _checked_certificate(cert_der: bytes) -> x509.Certificate:
+    """``cert_der`` loaded and read completely (key, names, extensions: issue 11), remembered
+    by its bytes; a certificate that fails raises every time (exceptions are not cached).
+    Only the parsing is remembered: trust, validity and revocation are checked per message."""
+    certificate = x509.load_der_x509_certificate(cert_der)
+    _public_key(certificate)  # cryptography parses the key lazily; fail here, not later
+    check_untrusted_certificate(certificate)  # so are names and extensions (issue 11)
+    return certificate
+
+
 def _the_certificate(
     raw: bytes | None,
 ) -> tuple[x509.Certificate, bytes, asn1crypto.x509.Certificate]:
@@ -614,9 +630,7 @@ def _the_certificate(
             raise CmsFormatError(f"{field}[0]", f"is {choice.name}, must be an X.509 certificate")
         cert_asn1 = choice.chosen
         cert_der = bytes(cert_asn1.dump())
-        certificate = x509.load_der_x509_certificate(cert_der)
-        _public_key(certificate)  # cryptography parses the key lazily; fail here, not later
-        check_untrusted_certificate(certificate)  # so are names and extensions (issue 11)
+        certificate = _checked_certificate(cert_der)
         cert_asn1["tbs_certificate"]["issuer"].native  # noqa: B018 (force the parse)
     except CmsFormatError:
         raise

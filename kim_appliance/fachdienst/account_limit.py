@@ -4,7 +4,9 @@
 and password, checked like an SMTP/POP3 login (the same lockout, KOM-LE-A_2167). The answer
 comes from the Account: ``quota`` and ``remainQuota`` in bytes (-1 = unlimited),
 ``dataTimeToLive`` in days and the fixed ``maxMailSize`` of 734003200 bytes. Every failure is
-a documented status with the Error body: 401 for missing, malformed or wrong credentials
+a documented status with the Error body; ``kasMailSizeThreshold`` is added when
+``[fachdienst] kas_threshold_bytes`` is set (it is in gematik's docs example, not in the 1.1.4
+schema: digest §3.4): 401 for missing, malformed or wrong credentials
 (including a locked account), 404 for an account whose deregistration date has passed. This
 module must never say whether an address exists to a caller who is not authenticated.
 """
@@ -45,14 +47,19 @@ class AccountLimit:
     max_mail_size: int
     quota: int
     remain_quota: int
+    #: the docs example's kasMailSizeThreshold (digest §3.4); None leaves the field out
+    kas_mail_size_threshold: int | None = None
 
     def to_json(self) -> dict[str, int]:
-        return {
+        body = {
             "dataTimeToLive": self.data_time_to_live,
             "maxMailSize": self.max_mail_size,
             "quota": self.quota,
             "remainQuota": self.remain_quota,
         }
+        if self.kas_mail_size_threshold is not None:
+            body["kasMailSizeThreshold"] = self.kas_mail_size_threshold
+        return body
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str]:
@@ -94,6 +101,7 @@ async def account_limit_of(
     *,
     now: dt.datetime | None = None,
     usage: Callable[[Account], Awaitable[int]] | None = None,
+    kas_threshold: int | None = None,
 ) -> AccountLimit:
     """The limits of ``address``; ApiError 404 if the account is gone or its deregistration
     date has passed (KOM-LE-A_2149/2150).
@@ -117,6 +125,7 @@ async def account_limit_of(
         max_mail_size=MAX_MAIL_SIZE,  # fixed 734003200 (schema minimum, digest §3.2)
         quota=account.quota_bytes,
         remain_quota=remain,
+        kas_mail_size_threshold=kas_threshold,
     )
 
 
@@ -132,7 +141,11 @@ def account_limit_routes(fd: Fachdienst) -> list[BaseRoute]:
             fd.log.info("AccountLimit: %s", result.text)
             raise ApiError(401, result.text, headers=_CHALLENGE)
         limit = await account_limit_of(
-            fd.store, result.address, now=fd.clock(), usage=lambda a: quota.usage(fd, a)
+            fd.store,
+            result.address,
+            now=fd.clock(),
+            usage=lambda a: quota.usage(fd, a),
+            kas_threshold=fd.config.kas_threshold_bytes,
         )
         return JsonUtf8Response(limit.to_json())
 

@@ -15,6 +15,12 @@ No account enumeration: an unknown account, a wrong password and a running lock 
 answer text, and the same work (one scrypt check; an unknown account's failures are counted
 like any other). The outcome in :class:`AuthResult` tells the log which one it was; the text is
 what the client sees. The scrypt check runs in a worker thread under the caller's limiter.
+
+A successful check is remembered for a while in a :class:`CredentialCache` (keyed by HMAC over
+the address, the stored hash and the password), so that the Clientmodul's many logins with the
+same credentials (one per KAS and AccountLimit request) do not each pay scrypt; a password
+change never matches an old entry, failures are never cached, and the lock state is read from
+the store on every login as before (issue 13).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from kim_appliance.fachdienst.credential_cache import CredentialCache
 from kim_appliance.observe.observer import Observer
 from kim_appliance.store import LockoutPolicy, Store, domain_of
 from kim_appliance.store.passwords import dummy_verify, prepare_dummy, verify_password
@@ -117,7 +124,8 @@ def failure_text(username: str, max_failures: int) -> str:
 class Authenticator:
     """Checks credentials against one Fachdienst's accounts (see the module docstring).
 
-    ``limiter`` bounds the scrypt checks running at once (default: :data:`PARALLEL_CHECKS`)."""
+    ``limiter`` bounds the scrypt checks running at once (default: :data:`PARALLEL_CHECKS`);
+    ``cache`` remembers successful checks (default: a fresh :class:`CredentialCache`)."""
 
     def __init__(
         self,
@@ -129,10 +137,12 @@ class Authenticator:
         max_lockout_seconds: int = MAX_LOCKOUT_SECONDS,
         limiter: trio.CapacityLimiter | None = None,
         observer: Observer | None = None,
+        cache: CredentialCache | None = None,
     ) -> None:
         self._store = store
         #: counts failures and lockouts (metrics, issue 15)
         self.observer = observer or Observer()
+        self.cache = cache if cache is not None else CredentialCache()
         self.domain = domain.lower()
         self.limiter = limiter or trio.CapacityLimiter(PARALLEL_CHECKS)
         self.policy = LockoutPolicy(
@@ -162,12 +172,21 @@ class Authenticator:
         account = None
         if domain_of(username) == self.domain:
             account = await store.accounts.get(username)
-        # exactly one scrypt check on every path, so that the time taken tells nothing either
+        # exactly one scrypt check on every path, so that the time taken tells nothing either;
+        # only a login that already succeeded with this very password and stored hash skips it
+        # (a cache hit tells nothing to whoever does not know the password)
         if account is None:
-            check = partial(dummy_verify, password)
+            right = await trio.to_thread.run_sync(
+                partial(dummy_verify, password), limiter=self.limiter
+            )
+        elif self.cache.verified(account.address, account.password_hash, password):
+            right = True
         else:
-            check = partial(verify_password, password, account.password_hash)
-        right = await trio.to_thread.run_sync(check, limiter=self.limiter)
+            right = await trio.to_thread.run_sync(
+                partial(verify_password, password, account.password_hash), limiter=self.limiter
+            )
+            if right:
+                self.cache.remember(account.address, account.password_hash, password)
         failed = AuthResult(
             AuthOutcome.UNKNOWN_ACCOUNT if account is None else AuthOutcome.WRONG_PASSWORD,
             username,
@@ -175,11 +194,15 @@ class Authenticator:
         )
         if state is not None and state.locked(now):
             # refused without looking at the result, and not counted: counting would only make
-            # the lock the attacker chose longer
+            # the lock the attacker chose longer; a cached success of the account goes too
+            if account is not None:
+                self.cache.forget(account.address)
             return AuthResult(AuthOutcome.LOCKED, username, failed.text, locked=True)
         if right and account is not None:
             if state is not None:
                 await store.logins.clear(key, client)
             return AuthResult(AuthOutcome.OK, account.address, "authentication successful")
         after = await store.logins.record_failure(key, client, now, self.policy)
+        if account is not None and after.locked(now):
+            self.cache.forget(account.address)
         return AuthResult(failed.outcome, username, failed.text, locked=after.locked(now))

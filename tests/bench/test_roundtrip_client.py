@@ -115,3 +115,31 @@ def test_client_mail_and_attachment_roundtrip(rt: ModuleType) -> None:
     assert hashlib.sha256(decoded).digest() == mail.attachment_sha256
     with pytest.raises(ValueError, match="no part"):
         rt.attachment_of(mail.data, "other.pdf")
+
+
+def test_direct_threshold_lies_above_every_message(rt: ModuleType) -> None:
+    """``--direct`` (issue 13): the KAS threshold it configures is above the largest client
+    mail, so none goes through the KAS, and within what the config accepts."""
+    from kim_appliance.config import MAX_MAIL_SIZE, MIN_KAS_THRESHOLD
+
+    addresses = ["a@fd1.kim.telematik-test", "b@fd2.kim.telematik-test"]
+    mails = [rt.make_client_mail(i, 0, 1, addresses, size) for i, size in enumerate((5000, 90_000))]
+    threshold = rt.direct_threshold(mails)
+    assert threshold > max(len(m.data) for m in mails)
+    assert MIN_KAS_THRESHOLD <= threshold <= MAX_MAIL_SIZE
+
+
+def test_targets_use_the_parallel_openssl_figure(rt: ModuleType) -> None:
+    """The ratio target is against ``baseline.openssl_crypto_s``, the figure with as many
+    openssl pipelines at a time as the machine has cores (issue 13, item 6)."""
+    result = {
+        "appliance_peak_rss_mb": 150.0,
+        "total_s": 13.0,
+        "baseline": {"openssl_crypto_s": 10.0},
+        "baseline_detail": {"openssl_one_pipeline_s": 20.0},
+    }
+    targets = rt.targets(result, small=False)
+    assert targets["ratio_to_openssl"] == 1.3
+    assert targets["total_le_1_3x_openssl"] is True
+    assert targets["rss_le_200_mb"] is True
+    assert rt.BASELINE_PIPELINES >= 1

@@ -66,6 +66,23 @@ async def test_limits_come_from_the_account(client: httpx.AsyncClient, fd: Fachd
     assert body["remainQuota"] < 5000
     assert body["dataTimeToLive"] == 30
     assert body["maxMailSize"] == 734003200
+    assert "kasMailSizeThreshold" not in body  # not in the 1.1.4 schema unless configured
+
+
+async def test_a_configured_kas_threshold_is_served(kim_store: Store) -> None:
+    """Issue 13: ``[fachdienst] kas_threshold_bytes`` goes out as ``kasMailSizeThreshold`` (the
+    field of gematik's docs example, digest §3.4), which the Clientmodul uses as its KAS
+    threshold."""
+    await kim_store.accounts.create(Account(ADDRESS, hash_password(PASSWORD), "1-1", "Weber"))
+    config = FachdienstConfig(
+        domains=(DomainConfig(DOMAIN, 0, 0),), kas_threshold_bytes=30 * 1024 * 1024
+    )
+    fd = fachdienst_on(kim_store, DOMAIN, config=config)
+    transport = httpx.ASGITransport(app=fachdienst_app(fd))
+    async with httpx.AsyncClient(transport=transport) as c:
+        response = await c.get(URL, headers=basic(ADDRESS, PASSWORD))
+    assert response.status_code == 200
+    assert response.json()["kasMailSizeThreshold"] == 31457280
 
 
 async def test_unlimited_quota_is_minus_one(client: httpx.AsyncClient) -> None:

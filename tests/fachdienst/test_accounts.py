@@ -160,3 +160,75 @@ def test_failure_text_shows_no_control_characters() -> None:
     assert "\r" not in text
     assert "\n" not in text
     assert "\x1b" not in text
+
+
+def _counting_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = passwords._scrypt
+
+    def counting(*args: object) -> bytes:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(passwords, "_scrypt", counting)
+    return calls
+
+
+async def test_a_repeated_login_skips_scrypt_but_a_wrong_password_never_does(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 (Dovecot-style auth cache): the second login with the same right password is
+    answered from the credential cache without scrypt; a wrong password always pays the full
+    check (KOM-LE-A_2164: still only the salted hash is compared), and failures are not kept."""
+    calls = _counting_scrypt(monkeypatch)
+    assert (await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    assert len(calls) == 1
+    assert (await auth.authenticate(USER.upper(), PASSWORD, client=PRAXIS, now=T0)).ok
+    assert len(calls) == 1
+    for _ in range(2):
+        assert not (await auth.authenticate(USER, "geraten", client=PRAXIS, now=T0)).ok
+    assert len(calls) == 3
+    assert len(auth.cache) == 1
+
+
+async def test_a_changed_password_never_matches_a_cached_login(
+    auth: Authenticator, store: SQLiteStore
+) -> None:
+    """The cache is keyed by the stored hash too: after a password change (here or on another
+    node: only the store's row counts) the old password is refused at once."""
+    assert (await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    await store.accounts.update(USER, password_hash=hash_password("Neu-Passw0rt!"))
+    old = await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)
+    assert old.outcome is AuthOutcome.WRONG_PASSWORD
+    assert (await auth.authenticate(USER, "Neu-Passw0rt!", client=PRAXIS, now=T0)).ok
+
+
+async def test_a_deregistered_account_is_unknown_despite_a_cached_login(
+    auth: Authenticator, store: SQLiteStore
+) -> None:
+    assert (await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    await store.accounts.purge(USER, now=T0)
+    gone = await auth.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)
+    assert gone.outcome is AuthOutcome.UNKNOWN_ACCOUNT
+
+
+async def test_a_locked_client_is_refused_even_with_a_cached_password(
+    auth: Authenticator, store: SQLiteStore
+) -> None:
+    """KOM-LE-A_2167 with the cache: the lock is read from the store on every login, so a
+    client locked (here, or by another node writing the same store) gets no cached success,
+    and the account's cached logins are dropped when the lock falls."""
+    assert (await auth.authenticate(USER, PASSWORD, client=STRANGER, now=T0)).ok
+    assert len(auth.cache) == 1
+    for _ in range(3):
+        assert not (await auth.authenticate(USER, "geraten", client=STRANGER, now=T0)).ok
+    assert len(auth.cache) == 0
+    other_node = _auth(store)  # a second node with its own cache, filled before the lock
+    assert (await other_node.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    refused = await auth.authenticate(USER, PASSWORD, client=STRANGER, now=T0)
+    assert refused.outcome is AuthOutcome.LOCKED
+    assert (await other_node.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)).ok
+    for _ in range(3):
+        await auth.authenticate(USER, "geraten", client=PRAXIS, now=T0)
+    locked = await other_node.authenticate(USER, PASSWORD, client=PRAXIS, now=T0)
+    assert locked.outcome is AuthOutcome.LOCKED

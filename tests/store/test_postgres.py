@@ -6,6 +6,7 @@ tests/store/contract/ (on both backends)."""
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from pg_server import PgServer
 from store_helpers import account, address, body_for, drain, put, read
 
 from kim_appliance.store import (
+    AccountExists,
     MessageNotFound,
     RelayRecipient,
     StoreCorrupted,
@@ -305,3 +307,45 @@ def test_the_embedded_store_does_not_load_the_postgresql_driver(tmp_path: Path) 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_writes_that_queue_up_share_one_commit_and_keep_their_own_errors(
+    pg: PostgresStore,
+) -> None:
+    """Group commit (issue 13): writes that arrive while a commit runs wait in the queue and go
+    in ONE transaction after it; each caller returns after that commit, and a write that fails
+    (an account that exists) fails alone, rolled back to its savepoint: the others commit."""
+    db = pg.db
+
+    async def hold() -> None:
+        if db._commit_lock is None:
+            db._commit_lock = asyncio.Lock()
+        await db._commit_lock.acquire()
+
+    async def free() -> None:
+        assert db._commit_lock is not None
+        db._commit_lock.release()
+
+    before = (db.writes, db.commits)
+    names = ["b1", "b2", "alice", "b3"]
+    errors: dict[str, BaseException] = {}
+
+    async def create(local: str) -> None:
+        try:
+            await pg.accounts.create(account(local))
+        except StoreError as exc:
+            errors[local] = exc
+
+    await db.loop.run_aio_coroutine(hold())  # as a long commit would hold it
+    async with trio.open_nursery() as nursery:
+        for local in names:
+            nursery.start_soon(create, local)
+        with trio.fail_after(10):
+            while len(db._queue) < len(names):
+                await trio.sleep(0.01)
+        await db.loop.run_aio_coroutine(free())
+    assert (db.writes - before[0], db.commits - before[1]) == (4, 1)
+    assert list(errors) == ["alice"]
+    assert isinstance(errors["alice"], AccountExists)
+    for local in ("b1", "b2", "b3"):
+        assert await pg.accounts.get(address(local)) is not None

@@ -11,9 +11,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 from store_helpers import account, address, body_for, put, read
 
-from kim_appliance.store import StoreCorrupted, StoreError, StoreInUse, open_store
+from kim_appliance.store import (
+    AccountExists,
+    StoreCorrupted,
+    StoreError,
+    StoreInUse,
+    open_store,
+)
 from kim_appliance.store.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore, open_sqlite_store
 
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -183,3 +190,41 @@ async def test_a_store_used_after_close_says_so(tmp_path: Path) -> None:
     assert isinstance(store, SQLiteStore)
     with pytest.raises(StoreError, match="closed"):
         await store.accounts.get(address("alice"))
+
+
+async def test_writes_that_queue_up_share_one_commit_and_keep_their_own_errors(
+    tmp_path: Path,
+) -> None:
+    """Group commit (issue 13): writes that arrive while the write lock is taken run in ONE
+    transaction (one WAL fsync) when it is free; each caller returns after that commit, and a
+    write that fails (an account that exists) fails alone: the others are committed."""
+    async with open_sqlite_store(tmp_path) as store:
+        await store.accounts.create(account("taken"))
+        db = store._db
+        before = (db.writes, db.commits)
+        names = ["a1", "a2", "taken", "a3", "a4"]
+        errors: dict[str, BaseException] = {}
+
+        async def create(local: str) -> None:
+            try:
+                await store.accounts.create(account(local))
+            except StoreError as exc:
+                errors[local] = exc
+
+        db.lock.acquire()  # as a long write would hold it
+        try:
+            async with trio.open_nursery() as nursery:
+                for local in names:
+                    nursery.start_soon(create, local)
+                with trio.fail_after(10):
+                    while len(db._queue) < len(names):
+                        await trio.sleep(0.01)
+                db.lock.release()
+        finally:
+            if db.lock._is_owned():  # type: ignore[attr-defined]
+                db.lock.release()
+        assert (db.writes - before[0], db.commits - before[1]) == (5, 1)
+        assert list(errors) == ["taken"]
+        assert isinstance(errors["taken"], AccountExists)
+        for local in ("a1", "a2", "a3", "a4"):
+            assert await store.accounts.get(address(local)) is not None

@@ -12,6 +12,15 @@ connection, a pool exhausted for too long, a server shutting down are `StoreUnav
 damaged database `StoreCorrupted`; any other server error a `StoreError` naming the SQLSTATE.
 A password in the store URL never appears in a message (``store.mask_url``).
 
+Group commit (issue 13): writes go through one queue per store. The write that gets the commit
+lock runs every write queued by then (up to :data:`MAX_GROUP`) in ONE transaction, each inside
+its own savepoint (asyncpg's nested ``transaction()``), and commits once; the rest wait for the
+commit lock and find their write done. A write whose op raises is rolled back to its savepoint
+and its caller gets its own error; a serialisation failure or deadlock runs the whole group
+again; a failed COMMIT or a lost connection fails every write of the group. Every caller
+returns only after the COMMIT that holds its write. A write cancelled while it is still queued
+is taken out of the queue; once its group runs, the group finishes (shielded).
+
 Times are integer microseconds since the epoch (UTC) in BIGINT columns, as in the embedded
 store (the same helpers); blob housekeeping alone uses the database server's clock
 (:data:`NOW_US`), so that nodes with skewed clocks agree on a blob's age.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -48,6 +58,8 @@ COMMAND_TIMEOUT_S = 60.0
 #: connections of one store (one per node): parallel operations beyond this wait
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
+#: the most queued writes one transaction commits together (group commit, see the docstring)
+MAX_GROUP = 64
 #: how long aclose waits for operations to finish before it cuts the connections
 CLOSE_TIMEOUT_S = 5.0
 #: the server's clock as microseconds since the epoch (blob ages; see the docstring)
@@ -83,6 +95,14 @@ def secrets_of(url: str) -> list[str]:
     return [s for s in found if s]
 
 
+@dataclass
+class _QueuedWrite:
+    """One write waiting for (or done by) a group commit; ``future`` holds its outcome."""
+
+    op: Callable[[Conn], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
 class Database:
     """The pool of one PostgreSQL store and the trio-asyncio loop it runs on.
 
@@ -94,6 +114,11 @@ class Database:
         self.where = where
         self._secrets = secrets
         self.closed = False
+        self._queue: list[_QueuedWrite] = []
+        self._commit_lock: asyncio.Lock | None = None  # made on the asyncio loop, on first use
+        #: writes done and transactions committed for them (group commit: commits <= writes)
+        self.writes = 0
+        self.commits = 0
 
     # -- the trio side ----------------------------------------------------------------------
 
@@ -107,9 +132,10 @@ class Database:
         return result
 
     async def write(self, op: Callable[[Conn], Awaitable[T]]) -> T:
-        """``op`` in one write transaction (retried from the start after a serialisation
-        failure or deadlock); committed durably when this returns."""
-        return await self.run(self._transaction(op, readonly=False))
+        """``op`` in a write transaction, possibly with other writes (group commit, see the
+        module docstring; retried from the start after a serialisation failure or deadlock);
+        committed durably when this returns."""
+        return await self.run(self._grouped(op))
 
     async def read(self, op: Callable[[Conn], Awaitable[T]], *, snapshot: bool = False) -> T:
         """``op`` outside a transaction (one statement), or with ``snapshot`` in a read-only
@@ -123,6 +149,83 @@ class Database:
     async def plain(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await op(conn)
+
+    async def _grouped(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+        entry = _QueuedWrite(op, asyncio.get_running_loop().create_future())
+        self._queue.append(entry)
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
+        try:
+            async with self._commit_lock:
+                # ``entry`` not queued any more but not done: a group whose leader was
+                # cancelled holds it and still runs (shielded); wait for that below
+                while not entry.future.done() and entry in self._queue:
+                    group = self._queue[:MAX_GROUP]
+                    del self._queue[:MAX_GROUP]
+                    await asyncio.shield(self._commit_group(group))
+        except asyncio.CancelledError:
+            if entry in self._queue:
+                self._queue.remove(entry)  # not run yet: it never will be
+            raise
+        result: T = await entry.future
+        return result
+
+    async def _commit_group(self, group: list[_QueuedWrite]) -> None:
+        """Run ``group`` in one transaction, each op in its own savepoint; set every future."""
+        attempt = 1
+        while True:
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                async with (
+                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+                    conn.transaction(isolation="read_committed"),
+                ):
+                    for entry in group:
+                        outcomes.append(await self._run_grouped(conn, entry))
+            except BaseException as exc:
+                if (
+                    isinstance(exc, asyncpg.PostgresError)
+                    and exc.sqlstate in _RETRY_STATES
+                    and attempt < MAX_ATTEMPTS
+                ):
+                    log.info("store: %s; trying the transaction again", exc.sqlstate)
+                    attempt += 1
+                    await asyncio.sleep(0.01 * attempt)
+                    continue
+                for entry in group:
+                    if entry.future.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        entry.future.set_exception(exc)
+                    else:
+                        entry.future.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.writes += len(group)
+            self.commits += 1
+            for entry, (ok, value) in zip(group, outcomes, strict=True):
+                if ok:
+                    entry.future.set_result(value)
+                else:
+                    entry.future.set_exception(value)
+            return
+
+    @staticmethod
+    async def _run_grouped(conn: Conn, entry: _QueuedWrite) -> tuple[bool, Any]:
+        """One op in its savepoint: (True, result) or (False, its error). A serialisation
+        failure or deadlock is raised: the whole group runs again."""
+        try:
+            async with conn.transaction():
+                return True, await entry.op(conn)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in _RETRY_STATES:
+                raise
+            return False, exc
+        except _BROKEN:
+            raise
+        except Exception as exc:
+            return False, exc
 
     async def _transaction(self, op: Callable[[Conn], Awaitable[T]], *, readonly: bool) -> T:
         isolation = "repeatable_read" if readonly else "read_committed"
