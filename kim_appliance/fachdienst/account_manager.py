@@ -232,8 +232,21 @@ class _AccountManager:
             raise ApiError(401, f"Authorization: JWT not accepted: {exc}") from None
         return claims
 
-    async def _account(self, request: Request) -> tuple[Account, Mapping[str, Any]]:
-        """JWT (sub = the account), the account (404) and its password (401)."""
+    async def _account(
+        self, request: Request, *, own_card: bool = True
+    ) -> tuple[Account, Mapping[str, Any]]:
+        """JWT (sub = the account), the account (404), the card (401) and the password (401).
+
+        The JWT must be signed by the card that owns the account: its ``telematikID`` (which
+        the verifier has matched to the signing AUT certificate) must be the account's
+        Telematik-ID. The Account Manager checks the JWT for "Gültigkeit und Zugehörigkeit zur
+        KIM-Mail-Adresse (Account)" (api-kim docs/Authentisierung.adoc), and AccountManager.yaml
+        answers a JWT that does not match with 401 (registerAccount: "the referenceID does not
+        match the signature's AUT certificate"). Without this, any card of the TI plus a leaked
+        password would manage another practice's account. The check comes before the password
+        check: a stranger's card neither learns whether a password is right nor counts towards
+        the owner's lockout (KOM-LE-A_2167). ``own_card=False`` only for setTID, whose JWT comes
+        from the new card by design (the OTP proves the old one)."""
         claims = self._claims(request)  # 401 before any 400: no token, no answer
         username = _username(request.path_params["username"], "username")
         sub = claims.get("sub")
@@ -243,6 +256,12 @@ class _AccountManager:
         account = await self.fd.local_account(username)
         if account is None:
             raise ApiError(404, f"account {username}: no such account at {self.fd.domain}")
+        if own_card and claims.get("telematikID") != account.telematik_id:
+            raise ApiError(
+                401,
+                f"JWT: signed by the card of telematikID {claims.get('telematikID')!r}, not by "
+                f"the card that owns {username}; sign with that practice's own SMC-B or HBA",
+            )
         result = await self.fd.auth.authenticate(
             username, password, client=client_of_request(request)
         )
@@ -440,7 +459,7 @@ class _AccountManager:
         return JsonUtf8Response({"otp": encoded})
 
     async def set_tid(self, request: Request) -> Response:
-        account, claims = await self._account(request)
+        account, claims = await self._account(request, own_card=False)
         otp = _b64_header(request, "otp")
         new_tid = claims.get("telematikID")
         if not isinstance(new_tid, str) or not new_tid:

@@ -28,7 +28,7 @@ from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.cms.keys import SoftwareKey
 from kim_appliance.mail.seal import Certified, seal
 from kim_appliance.protocols.pop3 import Pop3Client
-from kim_appliance.testing import Participant
+from kim_appliance.testing import KimAppliance, Participant
 
 #: runs in both modes: in-process, and SOAP/LDAPS to the appliance's own listeners
 both_modes = pytest.mark.usefixtures("cm_mode")
@@ -242,23 +242,12 @@ async def test_unreachable_fachdienst_is_err(cm: Kim) -> None:
         await trio.to_thread.run_sync(partial(cm_login, cm, WEBER, username=username))
 
 
-async def test_pop3_server_session_follows_the_pvs_session(
-    start_kim: StartKim, nursery: trio.Nursery
-) -> None:
-    """KOM-LE-A_2034: the Clientmodul logs in at the POP3 server the username names with the
-    plain account and the PVS's password (here with SASL PLAIN); KOM-LE-A_2039: that
-    connection stays open while the PVS session goes on and gets QUIT when the PVS quits
-    (against a scripted POP3S server that records what it sees)."""
-    import base64
-
-    from kim_appliance.pki.tls import server_context
-
-    app = await start_kim()
-    p = app.participant(WEBER)
-    tls = app.data_dir / "tls"
-    context = server_context(
-        tls / f"{p.fachdienst}.server.chain.pem", tls / f"{p.fachdienst}.server.key.pem"
-    )
+def scripted_pop3(
+    capabilities: list[bytes] | None,
+) -> tuple[Callable[[trio.SSLStream[trio.SocketStream]], Any], list[bytes], trio.Event]:
+    """A scripted POP3S server that records every command line it sees: ``CAPA`` lists
+    ``capabilities`` (``None``: ``-ERR``, an RFC 1939 server without extensions), QUIT ends,
+    every other command is ``+OK``."""
     seen: list[bytes] = []
     ended = trio.Event()
 
@@ -274,15 +263,55 @@ async def test_pop3_server_session_follows_the_pvs_session(
                     if line.upper() == b"QUIT":
                         await stream.send_all(b"+OK bye\r\n")
                         return
+                    if line.upper() == b"CAPA":
+                        if capabilities is None:
+                            await stream.send_all(b"-ERR unknown command\r\n")
+                        else:
+                            listing = b"".join(c + b"\r\n" for c in capabilities)
+                            await stream.send_all(b"+OK\r\n" + listing + b".\r\n")
+                        continue
                     await stream.send_all(b"+OK 0 0\r\n")
             seen.append(b"<EOF>")
+        except trio.BrokenResourceError:
+            seen.append(b"<closed without TLS close_notify>")
         finally:
             ended.set()
             await trio.aclose_forcefully(stream)
 
-    listeners = await nursery.start(trio.serve_ssl_over_tcp, pop3_server, 0, context)
+    return pop3_server, seen, ended
+
+
+async def start_scripted_pop3(
+    app: KimAppliance, p: Participant, nursery: trio.Nursery, capabilities: list[bytes] | None
+) -> tuple[str, list[bytes], trio.Event]:
+    """The scripted server on a free port with the Fachdienst's TLS certificate; the PVS's
+    POP3 username that names it, what it sees, and the event set when its session ends."""
+    from kim_appliance.pki.tls import server_context
+
+    tls = app.data_dir / "tls"
+    context = server_context(
+        tls / f"{p.fachdienst}.server.chain.pem", tls / f"{p.fachdienst}.server.key.pem"
+    )
+    handler, seen, ended = scripted_pop3(capabilities)
+    listeners = await nursery.start(trio.serve_ssl_over_tcp, handler, 0, context)
     port = listeners[0].transport_listener.socket.getsockname()[1]
-    username = with_upstream(p.pop3_username, "127.0.0.1", port)
+    return with_upstream(p.pop3_username, "127.0.0.1", port), seen, ended
+
+
+async def test_pop3_server_session_follows_the_pvs_session(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """KOM-LE-A_2034: the Clientmodul logs in at the POP3 server the username names with the
+    plain account and the PVS's password (here with SASL PLAIN, which the server announces:
+    KOM-LE-A_2035); KOM-LE-A_2039: that connection stays open while the PVS session goes on
+    and gets QUIT when the PVS quits (against a scripted POP3S server that records what it
+    sees)."""
+    import base64
+
+    app = await start_kim()
+    p = app.participant(WEBER)
+    capabilities = [b"TOP", b"USER", b"SASL PLAIN", b"UIDL"]
+    username, seen, ended = await start_scripted_pop3(app, p, nursery, capabilities)
 
     def session() -> tuple[bytes, list[bytes], bytes]:
         pop = Kim(app).pop3_connect()
@@ -294,13 +323,70 @@ async def test_pop3_server_session_follows_the_pvs_session(
     logged_in, before_quit, bye = await trio.to_thread.run_sync(session)
     assert logged_in.startswith(b"+OK")
     assert bye.startswith(b"+OK")
-    (auth, *_) = before_quit
+    (capa, auth, *_) = before_quit
+    assert capa == b"CAPA"
     assert auth.startswith(b"AUTH PLAIN ")
     assert base64.b64decode(auth.split(b" ")[2]) == f"\0{p.address}\0{p.password}".encode()
+    assert not any(line.startswith((b"USER", b"PASS")) for line in before_quit)
     assert b"QUIT" not in before_quit  # open while the PVS is connected
     with trio.fail_after(10):
         await ended.wait()
     assert seen[-1] == b"QUIT"
+
+
+@pytest.mark.parametrize(
+    "capabilities", [[b"TOP", b"USER", b"UIDL"], None], ids=["capa-without-sasl", "no-capa"]
+)
+async def test_pop3_server_without_sasl_plain_gets_user_pass(
+    start_kim: StartKim, nursery: trio.Nursery, capabilities: list[bytes] | None
+) -> None:
+    """KOM-LE-A_2035: the Clientmodul supports the client part of USER/PASS too: towards a
+    POP3 server whose CAPA offers USER but no SASL PLAIN, or that knows no CAPA at all
+    (RFC 1939 only), it logs in with USER <account> and PASS <password>, once, and the PVS's
+    session works (a PVS that itself used AUTH PLAIN here: the two sides are independent)."""
+    import base64
+
+    app = await start_kim()
+    p = app.participant(WEBER)
+    username, seen, ended = await start_scripted_pop3(app, p, nursery, capabilities)
+
+    def session() -> tuple[bytes, bytes, bytes]:
+        pop = Kim(app).pop3_connect()
+        token = base64.b64encode(f"\0{username}\0{p.password}".encode()).decode()
+        logged_in = command(pop, f"AUTH PLAIN {token}")
+        return logged_in, command(pop, "NOOP"), pop.quit()
+
+    logged_in, noop, bye = await trio.to_thread.run_sync(session)
+    assert logged_in.startswith(b"+OK"), logged_in
+    assert noop.startswith(b"+OK")
+    assert bye.startswith(b"+OK")
+    with trio.fail_after(10):
+        await ended.wait()
+    assert seen == [b"CAPA", f"USER {p.address}".encode(), f"PASS {p.password}".encode(),
+                    b"NOOP", b"QUIT"]  # fmt: skip
+
+
+async def test_pop3_server_offering_neither_mechanism_is_refused_without_the_password(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """KOM-LE-A_2035 / A_2036: a POP3 server whose CAPA offers neither SASL PLAIN nor USER
+    gets no password; the PVS gets -ERR saying why."""
+    app = await start_kim()
+    p = app.participant(WEBER)
+    username, seen, ended = await start_scripted_pop3(app, p, nursery, [b"TOP", b"SASL GSSAPI"])
+
+    def session() -> bytes:
+        pop = Kim(app).pop3_connect()
+        pop.user(username)
+        return command(pop, f"PASS {p.password}")
+
+    refused = await trio.to_thread.run_sync(session)
+    assert refused.startswith(b"-ERR"), refused
+    assert b"neither SASL PLAIN nor USER" in refused, refused
+    with trio.fail_after(10):
+        await ended.wait()
+    assert seen[0] == b"CAPA"
+    assert not any(p.password.encode() in line for line in seen)
 
 
 # --- PROCESS: the receive pipeline per participant kind ------------------------------------------

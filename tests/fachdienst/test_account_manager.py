@@ -260,6 +260,42 @@ def test_account_auth_errors(registered: Env) -> None:
     assert_error(get(f"{BASE}/account/kein-mail", headers=auth(sub="kein-mail")), 400, "mail")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "", None),
+        ("PUT", "", {"dataTimeToLive": 30}),
+        ("DELETE", "", None),
+        ("PUT", "/revokeDeregistration", None),
+        ("GET", "/OTP", None),
+        ("POST", "/cert", {"commonName": "praxis-weber-cm"}),
+        ("GET", "/outofoffice", None),
+        ("PUT", "/outofoffice", {"active": False}),
+    ],
+)
+def test_a_valid_jwt_of_another_card_is_refused_even_with_the_right_password(
+    registered: Env, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    """The JWT must come from the card that owns the account (api-kim Authentisierung.adoc:
+    the Account Manager checks the JWT's "Zugehörigkeit zur KIM-Mail-Adresse"; KOM-LE-A_2187):
+    a valid JWT with the right sub, signed by another practice's card (telematikID TID_NEW),
+    plus the right password is 401 on every account operation, changes nothing, and does not
+    count towards the owner's lockout (KOM-LE-A_2167): the owner's card still gets in after
+    more refusals than the lockout allows."""
+    url = f"{BASE}/account/{USER}{path}"
+    stranger = auth(tid=TID_NEW)
+    for _ in range(4):  # the lockout starts at the third failure
+        r = registered.client.request(method, url, headers=stranger, json=body)
+        assert_error(r, 401, "telematikID")
+        assert TID_NEW in r.json()["message"]
+        assert "own" in r.json()["message"]
+    account = registered.account()
+    assert (account.status, account.data_ttl_days) == ("active", 90)
+    r = registered.client.get(f"{BASE}/account/{USER}", headers=auth())
+    assert r.status_code == 200, r.text
+    assert r.json()["regStat"] == "registered"
+
+
 def test_set_account_changes_only_writable_fields(registered: Env) -> None:
     """setAccount 204: kimVersion, dataTimeToLive, password change (KOM-LE-A_2165); regStat etc.
     are ignored; 420 weak password (KOM-LE-A_2163), 422 unknown kimVersion, 400 wrong type."""
