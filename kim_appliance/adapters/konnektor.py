@@ -25,12 +25,14 @@ from kim_appliance.clientmodul.ports import (
     CardType,
     KonnektorFault,
     KonnektorUnreachable,
+    ecc_capable,
 )
 from kim_appliance.cms.keys import KeyOperations
 from kim_appliance.konnektor.cards import CardKey
 from kim_appliance.konnektor.errors import KonnektorError, KonnektorUnreachableError
 from kim_appliance.konnektor.infomodell import Context
 from kim_appliance.konnektor.operations import Konnektor
+from kim_appliance.konnektor.soap.services import SERVICES
 from kim_appliance.pki import TrustStore
 
 
@@ -130,3 +132,8 @@ class InProcessKonnektor:
             return self.konnektor.external_authenticate(
                 _context(context), card_handle, digest, scheme
             )
+
+    def supports_ecc(self) -> bool:
+        """A_17464 by the versions this Konnektor's connector.sds lists (the SOAP services'
+        table: the in-process Konnektor is the same Konnektor as the SOAP one)."""
+        return ecc_capable({spec.name: [spec.version] for spec in SERVICES})

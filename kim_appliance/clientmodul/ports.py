@@ -10,7 +10,8 @@ against a practice's real Konnektor and the TI's VZD (network adapters,
 * :class:`KonnektorPort`: find the cards a call context sees (GetCards), read a card's
   certificates (ReadCardCertificate), sign a document for a card, decrypt a message for a card,
   verify a certificate (VerifyCertificate), and sign a hash with the AUT key
-  (ExternalAuthenticate). *How* a document is signed or a message decrypted is the adapter's
+  (ExternalAuthenticate), and say whether it supports ECC (its service versions, A_17464).
+  *How* a document is signed or a message decrypted is the adapter's
   choice: the in-process adapter hands out the card's keys, so the native streaming path signs
   a digest and unwraps a content key (the speed of issue 4); the SOAP adapter sends the whole
   document to SignDocument and DecryptDocument, as gematik's Clientmodul specification
@@ -53,6 +54,38 @@ CONTEXT_ERRORS: Final = frozenset({4004, 4005, 4006, 4010, 4011, 4014, 4021})
 
 #: ``Crypt`` of SignDocument: the ECC key when the card has one, else RSA (digest §2.8)
 RSA_ECC: Final = "RSA_ECC"
+
+#: A_17464: a Konnektor supports ECC when it offers SignatureService at least 7.4.1 and
+#: EncryptionService at least 6.1.1 (digest §1.4 step 5, §2.8)
+ECC_MINIMUM_VERSIONS: Final[Mapping[str, tuple[int, ...]]] = {
+    "SignatureService": (7, 4, 1),
+    "EncryptionService": (6, 1, 1),
+}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"7.4.1"`` -> ``(7, 4, 1)``; a part that is not a number ends it (``"6.1.0-rc"``
+    -> ``(6, 1)``), so a version nobody can read counts as the lowest."""
+    parts: list[int] = []
+    for part in version.strip().split("."):
+        digits = part[: len(part) - len(part.lstrip("0123456789"))] if part else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(part):
+            break
+    return tuple(parts)
+
+
+def ecc_capable(offered: Mapping[str, Sequence[str]]) -> bool:
+    """A_17464: whether a Konnektor offering these service versions (service name -> the
+    versions its service directory lists) supports ECC: the highest version of each service
+    of :data:`ECC_MINIMUM_VERSIONS` reaches the minimum. A service it does not offer at all
+    counts as too old."""
+    return all(
+        max((version_tuple(v) for v in offered.get(service, ())), default=()) >= minimum
+        for service, minimum in ECC_MINIMUM_VERSIONS.items()
+    )
 
 
 class CardType(enum.StrEnum):
@@ -174,6 +207,13 @@ class KonnektorPort(Protocol):
     ) -> bytes:
         """AuthSignatureService ExternalAuthenticate: a SHA-256 hash signed with the card's
         AUT key (``RSASSA-PSS`` with the RSA key, ``ECDSA`` plain r||s with the ECC key)."""
+        ...
+
+    def supports_ecc(self) -> bool:
+        """A_17464: whether the Konnektor supports ECC, by the versions of SignatureService and
+        EncryptionService in its service directory (:func:`ecc_capable`). Without ECC the
+        Clientmodul signs with RSA and encrypts for no ECC certificate (A_17472).
+        Raises :class:`KonnektorUnreachable` when the directory cannot be read."""
         ...
 
 

@@ -24,7 +24,9 @@ then, in the order of digest §1.4:
    in-process, SignDocument over SOAP; ECC first when configured; failure: 451, KOM-LE-A_2021)
    and encrypts for every certificate of every recipient and the sender (KOM-LE-A_2022,
    A_2111-01) with :func:`kim_appliance.mail.seal.seal`, writing the outer mail with
-   X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01) and Expires (A_22417) to a spool file.
+   X-KIM-CMVersion/PTVersion/KONVersion (A_21388-01) and Expires (A_22417) to a spool file;
+   behind a Konnektor without ECC (its service versions, A_17464) it signs with RSA and leaves
+   out every ECC certificate (A_17472).
    A VZD that does not answer is ``451 4.4.3``; a Konnektor that does not answer while the
    certificates are checked is ``451 4.7.0`` like a failed signature.
 
@@ -49,12 +51,13 @@ import io
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, BinaryIO, Final
 
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from kim_appliance.clientmodul import cards, large_mail
 from kim_appliance.clientmodul.context import ClientmodulContext
@@ -72,6 +75,7 @@ from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
 from kim_appliance.clientmodul.vzd_lookup import (
+    NOT_ENCRYPTABLE,
     SENDER_NOT_UNIQUE,
     AddressLookup,
     VzdLookup,
@@ -85,7 +89,7 @@ from kim_appliance.mail.headers import (
     read_header_block,
 )
 from kim_appliance.mail.seal import Certified, seal
-from kim_appliance.pki import CertProfile, profile_of
+from kim_appliance.pki import CertProfile, describe, profile_of
 from kim_appliance.pki.validate import CertificateValidator
 from kim_appliance.protocols.session import NETWORK_ERRORS
 from kim_appliance.protocols.smtp import (
@@ -231,7 +235,8 @@ def prepare(
     # step 5: the sender first (553 ends it before anything else is looked at); one VZD query
     # for all of them
     validator = ctx.konnektor.certificate_validator(login.context())
-    sender, *found = _lookup(lookup, [account, *unique], validator, header)
+    ecc = _konnektor_supports_ecc(ctx, header)
+    sender, *found = _lookup(lookup, [account, *unique], validator, header, ecc=ecc)
     if not sender.usable:
         code = SENDER_NOT_UNIQUE if sender.code == "4005" else sender.code
         raise SendRefused(
@@ -272,14 +277,14 @@ def prepare(
         # step 7: the whole client mail goes encrypted to the sender's KAS
         large = _large_mail(
             ctx, account, header, client_mail, body_offset, valid, dropped, lookup, validator,
-            threshold, expires, kas_upload,
+            threshold, expires, kas_upload, ecc=ecc,
         )  # fmt: skip
         inner, valid, new_header, kas_link = large.inner, large.valid, large.header, large.link
         extra += large.extra
     inner.seek(0)
 
     try:
-        signer = _signing_key(ctx, login, sender)
+        signer = _signing_key(ctx, login, sender, ecc=ecc)
     except SendRefused as exc:
         raise SendRefused(exc.reply, dropped=dropped, original_header=header) from exc
     sender_certs = [Certified(account, c) for c in sender.certificates]
@@ -344,6 +349,8 @@ def _large_mail(
     threshold: int,
     expires: str,
     kas_upload: KasUploader | None,
+    *,
+    ecc: bool,
 ) -> _Large:
     """Digest §1.4 step 7 for a client mail above ``threshold``: recipients not ``1.5+``
     dropped (4001, A_19356-06/07, after asking the VZD again), the client mail encrypted and
@@ -362,7 +369,7 @@ def _large_mail(
         if not accepts_large_mails(found.version):
             # A_19356-07: a cached version must not exclude a recipient; ask the VZD again
             lookup.invalidate(found.address)
-            found = _lookup(lookup, [found.address], validator, header)[0]
+            found = _lookup(lookup, [found.address], validator, header, ecc=ecc)[0]
         if found.usable and accepts_large_mails(found.version):
             keep.append(found)
         else:
@@ -445,16 +452,55 @@ def _recipient_certificates(
     return out
 
 
+def _konnektor_supports_ecc(ctx: ClientmodulContext, header: HeaderBlock) -> bool:
+    """A_17464: ask the Konnektor port before any ECC certificate or key is used; a Konnektor
+    whose service directory cannot be read refuses the message for now, like a failed
+    signature (451)."""
+    try:
+        return ctx.konnektor.supports_ecc()
+    except (KonnektorFault, KonnektorUnreachable) as exc:
+        raise SendRefused(_signing_failed(exc), original_header=header) from exc
+
+
+def _without_ecc(found: AddressLookup) -> AddressLookup:
+    """A_17472: behind a Konnektor without ECC, no ECC encryption certificate is used; an
+    address left without a certificate cannot be encrypted for (4004, digest §1.6)."""
+    rsa = tuple(
+        c for c in found.certificates if not isinstance(c.public_key(), ec.EllipticCurvePublicKey)
+    )
+    if len(rsa) == len(found.certificates):
+        return found
+    left_out = tuple(
+        f"{describe(c)}: ECC, and the Konnektor does not support ECC (A_17472)"
+        for c in found.certificates
+        if c not in rsa
+    )
+    if rsa:
+        return replace(found, certificates=rsa, rejected=found.rejected + left_out)
+    return replace(
+        found,
+        certificates=(),
+        code=NOT_ENCRYPTABLE,
+        reason=f"{found.address} has only ECC encryption certificates, and the Konnektor does "
+        "not support ECC (SignatureService 7.4.1 / EncryptionService 6.1.1, A_17464/A_17472)",
+        rejected=found.rejected + left_out,
+    )
+
+
 def _lookup(
     lookup: VzdLookup,
     addresses: Sequence[str],
     validator: CertificateValidator,
     header: HeaderBlock,
+    *,
+    ecc: bool,
 ) -> list[AddressLookup]:
-    """:meth:`VzdLookup.lookup_many`; a VZD or a Konnektor that does not answer refuses the
-    message for now (451: the PVS tries again later)."""
+    """:meth:`VzdLookup.lookup_many` (without ECC certificates unless ``ecc``, A_17472); a VZD
+    or a Konnektor that does not answer refuses the message for now (451: the PVS tries again
+    later)."""
     try:
-        return lookup.lookup_many(addresses, validator)
+        found = lookup.lookup_many(addresses, validator)
+        return found if ecc else [_without_ecc(f) for f in found]
     except DirectoryUnreachable as exc:
         text = re.sub(r"[\x00-\x1f\x7f]", " ", str(exc))[:400]
         reply = Reply(451, "4.4.3", f"the directory does not answer ({text})")
@@ -477,10 +523,13 @@ def signing_card(
     )
 
 
-def _signing_key(ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup) -> Signer:
-    """What signs (digest §1.4 step 8); SendRefused 451 when nothing can."""
+def _signing_key(
+    ctx: ClientmodulContext, login: CmLogin, sender: AddressLookup, *, ecc: bool
+) -> Signer:
+    """What signs (digest §1.4 step 8): the ECC key when preferred and the Konnektor supports
+    ECC (A_17464), else RSA; SendRefused 451 when nothing can."""
     context = login.context()
-    crypt = RSA_ECC if ctx.prefer_ecc else "RSA"
+    crypt = RSA_ECC if ctx.prefer_ecc and ecc else "RSA"
     for attempt in range(2):
         try:
             card = signing_card(ctx, login, sender)

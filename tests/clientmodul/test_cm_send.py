@@ -752,3 +752,71 @@ async def test_signing_key_follows_the_ecc_preference(
         klein, practice = practice, klein
     assert expected in (klein.signature_algorithm or "").lower(), klein.lines()
     assert "Praxis Dr. Meyer" in (practice.signer or ""), practice.lines()
+
+
+async def _serve_older_connector_sds(
+    app: KimAppliance, nursery: trio.Nursery, *, encryption_service: str
+) -> str:
+    """An HTTPS server (the Konnektor's TLS certificate) that answers every request with
+    ``app``'s connector.sds, its EncryptionService version replaced by ``encryption_service``:
+    a Konnektor of an older release whose endpoints are ``app``'s. The URL to configure."""
+    from kim_appliance.konnektor.soap.directory import connector_sds
+
+    sds_url = app.konnektor_sds
+    base = sds_url.rsplit("/", 1)[0]
+    sds = connector_sds(base, tls=True, client_auth=False)
+    assert b'Version="6.1.1"' in sds
+    body = sds.replace(b'Version="6.1.1"', f'Version="{encryption_service}"'.encode())
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    tls = app.data_dir / "tls"
+    context = server_context(tls / "konnektor.server.chain.pem", tls / "konnektor.server.key.pem")
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        request = b""
+        try:
+            while b"\r\n\r\n" not in request and (data := await stream.receive_some(4096)):
+                request += data
+            await stream.send_all(answer)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    serve = partial(trio.serve_ssl_over_tcp, host="127.0.0.1")
+    listeners = await nursery.start(serve, handler, 0, context)
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    return f"https://127.0.0.1:{port}/connector.sds"
+
+
+async def test_behind_a_konnektor_without_ecc_only_rsa_is_used(
+    start_kim: StartKim, nursery: trio.Nursery
+) -> None:
+    """A_17464, A_17472: the Clientmodul's Konnektor (SOAP, found through connector.sds) offers
+    EncryptionService 6.1.0, older than the 6.1.1 that ECC needs: zahnarzt.klein's SMC-B has RSA
+    and ECC keys and ECC is preferred, yet the message is signed with RSA (RSASSA-PSS), and
+    encrypted for RSA certificates only (no ECC recipient info, also not for the sender's own ECC
+    certificate); apotheke.sonne, who has ECC certificates only, is dropped (4004) and reported
+    to the sender (KOM-LE-A_2024-01)."""
+    konnektor = await start_kim()  # the Konnektor the old connector.sds points to
+    old_sds = await _serve_older_connector_sds(konnektor, nursery, encryption_service="6.1.0")
+    cm = Kim(await start_kim(config={"clientmodul": {"konnektor": old_sds}}))
+    sender, weber, sonne = (cm.address(p) for p in ("zahnarzt.klein", "praxis.weber",
+                                                     "apotheke.sonne"))  # fmt: skip
+    data = client_mail(sender, [weber, sonne])
+    refused = await trio.to_thread.run_sync(cm.send, "zahnarzt.klein", [weber, sonne], data)
+    assert refused == {}
+    (outer,) = await wait_for(cm, "praxis.weber")
+    report, inner = open_kim(outer, cm, "praxis.weber")
+    assert report.verified, report.lines()
+    assert "pss" in (report.signature_algorithm or "").lower(), report.lines()
+    assert len(report.recipient_infos) == 2, report.recipient_infos  # Weber's and Klein's RSA
+    assert all(info.startswith("ktri") for info in report.recipient_infos), report.lines()
+    assert sonne not in header_of(inner)["To"]
+    (sender_report,) = _reports(await wait_for(cm, "zahnarzt.klein"))
+    assert sender_report["X-KIM-Fehlermeldung"] == "4004"
+    assert sonne in sender_report.as_string()
+    assert "ECC" in sender_report.as_string()

@@ -218,6 +218,11 @@ class SoapKonnektor:
     def certificate_validator(self, context: CallContext) -> SoapCertificateCheck:
         return SoapCertificateCheck(self, context)
 
+    def supports_ecc(self) -> bool:
+        """A_17464 from connector.sds (the cached copy, fetched when there is none yet)."""
+        directory = self._directory or trio.from_thread.run(self.service_directory)
+        return directory.supports_ecc
+
     def verify_certificate(
         self, context: CallContext, certificate: x509.Certificate, at: dt.datetime | None = None
     ) -> messages.CertificateStatus:

@@ -7,9 +7,11 @@ one version of each service it uses (:mod:`.konnektor_messages`) and takes the e
 for exactly that version's WSDL TargetNamespace (KOM-LE-A_2077); a Konnektor that does not
 offer it is refused with a message naming the versions it does offer. ``TLSMandatory`` and
 ``ClientAutMandatory`` are read too: a Konnektor that wants a client certificate the
-configuration does not have is refused before any call. Pure XML; this module never does I/O
-(the caller fetches and caches the document, and fetches it again after a connection error,
-KOM-LE-A_2076).
+configuration does not have is refused before any call. The versions offered also say whether
+the Konnektor supports ECC (A_17464: SignatureService 7.4.1 and EncryptionService 6.1.1 or
+later), which decides whether the Clientmodul uses ECC keys and certificates. Pure XML; this
+module never does I/O (the caller fetches and caches the document, and fetches it again after a
+connection error, KOM-LE-A_2076).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from lxml import etree
 
-from kim_appliance.clientmodul.ports import KonnektorUnreachable
+from kim_appliance.clientmodul.ports import KonnektorUnreachable, ecc_capable
 
 SDS: Final = "http://ws.gematik.de/conn/ServiceDirectory/v3.1"
 SI: Final = "http://ws.gematik.de/conn/ServiceInformation/v2.0"
@@ -42,6 +44,12 @@ class ServiceDirectory:
     offered: dict[str, list[str]] = field(default_factory=dict)
     #: "vendor product version", for logs
     product: str = ""
+
+    @property
+    def supports_ecc(self) -> bool:
+        """A_17464: SignatureService >= 7.4.1 and EncryptionService >= 6.1.1 among the
+        versions offered (:func:`~kim_appliance.clientmodul.ports.ecc_capable`)."""
+        return ecc_capable(self.offered)
 
     def endpoint(self, service: str, namespace: str) -> str:
         """The endpoint of ``service`` in the version of WSDL ``namespace``; raises

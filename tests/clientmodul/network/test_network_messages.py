@@ -19,6 +19,8 @@ from kim_appliance.clientmodul.ports import (
     CardType,
     KonnektorFault,
     KonnektorUnreachable,
+    ecc_capable,
+    version_tuple,
 )
 from kim_appliance.cms.recipient_emails import RecipientEmail, encode_recipient_emails
 from kim_appliance.konnektor.errors import KonnektorError
@@ -221,6 +223,47 @@ def test_service_directory_endpoints_flags_and_versions() -> None:
     with pytest.raises(KonnektorUnreachable, match="does not offer SignatureService") as caught:
         older.endpoint(messages.SIGN_DOCUMENT.service, messages.SIGN_DOCUMENT.wsdl_namespace)
     assert "7.5.6" in str(caught.value)  # what it offers (the Version attribute)
+
+
+@pytest.mark.parametrize(
+    ("signature", "encryption", "ecc"),
+    [
+        ("7.5.6", "6.1.1", True),  # this appliance's Konnektor
+        ("7.4.1", "6.1.1", True),  # exactly the minimum of A_17464
+        ("7.5.6", "6.1.0", False),  # EncryptionService too old (same WSDL namespace v6.1)
+        ("7.4.0", "6.1.1", False),  # SignatureService too old
+        ("7.4.0", "6.1.0", False),
+    ],
+)
+def test_ecc_support_follows_the_service_versions(
+    signature: str, encryption: str, ecc: bool
+) -> None:
+    """A_17464: the Clientmodul learns from connector.sds whether the Konnektor supports ECC:
+    SignatureService at least 7.4.1 and EncryptionService at least 6.1.1 (A_17472 then decides
+    what it uses); a Konnektor that lists several versions counts by its newest."""
+    sds = connector_sds("https://konnektor.test:8443", tls=True, client_auth=False)
+    sds = sds.replace(b'Version="7.5.6"', f'Version="{signature}"'.encode())
+    sds = sds.replace(b'Version="6.1.1"', f'Version="{encryption}"'.encode())
+    directory = parse_service_directory(sds, "https://konnektor.test:8443/connector.sds")
+    assert directory.offered["SignatureService"] == [signature]
+    assert directory.offered["EncryptionService"] == [encryption]
+    assert directory.supports_ecc is ecc
+    # the in-process adapter's answer comes from the same table as this appliance's directory
+    offered = {spec.name: [spec.version] for spec in SERVICES}
+    assert ecc_capable(offered) is True
+    assert ecc_capable({**offered, "EncryptionService": ["6.1.1", "6.0.2"]}) is True
+    assert ecc_capable({"SignatureService": ["7.5.6"]}) is False  # no EncryptionService at all
+
+
+@pytest.mark.parametrize(
+    ("version", "parsed"),
+    [("7.4.1", (7, 4, 1)), ("6.1", (6, 1)), ("6.1.0-rc1", (6, 1, 0)), ("x", ()), ("", ())],
+)
+def test_version_numbers_compare_as_numbers(version: str, parsed: tuple[int, ...]) -> None:
+    """A_17464 compares versions number by number ("7.10.0" is after "7.4.1"); an unreadable
+    version counts as the lowest, so a Konnektor nobody can read is not taken for ECC-capable."""
+    assert version_tuple(version) == parsed
+    assert version_tuple("7.10.0") > version_tuple("7.4.1")
 
 
 @pytest.mark.parametrize(
