@@ -582,6 +582,23 @@ async def _clientmodul_ports(
     return konnektor_port, directory_port, partners
 
 
+def _pvs_server_context(
+    cm: config_module.ClientmodulConfig, chain: Path, key: Path, tls_ca: Path
+) -> ssl.SSLContext:
+    """The TLS server side of the Clientmodul's SMTPS and POP3S towards the PVS. KOM-LE-A_2181:
+    the Clientmodul offers TLS with and without certificate-based client authentication; with
+    ``pvs_client_auth`` a PVS without a certificate of ``pvs_client_ca`` (default: the
+    appliance's TLS CA) fails the handshake. Off by default, as a Clientmodul ships (our choice,
+    docs/decisions.md): the PVS of the demo setup has no certificate."""
+    if not cm.pvs_client_auth:
+        return server_context(chain, key)
+    ca = Path(cm.pvs_client_ca) if cm.pvs_client_ca else tls_ca
+    try:
+        return server_context(chain, key, client_ca=ca, require_client_cert=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[clientmodul] pvs_client_ca {str(ca)!r}: {exc}") from exc
+
+
 def _konnektor_settings(
     cm: config_module.ClientmodulConfig, sds: str | None, tls_ca: Path, chain: Path, key: Path
 ) -> KonnektorSettings:
@@ -681,7 +698,7 @@ async def _start_clientmodul(
         ),
         # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9)
         upstream_ssl=client_context(tls_ca, chain=chain, key=key),
-        server_ssl=server_context(chain, key),
+        server_ssl=_pvs_server_context(cm, chain, key, tls_ca),
         spool_dir=spool,
         prefer_ecc=config.clientmodul.prefer_ecc,
         max_message_size=config.fachdienst.max_message_size,

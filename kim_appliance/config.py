@@ -105,6 +105,11 @@ class ClientmodulConfig:
     pop3_port: int = 1995
     #: sign with the SMC-B's ECC key when it has one (release 1.5.4 preference)
     prefer_ecc: bool = True
+    #: KOM-LE-A_2181: require a TLS client certificate of the PVS on SMTPS and POP3S (off, as a
+    #: Clientmodul ships: the spec wants both ways offered)
+    pvs_client_auth: bool = False
+    #: PEM file with the CA(s) that issue the PVS client certificates ("": the appliance's TLS CA)
+    pvs_client_ca: str = ""
     #: "in-process", "loopback" or "https://HOST:PORT/connector.sds" (KONNEKTOR_URI)
     konnektor: str = IN_PROCESS
     #: PEM file with the CA(s) of the Konnektor's TLS certificate ("": the appliance's TLS CA)
@@ -267,6 +272,8 @@ port = 4443
 smtp_port = 1465
 pop3_port = 1995
 prefer_ecc = true                 # sign with the SMC-B's ECC key where it has one
+pvs_client_auth = false           # require a TLS client certificate of the PVS (KOM-LE-A_2181)
+pvs_client_ca = ""                # PEM of the CA(s) of those certificates ("": tls-ca.pem here)
 # The Konnektor: "in-process" (this appliance's, no network), "loopback" (SOAP to this
 # appliance's own listener) or a Konnektor's service directory, e.g.
 # "https://konnektor.praxis.local:443/connector.sds" (SOAP over TLS, KOM-LE-A_2070).
@@ -533,6 +540,8 @@ def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:
         smtp_port=_port(_take(raw, "smtp_port", int, d.smtp_port, where), where),
         pop3_port=_port(_take(raw, "pop3_port", int, d.pop3_port, where), where),
         prefer_ecc=_take(raw, "prefer_ecc", bool, d.prefer_ecc, where),
+        pvs_client_auth=_take(raw, "pvs_client_auth", bool, d.pvs_client_auth, where),
+        pvs_client_ca=text("pvs_client_ca"),
         konnektor=text("konnektor"),
         konnektor_ca=text("konnektor_ca"),
         konnektor_auth=text("konnektor_auth"),

@@ -820,3 +820,100 @@ async def test_behind_a_konnektor_without_ecc_only_rsa_is_used(
     assert sender_report["X-KIM-Fehlermeldung"] == "4004"
     assert sonne in sender_report.as_string()
     assert "ECC" in sender_report.as_string()
+
+
+def _foreign_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed client certificate no configured CA issued (PEM chain, PEM key)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fremdes PVS")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    chain, key_file = directory / "foreign.pem", directory / "foreign.key.pem"
+    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return chain, key_file
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["default-off", "pvs_client_auth"])
+async def test_pvs_client_certificate_is_asked_only_when_configured(
+    start_kim: StartKim, tmp_path: Path, enabled: bool
+) -> None:
+    """KOM-LE-A_2181: the Clientmodul offers TLS towards the PVS both with certificate-based
+    client authentication and without. Default (as a Clientmodul ships): no certificate asked,
+    smtplib and poplib without one log in. With ``[clientmodul] pvs_client_auth = true`` a PVS
+    without a certificate, or with one no configured CA issued, fails the TLS handshake on SMTPS
+    and POP3S; one with a certificate of the configured CA (here the appliance's TLS CA, the
+    default of ``pvs_client_ca``) logs in and sends; the listeners go on serving."""
+    import poplib
+    import ssl
+
+    app = await start_kim(config={"clientmodul": {"pvs_client_auth": enabled}})
+    cm = Kim(app)
+    tls = app.data_dir / "tls"
+    ours = (tls / "clientmodul.server.chain.pem", tls / "clientmodul.server.key.pem")
+    foreign = _foreign_certificate(tmp_path)
+    p = cm.participant("praxis.weber")
+
+    def context(cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+        ctx = cm.ssl_context()
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        return ctx
+
+    def smtp(cert: tuple[Path, Path] | None) -> str:
+        host, port = app.clientmodul_smtp
+        try:
+            with smtplib.SMTP_SSL(host, port, context=context(cert), timeout=30) as s:
+                s.ehlo("pvs.test")
+                code, _ = s.login(p.smtp_username, p.password)
+                return str(code)
+        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            return f"refused: {exc!r}"
+
+    def pop3(cert: tuple[Path, Path] | None) -> str:
+        host, port = app.clientmodul_pop3
+        try:
+            pop = poplib.POP3_SSL(host, port, context=context(cert), timeout=30)
+            pop.user(p.pop3_username)
+            answer = pop.pass_(p.password).decode()
+            pop.quit()
+            return answer[:3]
+        except (ssl.SSLError, poplib.error_proto, ConnectionError, EOFError) as exc:
+            return f"refused: {exc!r}"
+
+    results = {
+        (protocol.__name__, label): await trio.to_thread.run_sync(protocol, cert)
+        for protocol in (smtp, pop3)
+        for label, cert in (("none", None), ("foreign", foreign), ("ours", ours))
+    }
+    for protocol, ok in (("smtp", "235"), ("pop3", "+OK")):
+        assert results[(protocol, "ours")] == ok, results
+        if enabled:
+            assert results[(protocol, "none")].startswith("refused"), results
+            assert results[(protocol, "foreign")].startswith("refused"), results
+        else:
+            assert results[(protocol, "none")] == ok, results
+            assert results[(protocol, "foreign")] == ok, results  # not asked, not checked
