@@ -25,6 +25,11 @@ VRFY/HELP before AUTH become ``502 5.5.1``; its ``503`` for MAIL/RCPT/DATA befor
 Choices written down here: a Konnektor that does not answer at AUTH gives ``454 4.7.0`` (the
 call context cannot be checked; the PVS may try again); the sender report for dropped
 recipients goes from the account to itself through the same MTA session, after the message.
+One MTA connection per PVS connection, ended together (KOM-LE-A_2016/2017): when the MTA
+connection has ended (the MTA closed it while the PVS was idle, a 421, a break during DATA, the
+521 of A_22419), the reply to the PVS's message is followed by closing the PVS connection; the
+Clientmodul never logs in at the MTA again on its own. MAIL FROM and RCPT TO are answered here,
+so the loss is noticed at the end of DATA (``421 4.4.2``, nothing sent).
 
 Resource handling: one cancel scope per session for the idle timeout (SMTP_TIMEOUT_SERVER,
 digest §1.9); DATA goes to a spool file in 1 MiB writes from worker threads; the spool and the
@@ -139,7 +144,10 @@ class CmSmtpSession:
             await self._data(event.data)
             return None
         if isinstance(event, DataEnd):
-            return await self._data_end(event), False
+            reply = await self._data_end(event)
+            # KOM-LE-A_2016/2017: the MTA connection is gone (dropped, 421, or closed with 521
+            # after A_22419): the PVS connection ends with it, after this reply
+            return reply, self._upstream_gone
         if isinstance(event, Rset):
             self.abort_transaction()
         return None
@@ -456,40 +464,34 @@ class CmSmtpSession:
             version,
         )  # fmt: skip
 
-    async def _transmit(self, login: CmLogin, prepared: send.Prepared) -> send.Transmitted:
-        """Offer the message; a lost MTA connection is opened again once (it may have timed
-        out while the PVS was idle)."""
-        for attempt in range(2):
-            upstream = self.upstream
-            try:
-                if upstream is None or upstream.closed:
-                    upstream = await self._reconnect(login)
-                return await send.transmit(
-                    upstream, login.account, prepared, limiter=self.ctx.pipeline_limiter
-                )
-            except send.UpstreamLost as exc:
-                await self.close_upstream()
-                if attempt == 1:
-                    return send.Transmitted(
-                        Reply(451, "4.4.1", _one_line(f"the Fachdienst is not reachable: {exc}"))
-                    )
-            except (OSError, ssl.SSLError, trio.TooSlowError) as exc:
-                await self.close_upstream()
-                return send.Transmitted(
-                    Reply(451, "4.4.1", _one_line(f"the Fachdienst is not reachable: {exc}"))
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+    @property
+    def _upstream_gone(self) -> bool:
+        """Logged in, and the MTA connection of this login has ended."""
+        return self.login is not None and (self.upstream is None or self.upstream.closed)
 
-    async def _reconnect(self, login: CmLogin) -> send.Upstream:
-        host, port = self.ctx.resolve_upstream(login.host, login.port, "smtp", login.account)
-        server_name = login.host or login.account.rpartition("@")[2]
-        upstream = await send.Upstream.connect(self.ctx, host, port, server_name)
-        answer = await upstream.authenticate(login.account, self._password)
-        if answer.code != 235:
-            await upstream.quit()
-            raise send.UpstreamLost(f"the MTA refused the login again: {answer.code}")
-        self.upstream = upstream
-        return upstream
+    async def _transmit(self, login: CmLogin, prepared: send.Prepared) -> send.Transmitted:
+        """Offer the message on the MTA connection opened at AUTH.
+
+        KOM-LE-A_2016/2017: the Clientmodul keeps the MTA connection while the PVS connection
+        lasts and closes the PVS connection when the MTA connection ends. An MTA that closed
+        the connection while the PVS was idle (the Fachdienst's idle timeout, a restart, a
+        ``421``) is not connected to again behind the PVS's back with its stored password:
+        the PVS gets ``421 4.4.2`` (nothing was sent; it connects and sends again) and its
+        connection is closed after the reply (:meth:`decide`). A connection that breaks during
+        DATA gives ``451 4.4.2`` (the MTA may have the message) and ends the same way."""
+        upstream = self.upstream
+        if upstream is None or upstream.closed:
+            return send.Transmitted(_mta_gone("the MTA connection was closed"))
+        try:
+            result = await send.transmit(
+                upstream, login.account, prepared, limiter=self.ctx.pipeline_limiter
+            )
+        except (send.UpstreamLost, OSError, ssl.SSLError, trio.TooSlowError) as exc:
+            await self.close_upstream()
+            return send.Transmitted(_mta_gone(str(exc)))
+        if upstream.closed:
+            await self.close_upstream()
+        return result
 
     async def _report(
         self, login: CmLogin, dropped: list[send.Dropped], original_header: HeaderBlock
@@ -513,11 +515,13 @@ class CmSmtpSession:
         )
         upstream = self.upstream
         if upstream is None or upstream.closed:
-            try:
-                upstream = await self._reconnect(login)
-            except (send.UpstreamLost, OSError, ssl.SSLError, trio.TooSlowError) as exc:
-                self.ctx.log.warning("cm smtp %s: report not sent: %s", self.peer, exc)
-                return
+            # KOM-LE-A_2016/2017: no new MTA connection behind the PVS's back; the message was
+            # not sent either (4xx), so the report comes when the PVS sends it again
+            self.ctx.log.warning(
+                "cm smtp %s: report to %s not sent: the MTA connection is closed",
+                self.peer, login.account,
+            )  # fmt: skip
+            return
         answer = await send.send_report(upstream, login.account, out.getvalue())
         tracing.reported(self.ctx.observer, account=login.account,
                          original_header=original_header, dropped=len(entries),
@@ -542,6 +546,18 @@ class CmSmtpSession:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             await upstream.quit()
+
+
+def _mta_gone(why: str) -> Reply:
+    """KOM-LE-A_2016: the reply before the PVS connection is closed because the MTA's is."""
+    return Reply(
+        421,
+        "4.4.2",
+        _one_line(
+            f"the Fachdienst's MTA closed the connection ({why}); the message was not sent: "
+            "connect again and send it again (KOM-LE-A_2016)"
+        ),
+    )
 
 
 def _one_line(text: str) -> str:

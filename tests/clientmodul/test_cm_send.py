@@ -375,11 +375,18 @@ class _MtaConnection:
 
 
 async def _scripted_mta(
-    nursery: trio.Nursery, app: KimAppliance, offered: str, *, refuse: str = ""
+    nursery: trio.Nursery,
+    app: KimAppliance,
+    offered: str,
+    *,
+    refuse: str = "",
+    drop_after_login: bytes | None = None,
 ) -> tuple[int, list[_MtaConnection]]:
     """An SMTPS server on 127.0.0.1 with a Fachdienst's certificate that offers ``AUTH
     <offered>``, accepts every login but one with the password ``refuse`` (535), answers
-    NOOP/RSET with 250 and QUIT with 221; (port, its connections)."""
+    NOOP/RSET with 250 and QUIT with 221; (port, its connections). With ``drop_after_login``
+    it sends those bytes (``b""``: nothing) after a successful login and closes the connection
+    (an MTA whose idle timeout ends the session before the PVS sends anything)."""
     domain = app.participant("praxis.weber").fachdienst
     tls = app.data_dir / "tls"
     context = server_context(tls / f"{domain}.server.chain.pem", tls / f"{domain}.server.key.pem")
@@ -428,6 +435,10 @@ async def _scripted_mta(
                     continue
                 ok = connection.credentials[1] != refuse
                 await stream.send_all(b"235 2.7.0 ok\r\n" if ok else b"535 5.7.8 no\r\n")
+                if ok and drop_after_login is not None:
+                    await stream.send_all(drop_after_login)
+                    connection.end = "dropped by the MTA"
+                    return
             connection.end = "EOF"
         except trio.BrokenResourceError:
             connection.end = "EOF"
@@ -508,6 +519,56 @@ async def test_mta_session_lives_as_long_as_the_pvs_session(
     with trio.fail_after(10):
         await seen[2].ended.wait()
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize(
+    "farewell", [b"421 4.4.2 idle timeout, closing\r\n", b""], ids=["421", "connection-dropped"]
+)
+async def test_mta_closing_the_connection_closes_the_pvs_session(
+    start_kim: StartKim, nursery: trio.Nursery, farewell: bytes
+) -> None:
+    """KOM-LE-A_2016/2017: one MTA connection per PVS connection, ended together. The MTA
+    closes the connection while the PVS is idle (with 421, or just drops it); the PVS's next
+    message gets 421 4.4.2 at the end of DATA (not sent: nothing was acknowledged), and the
+    Clientmodul closes the PVS connection instead of logging in at the MTA again on its own
+    with the stored password (the MTA sees exactly one connection)."""
+    app = await start_kim()
+    p = app.participant("praxis.weber")
+    port, seen = await _scripted_mta(nursery, app, "PLAIN", drop_after_login=farewell)
+    username = with_upstream(p.smtp_username, "127.0.0.1", port)
+    host, cm_port = app.clientmodul_smtp
+    to = app.participant("zahnarzt.klein").address
+
+    def login() -> smtplib.SMTP_SSL:
+        smtp = smtplib.SMTP_SSL(host, cm_port, context=app.ssl_context(), timeout=30)
+        assert smtp.login(username, p.password)[0] == 235
+        return smtp
+
+    def send_message(smtp: smtplib.SMTP_SSL) -> tuple[int, bytes, str]:
+        assert smtp.mail(p.address)[0] == 250  # held back: answered by the Clientmodul
+        assert smtp.rcpt(to)[0] == 250
+        code, text = smtp.data(client_mail(p.address, [to]))
+        try:
+            smtp.noop()
+            after = "open"
+        except smtplib.SMTPServerDisconnected:
+            after = "closed"
+        smtp.close()
+        return code, text, after
+
+    smtp = await trio.to_thread.run_sync(login)
+    with trio.fail_after(10):
+        await seen[0].ended.wait()  # the MTA has ended the session; the PVS is idle
+    code, text, after = await trio.to_thread.run_sync(send_message, smtp)
+    assert code == 421, text
+    assert b"closed the connection" in text
+    assert b"KOM-LE-A_2016" in text
+    assert after == "closed"
+    await trio.sleep(0.2)
+    assert [c.end for c in seen] == ["dropped by the MTA"]  # no second login at the MTA
+    # the PVS connects again: a new PVS connection, a new MTA connection
+    await trio.to_thread.run_sync(lambda: login().close())
+    assert len(seen) == 2
 
 
 # --- tests: the pipeline's refusals and reports (digest §1.4) ---------------------------------
