@@ -7,7 +7,8 @@ Digest §1.5 (CM-1.13 §3.4, Tab_POP3_Ant_Init, Tab_POP3_Verbindung), in three s
   KOM-LE-A_2032), check the Konnektor call context, open POP3S to the Fachdienst
   (``ctx.resolve_upstream``, implicit TLS verified against the TLS CA, KOM-LE-A_2074) and log in
   there with the plain account and the password (KOM-LE-A_2161), by SASL PLAIN or USER/PASS
-  as the server's ``CAPA`` offers (KOM-LE-A_2035, :func:`_log_in`). Every failure is a plain
+  as the server's ``CAPA`` offers, the PVS's own mechanism first (KOM-LE-A_2035,
+  :func:`_log_in`). Every failure is a plain
   ``-ERR`` (no response code) whose text says what failed; ``QUIT`` is ``+OK``; anything else
   ``-ERR``.
 * **PROXY**: UIDL, DELE, RSET, NOOP and QUIT are relayed 1:1. ``TOP n m`` always goes upstream
@@ -267,7 +268,7 @@ class CmPop3Session:
             SESSIONS.keep(upstream.stream, port)  # the tickets came with the greeting
             if not greeting.ok:
                 raise UpstreamError(f"greeting: -ERR {greeting.text}")
-            reply = await _log_in(upstream, login.account, event.password)
+            reply = await _log_in(upstream, login.account, event.password, event.mechanism)
         except UpstreamError as exc:
             await upstream.aclose()
             return Response(False, _line(f"POP3 server {host}:{port}: {exc}"))
@@ -502,27 +503,28 @@ async def _spool_body(upstream: _Upstream, raw: BinaryIO) -> bytes:
     return b"".join(pending)
 
 
-async def _log_in(upstream: _Upstream, account: str, password: str) -> Pop3Reply:
-    """Log in at the Fachdienst with the client part of SASL PLAIN or USER/PASS
-    (KOM-LE-A_2035): the Clientmodul must support both; which one it uses is its choice.
+async def _log_in(upstream: _Upstream, account: str, password: str, pvs_used: str) -> Pop3Reply:
+    """Log in at the Fachdienst with the client part of USER/PASS or SASL PLAIN
+    (KOM-LE-A_2035: the Clientmodul must support both; the text does not say which it uses).
 
-    Our choice, as mail clients make it (fetchmail, Thunderbird): ask ``CAPA`` first; SASL
-    PLAIN when the server announces it (the password never travels as a lone PASS line),
-    USER/PASS when it announces ``USER`` or answers ``CAPA`` with ``-ERR`` (an RFC 1939 server
-    without extensions). Never both for one login: a refused password must count once towards
-    the Fachdienst's lockout (KOM-LE-A_2167), so a refusal is not retried with the other
-    mechanism. A server that announces neither is refused here, without sending the password.
+    Our choice follows the example of gemSpec_CM_KOMLE §3.4.5: ``CAPA`` first, then the
+    mechanism the PVS used (``pvs_used``: ``USER`` or ``PLAIN``) when the server announces it,
+    else the other one. USER/PASS counts as announced when ``CAPA`` lists ``USER`` or is
+    answered ``-ERR`` (an RFC 1939 server without extensions). Never both for one login: a
+    refused password must count once towards the Fachdienst's lockout (KOM-LE-A_2167), so a
+    refusal is not retried with the other mechanism. A server that announces neither gets no
+    password (KOM-LE-A_2036: other mechanisms are optional and not built).
     """
     capa = await upstream.command(upstream.client.capa())
     capabilities = [line.upper().split() for line in await upstream.listing()] if capa.ok else []
     sasl_plain = any(c[:1] == ["SASL"] and "PLAIN" in c[1:] for c in capabilities)
     user_pass = not capa.ok or any(c[:1] == ["USER"] for c in capabilities)
-    if sasl_plain:
+    if not (sasl_plain or user_pass):
+        raise UpstreamError("the POP3 server offers neither SASL PLAIN nor USER/PASS (CAPA)")
+    if sasl_plain and (pvs_used == "PLAIN" or not user_pass):
         return await upstream.command(
             upstream.client.auth_plain(account, password, initial_response=True)
         )
-    if not user_pass:
-        raise UpstreamError("the POP3 server offers neither SASL PLAIN nor USER/PASS (CAPA)")
     reply = await upstream.command(upstream.client.user(account))
     if not reply.ok:
         return reply

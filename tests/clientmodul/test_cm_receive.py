@@ -302,12 +302,10 @@ async def test_pop3_server_session_follows_the_pvs_session(
     start_kim: StartKim, nursery: trio.Nursery
 ) -> None:
     """KOM-LE-A_2034: the Clientmodul logs in at the POP3 server the username names with the
-    plain account and the PVS's password (here with SASL PLAIN, which the server announces:
-    KOM-LE-A_2035); KOM-LE-A_2039: that connection stays open while the PVS session goes on
-    and gets QUIT when the PVS quits (against a scripted POP3S server that records what it
-    sees)."""
-    import base64
-
+    plain account and the PVS's password (here USER/PASS after CAPA, as the PVS did: the example
+    of gemSpec_CM_KOMLE §3.4.5, KOM-LE-A_2035); KOM-LE-A_2039: that connection stays open
+    while the PVS session goes on and gets QUIT when the PVS quits (against a scripted POP3S
+    server that records what it sees)."""
     app = await start_kim()
     p = app.participant(WEBER)
     capabilities = [b"TOP", b"USER", b"SASL PLAIN", b"UIDL"]
@@ -323,27 +321,36 @@ async def test_pop3_server_session_follows_the_pvs_session(
     logged_in, before_quit, bye = await trio.to_thread.run_sync(session)
     assert logged_in.startswith(b"+OK")
     assert bye.startswith(b"+OK")
-    (capa, auth, *_) = before_quit
-    assert capa == b"CAPA"
-    assert auth.startswith(b"AUTH PLAIN ")
-    assert base64.b64decode(auth.split(b" ")[2]) == f"\0{p.address}\0{p.password}".encode()
-    assert not any(line.startswith((b"USER", b"PASS")) for line in before_quit)
-    assert b"QUIT" not in before_quit  # open while the PVS is connected
+    assert before_quit == [b"CAPA", f"USER {p.address}".encode(), f"PASS {p.password}".encode()]
     with trio.fail_after(10):
         await ended.wait()
     assert seen[-1] == b"QUIT"
 
 
+SASL_AND_USER = [b"TOP", b"USER", b"SASL PLAIN", b"UIDL"]
+
+
 @pytest.mark.parametrize(
-    "capabilities", [[b"TOP", b"USER", b"UIDL"], None], ids=["capa-without-sasl", "no-capa"]
+    ("pvs_uses", "capabilities", "upstream"),
+    [
+        ("PLAIN", SASL_AND_USER, "PLAIN"),  # the PVS's mechanism, offered
+        ("USER", SASL_AND_USER, "USER"),
+        ("PLAIN", [b"TOP", b"USER", b"UIDL"], "USER"),  # no SASL PLAIN upstream
+        ("PLAIN", None, "USER"),  # no CAPA: an RFC 1939 server
+        ("USER", [b"TOP", b"SASL PLAIN", b"UIDL"], "PLAIN"),  # no USER upstream
+    ],
+    ids=["plain-plain", "user-user", "plain-no-sasl", "plain-no-capa", "user-no-user"],
 )
-async def test_pop3_server_without_sasl_plain_gets_user_pass(
-    start_kim: StartKim, nursery: trio.Nursery, capabilities: list[bytes] | None
+async def test_the_clientmodul_logs_in_with_user_pass_or_sasl_plain(
+    start_kim: StartKim,
+    nursery: trio.Nursery,
+    pvs_uses: str,
+    capabilities: list[bytes] | None,
+    upstream: str,
 ) -> None:
-    """KOM-LE-A_2035: the Clientmodul supports the client part of USER/PASS too: towards a
-    POP3 server whose CAPA offers USER but no SASL PLAIN, or that knows no CAPA at all
-    (RFC 1939 only), it logs in with USER <account> and PASS <password>, once, and the PVS's
-    session works (a PVS that itself used AUTH PLAIN here: the two sides are independent)."""
+    """KOM-LE-A_2035: the Clientmodul has the client parts of USER/PASS and SASL PLAIN. After
+    CAPA it uses the mechanism the PVS used when the POP3 server offers it, else the other one
+    (a server without CAPA offers USER/PASS); it logs in once, and the PVS's session works."""
     import base64
 
     app = await start_kim()
@@ -352,8 +359,12 @@ async def test_pop3_server_without_sasl_plain_gets_user_pass(
 
     def session() -> tuple[bytes, bytes, bytes]:
         pop = Kim(app).pop3_connect()
-        token = base64.b64encode(f"\0{username}\0{p.password}".encode()).decode()
-        logged_in = command(pop, f"AUTH PLAIN {token}")
+        if pvs_uses == "PLAIN":
+            token = base64.b64encode(f"\0{username}\0{p.password}".encode()).decode()
+            logged_in = command(pop, f"AUTH PLAIN {token}")
+        else:
+            pop.user(username)
+            logged_in = pop.pass_(p.password)
         return logged_in, command(pop, "NOOP"), pop.quit()
 
     logged_in, noop, bye = await trio.to_thread.run_sync(session)
@@ -362,8 +373,13 @@ async def test_pop3_server_without_sasl_plain_gets_user_pass(
     assert bye.startswith(b"+OK")
     with trio.fail_after(10):
         await ended.wait()
-    assert seen == [b"CAPA", f"USER {p.address}".encode(), f"PASS {p.password}".encode(),
-                    b"NOOP", b"QUIT"]  # fmt: skip
+    plain = base64.b64encode(f"\0{p.address}\0{p.password}".encode())
+    login = (
+        [b"AUTH PLAIN " + plain]
+        if upstream == "PLAIN"
+        else [f"USER {p.address}".encode(), f"PASS {p.password}".encode()]
+    )
+    assert seen == [b"CAPA", *login, b"NOOP", b"QUIT"]
 
 
 async def test_pop3_server_offering_neither_mechanism_is_refused_without_the_password(
