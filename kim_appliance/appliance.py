@@ -45,6 +45,7 @@ from kim_appliance.clientmodul.network import (
     LdapSettings,
     SoapKonnektor,
 )
+from kim_appliance.clientmodul.pkcs12 import Pkcs12Error, unpack_pkcs12, write_identity
 from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
 from kim_appliance.clientmodul.service import ClientmodulAddresses, serve_clientmodul
 from kim_appliance.clientmodul.username import ContextDefaults
@@ -582,6 +583,27 @@ async def _clientmodul_ports(
     return konnektor_port, directory_port, partners
 
 
+def _pkcs12_identity(cm: config_module.ClientmodulConfig, tls_dir: Path) -> tuple[Path, Path]:
+    """A_19513, KOM-LE-A_2301-02: the key and certificate of the PKCS#12 file createCert gave
+    (``[clientmodul] tls_pkcs12``), unpacked and checked, as the PEM files TLS loads. Only the
+    client side towards the Fachdienste uses it: its certificate names no host, so the
+    listeners for the PVS keep the server certificate issued at init."""
+    path = Path(cm.tls_pkcs12)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"[clientmodul] tls_pkcs12: cannot read {str(path)!r}: {exc}") from exc
+    try:
+        identity = unpack_pkcs12(data, cm.tls_pkcs12_password, source=str(path))
+    except Pkcs12Error as exc:
+        raise ConfigError(f"[clientmodul] tls_pkcs12: {exc}") from exc
+    log.info(
+        "clientmodul: TLS client certificate %s from %s, valid until %s",
+        identity.certificate.subject.rfc4514_string(), path, f"{identity.not_after:%Y-%m-%d}",
+    )  # fmt: skip
+    return write_identity(identity, tls_dir, "clientmodul.pkcs12")
+
+
 def _pvs_server_context(
     cm: config_module.ClientmodulConfig, chain: Path, key: Path, tls_ca: Path
 ) -> ssl.SSLContext:
@@ -686,6 +708,9 @@ async def _start_clientmodul(
     spool = data_dir / "spool" / "clientmodul"
     spool.mkdir(parents=True, exist_ok=True)
     cm = config.clientmodul
+    up_chain, up_key = chain, key
+    if cm.tls_pkcs12:
+        up_chain, up_key = await trio.to_thread.run_sync(_pkcs12_identity, cm, data_dir / "tls")
     context = ClientmodulContext(
         konnektor=ports[0],
         directory=ports[1],
@@ -696,8 +721,9 @@ async def _start_clientmodul(
         context_defaults=ContextDefaults(
             cm.mandant_id or None, cm.client_system_id or None, cm.workplace_id or None
         ),
-        # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9)
-        upstream_ssl=client_context(tls_ca, chain=chain, key=key),
+        # C.CM.TLS-CS (server and client EKU, KOMP-CA) towards the Fachdienst (digest §1.9):
+        # the one of the configured PKCS#12 file, else the one issued at init
+        upstream_ssl=client_context(tls_ca, chain=up_chain, key=up_key),
         server_ssl=_pvs_server_context(cm, chain, key, tls_ca),
         spool_dir=spool,
         prefer_ecc=config.clientmodul.prefer_ecc,

@@ -110,6 +110,10 @@ class ClientmodulConfig:
     pvs_client_auth: bool = False
     #: PEM file with the CA(s) that issue the PVS client certificates ("": the appliance's TLS CA)
     pvs_client_ca: str = ""
+    #: the PKCS#12 file of createCert with the C.CM.TLS-CS for the Fachdienste (A_19513; "": the
+    #: one the appliance issues at init) and its certPassword
+    tls_pkcs12: str = ""
+    tls_pkcs12_password: str = ""
     #: "in-process", "loopback" or "https://HOST:PORT/connector.sds" (KONNEKTOR_URI)
     konnektor: str = IN_PROCESS
     #: PEM file with the CA(s) of the Konnektor's TLS certificate ("": the appliance's TLS CA)
@@ -274,6 +278,10 @@ pop3_port = 1995
 prefer_ecc = true                 # sign with the SMC-B's ECC key where it has one
 pvs_client_auth = false           # require a TLS client certificate of the PVS (KOM-LE-A_2181)
 pvs_client_ca = ""                # PEM of the CA(s) of those certificates ("": tls-ca.pem here)
+# The TLS client certificate towards the Fachdienste: a PKCS#12 file from the Account Manager's
+# createCert and its certPassword ("": the C.CM.TLS-CS this appliance issues at init).
+tls_pkcs12 = ""
+tls_pkcs12_password = ""
 # The Konnektor: "in-process" (this appliance's, no network), "loopback" (SOAP to this
 # appliance's own listener) or a Konnektor's service directory, e.g.
 # "https://konnektor.praxis.local:443/connector.sds" (SOAP over TLS, KOM-LE-A_2070).
@@ -542,6 +550,8 @@ def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:
         prefer_ecc=_take(raw, "prefer_ecc", bool, d.prefer_ecc, where),
         pvs_client_auth=_take(raw, "pvs_client_auth", bool, d.pvs_client_auth, where),
         pvs_client_ca=text("pvs_client_ca"),
+        tls_pkcs12=text("tls_pkcs12"),
+        tls_pkcs12_password=_take(raw, "tls_pkcs12_password", str, d.tls_pkcs12_password, where),
         konnektor=text("konnektor"),
         konnektor_ca=text("konnektor_ca"),
         konnektor_auth=text("konnektor_auth"),
