@@ -38,7 +38,8 @@ def create_cert(app: KimAppliance, local: str) -> bytes:
     """createCert for ``local``'s account as the Administrationsmodul calls it (blocking)."""
     p = app.participant(local)
     konnektor = Konnektor.from_data_dir(app.data_dir, persist_revocations=False)
-    card = next(c for c in konnektor.get_cards(CONTEXT, "SMC-B") if c.telematik_id == p.telematik_id)
+    cards = konnektor.get_cards(CONTEXT, "SMC-B")
+    card = next(c for c in cards if c.telematik_id == p.telematik_id)
     token = build_jwt(
         certificate=konnektor.read_card_certificate(CONTEXT, card.card_handle, "C.AUT", "RSA"),
         sign=lambda digest: konnektor.external_authenticate(
@@ -89,9 +90,13 @@ async def test_the_pkcs12_of_create_cert_unpacks_and_is_checked(start_kim: Start
     )[0]
     server_key = load_pem_private_key((tls / f"{domain}.server.key.pem").read_bytes(), None)
     other = pkcs12.serialize_key_and_certificates(
-        b"fd", server_key, server_cert, None, NoEncryption()  # type: ignore[arg-type]
+        b"fd",
+        server_key,
+        server_cert,
+        None,
+        NoEncryption(),  # type: ignore[arg-type]
     )
-    with pytest.raises(Pkcs12Error, match="not a C.CM.TLS-CS"):
+    with pytest.raises(Pkcs12Error, match=r"not a C\.CM\.TLS-CS"):
         unpack_pkcs12(other, "", source="fd.p12")
 
 
