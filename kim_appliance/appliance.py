@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kim_appliance import cluster, demo
 from kim_appliance import config as config_module
 from kim_appliance.adapters import InProcessDirectory, InProcessKonnektor, StoreTraceSink
+from kim_appliance.clientmodul.cm_certificate import CmCertificate
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.network import (
     KonnektorSettings,
@@ -45,7 +46,12 @@ from kim_appliance.clientmodul.network import (
     LdapSettings,
     SoapKonnektor,
 )
-from kim_appliance.clientmodul.pkcs12 import Pkcs12Error, unpack_pkcs12, write_identity
+from kim_appliance.clientmodul.pkcs12 import (
+    ClientIdentity,
+    Pkcs12Error,
+    unpack_pkcs12,
+    write_identity,
+)
 from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
 from kim_appliance.clientmodul.service import ClientmodulAddresses, serve_clientmodul
 from kim_appliance.clientmodul.username import ContextDefaults
@@ -583,7 +589,9 @@ async def _clientmodul_ports(
     return konnektor_port, directory_port, partners
 
 
-def _pkcs12_identity(cm: config_module.ClientmodulConfig, tls_dir: Path) -> tuple[Path, Path]:
+def _pkcs12_identity(
+    cm: config_module.ClientmodulConfig, tls_dir: Path
+) -> tuple[ClientIdentity, Path, Path]:
     """A_19513, KOM-LE-A_2301-02: the key and certificate of the PKCS#12 file createCert gave
     (``[clientmodul] tls_pkcs12``), unpacked and checked, as the PEM files TLS loads. Only the
     client side towards the Fachdienste uses it: its certificate names no host, so the
@@ -601,7 +609,8 @@ def _pkcs12_identity(cm: config_module.ClientmodulConfig, tls_dir: Path) -> tupl
         "clientmodul: TLS client certificate %s from %s, valid until %s",
         identity.certificate.subject.rfc4514_string(), path, f"{identity.not_after:%Y-%m-%d}",
     )  # fmt: skip
-    return write_identity(identity, tls_dir, "clientmodul.pkcs12")
+    chain, key = write_identity(identity, tls_dir, "clientmodul.pkcs12")
+    return identity, chain, key
 
 
 def _pvs_server_context(
@@ -709,8 +718,14 @@ async def _start_clientmodul(
     spool.mkdir(parents=True, exist_ok=True)
     cm = config.clientmodul
     up_chain, up_key = chain, key
+    cm_certificate: CmCertificate | None = None
     if cm.tls_pkcs12:
-        up_chain, up_key = await trio.to_thread.run_sync(_pkcs12_identity, cm, data_dir / "tls")
+        identity, up_chain, up_key = await trio.to_thread.run_sync(
+            _pkcs12_identity, cm, data_dir / "tls"
+        )
+        cm_certificate = CmCertificate(
+            identity, data_dir / "tls", tls_ca, renew_before=dt.timedelta(days=cm.tls_renew_days)
+        )
     context = ClientmodulContext(
         konnektor=ports[0],
         directory=ports[1],
@@ -725,6 +740,7 @@ async def _start_clientmodul(
         # the one of the configured PKCS#12 file, else the one issued at init
         upstream_ssl=client_context(tls_ca, chain=up_chain, key=up_key),
         server_ssl=_pvs_server_context(cm, chain, key, tls_ca),
+        cm_certificate=cm_certificate,
         spool_dir=spool,
         prefer_ecc=config.clientmodul.prefer_ecc,
         max_message_size=config.fachdienst.max_message_size,

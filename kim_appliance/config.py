@@ -114,6 +114,8 @@ class ClientmodulConfig:
     #: one the appliance issues at init) and its certPassword
     tls_pkcs12: str = ""
     tls_pkcs12_password: str = ""
+    #: A_21381: renew that certificate through createCert this many days before it expires
+    tls_renew_days: float = 30.0
     #: "in-process", "loopback" or "https://HOST:PORT/connector.sds" (KONNEKTOR_URI)
     konnektor: str = IN_PROCESS
     #: PEM file with the CA(s) of the Konnektor's TLS certificate ("": the appliance's TLS CA)
@@ -282,6 +284,7 @@ pvs_client_ca = ""                # PEM of the CA(s) of those certificates ("": 
 # createCert and its certPassword ("": the C.CM.TLS-CS this appliance issues at init).
 tls_pkcs12 = ""
 tls_pkcs12_password = ""
+tls_renew_days = 30               # renewed through createCert this long before expiry (A_21381)
 # The Konnektor: "in-process" (this appliance's, no network), "loopback" (SOAP to this
 # appliance's own listener) or a Konnektor's service directory, e.g.
 # "https://konnektor.praxis.local:443/connector.sds" (SOAP over TLS, KOM-LE-A_2070).
@@ -552,6 +555,7 @@ def _clientmodul(raw: dict[str, Any], where: str) -> ClientmodulConfig:
         pvs_client_ca=text("pvs_client_ca"),
         tls_pkcs12=text("tls_pkcs12"),
         tls_pkcs12_password=_take(raw, "tls_pkcs12_password", str, d.tls_pkcs12_password, where),
+        tls_renew_days=float(_take(raw, "tls_renew_days", (int, float), d.tls_renew_days, where)),
         konnektor=text("konnektor"),
         konnektor_ca=text("konnektor_ca"),
         konnektor_auth=text("konnektor_auth"),

@@ -22,6 +22,7 @@ from typing import Final
 import trio
 
 from kim_appliance.clientmodul.cards import SigningCards
+from kim_appliance.clientmodul.cm_certificate import CmCertificate
 from kim_appliance.clientmodul.keys import DecryptionKeyFinder
 from kim_appliance.clientmodul.limits import LimitsCache
 from kim_appliance.clientmodul.ports import DirectoryPort, KonnektorPort
@@ -118,6 +119,9 @@ class ClientmodulContext:
     limits: LimitsCache = field(default_factory=LimitsCache)
     #: 4017 notices and kimVersion updates per account, once a day (A_21387-01)
     version_notices: VersionNotices = field(default_factory=VersionNotices)
+    #: the C.CM.TLS-CS from a PKCS#12 of createCert, renewed before it expires (A_21381); None
+    #: when the appliance's own issued certificate is used
+    cm_certificate: CmCertificate | None = None
 
     def __post_init__(self) -> None:
         if self.vzd is None:

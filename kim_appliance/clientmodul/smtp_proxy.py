@@ -52,6 +52,7 @@ import trio
 
 from kim_appliance.clientmodul import kas_client, send, tracing, versions
 from kim_appliance.clientmodul.cards import NoSigningCardError
+from kim_appliance.clientmodul.cm_certificate import CertRenewalFailed, renewal_failed_notice
 from kim_appliance.clientmodul.context import ClientmodulContext
 from kim_appliance.clientmodul.kas_client import KasError
 from kim_appliance.clientmodul.large_mail import KasBlob
@@ -312,6 +313,7 @@ class CmSmtpSession:
                 await self._report(login, dropped, prepared.original_header)
             if sent:
                 await self._versions(login)
+                await self._renew_certificate(login)
             ctx.log.info(
                 "cm smtp %s %s: %s for %d recipient(s), %d dropped: %d %s",
                 self.peer, login.account, prepared.message_id, len(prepared.recipients),
@@ -462,6 +464,50 @@ class CmSmtpSession:
         ctx.log.info(
             "cm smtp %s %s: kimVersion %s -> %s (setAccount)", self.peer, account, vzd_version,
             version,
+        )  # fmt: skip
+
+    async def _renew_certificate(self, login: CmLogin) -> None:
+        """A_21381: the C.CM.TLS-CS of the PKCS#12 renewed through createCert a month before it
+        expires, with this login's account, password and card (:mod:`.cm_certificate`); when
+        that fails, the 4016 notice to the sender through this MTA session."""
+        ctx = self.ctx
+        keeper = ctx.cm_certificate
+        if keeper is None or not keeper.due():
+            return
+        account = login.account
+        base = self._https_base(account)
+
+        def jwt() -> str:
+            sender = ctx.vzd.lookup(account, ctx.konnektor.certificate_validator(login.context()))
+            card = send.signing_card(ctx, login, sender)
+            return versions.account_manager_jwt(
+                ctx.konnektor, login.context(), card.card_handle, account
+            )
+
+        try:
+            if base is None:
+                raise CertRenewalFailed(f"no Account Manager known for {account}")
+            token = await trio.to_thread.run_sync(jwt)
+            ctx.upstream_ssl = await keeper.renew(
+                ctx.upstream_ssl,
+                base,
+                account=account,
+                password=self._password,
+                jwt=token,
+                timeout=ctx.kas_timeout_seconds,
+                connect_to=ctx.connect_to,
+            )
+        except (CertRenewalFailed, versions.SetAccountFailed, NoSigningCardError, KonnektorFault,
+                KonnektorUnreachable, DirectoryUnreachable) as exc:  # fmt: skip
+            ctx.log.warning("cm smtp %s %s: PKCS#12 not renewed: %s", self.peer, account, exc)
+            upstream = self.upstream
+            if upstream is not None and not upstream.closed:
+                notice = renewal_failed_notice(account, str(exc))
+                await send.send_report(upstream, account, notice)
+            return
+        ctx.log.info(
+            "cm smtp %s %s: TLS client certificate renewed through createCert, valid until %s",
+            self.peer, account, f"{keeper.identity.not_after:%Y-%m-%d}",
         )  # fmt: skip
 
     @property

@@ -75,6 +75,12 @@ class Kim:
         host, port = self.app.clientmodul_smtp
         return smtplib.SMTP_SSL(host, port, context=self.ssl_context(), timeout=60)
 
+    def login_code(self, local: str, username: str) -> int:
+        """The Clientmodul's answer to the PVS's AUTH with ``username`` (then QUIT)."""
+        with self.smtp_connect() as smtp:
+            code, _ = smtp.login(username, self.participant(local).password)
+            return code
+
     def smtp_login(self, local: str, *, username: str | None = None) -> smtplib.SMTP_SSL:
         p = self.participant(local)
         smtp = self.smtp_connect()
@@ -181,3 +187,102 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+# --- the Clientmodul's PKCS#12 from createCert (A_19513, A_21381) ----------------------------
+
+#: what the tests' Administrationsmodul passes to createCert
+CERT_PASSWORD = "Zufall-aus-dem-Administrationsmodul-7"
+COMMON_NAME = "praxis-weber-cm"
+
+
+def create_cert(app: KimAppliance, local: str) -> bytes:
+    """createCert for ``local``'s account as the Administrationsmodul calls it (blocking): a
+    JWT signed on the participant's SMC-B through ExternalAuthenticate (digest §1.10), the
+    account password; the PKCS#12 file of the answer."""
+    import base64
+
+    import httpx
+
+    from kim_appliance.konnektor.infomodell import Context
+    from kim_appliance.konnektor.operations import Konnektor
+    from kim_appliance.pki.jwt import build_jwt
+
+    context = Context("Mandant1", "PVS1", "AP1")
+    p = app.participant(local)
+    konnektor = Konnektor.from_data_dir(app.data_dir, persist_revocations=False)
+    cards = konnektor.get_cards(context, "SMC-B")
+    card = next(c for c in cards if c.telematik_id == p.telematik_id)
+    token = build_jwt(
+        certificate=konnektor.read_card_certificate(context, card.card_handle, "C.AUT", "RSA"),
+        sign=lambda digest: konnektor.external_authenticate(
+            context, card.card_handle, digest, "RSASSA-PSS"
+        ),
+        subject=p.address,
+    )
+    https = app.fachdienste[p.fachdienst].https
+    with httpx.Client(verify=ssl.create_default_context(cafile=app.tls_ca)) as client:
+        answer = client.post(
+            f"{https}/AccountMgmt/v2.4/account/{p.address}/cert",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "password": base64.b64encode(p.password.encode()).decode(),
+            },
+            json={
+                "commonName": COMMON_NAME,
+                "certPassword": base64.b64encode(CERT_PASSWORD.encode()).decode(),
+            },
+        )
+    assert answer.status_code == 200, answer.text
+    return base64.b64decode(answer.json()["file"])
+
+
+async def serve_certificate_recording_mta(
+    nursery: trio.Nursery, app: KimAppliance
+) -> tuple[int, list[tuple[str, int]]]:
+    """An SMTPS server with a Fachdienst's certificate that requires a client certificate of
+    the TLS CA and records (CN, serial) of each one it gets; it accepts every login and ends
+    the session at the next command; (port, what it saw)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from kim_appliance.pki.tls import server_context
+
+    domain = app.participant("praxis.weber").fachdienst
+    tls = app.data_dir / "tls"
+    context = server_context(
+        tls / f"{domain}.server.chain.pem",
+        tls / f"{domain}.server.key.pem",
+        client_ca=app.tls_ca,
+        require_client_cert=True,
+    )
+    presented: list[tuple[str, int]] = []
+
+    async def mta(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+            der = stream.getpeercert(binary_form=True)
+            assert der is not None
+            cert = x509.load_der_x509_certificate(der)
+            cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+            presented.append((str(cn), cert.serial_number))
+            await stream.send_all(b"220 scripted MTA ESMTP\r\n")
+            buffer = b""
+            while data := await stream.receive_some(4096):
+                buffer += data
+                while b"\r\n" in buffer:
+                    line, buffer = buffer.split(b"\r\n", 1)
+                    if line.upper().startswith(b"EHLO"):
+                        await stream.send_all(b"250-scripted\r\n250 AUTH PLAIN\r\n")
+                    elif line.upper().startswith(b"AUTH"):
+                        await stream.send_all(b"235 2.7.0 ok\r\n")
+                    else:
+                        await stream.send_all(b"221 2.0.0 bye\r\n")
+                        return
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(trio.serve_ssl_over_tcp, mta, 0, context)
+    return listeners[0].transport_listener.socket.getsockname()[1], presented

@@ -9,59 +9,25 @@ records the one it gets, and towards the real Fachdienst.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import ssl
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
-from cm_support import Kim, StartKim, with_upstream
+from cm_support import (
+    CERT_PASSWORD,
+    COMMON_NAME,
+    Kim,
+    StartKim,
+    create_cert,
+    serve_certificate_recording_mta,
+    with_upstream,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import NoEncryption, load_pem_private_key, pkcs12
 from cryptography.x509.oid import NameOID
 
 from kim_appliance.clientmodul.pkcs12 import Pkcs12Error, unpack_pkcs12
-from kim_appliance.konnektor.infomodell import Context
-from kim_appliance.konnektor.operations import Konnektor
-from kim_appliance.pki.jwt import build_jwt
-from kim_appliance.pki.tls import server_context
-from kim_appliance.testing import KimAppliance
-
-CONTEXT = Context("Mandant1", "PVS1", "AP1")
-CERT_PASSWORD = "Zufall-aus-dem-Administrationsmodul-7"
-COMMON_NAME = "praxis-weber-cm"
-
-
-def create_cert(app: KimAppliance, local: str) -> bytes:
-    """createCert for ``local``'s account as the Administrationsmodul calls it (blocking)."""
-    p = app.participant(local)
-    konnektor = Konnektor.from_data_dir(app.data_dir, persist_revocations=False)
-    cards = konnektor.get_cards(CONTEXT, "SMC-B")
-    card = next(c for c in cards if c.telematik_id == p.telematik_id)
-    token = build_jwt(
-        certificate=konnektor.read_card_certificate(CONTEXT, card.card_handle, "C.AUT", "RSA"),
-        sign=lambda digest: konnektor.external_authenticate(
-            CONTEXT, card.card_handle, digest, "RSASSA-PSS"
-        ),
-        subject=p.address,
-    )
-    https = app.fachdienste[p.fachdienst].https
-    with httpx.Client(verify=ssl.create_default_context(cafile=app.tls_ca)) as client:
-        answer = client.post(
-            f"{https}/AccountMgmt/v2.4/account/{p.address}/cert",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "password": base64.b64encode(p.password.encode()).decode(),
-            },
-            json={
-                "commonName": COMMON_NAME,
-                "certPassword": base64.b64encode(CERT_PASSWORD.encode()).decode(),
-            },
-        )
-    assert answer.status_code == 200, answer.text
-    return base64.b64decode(answer.json()["file"])
 
 
 async def test_the_pkcs12_of_create_cert_unpacks_and_is_checked(start_kim: StartKim) -> None:
@@ -115,52 +81,10 @@ async def test_the_clientmodul_presents_the_certificate_of_its_pkcs12(
         config={"clientmodul": {"tls_pkcs12": str(p12), "tls_pkcs12_password": CERT_PASSWORD}}
     )
     p = app.participant("praxis.weber")
-    tls = app.data_dir / "tls"
-    context = server_context(
-        tls / f"{p.fachdienst}.server.chain.pem",
-        tls / f"{p.fachdienst}.server.key.pem",
-        client_ca=app.tls_ca,
-        require_client_cert=True,
-    )
-    presented: list[str] = []
-
-    async def mta(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        try:
-            await stream.do_handshake()
-            der = stream.getpeercert(binary_form=True)
-            assert der is not None
-            cert = x509.load_der_x509_certificate(der)
-            presented.append(str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value))
-            await stream.send_all(b"220 scripted MTA ESMTP\r\n")
-            buffer = b""
-            while data := await stream.receive_some(4096):
-                buffer += data
-                while b"\r\n" in buffer:
-                    line, buffer = buffer.split(b"\r\n", 1)
-                    if line.upper().startswith(b"EHLO"):
-                        await stream.send_all(b"250-scripted\r\n250 AUTH PLAIN\r\n")
-                    elif line.upper().startswith(b"AUTH"):
-                        await stream.send_all(b"235 2.7.0 ok\r\n")
-                    else:
-                        await stream.send_all(b"221 2.0.0 bye\r\n")
-                        return
-        except trio.BrokenResourceError:
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    listeners = await nursery.start(trio.serve_ssl_over_tcp, mta, 0, context)
-    port = listeners[0].transport_listener.socket.getsockname()[1]
-
-    def login() -> int:
-        host, cm_port = app.clientmodul_smtp
-        with Kim(app).smtp_connect() as smtp:
-            assert (host, cm_port) == app.clientmodul_smtp
-            code, _ = smtp.login(with_upstream(p.smtp_username, "127.0.0.1", port), p.password)
-            return code
-
-    assert await trio.to_thread.run_sync(login) == 235
-    assert presented == [f"{COMMON_NAME}#CM"]
+    port, presented = await serve_certificate_recording_mta(nursery, app)
+    username = with_upstream(p.smtp_username, "127.0.0.1", port)
+    assert await trio.to_thread.run_sync(Kim(app).login_code, "praxis.weber", username) == 235
+    assert [cn for cn, _ in presented] == [f"{COMMON_NAME}#CM"]
     cm = Kim(app)
     to = cm.address("zahnarzt.klein")
     mail = f"From: {p.address}\r\nTo: {to}\r\nSubject: p12\r\n\r\nmit dem neuen Zertifikat\r\n"
