@@ -113,4 +113,4 @@ def test_the_4016_notice_carries_the_account_managers_text() -> None:
     message = email.message_from_bytes(notice, policy=email.policy.default)
     assert message["X-KIM-Fehlermeldung"] == RENEWAL_FAILED
     assert message["To"].addresses[0].addr_spec == "praxis.weber@fd1.test"
-    assert "Fehlertext:401 JWT: not accepted\n" in message.get_content()
+    assert "Fehlertext:401 JWT: not accepted\r\n" in message.get_content()
