@@ -69,7 +69,8 @@ STATUS: dict[str, str] = {
     # Clientmodul: optional, superseded or withdrawn (texts: gemSpec_CM_KOMLE 1.13)
     "A_2014": "n/a: optional (KANN); towards the MTA the Clientmodul uses PLAIN or LOGIN only "
     "(KOM-LE-A_2013)",
-    "A_2036": "n/a: optional (KANN); towards the POP3 server the Clientmodul uses SASL PLAIN only",
+    "A_2036": "n/a: optional (KANN); towards the POP3 server the Clientmodul uses USER/PASS or "
+    "SASL PLAIN only (KOM-LE-A_2035)",
     "A_2176": 'n/a: superseded by the KIM 1.5 FAQ "Umgang mit dem RCPT TO" (digest §1.4): RCPT '
     "TO is answered 250 and held back; a recipient without a valid ENC certificate is dropped "
     "after DATA and reported to the sender (KOM-LE-A_2024-01, A_2025)",
@@ -79,29 +80,10 @@ STATUS: dict[str, str] = {
     "A_22348": "n/a: optional (KANN: keep VerifyCertificate results until notAfter); not built",
     "A_19359": "n/a: superseded by KIM 1.5.3 (digest §3.5): the whole client mail goes to the "
     "KAS, not each attachment; the 1.5.2 per-attachment form is neither sent nor read",
-    # Clientmodul: not built
-    "A_2035": "open: half built: towards the POP3 server the Clientmodul logs in with SASL PLAIN "
-    "only (clientmodul/pop3_proxy.py, _auth); the client part of USER/PASS, for a server "
-    "without SASL PLAIN, is missing",
-    "A_2181": "open: not built: the Clientmodul's SMTPS and POP3S listeners never ask the PVS "
-    "for a client certificate (appliance.py builds them with server_context(chain, key)); a "
-    "[clientmodul] switch for certificate-based client authentication is missing",
-    "A_2301": "open: not built: the Clientmodul presents the C.CM.TLS-CS that the appliance's "
-    "PKI issues at init (tls/clientmodul.*) and does not fetch its PKCS#12 through "
-    "I_AccountManager_Service createCert (which the Account Manager offers: "
-    "test_create_cert_returns_pkcs12_with_cm_certificate)",
-    "A_19513": "open: not built: the Clientmodul reads its TLS key and certificate from PEM "
-    "files; it does not unpack a PKCS#12 file (see KOM-LE-A_2301-02)",
-    "A_21381": "open: not built: nothing renews the Clientmodul's certificate through createCert "
-    "a month before it expires, and no 4016 mail exists (see KOM-LE-A_2301-02)",
+    # Clientmodul: not shown
     "A_17239": "open: not shown: the appliance's TLS servers have RSA certificates only "
     "(pki/tls.py), so the Clientmodul never meets a server offering RSA and ECC and its "
     "preference for ECC as a TLS client is not exercised",
-    "A_17464": "open: not built: the Clientmodul does not read the Konnektor's SignatureService "
-    "and EncryptionService versions from the service directory before using ECC certificates "
-    "(the emulated Konnektor offers 7.5 and 6.1, both ECC-capable)",
-    "A_17472": "open: not built (see A_17464): behind a Konnektor without ECC the Clientmodul "
-    "would still encrypt for ECC certificates",
     # Administrationsmodul and the practice software
     "A_19456": "n/a: no Administrationsmodul (registration dialogs); the Fachdienste the "
     "Clientmodul uses are the [clientmodul.fachdienste] table of config.toml",

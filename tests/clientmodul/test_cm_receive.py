@@ -385,8 +385,9 @@ async def test_the_clientmodul_logs_in_with_user_pass_or_sasl_plain(
 async def test_pop3_server_offering_neither_mechanism_is_refused_without_the_password(
     start_kim: StartKim, nursery: trio.Nursery
 ) -> None:
-    """KOM-LE-A_2035 / A_2036: a POP3 server whose CAPA offers neither SASL PLAIN nor USER
-    gets no password; the PVS gets -ERR saying why."""
+    """KOM-LE-A_2035: a POP3 server whose CAPA offers neither SASL PLAIN nor USER
+    gets no password (other mechanisms are optional and not built); the PVS gets -ERR saying
+    why."""
     app = await start_kim()
     p = app.participant(WEBER)
     username, seen, ended = await start_scripted_pop3(app, p, nursery, [b"TOP", b"SASL GSSAPI"])
