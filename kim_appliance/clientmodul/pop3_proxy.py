@@ -379,21 +379,28 @@ class CmPop3Session:
         if isinstance(processed, Pop3Reply):
             await stream.send_all(core.send(_relayed(processed)))
             return
-        await stream.send_all(core.send_multiline(f"{processed.size} octets"))
+        pending = core.send_multiline(f"{processed.size} octets")
         source = processed.file
         rewind = True
 
-        def next_piece() -> bytes:
+        def next_piece() -> tuple[bytes, bool]:
             nonlocal rewind
             if rewind:  # in the first read's thread call (one hop fewer)
                 source.seek(0)
                 rewind = False
             data = source.read(READ_SIZE)
-            return core.send_body(data) if data else b""
+            # a spool (memory or a regular file, buffered) returns less than asked only at its
+            # end: the end is known in the same call (issue 13: one hop for a small message)
+            return (core.send_body(data) if data else b""), len(data) < READ_SIZE
 
-        while piece := await trio.to_thread.run_sync(next_piece):
-            await stream.send_all(piece)
-        await stream.send_all(core.end_multiline())
+        while True:
+            piece, end = await trio.to_thread.run_sync(next_piece)
+            if end:
+                break
+            # the status line goes with the first piece: one TLS record fewer
+            await stream.send_all(pending + piece if pending else piece)
+            pending = b""
+        await stream.send_all(pending + piece + core.end_multiline())
 
     # --- PROCESS ----------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from kim_appliance.clientmodul.ports import (
     KonnektorFault,
     KonnektorUnreachable,
 )
-from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.spool import in_memory, spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
 from kim_appliance.clientmodul.versions import compare_versions
 from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
@@ -315,7 +315,10 @@ class CmSmtpSession:
                 # step 7: sending failed after the upload -> deleteMailData
                 with trio.CancelScope(shield=True):
                     await self._delete_uploads(login, uploaded)
-            await trio.to_thread.run_sync(prepared.close)
+            if in_memory(prepared.outer):
+                prepared.close()  # nothing on disk: closing cannot block
+            else:
+                await trio.to_thread.run_sync(prepared.close)
 
     # --- KAS, getLimits, versions ---------------------------------------------------------------
 
@@ -398,7 +401,9 @@ class CmSmtpSession:
         ctx = self.ctx
         account = login.account
         try:
-            vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
+            vzd_version = ctx.vzd.cached_version(account)
+            if vzd_version is None:
+                vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
         except DirectoryUnreachable as exc:
             ctx.log.warning("cm smtp %s %s: version not compared: %s", self.peer, account, exc)
             return
