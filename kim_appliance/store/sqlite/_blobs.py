@@ -144,9 +144,11 @@ class ThreadedReader:
     async def _open(self) -> BinaryIO:
         if self._closed:
             raise ValueError("blob reader: read after close")
-        if self._stream is None:
-            self._stream, self._ahead, self._eof = await self._db.run(self._open_sync)
-        return self._stream
+        if self._stream is not None:
+            return self._stream
+        stream, self._ahead, self._eof = await self._db.run(self._open_sync)
+        self._stream = stream
+        return stream
 
     async def read(self, max_bytes: int) -> bytes:
         if max_bytes < 1:
