@@ -638,12 +638,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from kim_appliance.appliance import COMPONENTS, run_appliance
     from kim_appliance.logs import configure
+    from kim_appliance.serving.interpreter import freeze_startup_heap, tune_interpreter
     from kim_appliance.serving.memory import bound_malloc
 
     # one line per event: control characters from clients are escaped (kim_appliance.logs)
     configure(args.log_level, stream=sys.stderr, log_format=args.log_format)
     # before any worker thread exists: at most MALLOC_ARENAS heaps (issue 13, item 4)
     bound_malloc()
+    # GIL switch interval, collector threshold, no OS thread renaming per job (issue 13)
+    tune_interpreter()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -658,6 +661,7 @@ def _run(args: argparse.Namespace) -> int:
                     task_status=task_status,
                 )
             )
+            freeze_startup_heap()  # started: what is alive now stays alive
 
     async def _stop_on_signal(scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

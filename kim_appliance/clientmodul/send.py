@@ -70,7 +70,7 @@ from kim_appliance.clientmodul.ports import (
     KonnektorUnreachable,
     Signer,
 )
-from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.spool import in_memory, spool_file
 from kim_appliance.clientmodul.tls_sessions import SESSIONS
 from kim_appliance.clientmodul.username import CmLogin
 from kim_appliance.clientmodul.versions import accepts_large_mails
@@ -984,9 +984,14 @@ async def transmit(
     outer = prepared.outer
     outer.seek(0)
     try:
-        while chunk := await trio.to_thread.run_sync(outer.read, READ_SIZE, limiter=limiter):
-            await upstream.send(client.body(chunk))
-        await upstream.send(client.end_body())
+        if in_memory(outer):
+            # a small message is still in memory: read on the event loop and sent with the
+            # final dot in one write (issue 13: no thread hops, one TLS record fewer)
+            await upstream.send(client.body(outer.read()) + client.end_body())
+        else:
+            while chunk := await trio.to_thread.run_sync(outer.read, READ_SIZE, limiter=limiter):
+                await upstream.send(client.body(chunk))
+            await upstream.send(client.end_body())
         final = await upstream.reply()
     except UpstreamLost as exc:
         # the MTA may or may not have the message: tell the PVS to try again later

@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Final
@@ -63,7 +64,7 @@ from kim_appliance.clientmodul.ports import (
     KonnektorFault,
     KonnektorUnreachable,
 )
-from kim_appliance.clientmodul.spool import spool_file
+from kim_appliance.clientmodul.spool import in_memory, spool_file
 from kim_appliance.clientmodul.username import CmLogin, UsernameError, parse_smtp_username
 from kim_appliance.clientmodul.versions import compare_versions
 from kim_appliance.mail.errormail import DroppedRecipient, write_sender_report
@@ -232,7 +233,6 @@ class CmSmtpSession:
                 )
             assert self.login is not None
             assert tx.spool is not None
-            # the last pieces and the size in one worker-thread call (issue 13: one hop a stage)
             spool, pieces = tx.spool, tx.pending
             tx.pending, tx.pending_size = [], 0
 
@@ -241,18 +241,45 @@ class CmSmtpSession:
                     spool.write(b"".join(pieces))
                 return spool.seek(0, io.SEEK_END)
 
-            size = await trio.to_thread.run_sync(finish)
-            return await self._process(self.login, tx.recipients, spool, size)
+            return await self._process(self.login, tx.recipients, spool, finish)
         finally:
             tx.close()
 
     async def _process(
-        self, login: CmLogin, recipients: list[str], spool: IO[bytes], size: int
+        self, login: CmLogin, recipients: list[str], spool: IO[bytes], finish: Callable[[], int]
     ) -> Reply:
+        """Size check and steps 1-11 of the client mail in ``spool``; ``finish`` writes its last
+        pieces and returns its size, in the same worker-thread call as the sealing (issue 13:
+        one hop for the whole stage)."""
         ctx = self.ctx
         # step 2: getLimits (A_22416, cached 24 h); maxMailSize -> X.3.4 (A_19355-01)
         limits = await self._limits(login)
-        if size > limits.max_mail_size:
+        uploaded: list[str] = []
+        kas_upload = self._uploader(login, uploaded)
+        started = trio.current_time()
+        size = 0
+
+        def finish_and_prepare() -> send.Prepared | None:
+            nonlocal size
+            size = finish()
+            if size > limits.max_mail_size:
+                return None
+            return send.prepare(
+                ctx, login, recipients, spool,  # type: ignore[arg-type]
+                kas_threshold=limits.kas_threshold, kas_upload=kas_upload,
+            )  # fmt: skip
+
+        try:
+            prepared_or_none = await trio.to_thread.run_sync(
+                finish_and_prepare, limiter=ctx.pipeline_limiter
+            )
+        except send.SendRefused as refusal:
+            return await self._refused(login, recipients, size, refusal, uploaded, started)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._delete_uploads(login, uploaded)
+            raise
+        if prepared_or_none is None:
             too_big = Reply(
                 552,
                 "5.3.4",
@@ -262,41 +289,7 @@ class CmSmtpSession:
             tracing.refused(ctx.observer, account=login.account, recipients=recipients,
                             size=size, reply=too_big)  # fmt: skip
             return too_big
-        uploaded: list[str] = []
-        started = trio.current_time()
-        try:
-            prepared = await trio.to_thread.run_sync(
-                partial(
-                    send.prepare,
-                    ctx,
-                    login,
-                    recipients,
-                    spool,  # type: ignore[arg-type]
-                    kas_threshold=limits.kas_threshold,
-                    kas_upload=self._uploader(login, uploaded),
-                ),
-                limiter=ctx.pipeline_limiter,
-            )
-        except send.SendRefused as refusal:
-            ctx.log.info("cm smtp %s %s: not sent: %s", self.peer, login.account, refusal)
-            await self._delete_uploads(login, uploaded)
-            if refusal.close_upstream:
-                # A_22419: KAS quota exhausted -> 521 and the MTA connection closed
-                await self.quit_upstream()
-            elif refusal.rset and self.upstream is not None:
-                await self.upstream.rset()
-            tracing.refused(
-                ctx.observer, account=login.account, recipients=recipients, size=size,
-                reply=refusal.reply, original_header=refusal.original_header,
-                dropped=refusal.dropped, duration=trio.current_time() - started,
-            )  # fmt: skip
-            if refusal.dropped:
-                await self._report(login, refusal.dropped, refusal.original_header)
-            return refusal.reply
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._delete_uploads(login, uploaded)
-            raise
+        prepared = prepared_or_none
         sealed = trio.current_time()
         tracing.sent(ctx.observer, account=login.account, recipients=recipients, size=size,
                      prepared=prepared, duration=sealed - started)  # fmt: skip
@@ -325,7 +318,38 @@ class CmSmtpSession:
                 # step 7: sending failed after the upload -> deleteMailData
                 with trio.CancelScope(shield=True):
                     await self._delete_uploads(login, uploaded)
-            await trio.to_thread.run_sync(prepared.close)
+            if in_memory(prepared.outer):
+                prepared.close()  # nothing on disk: closing cannot block
+            else:
+                await trio.to_thread.run_sync(prepared.close)
+
+    async def _refused(
+        self,
+        login: CmLogin,
+        recipients: list[str],
+        size: int,
+        refusal: send.SendRefused,
+        uploaded: list[str],
+        started: float,
+    ) -> Reply:
+        """A mail that :func:`send.prepare` refused: uploads deleted, the MTA session reset or
+        closed, the refusal traced and reported."""
+        ctx = self.ctx
+        ctx.log.info("cm smtp %s %s: not sent: %s", self.peer, login.account, refusal)
+        await self._delete_uploads(login, uploaded)
+        if refusal.close_upstream:
+            # A_22419: KAS quota exhausted -> 521 and the MTA connection closed
+            await self.quit_upstream()
+        elif refusal.rset and self.upstream is not None:
+            await self.upstream.rset()
+        tracing.refused(
+            ctx.observer, account=login.account, recipients=recipients, size=size,
+            reply=refusal.reply, original_header=refusal.original_header,
+            dropped=refusal.dropped, duration=trio.current_time() - started,
+        )  # fmt: skip
+        if refusal.dropped:
+            await self._report(login, refusal.dropped, refusal.original_header)
+        return refusal.reply
 
     # --- KAS, getLimits, versions ---------------------------------------------------------------
 
@@ -408,7 +432,9 @@ class CmSmtpSession:
         ctx = self.ctx
         account = login.account
         try:
-            vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
+            vzd_version = ctx.vzd.cached_version(account)
+            if vzd_version is None:
+                vzd_version = await trio.to_thread.run_sync(ctx.vzd.version, account)
         except DirectoryUnreachable as exc:
             ctx.log.warning("cm smtp %s %s: version not compared: %s", self.peer, account, exc)
             return

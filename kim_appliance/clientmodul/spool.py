@@ -12,9 +12,10 @@ This module never gives a spool a name on disk: whatever it holds is gone when i
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
-from typing import BinaryIO, Final, cast
+from typing import IO, BinaryIO, Final, cast
 
 #: bytes a spool keeps in memory before it moves to an anonymous file on disk
 IN_MEMORY_LIMIT: Final = 1024 * 1024
@@ -28,3 +29,14 @@ def spool_file(
     directory = None if spool_dir is None else os.fspath(spool_dir)
     spool = tempfile.SpooledTemporaryFile(max_size=max_size, mode="w+b", dir=directory)  # noqa: SIM115
     return cast(BinaryIO, spool)
+
+
+def in_memory(spool: IO[bytes]) -> bool:
+    """True if reading, writing or closing ``spool`` cannot block: an in-memory stream, or a
+    spool of :func:`spool_file` that has not moved to disk yet (the event loop may then touch
+    it without a thread hop, issue 13). Anything else counts as a file."""
+    if isinstance(spool, io.BytesIO):
+        return True
+    # SpooledTemporaryFile keeps whether it moved to disk in ``_rolled`` (CPython 3.11-3.13)
+    rolled = getattr(spool, "_rolled", None)
+    return isinstance(spool, tempfile.SpooledTemporaryFile) and rolled is False

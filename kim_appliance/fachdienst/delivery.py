@@ -24,7 +24,7 @@ import datetime as dt
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,7 +37,7 @@ from kim_appliance.mail.errors import MailFormatError
 from kim_appliance.mail.headers import parse_header_block
 from kim_appliance.mail.trace import trace_prefix
 from kim_appliance.observe import FACHDIENST, Stage, relay_key, stored_key
-from kim_appliance.store import BlobRef, BlobWriter, RelayRecipient, StoredMessage
+from kim_appliance.store import Account, BlobRef, BlobWriter, RelayRecipient, StoredMessage
 
 #: the header field that carries the relay id (see the module docstring); not ``X-`` (RFC 6648)
 #: and not ``X-KIM-`` (gematik's, copied by Clientmodule)
@@ -50,6 +50,9 @@ class Recipient:
     address: str
     notify: frozenset[str] | None
     orcpt: str | None
+    #: the local account as RCPT TO read it (its absence note answers the message without a
+    #: second store read, issue 13); None: read at delivery
+    account: Account | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,8 @@ async def _absence_notes(
         return False
     relayed = False
     for r in local:
-        account = await fd.store.accounts.get(r.address)
+        # the note as RCPT TO saw it, milliseconds ago (docs/decisions.md)
+        account = r.account if r.account is not None else await fd.store.accounts.get(r.address)
         if account is None:
             continue
         note = account.out_of_office

@@ -407,45 +407,70 @@ async def _send(fd: Fachdienst, entry: RelayEntry, conn: _Connection, outcome: _
     stream, client = conn.stream, conn.client
     relay_id = relay_id_field(entry.relay_id, fd.domain)
     size = len(relay_id) + entry.blob.size
-    await stream.send_all(
-        client.mail(
-            entry.sender,
-            size=size if "SIZE" in client.extensions else None,
-            ret=entry.ret if "DSN" in client.extensions else None,
-            envid=entry.envid if "DSN" in client.extensions else None,
-        )
+    dsn = "DSN" in client.extensions
+    mail_command = client.mail(
+        entry.sender,
+        size=size if "SIZE" in client.extensions else None,
+        ret=entry.ret if dsn else None,
+        envid=entry.envid if dsn else None,
     )
-    mail = await _reply(stream, client)
-    if mail.code >= 500:
-        outcome.failed = [(r, mail) for r in entry.recipients]
-        return True
-    if mail.code >= 400:
-        raise _TemporaryFailure(f"MAIL {mail.code} {mail.text}")
-    accepted: list[RelayRecipient] = []
+    rcpt_commands: list[bytes] = []
     for r in entry.recipients:
         orcpt = OriginalRecipient(*r.orcpt.split(";", 1)) if r.orcpt and ";" in r.orcpt else None
-        dsn = "DSN" in client.extensions
-        await stream.send_all(
+        rcpt_commands.append(
             client.rcpt(r.address, notify=r.notify if dsn else None, orcpt=orcpt if dsn else None)
         )
-        reply = await _reply(stream, client)
-        if reply.code < 400:
-            accepted.append(r)
-        elif reply.code >= 500:
-            outcome.failed.append((r, reply))
-        else:
-            outcome.deferred.append(r)
-    if not accepted:
+    go: ServerReply | None = None
+    if "PIPELINING" in client.extensions:
+        # RFC 2920: MAIL, every RCPT and DATA in one write, the replies read in order (issue
+        # 13: one round trip to the other Fachdienst instead of 2 + recipients)
+        await stream.send_all(mail_command + b"".join(rcpt_commands) + client.data())
+        mail = await _reply(stream, client)
+        rcpt_replies = [await _reply(stream, client) for _ in entry.recipients]
+        go = await _reply(stream, client)
+    else:
+        await stream.send_all(mail_command)
+        mail = await _reply(stream, client)
+        rcpt_replies = []
+        if mail.code < 400:
+            for command in rcpt_commands:
+                await stream.send_all(command)
+                rcpt_replies.append(await _reply(stream, client))
+    accepted: list[RelayRecipient] = []
+    if mail.code < 400:
+        for r, reply in zip(entry.recipients, rcpt_replies, strict=True):
+            if reply.code < 400:
+                accepted.append(r)
+            elif reply.code >= 500:
+                outcome.failed.append((r, reply))
+            else:
+                outcome.deferred.append(r)
+    if mail.code >= 400 or not accepted:
+        if go is not None and go.code == 354:
+            # a server that takes DATA after refusing the transaction breaks RFC 2920 §3.1: no
+            # body may follow, and only dropping the connection ends the DATA it opened
+            # (the caller defers every recipient not refused for good)
+            raise _TemporaryFailure(f"DATA accepted after MAIL {mail.code} / no recipient")
+        if mail.code >= 500:
+            outcome.failed = [(r, mail) for r in entry.recipients]
+            return True
+        if mail.code >= 400:
+            raise _TemporaryFailure(f"MAIL {mail.code} {mail.text}")
         return True  # the RSET before the next message ends the transaction
-    await stream.send_all(client.data())
-    go = await _reply(stream, client)
+    if go is None:
+        await stream.send_all(client.data())
+        go = await _reply(stream, client)
     if go.code != 354:
         raise _TemporaryFailure(f"DATA {go.code} {go.text}")
     async with fd.store.blobs.reader(entry.blob) as blob:
-        await stream.send_all(client.body(relay_id))
+        # a small message goes in one write with the relay id and the final dot (issue 13)
+        pending = client.body(relay_id)
         while chunk := await blob.read(READ_SIZE):
-            await stream.send_all(client.body(chunk))
-    await stream.send_all(client.end_body())
+            pending += client.body(chunk)
+            if len(pending) >= READ_SIZE:
+                await stream.send_all(pending)
+                pending = b""
+    await stream.send_all(pending + client.end_body())
     final = await _reply(stream, client)
     if final.code < 400:
         outcome.delivered.extend(accepted)

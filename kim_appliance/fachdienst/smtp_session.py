@@ -173,7 +173,7 @@ class SmtpSession:
         orcpt = None
         if event.orcpt is not None:
             orcpt = f"{event.orcpt.addr_type};{event.orcpt.address}"
-        self.tx.recipients.append(delivery.Recipient(event.address, event.notify, orcpt))
+        self.tx.recipients.append(delivery.Recipient(event.address, event.notify, orcpt, account))
         return Reply(250, "2.1.5", f"recipient <{event.address}> ok")
 
     async def _data(self, data: bytes) -> None:

@@ -37,6 +37,11 @@ from .events import Stage, TraceEvent, message_key
 MAX_PENDING: Final = 10_000
 #: events per store write at most
 MAX_BATCH: Final = 500
+#: after the first event of a batch, the writer waits this long for more (one write for the
+#: hops of several messages; a trace read flushes first, so it only delays the admin view)
+GATHER_S: Final = 0.05
+#: a stopping writer still writes its gathered events, for at most this long
+STOP_WRITE_S: Final = 2.0
 #: a dropped event or failed write is logged at most this often
 LOG_INTERVAL_S: Final = 60.0
 #: the trace's retention when the caller names none (dataTimeToLive's default, digest §3.2)
@@ -262,21 +267,38 @@ class Observer:
         task_status.started()
         while True:
             batch = [await self._receive.receive()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
             try:
-                await self.sink.write(batch)
-            except Exception as exc:  # the store failing must not stop the recording
-                self._dropped(len(batch), f"the store refused them: {exc}")
-            else:
-                self.metrics.trace_written.inc(len(batch))
-            finally:
-                self._done += len(batch)
-                self._progress.set()
-                self._progress = trio.Event()
+                # the events of the next few hops join this write (issue 13: one store write
+                # for several messages instead of one per hop)
+                await trio.sleep(GATHER_S)
+            except trio.Cancelled:
+                # stopping: write what was recorded, unless the store takes too long
+                with trio.move_on_after(STOP_WRITE_S, shield=True):
+                    await self._write(self._drain(batch))
+                raise
+            await self._write(self._drain(batch))
+
+    def _drain(self, batch: list[TraceEvent]) -> list[TraceEvent]:
+        """``batch`` and what else is queued, up to MAX_BATCH events."""
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    async def _write(self, batch: list[TraceEvent]) -> None:
+        assert self.sink is not None
+        try:
+            await self.sink.write(batch)
+        except Exception as exc:  # the store failing must not stop the recording
+            self._dropped(len(batch), f"the store refused them: {exc}")
+        else:
+            self.metrics.trace_written.inc(len(batch))
+        finally:
+            self._done += len(batch)
+            self._progress.set()
+            self._progress = trio.Event()
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event recorded before this call has been written (or dropped);

@@ -98,6 +98,21 @@ async def test_version_is_cached_at_most_24_hours(directory: DirectoryStore, pki
     assert lookup.version(address) == after
 
 
+async def test_cached_version_never_asks_the_directory(directory: DirectoryStore) -> None:
+    """A_22340 with issue 13: the event loop's version read answers from the cache only (None
+    before a lookup and once the 24 h are over), never with a directory query of its own."""
+    clock = Clock()
+    lookup = VzdLookup(InProcessDirectory(directory), clock=clock)
+    address = "apotheke.sonne@fd2.kim.telematik-test"
+    assert lookup.cached_version(address) is None
+    assert lookup.queries == 0
+    version = lookup.version(address)
+    assert lookup.cached_version(address.upper()) == version
+    clock.now += TTL_VERSION + 1
+    assert lookup.cached_version(address) is None
+    assert lookup.queries == 1
+
+
 async def test_unknown_address_is_not_encryptable(directory: DirectoryStore, pki: TestPki) -> None:
     """KOM-LE-A_2023/2024-01: an address the VZD does not know gets code 4004."""
     found = VzdLookup(InProcessDirectory(directory)).lookup(

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -22,8 +24,11 @@ from kim_appliance.store import (
     open_store,
 )
 from kim_appliance.store.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore, open_sqlite_store
+from kim_appliance.store.sqlite._blobs import READ_AHEAD
 
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
+
+T = TypeVar("T")
 
 
 def _blob_files(root: Path) -> list[Path]:
@@ -113,6 +118,37 @@ async def test_a_short_blob_is_reported_not_served(tmp_path: Path) -> None:
         assert len(await store.verify()) == 1
         with pytest.raises(StoreCorrupted, match=r"blob .*(short|damaged)"):
             await read(store, msg.id)
+
+
+async def test_a_reader_reads_ahead_in_the_call_that_opens_it(tmp_path: Path) -> None:
+    """Issue 13: a small message is opened, read and found to end in one worker-thread call;
+    a larger one comes back whole and in order whatever the read sizes around READ_AHEAD."""
+    async with open_sqlite_store(tmp_path) as store:
+        await store.accounts.create(account("alice"))
+        small_body, large_body = body_for("small", 20_000), body_for("large", READ_AHEAD + 7)
+        _, [small] = await put(store, small_body, [(address("alice"), b"S:")])
+        _, [large] = await put(store, large_body, [(address("alice"), b"L:")])
+        db = store._db
+        calls = 0
+        real_run = db.run
+
+        async def counting_run(fn: Callable[[], T]) -> T:
+            nonlocal calls
+            calls += 1
+            return await real_run(fn)
+
+        db.run = counting_run  # type: ignore[method-assign]
+        async with store.mail.reader(small.id) as reader:
+            assert await reader.read(1024 * 1024) == b"S:" + small_body
+            assert await reader.read(1024 * 1024) == b""
+        assert calls == 1
+        for size in (1, 4096, READ_AHEAD - 1, READ_AHEAD, 1024 * 1024):
+            async with store.mail.reader(large.id) as reader:
+                got = b""
+                while piece := await reader.read(size):
+                    assert len(piece) <= size
+                    got += piece
+            assert got == b"L:" + large_body, size
 
 
 async def test_one_process_per_data_dir(tmp_path: Path) -> None:

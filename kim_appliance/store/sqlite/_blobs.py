@@ -26,6 +26,8 @@ from ._db import Database
 
 #: chunks up to this size (uncompressed) are written on the event loop (see the docstring)
 INLINE_WRITE_MAX = 256 * 1024
+#: bytes a reader reads in the worker call that opens it (see ThreadedReader)
+READ_AHEAD = 256 * 1024
 log = logging.getLogger("kim_appliance.store")
 
 
@@ -114,29 +116,55 @@ class SQLiteBlobWriter:
 
 
 class ThreadedReader:
-    """`store.base.BlobReader` over a blocking stream opened (and read) in worker threads."""
+    """`store.base.BlobReader` over a blocking stream opened (and read) in worker threads.
+
+    Thread hops are the cost of a small message (issue 13): opening reads the first
+    :data:`READ_AHEAD` bytes in the same worker call, and every worker read goes on until it
+    has what was asked or has seen the end, so a message of up to READ_AHEAD bytes takes one
+    hop (open, read, end) instead of three.
+    """
 
     def __init__(self, db: Database, opener: Callable[[], BinaryIO]) -> None:
         self._db = db
         self._opener = opener
         self._stream: BinaryIO | None = None
         self._closed = False
+        self._ahead = b""  # read in the opening hop, not yet handed out
+        self._eof = False  # the stream said so: later reads need no worker call
+
+    def _open_sync(self) -> tuple[BinaryIO, bytes, bool]:
+        stream = self._opener()
+        try:
+            data, eof = _read_fully(stream, READ_AHEAD)
+        except BaseException:
+            stream.close()
+            raise
+        return stream, data, eof
 
     async def _open(self) -> BinaryIO:
         if self._closed:
             raise ValueError("blob reader: read after close")
-        if self._stream is None:
-            self._stream = await self._db.run(self._opener)
-        return self._stream
+        if self._stream is not None:
+            return self._stream
+        stream, self._ahead, self._eof = await self._db.run(self._open_sync)
+        self._stream = stream
+        return stream
 
     async def read(self, max_bytes: int) -> bytes:
         if max_bytes < 1:
             raise ValueError(f"read: max_bytes {max_bytes}; at least 1")
         stream = await self._open()
-        return await self._db.run(partial(stream.read, max_bytes))
+        if self._ahead:
+            data, self._ahead = self._ahead[:max_bytes], self._ahead[max_bytes:]
+            return data
+        if self._eof:
+            return b""
+        data, self._eof = await self._db.run(partial(_read_fully, stream, max_bytes))
+        return data
 
     async def aclose(self) -> None:
         self._closed = True
+        self._ahead = b""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -152,6 +180,25 @@ class ThreadedReader:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _read_fully(stream: BinaryIO, max_bytes: int) -> tuple[bytes, bool]:
+    """Up to ``max_bytes`` from ``stream`` (worker thread): reads until it has them or the
+    stream ends; True as the second value once the end was seen."""
+    data = stream.read(max_bytes)
+    if not data:
+        return b"", True
+    if len(data) == max_bytes:
+        return data, False
+    pieces = [data]
+    got = len(data)
+    while got < max_bytes:
+        more = stream.read(max_bytes - got)
+        if not more:
+            return b"".join(pieces), True
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces), False
 
 
 class SQLiteBlobs:
