@@ -5,10 +5,13 @@ has no known Fachdienst is retried (temporary) unless the domain is outside the 
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 from fd_support import _quick_hash, fachdienst_on, read_message
+from selfsigned import tls_contexts
 
 from kim_appliance.config import FachdienstConfig
 from kim_appliance.fachdienst.context import Fachdienst
@@ -164,3 +167,80 @@ async def test_a_claim_is_renewed_while_its_attempt_runs(fd: Fachdienst) -> None
             while not (await fd.store.relay.pending(FD1, limit=1))[0].attempts:
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+
+
+async def _smtps_without_pipelining(
+    stream: trio.SSLStream[trio.SocketStream], seen: list[tuple[bytes, bool]], body: list[bytes]
+) -> None:
+    """An SMTP server that offers no PIPELINING (RFC 2920): records each command and whether
+    more bytes had already arrived behind it (a client that pipelines anyway)."""
+    buffer = b""
+
+    async def line() -> bytes | None:
+        nonlocal buffer
+        while b"\r\n" not in buffer:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            buffer += data
+        first, buffer = buffer.split(b"\r\n", 1)
+        return first
+
+    await stream.send_all(b"220 fd2 ESMTP\r\n")
+    while (command := await line()) is not None:
+        seen.append((command, bool(buffer)))
+        verb = command.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            await stream.send_all(b"250-fd2\r\n250 SIZE 1000000\r\n")
+        elif verb == b"DATA":
+            await stream.send_all(b"354 go ahead\r\n")
+            while (data := await line()) != b".":
+                if data is None:
+                    return
+                body.append(data)
+            await stream.send_all(b"250 2.0.0 stored\r\n")
+        elif verb == b"QUIT":
+            await stream.send_all(b"221 2.0.0 bye\r\n")
+            return
+        else:
+            await stream.send_all(b"250 2.0.0 ok\r\n")
+
+
+async def test_a_server_without_pipelining_gets_one_command_at_a_time(
+    kim_store: Store, tmp_path: Path
+) -> None:
+    """RFC 2920 §3.1: the relay pipelines MAIL, RCPT and DATA only to a server that offers
+    PIPELINING (issue 13); to one that does not, it sends each command after the reply to the
+    one before, and the message is delivered with its relay id (KIM-Relay-ID) and dequeued."""
+    server_ssl, client_ssl = tls_contexts(tmp_path)
+    client_ssl.check_hostname = False  # a self-signed "localhost", reached as fd2's domain
+    await kim_store.accounts.create(Account(SENDER, _quick_hash("x"), "1-SMC-B-1", "Praxis W"))
+    config = FachdienstConfig(domains=(), relay_retry_seconds=(60,))
+    fd = fachdienst_on(kim_store, FD1, config=config)
+    fd.client_ssl = client_ssl
+    seen: list[tuple[bytes, bool]] = []
+    body: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            partial(
+                trio.serve_ssl_over_tcp,
+                partial(_smtps_without_pipelining, seen=seen, body=body),
+                0,
+                server_ssl,
+                host="127.0.0.1",
+            )
+        )
+        fd.endpoints.add(FD2, "127.0.0.1", listener.transport_listener.socket.getsockname()[1])
+        await _queue(fd, FD2)
+        fd.endpoints.complete.set()
+        nursery.start_soon(relay_worker, fd)
+        with trio.fail_after(20):
+            while await fd.store.relay.pending(FD1, limit=1):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    verbs = [command.split(b" ", 1)[0].upper() for command, _ in seen]
+    start = verbs.index(b"MAIL")
+    assert verbs[start : start + 3] == [b"MAIL", b"RCPT", b"DATA"]
+    assert not any(behind for _, behind in seen[start : start + 3])  # one at a time
+    assert any(line.startswith(b"KIM-Relay-ID:") for line in body)
+    assert b"Subject: Befund" in body
