@@ -38,7 +38,7 @@ from kim_appliance.clientmodul.pkcs12 import (
     write_identity,
 )
 from kim_appliance.clientmodul.rest import ConnectTo, RestUnavailable, https_request
-from kim_appliance.clientmodul.versions import ACCOUNT_PATH
+from kim_appliance.clientmodul.versions import ACCOUNT_PATH, account_manager_headers
 from kim_appliance.mail.headers import HeaderBlock, HeaderField
 from kim_appliance.pki.tls import client_context
 
@@ -117,11 +117,7 @@ class CmCertificate:
                 ssl_context,
                 "POST",
                 url,
-                headers={
-                    "Authorization": f"Bearer {jwt}",
-                    "password": base64.b64encode(password.encode("utf-8")).decode("ascii"),
-                    "Content-Type": "application/json",
-                },
+                headers=account_manager_headers(jwt, password),
                 body=body,
                 timeout=timeout,
                 connect_to=connect_to,

@@ -135,6 +135,16 @@ class SetAccountFailed(Exception):
     """setAccount did not answer 204/200 (or could not be reached)."""
 
 
+def account_manager_headers(jwt: str, password: str) -> dict[str, str]:
+    """The headers of an Account Manager call with a JSON body (digest §3.3): the card's JWT
+    as Bearer token and the account's password, base64 in the ``password`` header."""
+    return {
+        "Authorization": f"Bearer {jwt}",
+        "password": base64.b64encode(password.encode("utf-8")).decode("ascii"),
+        "Content-Type": "application/json",
+    }
+
+
 async def set_kim_version(
     ssl_context: ssl.SSLContext,
     base_url: str,
@@ -154,11 +164,7 @@ async def set_kim_version(
             ssl_context,
             "PUT",
             url,
-            headers={
-                "Authorization": f"Bearer {jwt}",
-                "password": base64.b64encode(password.encode("utf-8")).decode("ascii"),
-                "Content-Type": "application/json",
-            },
+            headers=account_manager_headers(jwt, password),
             body=body,
             timeout=timeout,
             connect_to=connect_to,
